@@ -1,0 +1,45 @@
+"""patch_corrections: correct a membrane segmentation in patches, turn the corrections into
+training pairs, and fine-tune the network on them.
+
+Arrays are ``(z, y, x)``; users give coordinates as ``x, y, z``.
+"""
+
+__version__ = "0.1.0"
+
+from .constants import BACKGROUND, BORDER_WIDTH, IGNORE, MEMBRANE, PATCH_SIZE
+from .corrections import MergeCounts, merge_labels, union_mask
+from .errors import InputError, PatchCorrectionsWarning
+from .io import Geometry, read_centres, read_info, read_volume, write_volume
+from .patches import (
+    PatchBox,
+    add_border_band,
+    binarise_segmentation,
+    centre_index,
+    image_patch,
+    label_patch,
+)
+
+__all__ = [
+    "BACKGROUND",
+    "BORDER_WIDTH",
+    "IGNORE",
+    "MEMBRANE",
+    "PATCH_SIZE",
+    "Geometry",
+    "InputError",
+    "MergeCounts",
+    "PatchBox",
+    "PatchCorrectionsWarning",
+    "__version__",
+    "add_border_band",
+    "binarise_segmentation",
+    "centre_index",
+    "image_patch",
+    "label_patch",
+    "merge_labels",
+    "read_centres",
+    "read_info",
+    "read_volume",
+    "union_mask",
+    "write_volume",
+]

@@ -1,0 +1,5 @@
+"""``python -m patch_corrections``."""
+
+from .cli import main
+
+main()

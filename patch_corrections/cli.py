@@ -1,0 +1,691 @@
+"""The command line: parse options, validate, read, call the pure cores, write, report.
+
+User mistakes raise ``InputError``; ``main`` turns them into one line on stderr and exit
+code 1. Recoverable oddities are ``PatchCorrectionsWarning``s, collected and printed in the
+end-of-run summary.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, ParamSpec, TypeVar
+
+import numpy as np
+import typer
+
+from .constants import (
+    BORDER_WIDTH,
+    CORRECTION_KINDS,
+    IMAGES_SUBDIR,
+    LABELS_SUBDIR,
+    PATCH_SIZE,
+    TRAIN_IMAGE_SUFFIX,
+    TRAIN_IMAGES_SUBDIR,
+    TRAIN_LABELS_SUBDIR,
+)
+from .corrections import invalid_label_values, merge_labels, union_mask
+from .errors import InputError, PatchCorrectionsWarning
+from .io.centres import Centre, read_centres
+from .io.folders import LabelPatch, find_label_patches, scan_corrections, stray_files
+from .io.manifest import load_manifest, manifest_path, save_manifest
+from .io.volumes import (
+    Geometry,
+    closing_reader,
+    output_path,
+    read_info,
+    read_volume,
+    volume_stem,
+    write_volume,
+)
+from .patches import PatchBox, centre_index, check_patch_size, image_patch, label_patch
+
+app = typer.Typer(
+    name="patch_corrections",
+    help="Correct a membrane segmentation in patches and turn the corrections into "
+    "training data for the network.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+T = TypeVar("T")
+P = ParamSpec("P")
+PROGRESS_MIN_ITEMS = 3
+"""Progress bars appear from this many patches on."""
+
+
+class OutputFormat(str, Enum):
+    nrrd = "nrrd"
+    mrc = "mrc"
+    nii_gz = "nii.gz"
+
+
+def _user_errors(command: Callable[P, None]) -> Callable[P, None]:
+    """Turn ``InputError`` into one line on stderr and exit code 1, without a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            command(*args, **kwargs)
+        except InputError as exc:
+            typer.echo(f"Error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            typer.echo("Interrupted; the files of this run were removed.", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, PatchCorrectionsWarning, stacklevel=2)
+
+
+@contextmanager
+def _collect_warnings() -> Iterator[list[str]]:
+    """Gather our warnings for the summary instead of printing them as they happen."""
+    collected: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PatchCorrectionsWarning)
+        try:
+            yield collected
+        finally:
+            for item in caught:
+                if issubclass(item.category, PatchCorrectionsWarning):
+                    message = str(item.message)
+                    if message not in collected:
+                        collected.append(message)
+                else:
+                    warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
+
+
+def _progress(items: list[T], description: str) -> Iterable[T]:
+    if len(items) < PROGRESS_MIN_ITEMS:
+        return items
+    from rich.console import Console
+    from rich.progress import track
+
+    return track(items, description=description, console=Console(stderr=True), transient=True)
+
+
+def _report_warnings(messages: list[str]) -> None:
+    if messages:
+        typer.echo(f"Warnings ({len(messages)}):")
+        for message in messages:
+            typer.echo(f"  - {message}")
+
+
+class _Outputs:
+    """Files written by one run, removed again if the run fails: no partial outputs."""
+
+    def __init__(self) -> None:
+        self.written: list[Path] = []
+
+    def write(self, path: Path, data: np.ndarray, geometry: Geometry, overwrite: bool) -> None:
+        write_volume(path, data, geometry, overwrite=overwrite)
+        self.written.append(path)
+
+    def discard(self) -> None:
+        for path in self.written:
+            path.unlink(missing_ok=True)
+
+
+def _require_free(paths: Iterable[Path], overwrite: bool) -> None:
+    if overwrite:
+        return
+    taken = [p for p in paths if p.exists()]
+    if taken:
+        more = f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""
+        raise InputError(f"{taken[0]}: already exists{more}; pass --overwrite to replace")
+
+
+# --- extract_patches --------------------------------------------------------------------
+
+
+def _gather_centres(
+    centres_file: Path | None, x: float | None, y: float | None, z: float | None
+) -> list[Centre]:
+    given = [v is not None for v in (x, y, z)]
+    if any(given) and not all(given):
+        raise InputError("give all three of --x, --y and --z, or a --centres file")
+    centres = read_centres(centres_file) if centres_file is not None else []
+    if all(given):
+        centres.append(Centre((float(x), float(y), float(z)), "--x/--y/--z"))  # type: ignore[arg-type]
+    if not centres:
+        raise InputError("no centres given: pass --centres FILE or --x, --y and --z")
+    return centres
+
+
+def _fmt_xyz(zyx: Iterable[float]) -> list:
+    z, y, x = zyx
+    return [x, y, z]
+
+
+def _locate_centres(
+    centres: list[Centre],
+    shape: tuple[int, int, int],
+    voxel_size: tuple[float, float, float] | None,
+    unit: str,
+) -> list[tuple[Centre, tuple[int, int, int]]]:
+    located = []
+    for centre in centres:
+        index = centre_index(centre.xyz, voxel_size)
+        if not all(0 <= i < n for i, n in zip(index, shape)):
+            x, y, z = centre.xyz
+            limits = "x < {}, y < {}, z < {}".format(*_fmt_xyz(shape))
+            raise InputError(
+                f"{centre.source}: centre x={x:g}, y={y:g}, z={z:g} ({unit}) lies outside "
+                f"the tomogram (voxel indices must satisfy 0 <= {limits})"
+            )
+        located.append((centre, index))
+    return located
+
+
+@app.command(name="extract_patches", no_args_is_help=True)
+@_user_errors
+def extract_patches(
+    tomogram: Annotated[
+        Path,
+        typer.Option(
+            "--tomogram", "-t", help="Tomogram (.mrc .rec .map .st .nrrd .nhdr .nii .nii.gz)."
+        ),
+    ],
+    segmentation: Annotated[
+        Path,
+        typer.Option(
+            "--segmentation", "-s", help="The network's segmentation of the tomogram, same shape."
+        ),
+    ],
+    out_dir: Annotated[
+        Path,
+        typer.Option(
+            "--out-dir",
+            "-o",
+            help="Folder for images/, labels/ and manifest.json; created if missing.",
+        ),
+    ],
+    centres: Annotated[
+        Path | None,
+        typer.Option(
+            "--centres",
+            "-c",
+            help="CSV/TXT of x,y,z rows, or a napari points CSV (axis-0..2 = z,y,x).",
+        ),
+    ] = None,
+    x: Annotated[float | None, typer.Option("--x", help="Centre x of a single patch.")] = None,
+    y: Annotated[float | None, typer.Option("--y", help="Centre y of a single patch.")] = None,
+    z: Annotated[float | None, typer.Option("--z", help="Centre z of a single patch.")] = None,
+    angstrom: Annotated[
+        bool,
+        typer.Option("--angstrom", help="Centres are in Å from the first voxel, not in voxels."),
+    ] = False,
+    patch_size: Annotated[
+        int, typer.Option("--patch-size", help="Edge length of the cubic patches, in voxels.")
+    ] = PATCH_SIZE,
+    border: Annotated[
+        int,
+        typer.Option(
+            "--border", help="Width of the ignore band along every face of a label patch."
+        ),
+    ] = BORDER_WIDTH,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--threshold", help="Binarise the segmentation: values above it are membrane."
+        ),
+    ] = None,
+    output_format: Annotated[
+        OutputFormat, typer.Option("--format", help="File format of the patches.")
+    ] = OutputFormat.nrrd,
+    token: Annotated[
+        str | None,
+        typer.Option("--token", help="Patch name prefix; default: the tomogram's file name stem."),
+    ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite", help="Replace this token's patches instead of adding to them."
+        ),
+    ] = False,
+) -> None:
+    """Cut image and label patches around centres, ready to be corrected."""
+    with _collect_warnings() as warned:
+        check_patch_size(patch_size, border)
+        requested = _gather_centres(centres, x, y, z)
+        fmt = output_format.value
+        token = token or volume_stem(tomogram)
+        with closing_reader(tomogram) as image_reader, closing_reader(segmentation) as seg_reader:
+            shape = image_reader.info.shape
+            if seg_reader.info.shape != shape:
+                raise InputError(
+                    f"{segmentation}: shape x,y,z={tuple(_fmt_xyz(seg_reader.info.shape))} "
+                    f"differs from the tomogram {tomogram}: x,y,z={tuple(_fmt_xyz(shape))}"
+                )
+            geometry = image_reader.info.geometry
+            if geometry is None:
+                if angstrom:
+                    raise InputError(
+                        f"{tomogram}: header has no voxel size, so --angstrom "
+                        "cannot convert centres; give them in voxels"
+                    )
+                _warn(f"{tomogram}: header has no voxel size; patches are written with 1 Å")
+                geometry = Geometry((1.0, 1.0, 1.0))
+            seg_geometry = seg_reader.info.geometry
+            if seg_geometry is not None and not seg_geometry.agrees_with(geometry):
+                _warn(
+                    f"{segmentation}: voxel size/origin differ from the tomogram's; "
+                    "the tomogram's are written to the patches"
+                )
+            located = _locate_centres(
+                requested,
+                shape,
+                geometry.voxel_size if angstrom else None,
+                "Å" if angstrom else "voxels",
+            )
+            records, new = _plan_names(out_dir, token, located, patch_size, overwrite)
+            size = (patch_size,) * 3
+            paths = {
+                name: (
+                    output_path(out_dir / IMAGES_SUBDIR, name, fmt),
+                    output_path(out_dir / LABELS_SUBDIR, name, fmt),
+                )
+                for name, _, _ in new
+            }
+            _require_free([p for pair in paths.values() for p in pair], overwrite)
+
+            (out_dir / IMAGES_SUBDIR).mkdir(parents=True, exist_ok=True)
+            (out_dir / LABELS_SUBDIR).mkdir(parents=True, exist_ok=True)
+            outputs = _Outputs()
+            try:
+                for name, centre, index in _progress(new, "Extracting patches"):
+                    box = PatchBox.around(index, size)
+                    start, stop = box.inside(shape)
+                    image, pad_value = image_patch(
+                        image_reader.read_block(start, stop), box, shape
+                    )
+                    labels, rule = label_patch(
+                        seg_reader.read_block(start, stop), box, shape, border, threshold
+                    )
+                    if rule != "binary" and threshold is None:
+                        _warn(
+                            f"{segmentation}: values are not 0/1; read as {rule}. "
+                            "Pass --threshold to choose."
+                        )
+                    patch_geometry = geometry.shifted(box.offset)
+                    image_path, label_path = paths[name]
+                    outputs.write(image_path, image, patch_geometry, overwrite)
+                    outputs.write(label_path, labels, patch_geometry, overwrite)
+                    records.append(
+                        _patch_record(
+                            name,
+                            out_dir,
+                            image_path,
+                            label_path,
+                            tomogram,
+                            segmentation,
+                            centre,
+                            index,
+                            box,
+                            shape,
+                            patch_geometry,
+                            border,
+                            pad_value,
+                            rule,
+                        )
+                    )
+                save_manifest(out_dir, records)
+            except BaseException:
+                outputs.discard()
+                raise
+        _report_extraction(new, shape, size, out_dir, fmt, border, tomogram)
+        skipped = len(located) - len(new)
+        if skipped:
+            typer.echo(
+                f"Skipped {skipped} centre(s) already extracted from {tomogram.name} "
+                "(see the manifest); --overwrite re-extracts them."
+            )
+    _report_warnings(warned)
+
+
+def _plan_names(
+    out_dir: Path, token: str, located: list, patch_size: int, overwrite: bool
+) -> tuple[list[dict], list[tuple[str, Centre, tuple[int, int, int]]]]:
+    """Keep the manifest's other patches and name the new ones ``<token>_patchNNN``.
+
+    Without ``overwrite``, numbering continues after this token's last patch and a centre
+    already extracted with the same size is skipped. With it, this token's patches are
+    dropped from the manifest and re-extracted from number 000.
+    """
+    records = load_manifest(out_dir)
+    prefix = f"{token}_patch"
+    mine = [
+        r for r in records if r["name"].startswith(prefix) and r["name"][len(prefix) :].isdigit()
+    ]
+    if overwrite:
+        for record in mine:
+            for key in ("image", "label"):
+                (out_dir / record[key]).unlink(missing_ok=True)
+        records = [r for r in records if r not in mine]
+        mine = []
+    done = {(tuple(r.get("centre_xyz", ())), tuple(r["size_xyz"])) for r in mine}
+    number = max((int(r["name"][len(prefix) :]) + 1 for r in mine), default=0)
+    new = []
+    for centre, index in located:
+        key = (tuple(_fmt_xyz(index)), (patch_size,) * 3)
+        if key in done:
+            continue
+        done.add(key)
+        new.append((f"{prefix}{number:03d}", centre, index))
+        number += 1
+    return records, new
+
+
+def _patch_record(
+    name,
+    out_dir,
+    image_path,
+    label_path,
+    tomogram,
+    segmentation,
+    centre,
+    index,
+    box,
+    shape,
+    geometry,
+    border,
+    pad_value,
+    rule,
+) -> dict:
+    return {
+        "name": name,
+        "image": image_path.relative_to(out_dir).as_posix(),
+        "label": label_path.relative_to(out_dir).as_posix(),
+        "tomogram": str(Path(tomogram).resolve()),
+        "segmentation": str(Path(segmentation).resolve()),
+        "centre_xyz": _fmt_xyz(index),
+        "centre_given": list(centre.xyz),
+        "centre_source": centre.source,
+        "offset_xyz": _fmt_xyz(box.offset),
+        "size_xyz": _fmt_xyz(box.size),
+        "tomogram_shape_xyz": _fmt_xyz(shape),
+        "voxel_size_xyz": _fmt_xyz(geometry.voxel_size),
+        "origin_xyz": _fmt_xyz(geometry.origin),
+        "padding_xyz": _fmt_xyz(box.padding(shape)),
+        "border": border,
+        "image_pad_value": pad_value,
+        "label_rule": rule,
+    }
+
+
+def _report_extraction(new, shape, size, out_dir, fmt, border, tomogram) -> None:
+    typer.echo(
+        f"Extracted {len(new)} patch pair(s) of {size[0]}³ voxels from {tomogram.name} "
+        f"into {out_dir} ({fmt}, ignore border {border})."
+    )
+    for name, _, index in new:
+        box = PatchBox.around(index, size)
+        padded = [f"{axis}{b}/{a}" for axis, (b, a) in zip("zyx", box.padding(shape)) if b or a]
+        note = f"  padded {' '.join(padded)}" if padded else ""
+        cx, cy, cz = _fmt_xyz(index)
+        typer.echo(f"  {name}  centre x={cx} y={cy} z={cz}{note}")
+    if new:
+        typer.echo(f"Manifest: {manifest_path(out_dir)}")
+        typer.echo(
+            f"Next: paint corrections as <corrections-dir>/{new[0][0]}/Add1.nrrd, "
+            "Remove1.nrrd, Ignore1.nrrd, then run merge_corrections."
+        )
+
+
+# --- merge_corrections ------------------------------------------------------------------
+
+
+def _check_same_shape(path: Path, reference: Path, shape, expected) -> None:
+    if shape != expected:
+        raise InputError(
+            f"{path}: shape x,y,z={tuple(_fmt_xyz(shape))} differs from its patch {reference}: "
+            f"x,y,z={tuple(_fmt_xyz(expected))}"
+        )
+
+
+@app.command(name="merge_corrections", no_args_is_help=True)
+@_user_errors
+def merge_corrections(
+    labels_dir: Annotated[
+        Path,
+        typer.Option(
+            "--labels-dir",
+            "-l",
+            help="Label patches: an "
+            "extract_patches output folder, its labels/, "
+            "or any folder of label files.",
+        ),
+    ],
+    corrections_dir: Annotated[
+        Path,
+        typer.Option(
+            "--corrections-dir",
+            "-c",
+            help="One folder per patch holding Add*, Remove*, Ignore* masks.",
+        ),
+    ],
+    out_dir: Annotated[
+        Path,
+        typer.Option(
+            "--out-dir",
+            "-o",
+            help="Training folder to write (imagesTr/, labelsTr/); created if missing.",
+        ),
+    ],
+    images_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--images-dir",
+            help="Image patches, "
+            "named like the labels (or <name>_0000); "
+            "default: from the manifest.",
+        ),
+    ] = None,
+    border: Annotated[
+        int | None,
+        typer.Option("--border", help="Ignore band width; default: the manifest's, else 16."),
+    ] = None,
+    output_format: Annotated[
+        OutputFormat, typer.Option("--format", help="File format of the training pairs.")
+    ] = OutputFormat.nii_gz,
+    include_uncorrected: Annotated[
+        bool,
+        typer.Option(
+            "--include-uncorrected",
+            help="Also write patches that have no corrections folder, as they are.",
+        ),
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace existing training pairs.")
+    ] = False,
+) -> None:
+    """Merge Add/Remove/Ignore masks into label patches: training pairs for retrain."""
+    with _collect_warnings() as warned:
+        if border is not None and border < 0:
+            raise InputError(f"--border must be 0 or more, got {border}")
+        patches = find_label_patches(labels_dir, images_dir)
+        if not patches:
+            raise InputError(f"{labels_dir}: no label patches found")
+        folders = scan_corrections(corrections_dir)
+        names = {p.name for p in patches}
+        orphans = sorted(set(folders) - names)
+        uncorrected = [p.name for p in patches if p.name not in folders]
+        chosen = [p for p in patches if p.name in folders or include_uncorrected]
+        if not any(p.name in folders for p in patches) and not include_uncorrected:
+            example = patches[0].name
+            raise InputError(
+                f"{corrections_dir}: no folder matches a patch of {labels_dir}; name each "
+                f"folder after its patch, e.g. {corrections_dir / example}"
+            )
+        fmt = output_format.value
+        plans = [
+            _plan_merge(p, folders.get(p.name), out_dir, fmt, border, images_dir) for p in chosen
+        ]
+        _require_free([path for plan in plans for path in plan["outputs"]], overwrite)
+
+        (out_dir / TRAIN_IMAGES_SUBDIR).mkdir(parents=True, exist_ok=True)
+        (out_dir / TRAIN_LABELS_SUBDIR).mkdir(parents=True, exist_ok=True)
+        outputs = _Outputs()
+        rows = []
+        try:
+            for plan in _progress(plans, "Merging corrections"):
+                rows.append(_merge_one(plan, outputs, overwrite))
+            summary = {
+                "patches": rows,
+                "uncorrected": uncorrected,
+                "folders_without_patch": orphans,
+                "unmatched_files": [str(f) for f in _unmatched(folders, corrections_dir)],
+            }
+            summary_path = out_dir / "merge_summary.json"
+            summary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        except BaseException:
+            outputs.discard()
+            raise
+        _report_merge(
+            rows,
+            out_dir,
+            uncorrected,
+            include_uncorrected,
+            orphans,
+            summary["unmatched_files"],
+            corrections_dir,
+        )
+    _report_warnings(warned)
+
+
+def _unmatched(folders, corrections_dir: Path) -> list[Path]:
+    files = stray_files(corrections_dir)
+    for entry in folders.values():
+        files.extend(entry.unmatched)
+    return files
+
+
+def _plan_merge(
+    patch: LabelPatch, folder, out_dir: Path, fmt: str, border: int | None, images_dir: Path | None
+) -> dict:
+    """Check one patch's files by their headers, before anything is written."""
+    label_info = read_info(patch.label)
+    if patch.image is None or not patch.image.exists():
+        where = f"in {images_dir}" if images_dir else "(no manifest names it)"
+        raise InputError(
+            f"{patch.label}: no image patch found {where}; pass --images-dir "
+            "with images named like the labels or <name>_0000"
+        )
+    image_info = read_info(patch.image)
+    _check_same_shape(patch.image, patch.label, image_info.shape, label_info.shape)
+    masks: dict[str, list[Path]] = folder.masks if folder is not None else {}
+    for kind in CORRECTION_KINDS:
+        for path in masks.get(kind, []):
+            info = read_info(path)
+            _check_same_shape(path, patch.label, info.shape, label_info.shape)
+            # Only NRRD masks are checked: painting tools write their geometry faithfully,
+            # while NIfTI/MRC masks from other tools often carry a default one.
+            if (
+                info.geometry is not None
+                and label_info.geometry is not None
+                and path.name.lower().endswith((".nrrd", ".nhdr"))
+                and not info.geometry.agrees_with(label_info.geometry)
+            ):
+                _warn(
+                    f"{path}: origin/spacing {_describe(info.geometry)} differ from its "
+                    f"patch's {_describe(label_info.geometry)}; merged by voxel index"
+                )
+    if border is None:
+        record_border = (patch.record or {}).get("border")
+        border = int(record_border) if record_border is not None else BORDER_WIDTH
+    outputs = (
+        output_path(out_dir / TRAIN_IMAGES_SUBDIR, patch.name + TRAIN_IMAGE_SUFFIX, fmt),
+        output_path(out_dir / TRAIN_LABELS_SUBDIR, patch.name, fmt),
+    )
+    return {
+        "patch": patch,
+        "masks": masks,
+        "border": border,
+        "outputs": outputs,
+        "corrected": folder is not None,
+    }
+
+
+def _describe(geometry: Geometry) -> str:
+    spacing = ",".join(f"{v:g}" for v in _fmt_xyz(geometry.voxel_size))
+    origin = ",".join(f"{v:g}" for v in _fmt_xyz(geometry.origin))
+    return f"(spacing {spacing}; origin {origin})"
+
+
+def _merge_one(plan: dict, outputs: _Outputs, overwrite: bool) -> dict:
+    patch: LabelPatch = plan["patch"]
+    base, label_info = read_volume(patch.label)
+    bad = invalid_label_values(base)
+    if bad:
+        raise InputError(
+            f"{patch.label}: label values must be 0, 1 or 2; found "
+            f"{', '.join(f'{v:g}' for v in bad[:5])}"
+        )
+    masks = {
+        kind: union_mask((read_volume(p)[0] for p in plan["masks"].get(kind, [])), base.shape)
+        for kind in CORRECTION_KINDS
+    }
+    merged, counts = merge_labels(
+        base,
+        add=masks["add"],
+        remove=masks["remove"],
+        ignore=masks["ignore"],
+        border=plan["border"],
+    )
+    image, image_info = read_volume(patch.image)
+    geometry = label_info.geometry or image_info.geometry or Geometry((1.0, 1.0, 1.0))
+    image_out, label_out = plan["outputs"]
+    outputs.write(image_out, image, image_info.geometry or geometry, overwrite)
+    outputs.write(label_out, merged, geometry, overwrite)
+    return {
+        "name": patch.name,
+        "corrected": plan["corrected"],
+        "added": counts.added,
+        "removed": counts.removed,
+        "ignored": counts.ignored,
+        "files": {k: [p.name for p in v] for k, v in plan["masks"].items()},
+        "image": str(image_out),
+        "label": str(label_out),
+    }
+
+
+def _report_merge(
+    rows, out_dir, uncorrected, included, orphans, unmatched, corrections_dir
+) -> None:
+    typer.echo(f"Merged {len(rows)} patch(es) into {out_dir}:")
+    width = max(len(r["name"]) for r in rows)
+    typer.echo(f"  {'patch':<{width}}  {'added':>9}  {'removed':>9}  {'ignored':>9}  masks")
+    for r in rows:
+        files = ", ".join(n for names in r["files"].values() for n in names) or "none"
+        typer.echo(
+            f"  {r['name']:<{width}}  {r['added']:>9}  {r['removed']:>9}  "
+            f"{r['ignored']:>9}  {files}"
+        )
+    if uncorrected:
+        verb = "written as they are" if included else "skipped; --include-uncorrected keeps them"
+        typer.echo(f"Patches without a corrections folder ({verb}): {', '.join(uncorrected)}")
+    if orphans:
+        typer.echo(
+            f"Folders in {corrections_dir} that match no patch (not used): {', '.join(orphans)}"
+        )
+    if unmatched:
+        typer.echo(
+            "Files that match no Add/Remove/Ignore prefix (not used): "
+            + ", ".join(str(Path(f).relative_to(corrections_dir)) for f in unmatched)
+        )
+    typer.echo(f"Summary: {out_dir / 'merge_summary.json'}")
+
+
+def main() -> None:
+    """Console entry point."""
+    app()

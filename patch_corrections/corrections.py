@@ -1,0 +1,92 @@
+"""Merging painted corrections into a label patch. Pure array logic, no file paths."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .constants import BACKGROUND, IGNORE, LABEL_VALUES, MEMBRANE
+from .patches import add_border_band
+
+
+@dataclass(frozen=True)
+class MergeCounts:
+    """How a merge changed a label patch, in voxels.
+
+    Attributes
+    ----------
+    added
+        Voxels that are membrane now and were not before.
+    removed
+        Voxels that were membrane and are background now.
+    ignored
+        Voxels that are ignore now and were not before (border band included).
+    """
+
+    added: int
+    removed: int
+    ignored: int
+
+
+def union_mask(masks: Iterable[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    """Union of correction masks: any non-zero voxel of any mask is marked.
+
+    MITK saves 0/1, other tools 0/255 or label values; all count the same.
+    """
+    marked = np.zeros(shape, dtype=bool)
+    for mask in masks:
+        marked |= mask != 0
+    return marked
+
+
+def merge_labels(
+    base: np.ndarray,
+    *,
+    add: np.ndarray | None = None,
+    remove: np.ndarray | None = None,
+    ignore: np.ndarray | None = None,
+    border: int = 0,
+) -> tuple[np.ndarray, MergeCounts]:
+    """Apply corrections to a label patch.
+
+    The order is MemBrain-seg's: Remove sets background, then Add sets membrane, then Ignore
+    sets ignore, then the border band is set to ignore. Later steps win where masks overlap.
+
+    Parameters
+    ----------
+    base
+        Label patch ``(z, y, x)`` with values in ``{0, 1, 2}``.
+    add, remove, ignore
+        Boolean masks of ``base.shape`` (``None``: nothing painted).
+    border
+        Width of the ignore band along every face, in voxels.
+
+    Returns
+    -------
+    merged
+        New ``uint8`` label patch.
+    counts
+        Voxels added, removed and ignored relative to ``base``.
+    """
+    merged = base.astype(np.uint8, copy=True)
+    if remove is not None:
+        merged[remove] = BACKGROUND
+    if add is not None:
+        merged[add] = MEMBRANE
+    if ignore is not None:
+        merged[ignore] = IGNORE
+    add_border_band(merged, border)
+    counts = MergeCounts(
+        added=int(np.count_nonzero((merged == MEMBRANE) & (base != MEMBRANE))),
+        removed=int(np.count_nonzero((merged == BACKGROUND) & (base == MEMBRANE))),
+        ignored=int(np.count_nonzero((merged == IGNORE) & (base != IGNORE))),
+    )
+    return merged, counts
+
+
+def invalid_label_values(labels: np.ndarray) -> list:
+    """Values of ``labels`` outside ``{0, 1, 2}``, sorted (empty when all are valid)."""
+    values = np.unique(labels)
+    return [v.item() for v in values if v not in LABEL_VALUES]

@@ -1,0 +1,63 @@
+"""The extraction manifest: one JSON file that records every patch of an output folder.
+
+Per patch it keeps the name, the source files, the centre, offset and size (all ``x, y, z``,
+as users speak), voxel size and origin in Å, and the padding, so patches and corrections can
+be traced back to, and pasted back into, their tomogram.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+
+from ..constants import MANIFEST_NAME
+from ..errors import InputError
+
+MANIFEST_VERSION = 1
+_REQUIRED = ("name", "image", "label", "offset_xyz", "size_xyz")
+
+
+def manifest_path(folder: Path) -> Path:
+    """Where the manifest of an extraction folder lives."""
+    return Path(folder) / MANIFEST_NAME
+
+
+def load_manifest(folder: Path) -> list[dict]:
+    """The patch records of ``folder``'s manifest; empty when there is no manifest."""
+    path = manifest_path(folder)
+    if not path.exists():
+        return []
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not a valid manifest ({exc}); move it aside") from None
+    patches = content.get("patches") if isinstance(content, dict) else None
+    if not isinstance(patches, list):
+        raise InputError(f"{path}: not a patch manifest (no 'patches' list)")
+    for index, record in enumerate(patches):
+        missing = [k for k in _REQUIRED if not isinstance(record, dict) or k not in record]
+        if missing:
+            raise InputError(f"{path}: patch entry {index} lacks {', '.join(missing)}")
+    return patches
+
+
+def save_manifest(folder: Path, patches: list[dict]) -> Path:
+    """Write the manifest atomically and return its path."""
+    from .. import __version__
+
+    path = manifest_path(folder)
+    content = {
+        "format_version": MANIFEST_VERSION,
+        "written_by": f"patch_corrections {__version__}",
+        "axis_order": "x, y, z (voxel indices, 0-based); voxel_size and origin in Å",
+        "patches": patches,
+    }
+    temporary = path.with_name(f".{path.name}.partial-{secrets.token_hex(4)}")
+    try:
+        temporary.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path

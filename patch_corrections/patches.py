@@ -1,0 +1,219 @@
+"""Patch geometry and the array logic of extraction. No file paths here.
+
+A patch is a box of ``size`` voxels ``(z, y, x)`` whose first voxel sits at ``offset`` in the
+tomogram; the requested centre is at local index ``size // 2`` (80 for 160). Boxes may cross
+the tomogram border: the part outside is padded (image: the mean of the part inside, which
+carries no signal; labels: ignore).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .constants import IGNORE
+from .errors import InputError
+
+Index3 = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class PatchBox:
+    """A patch's place in its tomogram.
+
+    Attributes
+    ----------
+    offset
+        Tomogram index ``(z, y, x)`` of the patch's first voxel; negative where the patch
+        starts before the tomogram.
+    size
+        Patch shape ``(z, y, x)``.
+    """
+
+    offset: Index3
+    size: Index3
+
+    @classmethod
+    def around(cls, centre: Index3, size: Index3) -> PatchBox:
+        """The box of ``size`` whose local index ``size // 2`` is tomogram index ``centre``."""
+        return cls(tuple(c - s // 2 for c, s in zip(centre, size)), size)  # type: ignore[arg-type]
+
+    def inside(self, shape: Index3) -> tuple[Index3, Index3]:
+        """Tomogram ``(start, stop)`` of the part of the box inside a volume of ``shape``."""
+        start = tuple(min(max(o, 0), n) for o, n in zip(self.offset, shape))
+        stop = tuple(min(max(o + s, 0), n) for o, s, n in zip(self.offset, self.size, shape))
+        return start, stop  # type: ignore[return-value]
+
+    def padding(self, shape: Index3) -> tuple[tuple[int, int], ...]:
+        """Voxels padded ``(before, after)`` on each axis ``(z, y, x)``."""
+        start, stop = self.inside(shape)
+        return tuple(
+            (a - o, o + s - b) if b > a else (s, 0)
+            for o, s, a, b in zip(self.offset, self.size, start, stop)
+        )
+
+
+def centre_index(
+    xyz: tuple[float, float, float], voxel_size: tuple[float, float, float] | None = None
+) -> Index3:
+    """Round a user's ``(x, y, z)`` centre to a tomogram index ``(z, y, x)``.
+
+    Parameters
+    ----------
+    xyz
+        Centre in voxels, or in Å from the first voxel when ``voxel_size`` is given.
+    voxel_size
+        Voxel size in Å, ``(z, y, x)``; ``None`` when ``xyz`` is already in voxels.
+    """
+    x, y, z = xyz
+    zyx = np.array([z, y, x], float)
+    if voxel_size is not None:
+        zyx = zyx / np.asarray(voxel_size, float)
+    # Halves round up, the same way for every axis and sign.
+    return tuple(int(v) for v in np.floor(zyx + 0.5))  # type: ignore[return-value]
+
+
+def place_block(block: np.ndarray, box: PatchBox, shape: Index3, fill) -> np.ndarray:
+    """Put the in-bounds ``block`` into a patch of ``box.size`` filled with ``fill``.
+
+    Parameters
+    ----------
+    block
+        The tomogram region ``box.inside(shape)``, ``(z, y, x)``.
+    box, shape
+        The patch box and the tomogram shape ``(z, y, x)``.
+    fill
+        Value of every padded voxel.
+    """
+    start, stop = box.inside(shape)
+    expected = tuple(b - a for a, b in zip(start, stop))
+    if block.shape != expected:
+        raise ValueError(f"block shape {block.shape} does not match the box's {expected}")
+    patch = np.full(box.size, fill, dtype=block.dtype)
+    local = tuple(slice(a - o, b - o) for a, b, o in zip(start, stop, box.offset))
+    patch[local] = block
+    return patch
+
+
+def image_pad_value(block: np.ndarray, dtype: np.dtype):
+    """The value padded image voxels get: the mean of the real voxels, in ``dtype``."""
+    if block.size == 0:
+        return np.zeros((), dtype)[()]
+    mean = float(np.mean(block, dtype=np.float64))
+    if np.dtype(dtype).kind in "iu":
+        info = np.iinfo(dtype)
+        mean = min(max(round(mean), info.min), info.max)
+    return np.asarray(mean).astype(dtype)[()]
+
+
+def binarise_segmentation(block: np.ndarray, threshold: float | None) -> tuple[np.ndarray, str]:
+    """Turn segmentation values into membrane (1) / background (0).
+
+    Parameters
+    ----------
+    block
+        Segmentation values, any shape.
+    threshold
+        Voxels strictly above it are membrane. ``None`` accepts 0/1 as they are and otherwise
+        picks a rule from the values, which the returned note describes.
+
+    Returns
+    -------
+    labels
+        ``uint8`` array of 0 and 1, same shape.
+    rule
+        ``"binary"`` when the values were already 0/1, else how they were binarised.
+    """
+    if threshold is not None:
+        return (block > threshold).astype(np.uint8), f"values > {threshold:g} (--threshold)"
+    if block.size == 0:
+        return block.astype(np.uint8), "binary"
+    low, high = block.min(), block.max()
+    if block.dtype == bool:
+        return block.astype(np.uint8), "binary"
+    if block.dtype.kind == "f" and np.isnan(low):
+        # NaN never counts as membrane.
+        finite = block[np.isfinite(block)]
+        low, high = (finite.min(), finite.max()) if finite.size else (0, 0)
+    integral = block.dtype.kind in "iu" or bool(
+        np.all(np.equal(np.mod(block, 1), 0) | ~np.isfinite(block))
+    )
+    if low >= 0 and high <= 1 and integral:
+        return (block == 1).astype(np.uint8), "binary"
+    if integral:
+        return (block > 0).astype(np.uint8), "label values: every non-zero voxel is membrane"
+    if low >= 0 and high <= 1:
+        return (block > 0.5).astype(np.uint8), "probabilities: values > 0.5 are membrane"
+    return (block > 0).astype(np.uint8), "scores (logits): values > 0 are membrane"
+
+
+def add_border_band(labels: np.ndarray, width: int) -> np.ndarray:
+    """Set a band of ``width`` voxels along every face of ``labels`` to ignore, in place.
+
+    Parameters
+    ----------
+    labels
+        Label patch ``(z, y, x)``.
+    width
+        Band width in voxels; 0 leaves the patch unchanged.
+    """
+    if width <= 0:
+        return labels
+    for axis in range(labels.ndim):
+        index: list[slice] = [slice(None)] * labels.ndim
+        index[axis] = slice(0, width)
+        labels[tuple(index)] = IGNORE
+        index[axis] = slice(max(labels.shape[axis] - width, 0), None)
+        labels[tuple(index)] = IGNORE
+    return labels
+
+
+def label_patch(
+    segmentation_block: np.ndarray,
+    box: PatchBox,
+    shape: Index3,
+    border: int,
+    threshold: float | None = None,
+) -> tuple[np.ndarray, str]:
+    """Build a label patch from the in-bounds segmentation block.
+
+    Padding and the border band are ignore; inside, membrane is 1 and background 0.
+
+    Returns
+    -------
+    labels
+        ``uint8`` array of ``box.size`` with values in ``{0, 1, 2}``.
+    rule
+        How segmentation values were binarised (see ``binarise_segmentation``).
+    """
+    binary, rule = binarise_segmentation(segmentation_block, threshold)
+    labels = place_block(binary, box, shape, IGNORE)
+    return add_border_band(labels, border), rule
+
+
+def image_patch(image_block: np.ndarray, box: PatchBox, shape: Index3) -> tuple[np.ndarray, float]:
+    """Build an image patch from the in-bounds tomogram block, padded with its mean.
+
+    Returns
+    -------
+    image
+        Array of ``box.size`` in the tomogram's dtype.
+    pad_value
+        The value padded voxels received.
+    """
+    fill = image_pad_value(image_block, image_block.dtype)
+    return place_block(image_block, box, shape, fill), float(fill)
+
+
+def check_patch_size(size: int, border: int) -> None:
+    """Reject a patch size or border width that leaves nothing to train on."""
+    if size < 1:
+        raise InputError(f"--patch-size must be positive, got {size}")
+    if border < 0:
+        raise InputError(f"--border must be 0 or more, got {border}")
+    if 2 * border >= size:
+        raise InputError(
+            f"--border {border} leaves no voxel of a {size}-voxel patch outside the ignore "
+            f"band; use a border below {(size + 1) // 2}"
+        )
