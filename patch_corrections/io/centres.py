@@ -68,24 +68,26 @@ def parse_centres(text: str, path: Path) -> list[Centre]:
     """Parse the contents of a centres file; ``path`` is only used in messages."""
     centres: list[Centre] = []
     columns: tuple[int, int, int] | None = None
+    header: list[str] | None = None
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         fields = _fields(line)
         if columns is None and not centres and not all(_is_number(f) for f in fields):
             columns = _columns_from_header(path, number, fields)
+            header = fields
             continue
         if columns is None:
-            if len(fields) != 3:
-                raise InputError(
-                    f"{path}:{number}: expected 3 values x, y, z, found {len(fields)}: "
-                    f"{line.strip()!r}"
-                )
             columns = (0, 1, 2)
+        if header is None and len(fields) != 3:
+            raise InputError(
+                f"{path}:{number}: expected 3 values x, y, z, found {len(fields)}: "
+                f"{line.strip()!r}"
+            )
         if len(fields) <= max(columns):
             raise InputError(
-                f"{path}:{number}: expected {max(columns) + 1} columns, found {len(fields)}: "
-                f"{line.strip()!r}"
+                f"{path}:{number}: expected {len(header or ())} columns as the header "
+                f"names, found {len(fields)}: {line.strip()!r}"
             )
         try:
             x, y, z = (float(fields[c]) for c in columns)

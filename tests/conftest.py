@@ -1,0 +1,37 @@
+"""Helpers that write small real files the way other tools do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from patch_corrections.cli import app
+
+
+def write_mrc(path: Path, data: np.ndarray, voxel_size=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)):
+    """Write ``data`` ``(z, y, x)`` with mrcfile; ``voxel_size`` and ``origin`` are ``x, y, z``."""
+    with mrcfile.new(path, overwrite=True) as mrc:
+        mrc.set_data(data)
+        mrc.voxel_size = voxel_size
+        mrc.header.origin.x, mrc.header.origin.y, mrc.header.origin.z = origin
+    return path
+
+
+@pytest.fixture
+def run_cli():
+    """Run the CLI in-process; returns the click Result."""
+    runner = CliRunner()
+
+    def run(*args):
+        return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+    return run
+
+
+def all_files(folder: Path) -> list[Path]:
+    """Every file below ``folder`` (empty if it does not exist)."""
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file()) if folder.exists() else []
