@@ -33,11 +33,12 @@ def make_volumes(scratch: Path) -> tuple[Path, Path]:
     scratch.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     for path, dtype in ((tomogram, np.float32), (segmentation, np.int8)):
-        with mrcfile.new_mmap(path, shape=SHAPE, mrc_mode=2 if dtype == np.float32 else 0,
-                              overwrite=True) as mrc:
+        with mrcfile.new_mmap(
+            path, shape=SHAPE, mrc_mode=2 if dtype == np.float32 else 0, overwrite=True
+        ) as mrc:
             for z0 in range(0, SHAPE[0], 50):
                 block = rng.normal(size=(50, *SHAPE[1:])).astype(np.float32)
-                mrc.data[z0:z0 + 50] = block if dtype == np.float32 else (block > 1.5)
+                mrc.data[z0 : z0 + 50] = block if dtype == np.float32 else (block > 1.5)
             mrc.voxel_size = 14.08
     return tomogram, segmentation
 
@@ -50,9 +51,22 @@ def warm(path: Path) -> None:
 
 def run_once(tomogram: Path, segmentation: Path, centres: Path, out: Path) -> tuple[float, int]:
     shutil.rmtree(out, ignore_errors=True)
-    command = ["/usr/bin/time", "-v", sys.executable, "-m", "patch_corrections",
-               "extract_patches", "-t", str(tomogram), "-s", str(segmentation),
-               "-c", str(centres), "-o", str(out)]
+    command = [
+        "/usr/bin/time",
+        "-v",
+        sys.executable,
+        "-m",
+        "patch_corrections",
+        "extract_patches",
+        "-t",
+        str(tomogram),
+        "-s",
+        str(segmentation),
+        "-c",
+        str(centres),
+        "-o",
+        str(out),
+    ]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     wall = time.perf_counter() - start
@@ -73,8 +87,15 @@ with mrcfile.mmap(tomo, mode="r") as t, mrcfile.mmap(seg, mode="r") as s:
 
 def run_naive(tomogram: Path, segmentation: Path) -> tuple[float, int]:
     """The same five blocks copied out of a plain ``mrcfile.mmap``, for comparison."""
-    command = ["/usr/bin/time", "-v", sys.executable, "-c", NAIVE, str(tomogram),
-               str(segmentation)]
+    command = [
+        "/usr/bin/time",
+        "-v",
+        sys.executable,
+        "-c",
+        NAIVE,
+        str(tomogram),
+        str(segmentation),
+    ]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     wall = time.perf_counter() - start
@@ -92,23 +113,37 @@ def main() -> None:
     centres.write_text(CENTRES)
     warm(tomogram)
     warm(segmentation)
-    results = [run_once(tomogram, segmentation, centres, args.scratch / "out")
-               for _ in range(args.repeats)]
+    results = [
+        run_once(tomogram, segmentation, centres, args.scratch / "out")
+        for _ in range(args.repeats)
+    ]
     walls = [w for w, _ in results]
     rss = [r for _, r in results]
-    baseline = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-c", "import numpy"],
-                              capture_output=True, text=True, check=True).stderr
+    baseline = subprocess.run(
+        ["/usr/bin/time", "-v", sys.executable, "-c", "import numpy"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stderr
     base_rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", baseline)[1])
-    print(f"tomogram {SHAPE[2]}x{SHAPE[1]}x{SHAPE[0]} float32 + int8 segmentation, "
-          f"5 centres, 160^3 NRRD patches, {args.repeats} runs")
-    print(f"wall s      median {statistics.median(walls):.3f}  min {min(walls):.3f}  "
-          f"max {max(walls):.3f}")
-    print(f"peak RSS MB median {statistics.median(rss) / 1024:.0f}  max {max(rss) / 1024:.0f}"
-          f"  (python + numpy alone: {base_rss / 1024:.0f})")
+    print(
+        f"tomogram {SHAPE[2]}x{SHAPE[1]}x{SHAPE[0]} float32 + int8 segmentation, "
+        f"5 centres, 160^3 NRRD patches, {args.repeats} runs"
+    )
+    print(
+        f"wall s      median {statistics.median(walls):.3f}  min {min(walls):.3f}  "
+        f"max {max(walls):.3f}"
+    )
+    print(
+        f"peak RSS MB median {statistics.median(rss) / 1024:.0f}  max {max(rss) / 1024:.0f}"
+        f"  (python + numpy alone: {base_rss / 1024:.0f})"
+    )
     naive = [run_naive(tomogram, segmentation) for _ in range(args.repeats)]
-    print(f"for comparison, the same blocks sliced from mrcfile.mmap (no writing): wall s "
-          f"median {statistics.median(w for w, _ in naive):.3f}, peak RSS MB median "
-          f"{statistics.median(r for _, r in naive) / 1024:.0f}")
+    print(
+        f"for comparison, the same blocks sliced from mrcfile.mmap (no writing): wall s "
+        f"median {statistics.median(w for w, _ in naive):.3f}, peak RSS MB median "
+        f"{statistics.median(r for _, r in naive) / 1024:.0f}"
+    )
     if not args.keep:
         shutil.rmtree(args.scratch, ignore_errors=True)
 

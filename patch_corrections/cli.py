@@ -430,8 +430,12 @@ def _report_extraction(new, shape, size, out_dir, fmt, border, tomogram) -> None
     )
     for name, _, index in new:
         box = PatchBox.around(index, size)
-        padded = [f"{axis}{b}/{a}" for axis, (b, a) in zip("zyx", box.padding(shape)) if b or a]
-        note = f"  padded {' '.join(padded)}" if padded else ""
+        padded = [
+            f"{axis} {b}/{a}"
+            for axis, (b, a) in zip("xyz", _fmt_xyz(box.padding(shape)))
+            if b or a
+        ]
+        note = f"  padding before/after: {', '.join(padded)}" if padded else ""
         cx, cy, cz = _fmt_xyz(index)
         typer.echo(f"  {name}  centre x={cx} y={cy} z={cz}{note}")
     if new:
