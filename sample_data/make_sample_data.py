@@ -29,7 +29,7 @@ import numpy as np
 from patch_corrections.constants import MEMBRANE
 from patch_corrections.io.centres import parse_centres
 from patch_corrections.io.volumes import Geometry, write_volume
-from patch_corrections.patches import PatchBox, centre_index, label_patch
+from patch_corrections.patches import PatchBox, centre_index, label_patch, place_block
 
 SHAPE = (64, 224, 224)  # z, y, x
 VOXEL_SIZE = 10.0  # Å
@@ -183,8 +183,8 @@ def paint_corrections(out: Path, centres, prediction, truth, surfaces) -> None:
         start, stop = box.inside(shape)
         window = tuple(slice(a, b) for a, b in zip(start, stop))
         labels, _ = label_patch(prediction[window].astype(np.uint8), box, shape, BORDER)
-        place = lambda a, fill=False: _place(a[window], box, shape, fill)  # noqa: E731
-        truth_p, normal_p = place(truth), place(surfaces.normal_z, 0.0)
+        truth_p = place_block(truth[window], box, shape, False)
+        normal_p = place_block(surfaces.normal_z[window], box, shape, 0.0)
         unsure = truth_p & (labels != MEMBRANE) & (normal_p > WEDGE_UNSURE)
         add = truth_p & (labels == 0) & ~unsure
         remove = (labels == MEMBRANE) & ~truth_p
@@ -204,12 +204,6 @@ def paint_corrections(out: Path, centres, prediction, truth, surfaces) -> None:
                     patch_geometry,
                     overwrite=True,
                 )
-
-
-def _place(block: np.ndarray, box: PatchBox, shape, fill) -> np.ndarray:
-    from patch_corrections.patches import place_block
-
-    return place_block(block, box, shape, fill)
 
 
 def main() -> None:
