@@ -24,6 +24,7 @@ from .constants import (
     CORRECTION_KINDS,
     IMAGES_SUBDIR,
     LABELS_SUBDIR,
+    MERGE_SUMMARY_NAME,
     PATCH_SIZE,
     TRAIN_IMAGE_SUFFIX,
     TRAIN_IMAGES_SUBDIR,
@@ -32,6 +33,7 @@ from .constants import (
 from .corrections import invalid_label_values, merge_labels, union_mask
 from .errors import InputError, PatchCorrectionsWarning
 from .io.centres import Centre, read_centres
+from .io.files import write_text_atomic
 from .io.folders import LabelPatch, find_label_patches, scan_corrections, stray_files
 from .io.manifest import load_manifest, manifest_path, save_manifest
 from .io.volumes import (
@@ -79,6 +81,10 @@ def _user_errors(command: Callable[P, None]) -> Callable[P, None]:
         except KeyboardInterrupt:
             typer.echo("Interrupted; the files of this run were removed.", err=True)
             raise typer.Exit(130) from None
+        except OSError as exc:  # permissions, full disk: the system's words suffice
+            where = f"{exc.filename}: " if exc.filename else ""
+            typer.echo(f"Error: {where}{exc.strerror or exc}", err=True)
+            raise typer.Exit(1) from None
 
     return wrapper
 
@@ -134,6 +140,13 @@ class _Outputs:
     def discard(self) -> None:
         for path in self.written:
             path.unlink(missing_ok=True)
+
+
+def _make_dirs(*folders: Path) -> None:
+    for folder in folders:
+        if folder.exists() and not folder.is_dir():
+            raise InputError(f"{folder}: exists and is not a folder; choose another --out-dir")
+        folder.mkdir(parents=True, exist_ok=True)
 
 
 def _require_free(paths: Iterable[Path], overwrite: bool) -> None:
@@ -288,7 +301,7 @@ def extract_patches(
                 geometry.voxel_size if angstrom else None,
                 "Å" if angstrom else "voxels",
             )
-            records, new = _plan_names(out_dir, token, located, patch_size, overwrite)
+            records, new, replaced = _plan_names(out_dir, token, located, patch_size, overwrite)
             size = (patch_size,) * 3
             paths = {
                 name: (
@@ -298,51 +311,56 @@ def extract_patches(
                 for name, _, _ in new
             }
             _require_free([p for pair in paths.values() for p in pair], overwrite)
+            sources = {
+                "tomogram": str(tomogram.resolve()),
+                "segmentation": str(segmentation.resolve()),
+            }
 
-            (out_dir / IMAGES_SUBDIR).mkdir(parents=True, exist_ok=True)
-            (out_dir / LABELS_SUBDIR).mkdir(parents=True, exist_ok=True)
+            _make_dirs(out_dir, out_dir / IMAGES_SUBDIR, out_dir / LABELS_SUBDIR)
             outputs = _Outputs()
             try:
                 for name, centre, index in _progress(new, "Extracting patches"):
                     box = PatchBox.around(index, size)
                     start, stop = box.inside(shape)
-                    image, pad_value = image_patch(
-                        image_reader.read_block(start, stop), box, shape
-                    )
-                    labels, rule = label_patch(
-                        seg_reader.read_block(start, stop), box, shape, border, threshold
-                    )
+                    image_block = image_reader.read_block(start, stop)
+                    image, pad_value = image_patch(image_block, box, shape)
+                    seg_block = seg_reader.read_block(start, stop)
+                    labels, rule = label_patch(seg_block, box, shape, border, threshold)
                     if rule != "binary" and threshold is None:
                         _warn(
                             f"{segmentation}: values are not 0/1; read as {rule}. "
                             "Pass --threshold to choose."
                         )
                     patch_geometry = geometry.shifted(box.offset)
-                    image_path, label_path = paths[name]
-                    outputs.write(image_path, image, patch_geometry, overwrite)
-                    outputs.write(label_path, labels, patch_geometry, overwrite)
+                    for path, data in zip(paths[name], (image, labels)):
+                        outputs.write(path, data, patch_geometry, overwrite)
                     records.append(
-                        _patch_record(
-                            name,
-                            out_dir,
-                            image_path,
-                            label_path,
-                            tomogram,
-                            segmentation,
-                            centre,
-                            index,
-                            box,
-                            shape,
-                            patch_geometry,
-                            border,
-                            pad_value,
-                            rule,
-                        )
+                        {
+                            "name": name,
+                            "image": paths[name][0].relative_to(out_dir).as_posix(),
+                            "label": paths[name][1].relative_to(out_dir).as_posix(),
+                            **sources,
+                            "centre_xyz": _fmt_xyz(index),
+                            "centre_given": list(centre.xyz),
+                            "centre_source": centre.source,
+                            "offset_xyz": _fmt_xyz(box.offset),
+                            "size_xyz": _fmt_xyz(box.size),
+                            "tomogram_shape_xyz": _fmt_xyz(shape),
+                            "voxel_size_xyz": _fmt_xyz(patch_geometry.voxel_size),
+                            "origin_xyz": _fmt_xyz(patch_geometry.origin),
+                            "padding_xyz": _fmt_xyz(box.padding(shape)),
+                            "border": border,
+                            "image_pad_value": pad_value,
+                            "label_rule": rule,
+                        }
                     )
                 save_manifest(out_dir, records)
             except BaseException:
                 outputs.discard()
                 raise
+            # Only once the new manifest is in place do the replaced patches go.
+            for path in replaced - set(outputs.written):
+                path.unlink(missing_ok=True)
         _report_extraction(new, shape, size, out_dir, fmt, border, tomogram)
         skipped = len(located) - len(new)
         if skipped:
@@ -355,22 +373,22 @@ def extract_patches(
 
 def _plan_names(
     out_dir: Path, token: str, located: list, patch_size: int, overwrite: bool
-) -> tuple[list[dict], list[tuple[str, Centre, tuple[int, int, int]]]]:
+) -> tuple[list[dict], list[tuple[str, Centre, tuple[int, int, int]]], set[Path]]:
     """Keep the manifest's other patches and name the new ones ``<token>_patchNNN``.
 
     Without ``overwrite``, numbering continues after this token's last patch and a centre
     already extracted with the same size is skipped. With it, this token's patches are
-    dropped from the manifest and re-extracted from number 000.
+    dropped from the manifest and re-extracted from number 000; their files are returned,
+    to be deleted once the new ones are written.
     """
     records = load_manifest(out_dir)
     prefix = f"{token}_patch"
     mine = [
         r for r in records if r["name"].startswith(prefix) and r["name"][len(prefix) :].isdigit()
     ]
+    replaced: set[Path] = set()
     if overwrite:
-        for record in mine:
-            for key in ("image", "label"):
-                (out_dir / record[key]).unlink(missing_ok=True)
+        replaced = {out_dir / r[key] for r in mine for key in ("image", "label")}
         records = [r for r in records if r not in mine]
         mine = []
     done = {(tuple(r.get("centre_xyz", ())), tuple(r["size_xyz"])) for r in mine}
@@ -383,44 +401,7 @@ def _plan_names(
         done.add(key)
         new.append((f"{prefix}{number:03d}", centre, index))
         number += 1
-    return records, new
-
-
-def _patch_record(
-    name,
-    out_dir,
-    image_path,
-    label_path,
-    tomogram,
-    segmentation,
-    centre,
-    index,
-    box,
-    shape,
-    geometry,
-    border,
-    pad_value,
-    rule,
-) -> dict:
-    return {
-        "name": name,
-        "image": image_path.relative_to(out_dir).as_posix(),
-        "label": label_path.relative_to(out_dir).as_posix(),
-        "tomogram": str(Path(tomogram).resolve()),
-        "segmentation": str(Path(segmentation).resolve()),
-        "centre_xyz": _fmt_xyz(index),
-        "centre_given": list(centre.xyz),
-        "centre_source": centre.source,
-        "offset_xyz": _fmt_xyz(box.offset),
-        "size_xyz": _fmt_xyz(box.size),
-        "tomogram_shape_xyz": _fmt_xyz(shape),
-        "voxel_size_xyz": _fmt_xyz(geometry.voxel_size),
-        "origin_xyz": _fmt_xyz(geometry.origin),
-        "padding_xyz": _fmt_xyz(box.padding(shape)),
-        "border": border,
-        "image_pad_value": pad_value,
-        "label_rule": rule,
-    }
+    return records, new, replaced
 
 
 def _report_extraction(new, shape, size, out_dir, fmt, border, tomogram) -> None:
@@ -537,21 +518,19 @@ def merge_corrections(
         ]
         _require_free([path for plan in plans for path in plan["outputs"]], overwrite)
 
-        (out_dir / TRAIN_IMAGES_SUBDIR).mkdir(parents=True, exist_ok=True)
-        (out_dir / TRAIN_LABELS_SUBDIR).mkdir(parents=True, exist_ok=True)
+        _make_dirs(out_dir, out_dir / TRAIN_IMAGES_SUBDIR, out_dir / TRAIN_LABELS_SUBDIR)
         outputs = _Outputs()
         rows = []
         try:
             for plan in _progress(plans, "Merging corrections"):
                 rows.append(_merge_one(plan, outputs, overwrite))
             summary = {
-                "patches": rows,
+                "patches": _merged_rows(out_dir / MERGE_SUMMARY_NAME, rows),
                 "uncorrected": uncorrected,
                 "folders_without_patch": orphans,
                 "unmatched_files": [str(f) for f in _unmatched(folders, corrections_dir)],
             }
-            summary_path = out_dir / "merge_summary.json"
-            summary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+            write_text_atomic(out_dir / MERGE_SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
         except BaseException:
             outputs.discard()
             raise
@@ -565,6 +544,19 @@ def merge_corrections(
             corrections_dir,
         )
     _report_warnings(warned)
+
+
+def _merged_rows(summary_path: Path, rows: list[dict]) -> list[dict]:
+    """This run's rows, plus those of earlier runs into the same folder for other patches."""
+    earlier: list[dict] = []
+    if summary_path.exists():
+        try:
+            earlier = json.loads(summary_path.read_text(encoding="utf-8"))["patches"]
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+            _warn(f"{summary_path}: unreadable; replaced by this run's summary")
+    names = {r["name"] for r in rows}
+    kept = [r for r in earlier if isinstance(r, dict) and r.get("name") not in names]
+    return sorted(kept + rows, key=lambda r: r["name"])
 
 
 def _unmatched(folders, corrections_dir: Path) -> list[Path]:
@@ -687,7 +679,7 @@ def _report_merge(
             "Files that match no Add/Remove/Ignore prefix (not used): "
             + ", ".join(str(Path(f).relative_to(corrections_dir)) for f in unmatched)
         )
-    typer.echo(f"Summary: {out_dir / 'merge_summary.json'}")
+    typer.echo(f"Summary: {out_dir / MERGE_SUMMARY_NAME}")
 
 
 def main() -> None:

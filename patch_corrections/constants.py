@@ -24,6 +24,9 @@ MANIFEST_NAME = "manifest.json"
 IMAGES_SUBDIR = "images"
 LABELS_SUBDIR = "labels"
 
+MERGE_SUMMARY_NAME = "merge_summary.json"
+"""Per-patch report of merge_corrections inside its output folder."""
+
 TRAIN_IMAGES_SUBDIR = "imagesTr"
 TRAIN_LABELS_SUBDIR = "labelsTr"
 TRAIN_IMAGE_SUFFIX = "_0000"

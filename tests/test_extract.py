@@ -243,6 +243,9 @@ def test_help_and_extraction_do_not_import_torch(tmp_path, volumes):
         f"'-s', r'{tmp_path}/seg.mrc', '-o', r'{tmp_path}/o', '--x', '1', '--y', '1', "
         "'--z', '1', '--patch-size', '4', '--border', '1'])\n"
         "assert r.exit_code == 0, r.output\n"
+        f"r = CliRunner().invoke(app, ['merge_corrections', '-l', r'{tmp_path}/o', "
+        f"'-c', r'{tmp_path}/o', '-o', r'{tmp_path}/t', '--include-uncorrected'])\n"
+        "assert r.exit_code == 0, r.output\n"
         "assert 'torch' not in sys.modules and 'scipy' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

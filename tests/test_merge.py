@@ -255,3 +255,38 @@ def test_bad_inputs(tmp_path, run_cli, setup, message):
     assert result.exit_code == 1
     assert result.output.startswith("Error: ") and message in result.output
     assert all_files(tmp_path / "train") == []
+
+
+def test_second_round_adds_to_the_training_folder_and_its_summary(tmp_path, run_cli):
+    folder, _ = _extraction_folder(tmp_path, names=("a_patch000", "b_patch000"))
+    _paint(tmp_path, "a_patch000", "Add1.nrrd", _mask((3, 3, 3)))
+    assert _merge(run_cli, tmp_path, folder).exit_code == 0
+    _paint(tmp_path, "b_patch000", "Add1.nrrd", _mask((3, 3, 3)))
+    result = _merge(run_cli, tmp_path, folder)  # a_patch000's pair exists: refused
+    assert result.exit_code == 1 and "a_patch000_0000.nii.gz: already exists" in result.output
+    (tmp_path / "corr" / "a_patch000" / "Add1.nrrd").unlink()
+    (tmp_path / "corr" / "a_patch000").rmdir()
+    result = _merge(run_cli, tmp_path, folder)
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "train" / "merge_summary.json").read_text())["patches"]
+    assert [r["name"] for r in rows] == ["a_patch000", "b_patch000"]
+    assert len(all_files(tmp_path / "train" / "labelsTr")) == 2
+
+
+def test_unreadable_mask_names_the_file(tmp_path, run_cli):
+    folder, _ = _extraction_folder(tmp_path)
+    (tmp_path / "corr" / "tomo_patch000").mkdir(parents=True)
+    (tmp_path / "corr" / "tomo_patch000" / "Add1.nrrd").write_text("garbage")
+    result = _merge(run_cli, tmp_path, folder)
+    assert result.exit_code == 1
+    assert "Add1.nrrd: not a readable NRRD file" in result.output
+    assert all_files(tmp_path / "train") == []
+
+
+def test_out_dir_that_is_a_file(tmp_path, run_cli):
+    folder, _ = _extraction_folder(tmp_path)
+    _paint(tmp_path, "tomo_patch000", "Add1.nrrd", _mask((3, 3, 3)))
+    (tmp_path / "train").write_text("a file")
+    result = _merge(run_cli, tmp_path, folder)
+    assert result.exit_code == 1
+    assert "train: exists and is not a folder" in result.output

@@ -94,6 +94,16 @@ def test_nifti_from_nibabel_is_xyz(tmp_path):
     assert info.geometry == Geometry((3.0, 2.0, 1.5), (30.0, 20.0, 10.0))
 
 
+def test_detached_nrrd_header(tmp_path):
+    path = tmp_path / "d.nhdr"
+    nrrd.write(
+        str(path), _marked(), {"spacings": [1.5, 2.0, 3.0]}, detached_header=True, index_order="C"
+    )
+    data, info = read_volume(path)
+    assert np.argwhere(data).tolist() == [list(MARKER)]
+    assert info.geometry == Geometry((3.0, 2.0, 1.5))  # spacings are listed x first
+
+
 def test_four_d_mask_with_one_channel_is_read_as_3d(tmp_path):
     path = tmp_path / "mitk.nrrd"
     nrrd.write(str(path), _marked(np.uint8)[None], index_order="C")

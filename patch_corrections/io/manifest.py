@@ -8,12 +8,11 @@ be traced back to, and pasted back into, their tomogram.
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from pathlib import Path
 
 from ..constants import MANIFEST_NAME
 from ..errors import InputError
+from .files import write_text_atomic
 
 MANIFEST_VERSION = 1
 _REQUIRED = ("name", "image", "label", "offset_xyz", "size_xyz")
@@ -54,10 +53,5 @@ def save_manifest(folder: Path, patches: list[dict]) -> Path:
         "axis_order": "x, y, z (voxel indices, 0-based); voxel_size and origin in Å",
         "patches": patches,
     }
-    temporary = path.with_name(f".{path.name}.partial-{secrets.token_hex(4)}")
-    try:
-        temporary.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    write_text_atomic(path, json.dumps(content, indent=2) + "\n")
     return path

@@ -18,7 +18,6 @@ too. On disk:
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import InputError
+from .files import atomic_target
 
 MRC_SUFFIXES = (".mrc", ".rec", ".map", ".st")
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
@@ -429,17 +429,13 @@ def write_volume(
     suffix = next(
         s for s in MRC_SUFFIXES + NRRD_SUFFIXES + NIFTI_SUFFIXES if path.name.lower().endswith(s)
     )
-    temporary = path.with_name(f".{volume_stem(path)}.partial-{secrets.token_hex(4)}{suffix}")
-    try:
+    with atomic_target(path, suffix) as temporary:
         if fmt == "mrc":
             _write_mrc(temporary, data, geometry)
         elif fmt == "nrrd":
             _write_nrrd(temporary, data, geometry)
         else:
             _write_nifti(temporary, data, geometry)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def _write_mrc(path: Path, data: np.ndarray, geometry: Geometry) -> None:
