@@ -12,6 +12,7 @@ from conftest import write_mrc
 from patch_corrections.errors import InputError
 from patch_corrections.io.volumes import (
     Geometry,
+    closing_reader,
     open_volume,
     read_info,
     read_volume,
@@ -125,6 +126,19 @@ def test_mrc_blocks_match_full_array(tmp_path, dtype):
             np.testing.assert_array_equal(block, data[tuple(map(slice, start, stop))])
     finally:
         reader.close()
+
+
+def test_mrc_with_extended_header_and_2d_image(tmp_path):
+    data = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    with mrcfile.new(tmp_path / "ext.mrc") as mrc:
+        mrc.set_data(data)
+        mrc.set_extended_header(np.zeros(7, dtype=[("tilt", "<f4")]))
+    with closing_reader(tmp_path / "ext.mrc") as reader:
+        np.testing.assert_array_equal(reader.read_block((1, 2, 3), (3, 5, 6)), data[1:3, 2:5, 3:6])
+    with mrcfile.new(tmp_path / "image.mrc") as mrc:
+        mrc.set_data(np.zeros((5, 6), np.float32))
+    with pytest.raises(InputError, match="expected a 3D volume, found shape"):
+        read_info(tmp_path / "image.mrc")
 
 
 def test_header_only_info(tmp_path):

@@ -153,8 +153,8 @@ class _MrcReader:
             dtype = mrcfile.utils.data_dtype_from_header(header)
         except ValueError as exc:
             raise InputError(f"{path}: unsupported MRC data mode ({exc})") from None
-        nz, ny, nx = (int(n) for n in mrcfile.utils.data_shape_from_header(header)[-3:])
-        shape = (nz, ny, nx)
+        shape = _as_3d(path, tuple(int(n) for n in mrcfile.utils.data_shape_from_header(header)))
+        nz, ny, nx = shape
         self._offset = 1024 + extended
         needed = self._offset + nz * ny * nx * dtype.itemsize
         size = path.stat().st_size
