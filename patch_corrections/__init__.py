@@ -11,10 +11,12 @@ from .corrections import MergeCounts, merge_labels, union_mask
 from .errors import InputError, PatchCorrectionsWarning
 from .io import Geometry, read_centres, read_info, read_volume, write_volume
 from .patches import (
+    Binarisation,
     PatchBox,
+    ValueRange,
     add_border_band,
-    binarise_segmentation,
     centre_index,
+    choose_binarisation,
     image_patch,
     label_patch,
 )
@@ -25,15 +27,17 @@ __all__ = [
     "IGNORE",
     "MEMBRANE",
     "PATCH_SIZE",
+    "Binarisation",
     "Geometry",
     "InputError",
     "MergeCounts",
     "PatchBox",
     "PatchCorrectionsWarning",
+    "ValueRange",
     "__version__",
     "add_border_band",
-    "binarise_segmentation",
     "centre_index",
+    "choose_binarisation",
     "image_patch",
     "label_patch",
     "merge_labels",

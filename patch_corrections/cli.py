@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import functools
 import json
+import math
+import operator
+import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, ParamSpec, TypeVar
 
-import numpy as np
 import typer
 
 from .constants import (
@@ -33,7 +36,7 @@ from .constants import (
 from .corrections import invalid_label_values, merge_labels, union_mask
 from .errors import InputError, PatchCorrectionsWarning
 from .io.centres import Centre, read_centres
-from .io.files import write_text_atomic
+from .io.files import StagedFiles, write_text_atomic
 from .io.folders import LabelPatch, find_label_patches, scan_corrections, stray_files
 from .io.manifest import load_manifest, manifest_path, save_manifest
 from .io.volumes import (
@@ -43,9 +46,18 @@ from .io.volumes import (
     read_info,
     read_volume,
     volume_stem,
+    volume_suffix,
     write_volume,
 )
-from .patches import PatchBox, centre_index, check_patch_size, image_patch, label_patch
+from .patches import (
+    PatchBox,
+    ValueRange,
+    centre_index,
+    check_patch_size,
+    choose_binarisation,
+    image_patch,
+    label_patch,
+)
 
 app = typer.Typer(
     name="patch_corrections",
@@ -127,26 +139,21 @@ def _report_warnings(messages: list[str]) -> None:
             typer.echo(f"  - {message}")
 
 
-class _Outputs:
-    """Files written by one run, removed again if the run fails: no partial outputs."""
-
-    def __init__(self) -> None:
-        self.written: list[Path] = []
-
-    def write(self, path: Path, data: np.ndarray, geometry: Geometry, overwrite: bool) -> None:
-        write_volume(path, data, geometry, overwrite=overwrite)
-        self.written.append(path)
-
-    def discard(self) -> None:
-        for path in self.written:
-            path.unlink(missing_ok=True)
-
-
-def _make_dirs(*folders: Path) -> None:
-    for folder in folders:
+def _check_out_dir(out_dir: Path) -> None:
+    for folder in (out_dir, *out_dir.parents):
         if folder.exists() and not folder.is_dir():
             raise InputError(f"{folder}: exists and is not a folder; choose another --out-dir")
-        folder.mkdir(parents=True, exist_ok=True)
+
+
+_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+def _check_token(token: str) -> str:
+    if not _TOKEN.fullmatch(token):
+        raise InputError(
+            f"--token {token!r}: use letters, digits and . _ + - only (it becomes a file name)"
+        )
+    return token
 
 
 def _require_free(paths: Iterable[Path], overwrite: bool) -> None:
@@ -169,6 +176,8 @@ def _gather_centres(
         raise InputError("give all three of --x, --y and --z, or a --centres file")
     centres = read_centres(centres_file) if centres_file is not None else []
     if all(given):
+        if not all(math.isfinite(v) for v in (x, y, z)):  # type: ignore[arg-type]
+            raise InputError(f"--x/--y/--z: coordinates must be finite, got {x}, {y}, {z}")
         centres.append(Centre((float(x), float(y), float(z)), "--x/--y/--z"))  # type: ignore[arg-type]
     if not centres:
         raise InputError("no centres given: pass --centres FILE or --x, --y and --z")
@@ -272,7 +281,8 @@ def extract_patches(
         check_patch_size(patch_size, border)
         requested = _gather_centres(centres, x, y, z)
         fmt = output_format.value
-        token = token or volume_stem(tomogram)
+        token = _check_token(token or volume_stem(tomogram))
+        _check_out_dir(out_dir)
         with closing_reader(tomogram) as image_reader, closing_reader(segmentation) as seg_reader:
             shape = image_reader.info.shape
             if seg_reader.info.shape != shape:
@@ -301,39 +311,52 @@ def extract_patches(
                 geometry.voxel_size if angstrom else None,
                 "Å" if angstrom else "voxels",
             )
-            records, new, replaced = _plan_names(out_dir, token, located, patch_size, overwrite)
+            sources = {
+                "tomogram": str(tomogram.resolve()),
+                "segmentation": str(segmentation.resolve()),
+            }
+            records, new, replaced = _plan_names(
+                out_dir, token, located, patch_size, sources["tomogram"], overwrite
+            )
             size = (patch_size,) * 3
+            boxes = {name: PatchBox.around(index, size) for name, _, index in new}
             paths = {
                 name: (
                     output_path(out_dir / IMAGES_SUBDIR, name, fmt),
                     output_path(out_dir / LABELS_SUBDIR, name, fmt),
                 )
-                for name, _, _ in new
+                for name in boxes
             }
             _require_free([p for pair in paths.values() for p in pair], overwrite)
-            sources = {
-                "tomogram": str(tomogram.resolve()),
-                "segmentation": str(segmentation.resolve()),
-            }
+            # One rule for the whole segmentation, from the values of every patch.
+            values = [
+                ValueRange.of(seg_reader.read_block(*b.inside(shape))) for b in boxes.values()
+            ]
+            binarisation = choose_binarisation(
+                functools.reduce(operator.or_, values, ValueRange(0.0, 0.0, True)), threshold
+            )
+            if binarisation.rule != "binary" and threshold is None:
+                _warn(
+                    f"{segmentation}: values are not 0/1; read as {binarisation.rule}. "
+                    "Pass --threshold to choose."
+                )
 
-            _make_dirs(out_dir, out_dir / IMAGES_SUBDIR, out_dir / LABELS_SUBDIR)
-            outputs = _Outputs()
+            staged = StagedFiles()
             try:
+                staged.make_dirs(out_dir / IMAGES_SUBDIR, out_dir / LABELS_SUBDIR)
                 for name, centre, index in _progress(new, "Extracting patches"):
-                    box = PatchBox.around(index, size)
+                    box = boxes[name]
                     start, stop = box.inside(shape)
-                    image_block = image_reader.read_block(start, stop)
-                    image, pad_value = image_patch(image_block, box, shape)
-                    seg_block = seg_reader.read_block(start, stop)
-                    labels, rule = label_patch(seg_block, box, shape, border, threshold)
-                    if rule != "binary" and threshold is None:
-                        _warn(
-                            f"{segmentation}: values are not 0/1; read as {rule}. "
-                            "Pass --threshold to choose."
-                        )
+                    image, pad_value = image_patch(
+                        image_reader.read_block(start, stop), box, shape
+                    )
+                    labels = label_patch(
+                        seg_reader.read_block(start, stop), box, shape, border, binarisation
+                    )
                     patch_geometry = geometry.shifted(box.offset)
-                    for path, data in zip(paths[name], (image, labels)):
-                        outputs.write(path, data, patch_geometry, overwrite)
+                    for final, data in zip(paths[name], (image, labels)):
+                        staged_path = staged.stage(final, volume_suffix(final))
+                        write_volume(staged_path, data, patch_geometry)
                     records.append(
                         {
                             "name": name,
@@ -351,15 +374,17 @@ def extract_patches(
                             "padding_xyz": _fmt_xyz(box.padding(shape)),
                             "border": border,
                             "image_pad_value": pad_value,
-                            "label_rule": rule,
+                            "label_rule": binarisation.rule,
                         }
                     )
-                save_manifest(out_dir, records)
             except BaseException:
-                outputs.discard()
+                staged.discard()
                 raise
-            # Only once the new manifest is in place do the replaced patches go.
-            for path in replaced - set(outputs.written):
+            written = staged.finals
+            staged.commit()
+            save_manifest(out_dir, records)
+            # Only once the new patches and manifest are in place do replaced ones go.
+            for path in replaced - set(written):
                 path.unlink(missing_ok=True)
         _report_extraction(new, shape, size, out_dir, fmt, border, tomogram)
         skipped = len(located) - len(new)
@@ -372,14 +397,14 @@ def extract_patches(
 
 
 def _plan_names(
-    out_dir: Path, token: str, located: list, patch_size: int, overwrite: bool
+    out_dir: Path, token: str, located: list, patch_size: int, tomogram: str, overwrite: bool
 ) -> tuple[list[dict], list[tuple[str, Centre, tuple[int, int, int]]], set[Path]]:
     """Keep the manifest's other patches and name the new ones ``<token>_patchNNN``.
 
     Without ``overwrite``, numbering continues after this token's last patch and a centre
-    already extracted with the same size is skipped. With it, this token's patches are
-    dropped from the manifest and re-extracted from number 000; their files are returned,
-    to be deleted once the new ones are written.
+    already extracted from the same tomogram with the same size is skipped. With it, this
+    token's patches are dropped from the manifest and re-extracted from number 000; their
+    files are returned, to be deleted once the new ones are written.
     """
     records = load_manifest(out_dir)
     prefix = f"{token}_patch"
@@ -391,11 +416,13 @@ def _plan_names(
         replaced = {out_dir / r[key] for r in mine for key in ("image", "label")}
         records = [r for r in records if r not in mine]
         mine = []
-    done = {(tuple(r.get("centre_xyz", ())), tuple(r["size_xyz"])) for r in mine}
+    done = {
+        (r.get("tomogram"), tuple(r.get("centre_xyz", ())), tuple(r["size_xyz"])) for r in mine
+    }
     number = max((int(r["name"][len(prefix) :]) + 1 for r in mine), default=0)
     new = []
     for centre, index in located:
-        key = (tuple(_fmt_xyz(index)), (patch_size,) * 3)
+        key = (tomogram, tuple(_fmt_xyz(index)), (patch_size,) * 3)
         if key in done:
             continue
         done.add(key)
@@ -516,24 +543,24 @@ def merge_corrections(
         plans = [
             _plan_merge(p, folders.get(p.name), out_dir, fmt, border, images_dir) for p in chosen
         ]
-        _require_free([path for plan in plans for path in plan["outputs"]], overwrite)
+        _require_free([path for plan in plans for path in plan.outputs], overwrite)
 
-        _make_dirs(out_dir, out_dir / TRAIN_IMAGES_SUBDIR, out_dir / TRAIN_LABELS_SUBDIR)
-        outputs = _Outputs()
-        rows = []
+        _check_out_dir(out_dir)
+        staged = StagedFiles()
         try:
-            for plan in _progress(plans, "Merging corrections"):
-                rows.append(_merge_one(plan, outputs, overwrite))
-            summary = {
-                "patches": _merged_rows(out_dir / MERGE_SUMMARY_NAME, rows),
-                "uncorrected": uncorrected,
-                "folders_without_patch": orphans,
-                "unmatched_files": [str(f) for f in _unmatched(folders, corrections_dir)],
-            }
-            write_text_atomic(out_dir / MERGE_SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
+            staged.make_dirs(out_dir / TRAIN_IMAGES_SUBDIR, out_dir / TRAIN_LABELS_SUBDIR)
+            rows = [_merge_one(plan, staged) for plan in _progress(plans, "Merging corrections")]
         except BaseException:
-            outputs.discard()
+            staged.discard()
             raise
+        staged.commit()
+        summary = {
+            "patches": _merged_rows(out_dir / MERGE_SUMMARY_NAME, rows),
+            "uncorrected": uncorrected,
+            "folders_without_patch": orphans,
+            "unmatched_files": [str(f) for f in _unmatched(folders, corrections_dir)],
+        }
+        write_text_atomic(out_dir / MERGE_SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
         _report_merge(
             rows,
             out_dir,
@@ -566,10 +593,21 @@ def _unmatched(folders, corrections_dir: Path) -> list[Path]:
     return files
 
 
+@dataclass
+class _MergePlan:
+    """One patch's inputs and outputs, checked by their headers before anything is written."""
+
+    patch: LabelPatch
+    masks: dict[str, list[Path]]
+    border: int
+    padding: tuple[tuple[int, int], ...] | None
+    outputs: tuple[Path, Path]
+    corrected: bool
+
+
 def _plan_merge(
     patch: LabelPatch, folder, out_dir: Path, fmt: str, border: int | None, images_dir: Path | None
-) -> dict:
-    """Check one patch's files by their headers, before anything is written."""
+) -> _MergePlan:
     label_info = read_info(patch.label)
     if patch.image is None or not patch.image.exists():
         where = f"in {images_dir}" if images_dir else "(no manifest names it)"
@@ -596,20 +634,26 @@ def _plan_merge(
                     f"{path}: origin/spacing {_describe(info.geometry)} differ from its "
                     f"patch's {_describe(label_info.geometry)}; merged by voxel index"
                 )
+    record = patch.record or {}
     if border is None:
-        record_border = (patch.record or {}).get("border")
-        border = int(record_border) if record_border is not None else BORDER_WIDTH
-    outputs = (
-        output_path(out_dir / TRAIN_IMAGES_SUBDIR, patch.name + TRAIN_IMAGE_SUFFIX, fmt),
-        output_path(out_dir / TRAIN_LABELS_SUBDIR, patch.name, fmt),
+        border = int(record.get("border", BORDER_WIDTH))
+    if 2 * border >= min(label_info.shape):
+        raise InputError(
+            f"{patch.label}: a border of {border} leaves no voxel of its "
+            f"{'x'.join(map(str, _fmt_xyz(label_info.shape)))} patch outside the ignore band"
+        )
+    padding = record.get("padding_xyz")
+    return _MergePlan(
+        patch=patch,
+        masks=masks,
+        border=border,
+        padding=tuple(tuple(p) for p in padding[::-1]) if padding else None,
+        outputs=(
+            output_path(out_dir / TRAIN_IMAGES_SUBDIR, patch.name + TRAIN_IMAGE_SUFFIX, fmt),
+            output_path(out_dir / TRAIN_LABELS_SUBDIR, patch.name, fmt),
+        ),
+        corrected=folder is not None,
     )
-    return {
-        "patch": patch,
-        "masks": masks,
-        "border": border,
-        "outputs": outputs,
-        "corrected": folder is not None,
-    }
 
 
 def _describe(geometry: Geometry) -> str:
@@ -618,8 +662,8 @@ def _describe(geometry: Geometry) -> str:
     return f"(spacing {spacing}; origin {origin})"
 
 
-def _merge_one(plan: dict, outputs: _Outputs, overwrite: bool) -> dict:
-    patch: LabelPatch = plan["patch"]
+def _merge_one(plan: _MergePlan, staged: StagedFiles) -> dict:
+    patch = plan.patch
     base, label_info = read_volume(patch.label)
     bad = invalid_label_values(base)
     if bad:
@@ -628,7 +672,7 @@ def _merge_one(plan: dict, outputs: _Outputs, overwrite: bool) -> dict:
             f"{', '.join(f'{v:g}' for v in bad[:5])}"
         )
     masks = {
-        kind: union_mask((read_volume(p)[0] for p in plan["masks"].get(kind, [])), base.shape)
+        kind: union_mask((read_volume(p)[0] for p in plan.masks.get(kind, [])), base.shape)
         for kind in CORRECTION_KINDS
     }
     merged, counts = merge_labels(
@@ -636,20 +680,23 @@ def _merge_one(plan: dict, outputs: _Outputs, overwrite: bool) -> dict:
         add=masks["add"],
         remove=masks["remove"],
         ignore=masks["ignore"],
-        border=plan["border"],
+        border=plan.border,
+        padding=plan.padding,
     )
     image, image_info = read_volume(patch.image)
     geometry = label_info.geometry or image_info.geometry or Geometry((1.0, 1.0, 1.0))
-    image_out, label_out = plan["outputs"]
-    outputs.write(image_out, image, image_info.geometry or geometry, overwrite)
-    outputs.write(label_out, merged, geometry, overwrite)
+    image_out, label_out = plan.outputs
+    write_volume(
+        staged.stage(image_out, volume_suffix(image_out)), image, image_info.geometry or geometry
+    )
+    write_volume(staged.stage(label_out, volume_suffix(label_out)), merged, geometry)
     return {
         "name": patch.name,
-        "corrected": plan["corrected"],
+        "corrected": plan.corrected,
         "added": counts.added,
         "removed": counts.removed,
         "ignored": counts.ignored,
-        "files": {k: [p.name for p in v] for k, v in plan["masks"].items()},
+        "files": {k: [p.name for p in v] for k, v in plan.masks.items()},
         "image": str(image_out),
         "label": str(label_out),
     }

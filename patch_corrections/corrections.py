@@ -37,7 +37,8 @@ def union_mask(masks: Iterable[np.ndarray], shape: tuple[int, ...]) -> np.ndarra
     """
     marked = np.zeros(shape, dtype=bool)
     for mask in masks:
-        marked |= mask != 0
+        # NaN is what some tools write for "nothing here", never a mark.
+        marked |= (mask != 0) & ~np.isnan(mask) if mask.dtype.kind == "f" else mask != 0
     return marked
 
 
@@ -48,11 +49,13 @@ def merge_labels(
     remove: np.ndarray | None = None,
     ignore: np.ndarray | None = None,
     border: int = 0,
+    padding: tuple[tuple[int, int], ...] | None = None,
 ) -> tuple[np.ndarray, MergeCounts]:
     """Apply corrections to a label patch.
 
     The order is MemBrain-seg's: Remove sets background, then Add sets membrane, then Ignore
-    sets ignore, then the border band is set to ignore. Later steps win where masks overlap.
+    sets ignore, then the border band and any padding are set to ignore. Later steps win
+    where masks overlap.
 
     Parameters
     ----------
@@ -62,6 +65,9 @@ def merge_labels(
         Boolean masks of ``base.shape`` (``None``: nothing painted).
     border
         Width of the ignore band along every face, in voxels.
+    padding
+        Voxels ``(before, after)`` per axis ``(z, y, x)`` that lay outside the tomogram
+        when the patch was cut: they carry no signal, so no painted label may stay there.
 
     Returns
     -------
@@ -78,6 +84,12 @@ def merge_labels(
     if ignore is not None:
         merged[ignore] = IGNORE
     add_border_band(merged, border)
+    for axis, (before, after) in enumerate(padding or ()):
+        index: list[slice] = [slice(None)] * merged.ndim
+        index[axis] = slice(0, before)
+        merged[tuple(index)] = IGNORE
+        index[axis] = slice(merged.shape[axis] - after, None)
+        merged[tuple(index)] = IGNORE  # an empty slice when after == 0
     counts = MergeCounts(
         added=int(np.count_nonzero((merged == MEMBRANE) & (base != MEMBRANE))),
         removed=int(np.count_nonzero((merged == BACKGROUND) & (base == MEMBRANE))),

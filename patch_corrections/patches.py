@@ -107,45 +107,65 @@ def image_pad_value(block: np.ndarray, dtype: np.dtype):
     return np.asarray(mean).astype(dtype)[()]
 
 
-def binarise_segmentation(block: np.ndarray, threshold: float | None) -> tuple[np.ndarray, str]:
-    """Turn segmentation values into membrane (1) / background (0).
+@dataclass(frozen=True)
+class ValueRange:
+    """Finite extremes of segmentation values and whether all of them are whole numbers."""
 
-    Parameters
-    ----------
-    block
-        Segmentation values, any shape.
-    threshold
-        Voxels strictly above it are membrane. ``None`` accepts 0/1 as they are and otherwise
-        picks a rule from the values, which the returned note describes.
+    low: float
+    high: float
+    integral: bool
 
-    Returns
-    -------
-    labels
-        ``uint8`` array of 0 and 1, same shape.
-    rule
-        ``"binary"`` when the values were already 0/1, else how they were binarised.
+    @classmethod
+    def of(cls, block: np.ndarray) -> ValueRange:
+        """The range of ``block`` (any shape); NaN and infinities are left out."""
+        if block.dtype.kind == "b":
+            block = block.view(np.uint8)
+        if block.dtype.kind == "f":
+            block = block[np.isfinite(block)]
+        if block.size == 0:
+            return cls(0.0, 0.0, True)
+        integral = block.dtype.kind in "iu" or bool(np.all(np.mod(block, 1) == 0))
+        return cls(float(block.min()), float(block.max()), integral)
+
+    def __or__(self, other: ValueRange) -> ValueRange:
+        return ValueRange(
+            min(self.low, other.low), max(self.high, other.high), self.integral and other.integral
+        )
+
+
+@dataclass(frozen=True)
+class Binarisation:
+    """How segmentation values become membrane: voxels strictly above ``threshold``.
+
+    ``rule`` says why, for the user; it is ``"binary"`` when the values were 0/1 already.
+    """
+
+    threshold: float
+    rule: str
+
+    def apply(self, block: np.ndarray) -> np.ndarray:
+        """``uint8`` 0/1 array of ``block``'s shape; NaN is never membrane."""
+        return (block > self.threshold).astype(np.uint8)
+
+
+def choose_binarisation(values: ValueRange, threshold: float | None = None) -> Binarisation:
+    """Pick one rule for a whole segmentation from the range of its values.
+
+    0/1 pass as they are; otherwise whole numbers are label values (non-zero is membrane),
+    values in [0, 1] are probabilities (above 0.5), anything else scores or logits (above 0).
+    An explicit ``threshold`` overrides all of this.
     """
     if threshold is not None:
-        return (block > threshold).astype(np.uint8), f"values > {threshold:g} (--threshold)"
-    if block.size == 0:
-        return block.astype(np.uint8), "binary"
-    low, high = block.min(), block.max()
-    if block.dtype == bool:
-        return block.astype(np.uint8), "binary"
-    if block.dtype.kind == "f" and np.isnan(low):
-        # NaN never counts as membrane.
-        finite = block[np.isfinite(block)]
-        low, high = (finite.min(), finite.max()) if finite.size else (0, 0)
-    integral = block.dtype.kind in "iu" or bool(
-        np.all(np.equal(np.mod(block, 1), 0) | ~np.isfinite(block))
-    )
-    if low >= 0 and high <= 1 and integral:
-        return (block == 1).astype(np.uint8), "binary"
-    if integral:
-        return (block > 0).astype(np.uint8), "label values: every non-zero voxel is membrane"
-    if low >= 0 and high <= 1:
-        return (block > 0.5).astype(np.uint8), "probabilities: values > 0.5 are membrane"
-    return (block > 0).astype(np.uint8), "scores (logits): values > 0 are membrane"
+        if not np.isfinite(threshold):
+            raise InputError(f"--threshold must be a finite number, got {threshold}")
+        return Binarisation(threshold, f"values > {threshold:g} (--threshold)")
+    if values.integral and values.low >= 0 and values.high <= 1:
+        return Binarisation(0.5, "binary")
+    if values.integral:
+        return Binarisation(0.0, "label values: every value above 0 is membrane")
+    if values.low >= 0 and values.high <= 1:
+        return Binarisation(0.5, "probabilities: values > 0.5 are membrane")
+    return Binarisation(0.0, "scores (logits): values > 0 are membrane")
 
 
 def add_border_band(labels: np.ndarray, width: int) -> np.ndarray:
@@ -174,8 +194,8 @@ def label_patch(
     box: PatchBox,
     shape: Index3,
     border: int,
-    threshold: float | None = None,
-) -> tuple[np.ndarray, str]:
+    binarisation: Binarisation,
+) -> np.ndarray:
     """Build a label patch from the in-bounds segmentation block.
 
     Padding and the border band are ignore; inside, membrane is 1 and background 0.
@@ -184,12 +204,9 @@ def label_patch(
     -------
     labels
         ``uint8`` array of ``box.size`` with values in ``{0, 1, 2}``.
-    rule
-        How segmentation values were binarised (see ``binarise_segmentation``).
     """
-    binary, rule = binarise_segmentation(segmentation_block, threshold)
-    labels = place_block(binary, box, shape, IGNORE)
-    return add_border_band(labels, border), rule
+    labels = place_block(binarisation.apply(segmentation_block), box, shape, IGNORE)
+    return add_border_band(labels, border)
 
 
 def image_patch(image_block: np.ndarray, box: PatchBox, shape: Index3) -> tuple[np.ndarray, float]:

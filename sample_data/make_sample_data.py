@@ -29,7 +29,13 @@ import numpy as np
 from patch_corrections.constants import MEMBRANE
 from patch_corrections.io.centres import parse_centres
 from patch_corrections.io.volumes import Geometry, write_volume
-from patch_corrections.patches import PatchBox, centre_index, label_patch, place_block
+from patch_corrections.patches import (
+    Binarisation,
+    PatchBox,
+    centre_index,
+    label_patch,
+    place_block,
+)
 
 SHAPE = (64, 224, 224)  # z, y, x
 VOXEL_SIZE = 10.0  # Å
@@ -182,7 +188,7 @@ def paint_corrections(out: Path, centres, prediction, truth, surfaces) -> None:
         box = PatchBox.around(centre_index(xyz), size)
         start, stop = box.inside(shape)
         window = tuple(slice(a, b) for a, b in zip(start, stop))
-        labels, _ = label_patch(prediction[window].astype(np.uint8), box, shape, BORDER)
+        labels = label_patch(prediction[window], box, shape, BORDER, Binarisation(0.5, "binary"))
         truth_p = place_block(truth[window], box, shape, False)
         normal_p = place_block(surfaces.normal_z[window], box, shape, 0.0)
         unsure = truth_p & (labels != MEMBRANE) & (normal_p > WEDGE_UNSURE)

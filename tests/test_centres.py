@@ -59,3 +59,13 @@ def test_read_centres_with_byte_order_mark(tmp_path):
     path = tmp_path / "c.csv"
     path.write_bytes("\ufeffx,y,z\n1,2,3\n".encode())
     assert read_centres(path)[0].xyz == (1, 2, 3)
+
+
+def test_comma_file_keeps_spaces_inside_fields():
+    centres = parse_centres("name,x,y,z\nves 1,10,20,5\n", FILE)
+    assert centres[0].xyz == (10, 20, 5)
+
+
+def test_empty_field_is_not_skipped():
+    with pytest.raises(InputError, match="c.csv:1: expected 3 values x, y, z, found 4"):
+        parse_centres("1,,2,3\n", FILE)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import all_files, write_mrc
 
-from patch_corrections.io.volumes import Geometry, read_volume
+from patch_corrections.io.volumes import Geometry, read_volume, write_volume
 
 SHAPE = (10, 12, 14)  # z, y, x
 VOXEL_XYZ = (2.0, 3.0, 4.0)
@@ -187,7 +187,7 @@ def test_probability_map_is_binarised_with_a_warning(tmp_path, volumes, run_cli)
 def test_label_image_is_binarised_with_a_warning(tmp_path, volumes, run_cli):
     write_mrc(tmp_path / "seg.mrc", np.full(SHAPE, 3, np.int8), VOXEL_XYZ, ORIGIN_XYZ)
     result = _extract(run_cli, tmp_path, "--x", 7, "--y", 6, "--z", 5)
-    assert "every non-zero voxel is membrane" in result.output
+    assert "every value above 0 is membrane" in result.output
     labels, _ = read_volume(tmp_path / "out" / "labels" / "tomo_patch000.nrrd")
     assert set(np.unique(labels[1:5, 1:5, 1:5])) == {1}
 
@@ -256,3 +256,126 @@ def test_help_and_extraction_do_not_import_torch(tmp_path, volumes):
         check=True,
     )
     assert "extract_patches" in help_run.stdout and "merge_corrections" in help_run.stdout
+
+
+def test_one_binarisation_rule_for_all_patches(tmp_path, volumes, run_cli):
+    # Scores in [-2, 1]: one patch only sees values in [0, 1] but must still use "> 0".
+    scores = np.full(SHAPE, 0.3, np.float32)
+    scores[:, :, 10:] = -2.0
+    write_mrc(tmp_path / "seg.mrc", scores, VOXEL_XYZ, ORIGIN_XYZ)
+    (tmp_path / "c.csv").write_text("3 6 5\n11 6 5\n")
+    result = _extract(run_cli, tmp_path, "-c", tmp_path / "c.csv")
+    assert result.exit_code == 0, result.output
+    assert "scores (logits): values > 0 are membrane" in result.output
+    labels, _ = read_volume(tmp_path / "out" / "labels" / "tomo_patch000.nrrd")
+    assert set(np.unique(labels[1:5, 1:5, 1:5])) == {1}  # 0.3 > 0
+
+
+def test_same_stem_from_another_tomogram_is_not_skipped(tmp_path, volumes, run_cli):
+    assert _extract(run_cli, tmp_path, "--x", 7, "--y", 6, "--z", 5).exit_code == 0
+    other = tmp_path / "TS2"
+    other.mkdir()
+    write_mrc(other / "tomo.mrc", np.zeros(SHAPE, np.float32), VOXEL_XYZ, ORIGIN_XYZ)
+    result = run_cli(
+        "extract_patches",
+        "-t",
+        other / "tomo.mrc",
+        "-s",
+        tmp_path / "seg.mrc",
+        "-o",
+        tmp_path / "out",
+        "--patch-size",
+        SIZE,
+        "--border",
+        BORDER,
+        "--x",
+        7,
+        "--y",
+        6,
+        "--z",
+        5,
+    )
+    assert result.exit_code == 0 and "tomo_patch001" in result.output
+
+
+def test_failed_overwrite_keeps_the_earlier_patches(tmp_path, volumes, run_cli):
+    # A NIfTI tomogram cut short: its last z slices are unreadable.
+    tomogram = np.arange(np.prod(SHAPE), dtype=np.float32).reshape(SHAPE)
+    write_volume(tmp_path / "tomo.nii", tomogram, Geometry((1.0, 1.0, 1.0)))
+    data = (tmp_path / "tomo.nii").read_bytes()
+    (tmp_path / "tomo.nii").write_bytes(data[: len(data) - 3 * SHAPE[1] * SHAPE[2] * 4])
+
+    def extract(*args):
+        return run_cli(
+            "extract_patches",
+            "-t",
+            tmp_path / "tomo.nii",
+            "-s",
+            tmp_path / "seg.mrc",
+            "-o",
+            tmp_path / "out",
+            "--patch-size",
+            SIZE,
+            "--border",
+            BORDER,
+            *args,
+        )
+
+    assert extract("--x", 7, "--y", 6, "--z", 2).exit_code == 0
+    before = {p: p.read_bytes() for p in all_files(tmp_path / "out")}
+    (tmp_path / "c.csv").write_text("1 1 1\n7 6 9\n")
+    result = extract("-c", tmp_path / "c.csv", "--overwrite")
+    assert result.exit_code == 1
+    assert (
+        result.output.startswith("Error: ") and "tomo.nii: cannot read its data" in result.output
+    )
+    assert {p: p.read_bytes() for p in all_files(tmp_path / "out")} == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--x", "nan", "--y", "1", "--z", "1"], "coordinates must be finite"),
+        (["--x", "1", "--y", "1", "--z", "1", "--threshold", "nan"], "--threshold must be"),
+        (["--x", "1", "--y", "1", "--z", "1", "--token", "../up"], "--token '../up'"),
+    ],
+)
+def test_bad_values_are_one_line_errors(tmp_path, volumes, run_cli, args, message):
+    result = _extract(run_cli, tmp_path, *args)
+    assert result.exit_code == 1 and message in result.output
+    assert all_files(tmp_path / "out") == [] and not (tmp_path / "out" / "images").exists()
+
+
+@pytest.mark.parametrize(
+    ("dtype", "fmt"),
+    [(np.float16, "nrrd"), (np.float16, "nii.gz"), (np.float16, "mrc"), (np.uint8, "mrc")],
+)
+def test_tomogram_dtypes_in_every_format(tmp_path, run_cli, dtype, fmt):
+    tomogram = (np.arange(np.prod(SHAPE)) % 200).reshape(SHAPE).astype(dtype)
+    write_volume(tmp_path / "tomo.nrrd", tomogram, Geometry((1.0, 1.0, 1.0)))
+    write_mrc(tmp_path / "seg.mrc", np.zeros(SHAPE, np.int8))
+    result = run_cli(
+        "extract_patches",
+        "-t",
+        tmp_path / "tomo.nrrd",
+        "-s",
+        tmp_path / "seg.mrc",
+        "-o",
+        tmp_path / "out",
+        "--patch-size",
+        4,
+        "--border",
+        1,
+        "--x",
+        7,
+        "--y",
+        6,
+        "--z",
+        5,
+        "--format",
+        fmt,
+    )
+    assert result.exit_code == 0, result.output
+    suffix = ".nii.gz" if fmt == "nii.gz" else f".{fmt}"
+    image, _ = read_volume(tmp_path / "out" / "images" / f"tomo_patch000{suffix}")
+    np.testing.assert_array_equal(image.astype(np.float64), tomogram[3:7, 4:8, 5:9])

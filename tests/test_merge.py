@@ -290,3 +290,65 @@ def test_out_dir_that_is_a_file(tmp_path, run_cli):
     result = _merge(run_cli, tmp_path, folder)
     assert result.exit_code == 1
     assert "train: exists and is not a folder" in result.output
+
+
+def test_failed_overwrite_keeps_the_earlier_training_pairs(tmp_path, run_cli):
+    folder, _ = _extraction_folder(tmp_path, names=("a_patch000", "b_patch000"))
+    _paint(tmp_path, "a_patch000", "Add1.nrrd", _mask((3, 3, 3)))
+    _paint(tmp_path, "b_patch000", "Add1.nrrd", _mask((3, 3, 3)))
+    assert _merge(run_cli, tmp_path, folder).exit_code == 0
+    before = {p: p.read_bytes() for p in all_files(tmp_path / "train")}
+    write_volume(
+        folder / "labels" / "b_patch000.nrrd", _mask((3, 3, 3), value=5), GEOMETRY, overwrite=True
+    )
+    result = _merge(run_cli, tmp_path, folder, "--overwrite")
+    assert result.exit_code == 1 and "label values must be 0, 1 or 2" in result.output
+    assert {p: p.read_bytes() for p in all_files(tmp_path / "train")} == before
+
+
+def test_failed_first_run_leaves_no_folders(tmp_path, run_cli):
+    folder, _ = _extraction_folder(tmp_path)
+    write_volume(
+        folder / "labels" / "tomo_patch000.nrrd",
+        _mask((3, 3, 3), value=5),
+        GEOMETRY,
+        overwrite=True,
+    )
+    _paint(tmp_path, "tomo_patch000", "Add1.nrrd", _mask((3, 3, 3)))
+    result = _merge(run_cli, tmp_path, folder)
+    assert result.exit_code == 1
+    assert not (tmp_path / "train").exists()
+
+
+def test_padding_stays_ignore_whatever_was_painted(tmp_path, run_cli):
+    folder, base = _extraction_folder(tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["patches"][0]["padding_xyz"] = [[0, 0], [2, 0], [0, 3]]  # y before, z after
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    _paint(tmp_path, "tomo_patch000", "Add1.nrrd", np.ones((N, N, N), np.uint8))
+    result = _merge(run_cli, tmp_path, folder, "--border", "0")
+    assert result.exit_code == 0, result.output
+    labels, _ = read_volume(tmp_path / "train" / "labelsTr" / "tomo_patch000.nii.gz")
+    expected = np.ones((N, N, N), np.uint8)
+    expected[:, :2, :] = 2
+    expected[N - 3 :, :, :] = 2
+    np.testing.assert_array_equal(labels, expected)
+
+
+def test_nan_in_a_float_mask_marks_nothing(tmp_path, run_cli):
+    folder, base = _extraction_folder(tmp_path)
+    mask = np.full((N, N, N), np.nan, np.float32)
+    mask[3, 3, 1] = 0.25
+    _paint(tmp_path, "tomo_patch000", "Add1.nrrd", mask)
+    assert _merge(run_cli, tmp_path, folder, "--border", "0").exit_code == 0
+    labels, _ = read_volume(tmp_path / "train" / "labelsTr" / "tomo_patch000.nii.gz")
+    changed = np.argwhere(labels != base).tolist()
+    assert changed == [[3, 3, 1]]
+
+
+def test_border_wider_than_the_patch_allows(tmp_path, run_cli):
+    folder, _ = _extraction_folder(tmp_path)
+    _paint(tmp_path, "tomo_patch000", "Add1.nrrd", _mask((3, 3, 3)))
+    result = _merge(run_cli, tmp_path, folder, "--border", "4")
+    assert result.exit_code == 1 and "a border of 4 leaves no voxel" in result.output
+    assert all_files(tmp_path / "train") == []

@@ -185,3 +185,36 @@ def test_truncated_mrc(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(InputError, match="file not found"):
         read_info(tmp_path / "nope.mrc")
+
+
+def test_start_indices_place_an_mrc_without_origin(tmp_path):
+    path = write_mrc(tmp_path / "t.mrc", _marked(), voxel_size=(2.0, 2.0, 2.0))
+    with mrcfile.open(path, mode="r+") as mrc:
+        mrc.header.nxstart, mrc.header.nystart, mrc.header.nzstart = 10, 20, 30
+    assert read_info(path).geometry == Geometry((2.0, 2.0, 2.0), (60.0, 40.0, 20.0))
+
+
+@pytest.mark.parametrize("name", ["empty.nrrd", "cut.nrrd", "cut.nii.gz", "cut.nii"])
+def test_empty_or_cut_files_are_input_errors(tmp_path, name):
+    path = tmp_path / name
+    if name == "empty.nrrd":
+        path.write_bytes(b"")
+    else:
+        write_volume(
+            path, np.random.default_rng(0).normal(size=(20, 20, 20)), Geometry((1.0, 1.0, 1.0))
+        )
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2] if name != "cut.nrrd" else data[:60])
+    with pytest.raises(InputError, match=name):
+        read_volume(path)
+
+
+@pytest.mark.parametrize("fmt", ["mrc", "nrrd", "nii.gz"])
+@pytest.mark.parametrize("dtype", [np.float16, np.float64, np.uint8, np.int32, bool])
+def test_every_dtype_is_written_in_every_format(tmp_path, fmt, dtype):
+    data = (
+        np.arange(60).reshape(3, 4, 5) % 2 if dtype is bool else np.arange(60).reshape(3, 4, 5) * 4
+    ).astype(dtype)
+    path = tmp_path / f"v.{fmt}"
+    write_volume(path, data, Geometry((1.0, 1.0, 1.0)))
+    np.testing.assert_array_equal(read_volume(path)[0].astype(np.float64), data.astype(np.float64))

@@ -12,7 +12,6 @@ floats with the place they came from, for error messages.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,11 +34,16 @@ class Centre:
     source: str
 
 
-_SPLIT = re.compile(r"[,\s;]+")
+def _delimiter(line: str) -> str | None:
+    """The file's field separator, from its first line; ``None`` means runs of white space."""
+    for candidate in (",", ";", "\t"):
+        if candidate in line:
+            return candidate
+    return None
 
 
-def _fields(line: str) -> list[str]:
-    return [f.strip().strip('"').strip("'") for f in _SPLIT.split(line.strip()) if f.strip()]
+def _fields(line: str, delimiter: str | None) -> list[str]:
+    return [f.strip().strip('"').strip("'") for f in line.strip().split(delimiter)]
 
 
 def _is_number(text: str) -> bool:
@@ -69,11 +73,14 @@ def parse_centres(text: str, path: Path) -> list[Centre]:
     centres: list[Centre] = []
     columns: tuple[int, int, int] | None = None
     header: list[str] | None = None
+    delimiter: str | None = None
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        fields = _fields(line)
-        if columns is None and not centres and not all(_is_number(f) for f in fields):
+        if header is None and not centres:
+            delimiter = _delimiter(line)
+        fields = _fields(line, delimiter)
+        if columns is None and not centres and not all(_is_number(f) for f in fields if f):
             columns = _columns_from_header(path, number, fields)
             header = fields
             continue

@@ -17,7 +17,7 @@ too. On disk:
 
 from __future__ import annotations
 
-import os
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -112,13 +112,19 @@ def is_volume_file(path: Path) -> bool:
     return path.is_file() and name.endswith(MRC_SUFFIXES + NRRD_SUFFIXES + NIFTI_SUFFIXES)
 
 
-def volume_stem(path: Path) -> str:
-    """File name without its volume suffix (``a.nii.gz`` -> ``a``)."""
+def volume_suffix(path: Path) -> str:
+    """The volume suffix of a file name, as written there (``a.NII.gz`` -> ``.NII.gz``)."""
     name = path.name
     for suffix in MRC_SUFFIXES + NRRD_SUFFIXES + NIFTI_SUFFIXES:
         if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
+            return name[-len(suffix) :]
+    return path.suffix
+
+
+def volume_stem(path: Path) -> str:
+    """File name without its volume suffix (``a.nii.gz`` -> ``a``)."""
+    suffix = volume_suffix(path)
+    return path.name[: -len(suffix)] if suffix else path.name
 
 
 # --- MRC -------------------------------------------------------------------------------
@@ -164,9 +170,14 @@ class _MrcReader:
         geometry = None
         if min(vz, vy, vx) > 0:
             org = header.origin
-            geometry = Geometry((vz, vy, vx), (float(org.z), float(org.y), float(org.x)))
+            origin = (float(org.z), float(org.y), float(org.x))
+            if origin == (0.0, 0.0, 0.0):
+                # Older files place themselves by start indices instead (as ChimeraX reads).
+                starts = (int(header.nzstart), int(header.nystart), int(header.nxstart))
+                origin = tuple(i * v for i, v in zip(starts, (vz, vy, vx)))  # type: ignore[assignment]
+            geometry = Geometry((vz, vy, vx), origin)
         self.info = VolumeInfo(path, shape, dtype, geometry)
-        self._fd = os.open(path, os.O_RDONLY)
+        self._file = open(path, "rb", buffering=0)
 
     def read_block(self, start: tuple[int, int, int], stop: tuple[int, int, int]) -> np.ndarray:
         (z0, y0, x0), (z1, y1, x1) = start, stop
@@ -179,7 +190,8 @@ class _MrcReader:
         view = memoryview(buffer.view(np.uint8))[:run]
         for k, z in enumerate(range(z0, z1)):
             position = self._offset + ((z * ny + y0) * nx + x0) * item
-            got = os.preadv(self._fd, [view], position)
+            self._file.seek(position)
+            got = self._file.readinto(view)
             if got != run:
                 raise InputError(f"{self.info.path}: short read at byte {position}")
             # Rows of the block start nx voxels apart in the run.
@@ -189,9 +201,7 @@ class _MrcReader:
         return out
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self._file.close()
 
 
 # --- in-memory formats ------------------------------------------------------------------
@@ -206,6 +216,13 @@ class _ArrayReader:
         self._transpose = transpose
 
     def read_block(self, start: tuple[int, int, int], stop: tuple[int, int, int]) -> np.ndarray:
+        try:
+            return self._read(start, stop)
+        except (ValueError, OSError, EOFError, zlib.error) as exc:
+            # nibabel reads lazily: a truncated or corrupt file shows up only now.
+            raise InputError(f"{self.info.path}: cannot read its data ({exc})") from None
+
+    def _read(self, start: tuple[int, int, int], stop: tuple[int, int, int]) -> np.ndarray:
         (z0, y0, x0), (z1, y1, x1) = start, stop
         if self._transpose:
             block = np.asarray(self._data[x0:x1, y0:y1, z0:z1, ...])
@@ -254,8 +271,19 @@ def _nrrd_header(path: Path) -> dict:
     import nrrd
 
     try:
-        return nrrd.read_header(str(path))
-    except (nrrd.NRRDError, OSError, UnicodeDecodeError) as exc:
+        header = nrrd.read_header(str(path))
+        if "sizes" not in header:
+            raise nrrd.NRRDError("header has no sizes field")
+        return header
+    except (
+        nrrd.NRRDError,
+        OSError,
+        UnicodeDecodeError,
+        ValueError,
+        StopIteration,
+        RuntimeError,
+        KeyError,
+    ) as exc:
         raise InputError(f"{path}: not a readable NRRD file ({exc})") from None
 
 
@@ -372,7 +400,16 @@ def _read_nrrd(path: Path) -> tuple[np.ndarray, VolumeInfo]:
     info = _nrrd_info(path, header)
     try:
         data, _ = nrrd.read(str(path), index_order="C")
-    except (nrrd.NRRDError, OSError, ValueError, EOFError) as exc:
+    except (
+        nrrd.NRRDError,
+        OSError,
+        ValueError,
+        EOFError,
+        StopIteration,
+        RuntimeError,
+        KeyError,
+        zlib.error,
+    ) as exc:
         raise InputError(f"{path}: not a readable NRRD file ({exc})") from None
     return data.reshape(info.shape), info
 
@@ -426,10 +463,7 @@ def write_volume(
     if path.exists() and not overwrite:
         raise InputError(f"{path}: already exists; pass --overwrite to replace it")
     fmt = volume_format(path)
-    suffix = next(
-        s for s in MRC_SUFFIXES + NRRD_SUFFIXES + NIFTI_SUFFIXES if path.name.lower().endswith(s)
-    )
-    with atomic_target(path, suffix) as temporary:
+    with atomic_target(path, volume_suffix(path)) as temporary:
         if fmt == "mrc":
             _write_mrc(temporary, data, geometry)
         elif fmt == "nrrd":
@@ -438,15 +472,34 @@ def write_volume(
             _write_nifti(temporary, data, geometry)
 
 
+def storable_dtype(dtype: np.dtype, fmt: str, high: float = 0) -> np.dtype:
+    """The dtype ``fmt`` stores ``dtype`` as, losslessly where the format allows.
+
+    MRC has int8, int16, uint16, float16 and float32 modes; NRRD (pynrrd) has no float16;
+    NIfTI (nibabel) has no float16 either. ``high`` is the data's maximum, which decides
+    whether uint8 fits MRC's int8 mode.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind == "b":
+        return np.dtype(np.int8 if fmt == "mrc" else np.uint8)
+    if fmt in ("nrrd", "nifti"):
+        return np.dtype(np.float32) if dtype == np.float16 else dtype
+    if dtype.kind == "f":
+        return np.dtype(np.float16 if dtype == np.float16 else np.float32)
+    if dtype in (np.int8, np.int16, np.uint16):
+        return dtype
+    if dtype == np.uint8:
+        return np.dtype(np.int8 if high <= 127 else np.uint16)
+    return np.dtype(np.float32)  # wider integers: MRC has no lossless mode for them
+
+
 def _write_mrc(path: Path, data: np.ndarray, geometry: Geometry) -> None:
     import mrcfile
 
-    if data.dtype == np.uint8:
-        if data.size and int(data.max()) > 127:
-            raise ValueError("uint8 data above 127 cannot be written to MRC mode 0")
-        data = data.astype(np.int8)  # MRC mode 0; mrcfile would widen uint8 to uint16
+    high = float(data.max()) if data.size and data.dtype.kind in "ui" else 0
+    data = np.ascontiguousarray(data, dtype=storable_dtype(data.dtype, "mrc", high))
     with mrcfile.new(path, overwrite=True) as mrc:
-        mrc.set_data(np.ascontiguousarray(data))
+        mrc.set_data(data)
         vz, vy, vx = geometry.voxel_size
         mrc.voxel_size = (vx, vy, vz)
         oz, oy, ox = geometry.origin
@@ -466,9 +519,10 @@ def _write_nrrd(path: Path, data: np.ndarray, geometry: Geometry) -> None:
         "kinds": ["domain", "domain", "domain"],
     }
     # Masks compress a hundredfold; noisy images do not, so they are stored raw for speed.
-    is_mask = data.dtype.kind in "ui" and data.dtype.itemsize == 1
+    is_mask = data.dtype == bool or (data.dtype.kind in "ui" and data.dtype.itemsize == 1)
     header["encoding"] = "gzip" if is_mask else "raw"
-    nrrd.write(str(path), np.ascontiguousarray(data), header, index_order="C", compression_level=1)
+    data = np.ascontiguousarray(data, dtype=storable_dtype(data.dtype, "nrrd"))
+    nrrd.write(str(path), data, header, index_order="C", compression_level=1)
 
 
 def _write_nifti(path: Path, data: np.ndarray, geometry: Geometry) -> None:
@@ -478,6 +532,7 @@ def _write_nifti(path: Path, data: np.ndarray, geometry: Geometry) -> None:
     oz, oy, ox = geometry.origin
     affine = np.diag([vx, vy, vz, 1.0])
     affine[:3, 3] = (ox, oy, oz)
+    data = data.astype(storable_dtype(data.dtype, "nifti"), copy=False)
     image = nibabel.Nifti1Image(np.ascontiguousarray(data.transpose()), affine)
     image.header.set_xyzt_units(xyz="unknown")
     nibabel.save(image, str(path))
