@@ -67,5 +67,5 @@ def test_comma_file_keeps_spaces_inside_fields():
 
 
 def test_empty_field_is_not_skipped():
-    with pytest.raises(InputError, match="c.csv:1: expected 3 values x, y, z, found 4"):
+    with pytest.raises(InputError, match=r"c\.csv:1: expected 3 values x, y, z, found 4"):
         parse_centres("1,,2,3\n", FILE)

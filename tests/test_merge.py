@@ -321,7 +321,7 @@ def test_failed_first_run_leaves_no_folders(tmp_path, run_cli):
 
 
 def test_padding_stays_ignore_whatever_was_painted(tmp_path, run_cli):
-    folder, base = _extraction_folder(tmp_path)
+    folder, _ = _extraction_folder(tmp_path)
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["patches"][0]["padding_xyz"] = [[0, 0], [2, 0], [0, 3]]  # y before, z after
     (folder / "manifest.json").write_text(json.dumps(manifest))
