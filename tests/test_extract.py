@@ -46,21 +46,10 @@ def _expected(tomogram, segmentation, centre_zyx):
     return image.astype(np.float32), labels
 
 
-def _extract(run_cli, tmp_path, *args):
-    return run_cli(
-        "extract_patches",
-        "-t",
-        tmp_path / "tomo.mrc",
-        "-s",
-        tmp_path / "seg.mrc",
-        "-o",
-        tmp_path / "out",
-        "--patch-size",
-        SIZE,
-        "--border",
-        BORDER,
-        *args,
-    )
+def _extract(run_cli, tmp_path, *args, tomogram=None):
+    tomogram = tomogram or tmp_path / "tomo.mrc"
+    common = ["-s", tmp_path / "seg.mrc", "-o", tmp_path / "out", "--patch-size", SIZE]
+    return run_cli("extract_patches", "-t", tomogram, *common, "--border", BORDER, *args)
 
 
 def test_patches_at_every_face_and_corner(tmp_path, volumes, run_cli):
@@ -276,25 +265,7 @@ def test_same_stem_from_another_tomogram_is_not_skipped(tmp_path, volumes, run_c
     other = tmp_path / "TS2"
     other.mkdir()
     write_mrc(other / "tomo.mrc", np.zeros(SHAPE, np.float32), VOXEL_XYZ, ORIGIN_XYZ)
-    result = run_cli(
-        "extract_patches",
-        "-t",
-        other / "tomo.mrc",
-        "-s",
-        tmp_path / "seg.mrc",
-        "-o",
-        tmp_path / "out",
-        "--patch-size",
-        SIZE,
-        "--border",
-        BORDER,
-        "--x",
-        7,
-        "--y",
-        6,
-        "--z",
-        5,
-    )
+    result = _extract(run_cli, tmp_path, "--x", 7, "--y", 6, "--z", 5, tomogram=other / "tomo.mrc")
     assert result.exit_code == 0 and "tomo_patch001" in result.output
 
 
@@ -306,20 +277,7 @@ def test_failed_overwrite_keeps_the_earlier_patches(tmp_path, volumes, run_cli):
     (tmp_path / "tomo.nii").write_bytes(data[: len(data) - 3 * SHAPE[1] * SHAPE[2] * 4])
 
     def extract(*args):
-        return run_cli(
-            "extract_patches",
-            "-t",
-            tmp_path / "tomo.nii",
-            "-s",
-            tmp_path / "seg.mrc",
-            "-o",
-            tmp_path / "out",
-            "--patch-size",
-            SIZE,
-            "--border",
-            BORDER,
-            *args,
-        )
+        return _extract(run_cli, tmp_path, *args, tomogram=tmp_path / "tomo.nii")
 
     assert extract("--x", 7, "--y", 6, "--z", 2).exit_code == 0
     before = {p: p.read_bytes() for p in all_files(tmp_path / "out")}
