@@ -1,6 +1,6 @@
 """The command line: parse options, validate, read, call the pure cores, write, report.
 
-User mistakes raise ``InputError``; ``main`` turns them into one line on stderr and exit
+User mistakes raise ``InputError``; each command turns it into one line on stderr and exit
 code 1. Recoverable oddities are ``PatchCorrectionsWarning``s, collected and printed in the
 end-of-run summary.
 """
@@ -38,7 +38,7 @@ from .errors import InputError, PatchCorrectionsWarning
 from .io.centres import Centre, read_centres
 from .io.files import StagedFiles, write_text_atomic
 from .io.folders import LabelPatch, find_label_patches, scan_corrections, stray_files
-from .io.manifest import load_manifest, manifest_path, save_manifest
+from .io.manifest import as_xyz, load_manifest, manifest_path, save_manifest
 from .io.volumes import (
     Geometry,
     closing_reader,
@@ -184,11 +184,6 @@ def _gather_centres(
     return centres
 
 
-def _fmt_xyz(zyx: Iterable[float]) -> list:
-    z, y, x = zyx
-    return [x, y, z]
-
-
 def _locate_centres(
     centres: list[Centre],
     shape: tuple[int, int, int],
@@ -200,7 +195,7 @@ def _locate_centres(
         index = centre_index(centre.xyz, voxel_size)
         if not all(0 <= i < n for i, n in zip(index, shape)):
             x, y, z = centre.xyz
-            limits = "x < {}, y < {}, z < {}".format(*_fmt_xyz(shape))
+            limits = "x < {}, y < {}, z < {}".format(*as_xyz(shape))
             raise InputError(
                 f"{centre.source}: centre x={x:g}, y={y:g}, z={z:g} ({unit}) lies outside "
                 f"the tomogram (voxel indices must satisfy 0 <= {limits})"
@@ -287,8 +282,8 @@ def extract_patches(
             shape = image_reader.info.shape
             if seg_reader.info.shape != shape:
                 raise InputError(
-                    f"{segmentation}: shape x,y,z={tuple(_fmt_xyz(seg_reader.info.shape))} "
-                    f"differs from the tomogram {tomogram}: x,y,z={tuple(_fmt_xyz(shape))}"
+                    f"{segmentation}: shape x,y,z={tuple(as_xyz(seg_reader.info.shape))} "
+                    f"differs from the tomogram {tomogram}: x,y,z={tuple(as_xyz(shape))}"
                 )
             geometry = image_reader.info.geometry
             if geometry is None:
@@ -363,15 +358,15 @@ def extract_patches(
                             "image": paths[name][0].relative_to(out_dir).as_posix(),
                             "label": paths[name][1].relative_to(out_dir).as_posix(),
                             **sources,
-                            "centre_xyz": _fmt_xyz(index),
+                            "centre_xyz": as_xyz(index),
                             "centre_given": list(centre.xyz),
                             "centre_source": centre.source,
-                            "offset_xyz": _fmt_xyz(box.offset),
-                            "size_xyz": _fmt_xyz(box.size),
-                            "tomogram_shape_xyz": _fmt_xyz(shape),
-                            "voxel_size_xyz": _fmt_xyz(patch_geometry.voxel_size),
-                            "origin_xyz": _fmt_xyz(patch_geometry.origin),
-                            "padding_xyz": _fmt_xyz(box.padding(shape)),
+                            "offset_xyz": as_xyz(box.offset),
+                            "size_xyz": as_xyz(box.size),
+                            "tomogram_shape_xyz": as_xyz(shape),
+                            "voxel_size_xyz": as_xyz(patch_geometry.voxel_size),
+                            "origin_xyz": as_xyz(patch_geometry.origin),
+                            "padding_xyz": as_xyz(box.padding(shape)),
                             "border": border,
                             "image_pad_value": pad_value,
                             "label_rule": binarisation.rule,
@@ -422,7 +417,7 @@ def _plan_names(
     number = max((int(r["name"][len(prefix) :]) + 1 for r in mine), default=0)
     new = []
     for centre, index in located:
-        key = (tomogram, tuple(_fmt_xyz(index)), (patch_size,) * 3)
+        key = (tomogram, tuple(as_xyz(index)), (patch_size,) * 3)
         if key in done:
             continue
         done.add(key)
@@ -439,12 +434,10 @@ def _report_extraction(new, shape, size, out_dir, fmt, border, tomogram) -> None
     for name, _, index in new:
         box = PatchBox.around(index, size)
         padded = [
-            f"{axis} {b}/{a}"
-            for axis, (b, a) in zip("xyz", _fmt_xyz(box.padding(shape)))
-            if b or a
+            f"{axis} {b}/{a}" for axis, (b, a) in zip("xyz", as_xyz(box.padding(shape))) if b or a
         ]
         note = f"  padding before/after: {', '.join(padded)}" if padded else ""
-        cx, cy, cz = _fmt_xyz(index)
+        cx, cy, cz = as_xyz(index)
         typer.echo(f"  {name}  centre x={cx} y={cy} z={cz}{note}")
     if new:
         typer.echo(f"Manifest: {manifest_path(out_dir)}")
@@ -460,8 +453,8 @@ def _report_extraction(new, shape, size, out_dir, fmt, border, tomogram) -> None
 def _check_same_shape(path: Path, reference: Path, shape, expected) -> None:
     if shape != expected:
         raise InputError(
-            f"{path}: shape x,y,z={tuple(_fmt_xyz(shape))} differs from its patch {reference}: "
-            f"x,y,z={tuple(_fmt_xyz(expected))}"
+            f"{path}: shape x,y,z={tuple(as_xyz(shape))} differs from its patch {reference}: "
+            f"x,y,z={tuple(as_xyz(expected))}"
         )
 
 
@@ -640,7 +633,7 @@ def _plan_merge(
     if 2 * border >= min(label_info.shape):
         raise InputError(
             f"{patch.label}: a border of {border} leaves no voxel of its "
-            f"{'x'.join(map(str, _fmt_xyz(label_info.shape)))} patch outside the ignore band"
+            f"{'x'.join(map(str, as_xyz(label_info.shape)))} patch outside the ignore band"
         )
     padding = record.get("padding_xyz")
     return _MergePlan(
@@ -657,8 +650,8 @@ def _plan_merge(
 
 
 def _describe(geometry: Geometry) -> str:
-    spacing = ",".join(f"{v:g}" for v in _fmt_xyz(geometry.voxel_size))
-    origin = ",".join(f"{v:g}" for v in _fmt_xyz(geometry.origin))
+    spacing = ",".join(f"{v:g}" for v in as_xyz(geometry.voxel_size))
+    origin = ",".join(f"{v:g}" for v in as_xyz(geometry.origin))
     return f"(spacing {spacing}; origin {origin})"
 
 

@@ -18,6 +18,12 @@ MANIFEST_VERSION = 1
 _REQUIRED = ("name", "image", "label", "offset_xyz", "size_xyz")
 
 
+def as_xyz(zyx) -> list:
+    """A per-axis ``(z, y, x)`` triple as the ``[x, y, z]`` list users and manifests speak."""
+    z, y, x = zyx
+    return [x, y, z]
+
+
 def manifest_path(folder: Path) -> Path:
     """Where the manifest of an extraction folder lives."""
     return Path(folder) / MANIFEST_NAME
