@@ -1,0 +1,269 @@
+"""The residual 3D U-Net MemBrain-seg trains, in plain PyTorch.
+
+Structure and parameter names follow MONAI's ``DynUNet`` as MemBrain-seg configures it
+(kernel 3; strides 1, 2, 2, 2, 2, 2; residual encoder blocks; InstanceNorm with affine;
+LeakyReLU 0.01; one output logit; two deep-supervision heads), so MemBrain-seg checkpoints
+load without conversion beyond dropping prefixes. MONAI is not needed at run time.
+
+Tensors are ``(batch, channel, z, y, x)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F  # noqa: N812
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Shape of the network; saved in every checkpoint.
+
+    Attributes
+    ----------
+    filters
+        Channels per level, top to bottom (the last one is the bottleneck).
+    strides
+        Downsampling stride entering each level; the first is 1.
+    kernel_size
+        Convolution kernel edge.
+    heads
+        Deep-supervision heads, on the levels just below the top.
+    """
+
+    filters: tuple[int, ...] = (32, 64, 128, 256, 512, 1024)
+    strides: tuple[int, ...] = (1, 2, 2, 2, 2, 2)
+    kernel_size: int = 3
+    in_channels: int = 1
+    out_channels: int = 1
+    heads: int = 2
+    negative_slope: float = 0.01
+
+    def __post_init__(self) -> None:
+        if len(self.filters) != len(self.strides) or len(self.filters) < 2:
+            raise ValueError("filters and strides need one entry per level, at least two")
+        if self.strides[0] != 1:
+            raise ValueError("the first level is not downsampled (stride 1)")
+        if not 0 <= self.heads <= len(self.filters) - 2:
+            raise ValueError(f"at most {len(self.filters) - 2} deep-supervision heads")
+
+    @property
+    def divisor(self) -> int:
+        """Input edges must be multiples of this."""
+        product = 1
+        for stride in self.strides:
+            product *= stride
+        return product
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> UNetConfig:
+        values = dict(values)
+        for key in ("filters", "strides"):
+            values[key] = tuple(values[key])
+        return cls(**values)
+
+
+PRESETS = {
+    "full": UNetConfig(),
+    "small": UNetConfig(filters=(16, 32, 64, 128, 256), strides=(1, 2, 2, 2, 2)),
+    "tiny": UNetConfig(filters=(4, 8, 16, 32), strides=(1, 2, 2, 2)),
+}
+"""Widths: ``full`` is MemBrain-seg's network (for a GPU); ``tiny`` runs tests on a CPU."""
+
+
+class _Wrapped(nn.Module):
+    """Holds a layer as ``.conv``: MONAI's ``Convolution`` naming (``conv1.conv.weight``)."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.conv = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def _conv(channels_in: int, channels_out: int, kernel: int, stride: int) -> _Wrapped:
+    padding = (kernel - stride + 1) // 2
+    return _Wrapped(nn.Conv3d(channels_in, channels_out, kernel, stride, padding, bias=False))
+
+
+def _norm(channels: int) -> nn.InstanceNorm3d:
+    return nn.InstanceNorm3d(channels, affine=True)
+
+
+class ResBlock(nn.Module):
+    """Two convolutions with a residual connection (1x1x1 projection when shapes change)."""
+
+    def __init__(
+        self, channels_in: int, channels_out: int, kernel: int, stride: int, slope: float
+    ):
+        super().__init__()
+        self.conv1 = _conv(channels_in, channels_out, kernel, stride)
+        self.conv2 = _conv(channels_out, channels_out, kernel, 1)
+        self.norm1 = _norm(channels_out)
+        self.norm2 = _norm(channels_out)
+        self.act = nn.LeakyReLU(slope)
+        self.project = channels_in != channels_out or stride != 1
+        if self.project:
+            self.conv3 = _conv(channels_in, channels_out, 1, stride)
+            self.norm3 = _norm(channels_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act(self.norm1(self.conv1(x)))
+        out = self.norm2(self.conv2(out))
+        residual = self.norm3(self.conv3(x)) if self.project else x
+        return self.act(out + residual)
+
+
+class BasicBlock(nn.Module):
+    """Two convolutions, each followed by instance norm and LeakyReLU."""
+
+    def __init__(self, channels_in: int, channels_out: int, kernel: int, slope: float):
+        super().__init__()
+        self.conv1 = _conv(channels_in, channels_out, kernel, 1)
+        self.conv2 = _conv(channels_out, channels_out, kernel, 1)
+        self.norm1 = _norm(channels_out)
+        self.norm2 = _norm(channels_out)
+        self.act = nn.LeakyReLU(slope)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act(self.norm1(self.conv1(x)))
+        return self.act(self.norm2(self.conv2(out)))
+
+
+class UpBlock(nn.Module):
+    """Transposed convolution up, concatenation with the skip, then a basic block."""
+
+    def __init__(
+        self, channels_in: int, channels_out: int, kernel: int, stride: int, slope: float
+    ):
+        super().__init__()
+        self.transp_conv = _Wrapped(
+            nn.ConvTranspose3d(channels_in, channels_out, stride, stride, bias=False)
+        )
+        self.conv_block = BasicBlock(2 * channels_out, channels_out, kernel, slope)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.conv_block(torch.cat((self.transp_conv(x), skip), dim=1))
+
+
+class OutBlock(nn.Module):
+    """A 1x1x1 convolution to logits."""
+
+    def __init__(self, channels_in: int, channels_out: int):
+        super().__init__()
+        self.conv = _Wrapped(nn.Conv3d(channels_in, channels_out, 1, bias=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class UNet(nn.Module):
+    """Residual 3D U-Net with deep supervision.
+
+    ``forward`` returns the full-resolution logits ``(batch, 1, z, y, x)``;
+    ``forward_heads`` also returns each deep-supervision head at its own resolution, for a
+    loss against downsampled targets.
+    """
+
+    def __init__(self, config: UNetConfig | None = None):
+        super().__init__()
+        self.config = config = config or UNetConfig()
+        k, slope, f, s = config.kernel_size, config.negative_slope, config.filters, config.strides
+        self.input_block = ResBlock(config.in_channels, f[0], k, s[0], slope)
+        self.downsamples = nn.ModuleList(
+            ResBlock(f[i - 1], f[i], k, s[i], slope) for i in range(1, len(f) - 1)
+        )
+        self.bottleneck = ResBlock(f[-2], f[-1], k, s[-1], slope)
+        self.upsamples = nn.ModuleList(
+            UpBlock(f[i], f[i - 1], k, s[i], slope) for i in range(len(f) - 1, 0, -1)
+        )
+        self.output_block = OutBlock(f[0], config.out_channels)
+        self.deep_supervision_heads = nn.ModuleList(
+            OutBlock(f[i], config.out_channels) for i in range(1, config.heads + 1)
+        )
+        self.apply(_initialise)
+
+    def _levels(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Decoder outputs, top (full resolution) first."""
+        skips = [self.input_block(x)]
+        for block in self.downsamples:
+            skips.append(block(skips[-1]))
+        out = self.bottleneck(skips[-1])
+        levels = []
+        for block, skip in zip(self.upsamples, reversed(skips)):
+            out = block(out, skip)
+            levels.append(out)
+        return levels[::-1]
+
+    def forward_heads(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Logits at full resolution, then each head's, coarser and coarser."""
+        levels = self._levels(x)
+        heads = [head(levels[i + 1]) for i, head in enumerate(self.deep_supervision_heads)]
+        return [self.output_block(levels[0]), *heads]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output_block(self._levels(x)[0])
+
+
+def _initialise(module: nn.Module) -> None:
+    # Kaiming-normal convolutions and zero biases, as DynUNet initialises them.
+    if isinstance(module, nn.Conv3d | nn.ConvTranspose3d):
+        nn.init.kaiming_normal_(module.weight, a=0.01)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+def upsample_heads(outputs: list[torch.Tensor]) -> torch.Tensor:
+    """Stack heads upsampled (nearest) to full size, as DynUNet returns them in training.
+
+    Returns ``(batch, 1 + heads, channel, z, y, x)``.
+    """
+    size = outputs[0].shape[2:]
+    return torch.stack([outputs[0]] + [F.interpolate(o, size) for o in outputs[1:]], dim=1)
+
+
+# --- weights from elsewhere -----------------------------------------------------------
+
+
+def membrain_state_dict(state: dict) -> dict[str, torch.Tensor]:
+    """Our network's weights out of a MemBrain-seg (Lightning) state dict.
+
+    Keeps the ``_model.`` entries without the prefix and drops ``skip_layers.*``, which
+    only repeat the same tensors under a second name, and anything else (loss buffers).
+    """
+    prefix = "_model."
+    weights = {
+        key[len(prefix) :]: value
+        for key, value in state.items()
+        if key.startswith(prefix) and not key[len(prefix) :].startswith("skip_layers.")
+    }
+    return weights or {k: v for k, v in state.items() if not k.startswith("skip_layers.")}
+
+
+def config_from_state_dict(weights: dict[str, torch.Tensor]) -> UNetConfig:
+    """Infer filters, kernel and heads from weight shapes (strides: 1 then 2s)."""
+    try:
+        first = weights["input_block.conv1.conv.weight"]
+        down = sorted({int(k.split(".")[1]) for k in weights if k.startswith("downsamples.")})
+        filters = [first.shape[0]]
+        filters += [weights[f"downsamples.{i}.conv1.conv.weight"].shape[0] for i in down]
+        filters.append(weights["bottleneck.conv1.conv.weight"].shape[0])
+        heads = len({k.split(".")[1] for k in weights if k.startswith("deep_supervision_heads.")})
+        return UNetConfig(
+            filters=tuple(int(c) for c in filters),
+            strides=(1,) + (2,) * (len(filters) - 1),
+            kernel_size=int(first.shape[-1]),
+            in_channels=int(first.shape[1]),
+            out_channels=int(weights["output_block.conv.conv.weight"].shape[0]),
+            heads=heads,
+        )
+    except (KeyError, IndexError, ValueError) as exc:
+        raise InputError(f"weights do not describe this U-Net (missing or odd {exc})") from None

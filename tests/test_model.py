@@ -1,0 +1,75 @@
+"""Our U-Net against MONAI's DynUNet (a committed fixture), and MemBrain-seg checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from patch_corrections.errors import InputError
+from patch_corrections.model import (
+    PRESETS,
+    UNet,
+    config_from_state_dict,
+    membrain_state_dict,
+    upsample_heads,
+)
+
+FIXTURE = Path(__file__).with_name("fixtures") / "dynunet_tiny.pt"
+
+
+@pytest.fixture(scope="module")
+def dynunet():
+    return torch.load(FIXTURE, weights_only=True)
+
+
+def _lightning_state(dynunet) -> dict:
+    """A MemBrain-seg Lightning state dict: weights under ``_model.`` (skip_layers
+    duplicates included) plus a loss buffer."""
+    state = {f"_model.{k}": v for k, v in dynunet["state_dict"].items()}
+    state["loss_function.weights"] = torch.ones(3)
+    return state
+
+
+def test_same_output_as_monai_dynunet(dynunet):
+    weights = membrain_state_dict(_lightning_state(dynunet))
+    assert not any(k.startswith("skip_layers") for k in weights)
+    config = config_from_state_dict(weights)
+    assert config.filters == tuple(dynunet["filters"]) and config.heads == 2
+    network = UNet(config)
+    network.load_state_dict(weights, strict=True)
+    network.eval()
+    with torch.no_grad():
+        output = network(dynunet["input"])
+        heads = upsample_heads(network.forward_heads(dynunet["input"]))
+    torch.testing.assert_close(output, dynunet["output"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(heads, dynunet["train_output"], rtol=1e-5, atol=1e-5)
+
+
+def test_parameter_names_match_dynunet(dynunet):
+    ours = set(UNet(config_from_state_dict(dynunet["state_dict"])).state_dict())
+    theirs = {k for k in dynunet["state_dict"] if not k.startswith("skip_layers")}
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_presets_build_and_keep_shape(preset):
+    config = PRESETS[preset]
+    network = UNet(config)
+    edge = config.divisor
+    with torch.no_grad():
+        outputs = network.forward_heads(torch.zeros(1, 1, edge, edge, 2 * edge))
+    assert outputs[0].shape == (1, 1, edge, edge, 2 * edge)
+    assert [o.shape[-1] for o in outputs] == [2 * edge // 2**i for i in range(config.heads + 1)]
+
+
+def test_full_preset_is_membrain_size():
+    network = UNet(PRESETS["full"])
+    assert network.config.filters == (32, 64, 128, 256, 512, 1024)
+    assert sum(p.numel() for p in network.parameters()) > 30_000_000
+
+
+def test_other_weights_are_refused():
+    with pytest.raises(InputError, match="do not describe this U-Net"):
+        config_from_state_dict({"encoder.weight": torch.zeros(3)})
