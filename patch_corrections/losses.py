@@ -9,7 +9,7 @@ are replaced by a constant before anything is computed from them, so nothing the
 from __future__ import annotations
 
 import torch
-from torch.nn import functional as F  # noqa: N812
+from torch.nn import functional as F
 
 from .constants import IGNORE, MEMBRANE
 
