@@ -12,6 +12,7 @@ import json
 import math
 import operator
 import re
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -36,7 +37,7 @@ from .constants import (
 from .corrections import invalid_label_values, merge_labels, union_mask
 from .errors import InputError, PatchCorrectionsWarning
 from .io.centres import Centre, read_centres
-from .io.files import StagedFiles, write_text_atomic
+from .io.files import StagedFiles, atomic_target, write_text_atomic
 from .io.folders import LabelPatch, find_label_patches, scan_corrections, stray_files
 from .io.manifest import as_xyz, load_manifest, manifest_path, save_manifest
 from .io.volumes import (
@@ -720,6 +721,347 @@ def _report_merge(
             + ", ".join(str(Path(f).relative_to(corrections_dir)) for f in unmatched)
         )
     typer.echo(f"Summary: {out_dir / MERGE_SUMMARY_NAME}")
+
+
+# --- retrain --------------------------------------------------------------------------
+
+
+class Preset(str, Enum):
+    full = "full"
+    small = "small"
+    tiny = "tiny"
+
+
+class Optimiser(str, Enum):
+    sgd = "sgd"
+    adamw = "adamw"
+
+
+class Schedule(str, Enum):
+    poly = "poly"
+    cosine = "cosine"
+
+
+DEFAULT_LR = {"sgd": 1e-2, "adamw": 3e-4}
+
+
+@app.command(name="retrain", no_args_is_help=True)
+@_user_errors
+def retrain(
+    train_dir: Annotated[
+        Path,
+        typer.Option(
+            "--train-dir",
+            "-t",
+            help="Training folder (imagesTr/, labelsTr/) from merge_corrections or MemBrain-seg.",
+        ),
+    ],
+    out_dir: Annotated[
+        Path,
+        typer.Option(
+            "--out-dir", "-o", help="Folder for last.pt, best.pt, metrics.csv and curves.png."
+        ),
+    ],
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint", help="Start from these weights: ours or a MemBrain-seg .ckpt."
+        ),
+    ] = None,
+    trust_checkpoint: Annotated[
+        bool,
+        typer.Option(
+            "--trust-checkpoint",
+            help="Allow a checkpoint that holds pickled objects beyond weights.",
+        ),
+    ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume", help="Continue the run saved in --out-dir exactly where it stopped."
+        ),
+    ] = False,
+    val_dir: Annotated[
+        Path | None, typer.Option("--val-dir", help="Training folder used only for validation.")
+    ] = None,
+    val_fraction: Annotated[
+        float,
+        typer.Option(
+            "--val-fraction", help="Share of training patches held out when there is no --val-dir."
+        ),
+    ] = 0.2,
+    preset: Annotated[
+        Preset,
+        typer.Option(
+            "--preset", help="Network width when training from scratch (full = MemBrain-seg's)."
+        ),
+    ] = Preset.full,
+    iterations: Annotated[int | None, typer.Option("--iterations", help="Training steps.")] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            "--epochs",
+            help="Passes over the training patches (one crop each), instead of --iterations.",
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Crops per step.")] = 2,
+    crop_size: Annotated[
+        int, typer.Option("--crop-size", help="Edge of the cubic training crops, in voxels.")
+    ] = PATCH_SIZE,
+    optimiser: Annotated[
+        Optimiser, typer.Option("--optimizer", help="SGD (Nesterov, momentum 0.99) or AdamW.")
+    ] = Optimiser.sgd,
+    lr: Annotated[
+        float | None,
+        typer.Option("--lr", help="Peak learning rate; default 1e-2 (SGD) or 3e-4 (AdamW)."),
+    ] = None,
+    schedule: Annotated[
+        Schedule, typer.Option("--schedule", help="Decay after warm-up.")
+    ] = Schedule.poly,
+    warmup: Annotated[
+        int | None, typer.Option("--warmup", help="Warm-up steps; default 5 % of the run.")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of every random choice.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    compile_network: Annotated[
+        bool,
+        typer.Option("--compile", help="torch.compile the network (slow start, faster steps)."),
+    ] = False,
+    no_augment: Annotated[
+        bool, typer.Option("--no-augment", help="Train without data augmentation.")
+    ] = False,
+    val_every: Annotated[
+        int, typer.Option("--val-every", help="Validate and log every N steps.")
+    ] = 50,
+    save_every: Annotated[
+        int | None,
+        typer.Option("--save-every", help="Write last.pt every N steps; default: --val-every."),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Start a new run in an --out-dir that holds one.")
+    ] = False,
+) -> None:
+    """Fine-tune the U-Net on training pairs; ignore voxels are left out of the loss."""
+    import numpy as np
+    import torch
+
+    from .checkpoints import network_from_checkpoint, read_checkpoint
+    from .data import find_training_pairs, load_training_pairs, split_validation
+    from .model import PRESETS, UNet
+    from .train import BEST, LAST, Interrupted, TrainConfig, pick_device, train
+
+    with _collect_warnings() as warned:
+        _check_out_dir(out_dir)
+        last = out_dir / LAST
+        if resume and checkpoint is not None:
+            raise InputError("--resume continues the run in --out-dir; drop --checkpoint")
+        if resume and not last.exists():
+            raise InputError(f"{last}: nothing to resume; start without --resume")
+        if not resume and last.exists() and not overwrite:
+            raise InputError(
+                f"{out_dir}: holds a run ({LAST}); pass --resume to continue it, --overwrite "
+                "to start again, or choose another --out-dir"
+            )
+        if iterations is not None and epochs is not None:
+            raise InputError("give --iterations or --epochs, not both")
+        for option, value in (
+            ("--batch-size", batch_size),
+            ("--crop-size", crop_size),
+            ("--val-every", val_every),
+        ):
+            if value < 1:
+                raise InputError(f"{option} must be at least 1, got {value}")
+        try:
+            target = pick_device(device)
+        except (ValueError, RuntimeError) as exc:
+            raise InputError(f"--device {device}: {exc}") from None
+
+        pairs = find_training_pairs(train_dir)
+        if val_dir is not None:
+            train_pairs, val_pairs = pairs, find_training_pairs(val_dir)
+        else:
+            train_pairs, val_pairs = split_validation(
+                pairs, val_fraction, np.random.default_rng(seed)
+            )
+        if not train_pairs:
+            raise InputError(f"{train_dir}: no patch left for training; lower --val-fraction")
+
+        content = (
+            read_checkpoint(last if resume else checkpoint, trust_checkpoint)
+            if (resume or checkpoint is not None)
+            else None
+        )
+        if content is not None:
+            network, _ = network_from_checkpoint(content, last if resume else checkpoint)
+        else:
+            network = UNet(PRESETS[preset.value])
+        if resume:
+            config = TrainConfig.from_dict(content["train_config"])
+        else:
+            steps_per_epoch = max(1, math.ceil(len(train_pairs) / batch_size))
+            total = iterations if iterations is not None else (epochs or 0) * steps_per_epoch
+            if iterations is None and epochs is None:
+                raise InputError("give --iterations or --epochs")
+            if total < 1:
+                raise InputError(f"the run needs at least one step, got {total}")
+            config = TrainConfig(
+                iterations=total,
+                batch_size=batch_size,
+                crop_size=crop_size,
+                optimizer=optimiser.value,
+                lr=lr if lr is not None else DEFAULT_LR[optimiser.value],
+                schedule=schedule.value,
+                warmup=warmup if warmup is not None else total // 20,
+                seed=seed,
+                val_every=val_every,
+                save_every=save_every or val_every,
+                augment=not no_augment,
+                compile=compile_network,
+            )
+        divisor = network.config.divisor
+        if config.crop_size % divisor:
+            raise InputError(
+                f"--crop-size {config.crop_size}: must be a multiple of {divisor} for this network"
+            )
+        train_patches = load_training_pairs(train_pairs)
+        val_patches = load_training_pairs(val_pairs)
+
+        start = (
+            "resuming at iteration {}".format(content["step"])
+            if resume
+            else (
+                f"from {checkpoint}"
+                if checkpoint is not None
+                else "from scratch (no --checkpoint)"
+            )
+        )
+        parameters = sum(p.numel() for p in network.parameters())
+        typer.echo(
+            f"Training {parameters / 1e6:.2f} M parameters {start} on {target} "
+            f"({'bf16/fp16 autocast' if target.type == 'cuda' else 'fp32'}): "
+            f"{len(train_patches)} training and {len(val_patches)} validation patch(es), "
+            f"{config.iterations} iterations of {config.batch_size} x {config.crop_size}³."
+        )
+        if not val_patches:
+            _warn("no validation patches: best.pt is not written; last.pt is the result")
+
+        metrics_path = out_dir / "metrics.csv"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            for stale in (out_dir / BEST, metrics_path, out_dir / "curves.png"):
+                stale.unlink(missing_ok=True)
+        try:
+            with _training_progress(config.iterations, content["step"] if resume else 0) as tick:
+                state = train(
+                    network,
+                    train_patches,
+                    val_patches,
+                    config,
+                    out_dir,
+                    target,
+                    resume=content if resume else None,
+                    on_step=tick,
+                    on_metrics=lambda rows: _write_metrics(metrics_path, rows),
+                )
+        except Interrupted as stop:
+            typer.echo(
+                f"Interrupted at iteration {stop.step}; saved {stop.path}. "
+                "Run again with --resume to continue.",
+                err=True,
+            )
+            raise typer.Exit(130) from None
+        except torch.cuda.OutOfMemoryError:
+            raise InputError(
+                f"out of GPU memory with --batch-size {config.batch_size} and --crop-size "
+                f"{config.crop_size}; try a smaller batch or crop (checkpoints written so far "
+                "are kept)"
+            ) from None
+        _plot_curves(state.history, out_dir / "curves.png")
+        final = state.history[-1] if state.history else {}
+        summary = f"train loss {final.get('train_loss', float('nan')):.4f}"
+        if "val_dice" in final:
+            summary += (
+                f", val loss {final['val_loss']:.4f}, val Dice {final['val_dice']:.4f}"
+                f" (best {state.best_dice:.4f} in {out_dir / BEST})"
+            )
+        typer.echo(f"Done: iteration {state.step}, {summary}.")
+        typer.echo(f"Checkpoint: {out_dir / LAST}; metrics: {metrics_path}")
+    _report_warnings(warned)
+
+
+@contextmanager
+def _training_progress(total: int, done: int) -> Iterator[Callable[[int, float], None]]:
+    """A progress bar with loss, iterations/s and time left; yields the per-step callback."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("Training"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} it/s"),
+        TimeRemainingColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("train", total=total, completed=done, rate="-", loss="-")
+        started, first = time.perf_counter(), done
+
+        def tick(step: int, loss: float) -> None:
+            rate = (step - first) / max(time.perf_counter() - started, 1e-9)
+            progress.update(task, completed=step, rate=f"{rate:.2f}", loss=f"{loss:.4f}")
+
+        yield tick
+
+
+_METRIC_COLUMNS = ("step", "train_loss", "val_loss", "val_dice", "lr", "seconds")
+
+
+def _write_metrics(path: Path, rows: list[dict]) -> None:
+    lines = [",".join(_METRIC_COLUMNS)]
+    for row in rows:
+        lines.append(
+            ",".join("" if row.get(c) is None else f"{row[c]:.6g}" for c in _METRIC_COLUMNS)
+        )
+    write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def _plot_curves(rows: list[dict], path: Path) -> None:
+    if not rows:
+        return
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        _warn("matplotlib is not installed: no curves.png (pip install matplotlib)")
+        return
+    steps = [r["step"] for r in rows]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(steps, [r["train_loss"] for r in rows], label="train loss")
+    if "val_loss" in rows[0]:
+        left.plot(steps, [r["val_loss"] for r in rows], label="val loss")
+        right.plot(steps, [r["val_dice"] for r in rows], label="val Dice (ignore excluded)")
+    right.plot(
+        steps,
+        [r["lr"] / max(r["lr"] for r in rows) for r in rows],
+        "--",
+        label="learning rate (relative)",
+    )
+    for axis in (left, right):
+        axis.set_xlabel("iteration")
+        axis.legend()
+    figure.tight_layout()
+    with atomic_target(path, ".png") as temporary:
+        figure.savefig(temporary, dpi=100)
+    plt.close(figure)
 
 
 def main() -> None:

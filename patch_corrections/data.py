@@ -1,0 +1,188 @@
+"""Training data: reading training folders, normalising patches, sampling crops.
+
+A training folder is what ``merge_corrections`` writes, or MemBrain-seg's as it is:
+``imagesTr/<name>_0000.<ext>`` beside ``labelsTr/<name>.<ext>`` (``.nii.gz`` usually; any
+readable volume format works). Arrays are ``(z, y, x)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .constants import (
+    IGNORE,
+    MEMBRANE,
+    TRAIN_IMAGE_SUFFIX,
+    TRAIN_IMAGES_SUBDIR,
+    TRAIN_LABELS_SUBDIR,
+)
+from .corrections import invalid_label_values
+from .errors import InputError
+from .io.volumes import is_volume_file, read_volume, volume_stem
+
+NORMALISATION = "robust_z"
+"""Name of the intensity normalisation, stored in checkpoints for ``segment`` to repeat."""
+
+_SAMPLE_STEP = 4  # annotated voxels are listed on a grid of this spacing, to stay small
+
+
+def robust_statistics(values: np.ndarray) -> tuple[float, float]:
+    """Centre (median) and scale (1.4826 x median absolute deviation) of ``values``.
+
+    Falls back to the standard deviation, then 1, for near-constant data.
+    """
+    values = np.asarray(values, np.float32).ravel()
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return 0.0, 1.0
+    centre = float(np.median(values))
+    scale = 1.4826 * float(np.median(np.abs(values - centre)))
+    if scale <= 1e-8:
+        scale = float(values.std())
+    return centre, scale if scale > 1e-8 else 1.0
+
+
+def normalise(image: np.ndarray, statistics: tuple[float, float] | None = None) -> np.ndarray:
+    """Robust z-score as float32: ``(image - median) / scale``, clipped to ±10."""
+    centre, scale = statistics or robust_statistics(image)
+    out = (np.asarray(image, np.float32) - centre) / scale
+    return np.clip(np.nan_to_num(out), -10, 10, out=out)
+
+
+@dataclass
+class TrainingPatch:
+    """One training pair in memory.
+
+    Attributes
+    ----------
+    image
+        Normalised image ``(z, y, x)``, float32.
+    labels
+        Labels ``(z, y, x)``, uint8 in {0, 1, 2}.
+    annotated, membrane
+        First voxels ``(n, 3)`` of the small blocks that hold annotated, or membrane,
+        voxels; crop centres are drawn from them.
+    """
+
+    name: str
+    image: np.ndarray
+    labels: np.ndarray
+    annotated: np.ndarray
+    membrane: np.ndarray
+
+    @classmethod
+    def from_arrays(cls, name: str, image: np.ndarray, labels: np.ndarray) -> TrainingPatch:
+        labels = labels.astype(np.uint8)
+        return cls(
+            name,
+            normalise(image),
+            labels,
+            _blocks_with(labels != IGNORE),
+            _blocks_with(labels == MEMBRANE),
+        )
+
+    def voxel_in(self, blocks: np.ndarray, rng: np.random.Generator, wanted) -> np.ndarray:
+        """A random voxel ``(z, y, x)`` of a random block of ``blocks`` where ``wanted``
+        (a function of the labels) holds."""
+        corner = blocks[rng.integers(len(blocks))]
+        window = tuple(slice(c, c + _SAMPLE_STEP) for c in corner)
+        inside = np.argwhere(wanted(self.labels[window]))
+        return corner + inside[rng.integers(len(inside))]
+
+
+def _blocks_with(mask: np.ndarray) -> np.ndarray:
+    """First-voxel coordinates ``(n, 3)`` of the blocks of ``_SAMPLE_STEP``³ voxels holding
+    at least one true voxel of ``mask``: small to keep, and no scribble is missed."""
+    step = _SAMPLE_STEP
+    padded = np.pad(mask, [(0, -n % step) for n in mask.shape])
+    z, y, x = (n // step for n in padded.shape)
+    blocks = padded.reshape(z, step, y, step, x, step).any(axis=(1, 3, 5))
+    return (np.argwhere(blocks) * step).astype(np.int32)
+
+
+def find_training_pairs(folder: Path) -> list[tuple[str, Path, Path]]:
+    """``(name, image, label)`` for every label file of a training folder."""
+    folder = Path(folder)
+    images_dir, labels_dir = folder / TRAIN_IMAGES_SUBDIR, folder / TRAIN_LABELS_SUBDIR
+    if not labels_dir.is_dir() or not images_dir.is_dir():
+        raise InputError(
+            f"{folder}: not a training folder (expected {TRAIN_IMAGES_SUBDIR}/ and "
+            f"{TRAIN_LABELS_SUBDIR}/, as merge_corrections writes them)"
+        )
+    images = {volume_stem(p): p for p in images_dir.iterdir() if is_volume_file(p)}
+    pairs = []
+    for label in sorted(p for p in labels_dir.iterdir() if is_volume_file(p)):
+        name = volume_stem(label)
+        image = images.get(name + TRAIN_IMAGE_SUFFIX) or images.get(name)
+        if image is None:
+            raise InputError(f"{label}: no image {name}{TRAIN_IMAGE_SUFFIX}.* in {images_dir}")
+        pairs.append((name, image, label))
+    if not pairs:
+        raise InputError(f"{labels_dir}: no label files; run merge_corrections first")
+    return pairs
+
+
+def load_training_pairs(pairs: list[tuple[str, Path, Path]]) -> list[TrainingPatch]:
+    """Read, check and normalise training pairs."""
+    patches = []
+    for name, image_path, label_path in pairs:
+        image, _ = read_volume(image_path)
+        labels, _ = read_volume(label_path)
+        if image.shape != labels.shape:
+            raise InputError(
+                f"{label_path}: shape {labels.shape[::-1]} (x,y,z) differs from its image "
+                f"{image_path}: {image.shape[::-1]}"
+            )
+        bad = invalid_label_values(labels)
+        if bad:
+            shown = ", ".join(f"{v:g}" for v in bad[:5])
+            raise InputError(f"{label_path}: label values must be 0, 1 or 2; found {shown}")
+        patches.append(TrainingPatch.from_arrays(name, image, labels))
+    return patches
+
+
+def split_validation(pairs: list, fraction: float, rng: np.random.Generator) -> tuple[list, list]:
+    """Hold out ``fraction`` of the pairs (at least one when there are two or more)."""
+    if not 0 <= fraction < 1:
+        raise InputError(f"--val-fraction must be in [0, 1), got {fraction}")
+    count = round(len(pairs) * fraction)
+    if fraction > 0 and len(pairs) >= 2:
+        count = max(count, 1)
+    order = rng.permutation(len(pairs))
+    held = {int(i) for i in order[:count]}
+    return [p for i, p in enumerate(pairs) if i not in held], [pairs[i] for i in sorted(held)]
+
+
+def sample_crop(
+    patch: TrainingPatch,
+    size: tuple[int, int, int],
+    rng: np.random.Generator,
+    membrane_share: float = 1 / 3,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A random crop ``size`` ``(z, y, x)`` centred on an annotated voxel.
+
+    With probability ``membrane_share`` the centre is a membrane voxel, so crops see the
+    rare class; otherwise any annotated voxel, background included. Parts of the crop
+    outside the patch are padded: image 0 (the normalised mean), labels ignore.
+    """
+    if len(patch.membrane) and rng.random() < membrane_share:
+        centre = patch.voxel_in(patch.membrane, rng, lambda labels: labels == MEMBRANE)
+    elif len(patch.annotated):
+        centre = patch.voxel_in(patch.annotated, rng, lambda labels: labels != IGNORE)
+    else:
+        centre = np.array([rng.integers(0, n) for n in patch.labels.shape])
+    shape = np.array(patch.labels.shape)
+    size_arr = np.array(size)
+    # Keep the crop inside the patch where the patch is big enough.
+    start = np.clip(centre - size_arr // 2, 0, np.maximum(shape - size_arr, 0))
+    stop = np.minimum(start + size_arr, shape)
+    window = tuple(slice(a, b) for a, b in zip(start, stop))
+    image = np.zeros(size, np.float32)
+    labels = np.full(size, IGNORE, np.uint8)
+    local = tuple(slice(0, b - a) for a, b in zip(start, stop))
+    image[local] = patch.image[window]
+    labels[local] = patch.labels[window]
+    return image, labels

@@ -1,0 +1,286 @@
+"""The fine-tuning loop, readable top to bottom.
+
+Every random choice of step ``s`` (which patches, where to crop, how to augment) comes from
+generators seeded with ``(seed, s)``, so a resumed run repeats exactly what an uninterrupted
+one would have done, and the next batch can be prepared while the current one trains.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .augment import AugmentConfig, augment
+from .checkpoints import save_checkpoint
+from .constants import IGNORE, MEMBRANE
+from .data import NORMALISATION, TrainingPatch, sample_crop
+from .losses import bce_dice_loss, deep_supervision_loss
+from .model import UNet
+
+LAST = "last.pt"
+BEST = "best.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run; saved in every checkpoint."""
+
+    iterations: int
+    batch_size: int = 2
+    crop_size: int = 160
+    optimizer: str = "sgd"
+    lr: float = 1e-2
+    schedule: str = "poly"
+    warmup: int = 0
+    weight_decay: float = 3e-5
+    grad_clip: float = 12.0
+    seed: int = 0
+    val_every: int = 50
+    save_every: int = 50
+    augment: bool = True
+    compile: bool = False
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        return cls(**values)
+
+
+class Interrupted(Exception):
+    """Training stopped by Ctrl-C after saving ``last.pt``."""
+
+    def __init__(self, step: int, path: Path):
+        super().__init__(f"interrupted at iteration {step}; saved {path}")
+        self.step, self.path = step, path
+
+
+def learning_rate(step: int, config: TrainConfig) -> float:
+    """Linear warm-up over ``config.warmup`` steps, then poly (0.9) or cosine decay to 0
+    at ``config.iterations``."""
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = min(1.0, (step - config.warmup) / max(1, config.iterations - config.warmup))
+    if config.schedule == "cosine":
+        return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    return config.lr * (1 - progress) ** 0.9
+
+
+def make_optimizer(network: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(
+            network.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+    return torch.optim.SGD(
+        network.parameters(),
+        lr=config.lr,
+        momentum=0.99,
+        nesterov=True,
+        weight_decay=config.weight_decay,
+    )
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` is the first GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("no CUDA device is available")
+    return device
+
+
+def batch_for_step(
+    patches: list[TrainingPatch], step: int, config: TrainConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """The crops of step ``step``: image ``(b, 1, z, y, x)`` float32, labels uint8."""
+    rng = np.random.default_rng([config.seed, step])
+    size = (config.crop_size,) * 3
+    crops = [
+        sample_crop(patches[rng.integers(len(patches))], size, rng)
+        for _ in range(config.batch_size)
+    ]
+    return (np.stack([c[0] for c in crops])[:, None], np.stack([c[1] for c in crops])[:, None])
+
+
+@dataclass
+class Precision:
+    """Autocast settings: bf16 on CUDA (fp16 with a grad scaler without bf16), fp32 on CPU."""
+
+    device: torch.device
+    dtype: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = None
+
+    @classmethod
+    def for_device(cls, device: torch.device) -> Precision:
+        if device.type != "cuda":
+            return cls(device)
+        if torch.cuda.is_bf16_supported():
+            return cls(device, torch.bfloat16)
+        return cls(device, torch.float16, torch.amp.GradScaler("cuda"))
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
+
+
+@torch.no_grad()
+def evaluate(
+    network: UNet, patches: list[TrainingPatch], device: torch.device, precision: Precision
+) -> dict[str, float]:
+    """Loss and Dice (ignore voxels excluded, pooled over patches) on whole patches."""
+    network.eval()
+    losses, overlap, predicted, actual = [], 0.0, 0.0, 0.0
+    divisor = network.config.divisor
+    for patch in patches:
+        pad = [(0, -n % divisor) for n in patch.labels.shape]
+        image = np.pad(patch.image, pad)
+        labels = np.pad(patch.labels, pad, constant_values=IGNORE)
+        x = torch.from_numpy(image)[None, None].to(device)
+        y = torch.from_numpy(labels)[None, None].to(device)
+        with precision.autocast():
+            logits = network(x).float()
+        losses.append(float(bce_dice_loss(logits, y)))
+        annotated = y != IGNORE
+        hit = (logits > 0) & annotated
+        truth = (y == MEMBRANE) & annotated
+        overlap += float((hit & truth).sum())
+        predicted += float(hit.sum())
+        actual += float(truth.sum())
+    network.train()
+    dice = 2 * overlap / (predicted + actual) if predicted + actual else 1.0
+    return {"val_loss": float(np.mean(losses)), "val_dice": dice}
+
+
+@dataclass
+class RunState:
+    """What a run has done so far; restored from ``last.pt`` on resume."""
+
+    step: int = 0
+    best_dice: float = -1.0
+    history: list[dict] = field(default_factory=list)
+
+
+def train(
+    network: UNet,
+    train_patches: list[TrainingPatch],
+    val_patches: list[TrainingPatch],
+    config: TrainConfig,
+    out_dir: Path,
+    device: torch.device,
+    resume: dict | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+    on_metrics: Callable[[list[dict]], None] | None = None,
+) -> RunState:
+    """Train ``network`` for ``config.iterations`` steps; write checkpoints to ``out_dir``.
+
+    Parameters
+    ----------
+    resume
+        The content of a ``last.pt`` to continue from (weights already in ``network``).
+    on_step
+        Called after every step with the step number and its loss (progress display).
+    on_metrics
+        Called with the metrics history whenever a row is added.
+    """
+    torch.manual_seed(config.seed)
+    network.to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        network.to(memory_format=torch.channels_last_3d)
+    network.train()
+    optimizer = make_optimizer(network, config)
+    precision = Precision.for_device(device)
+    state = RunState()
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        state = RunState(resume["step"], resume["best_dice"], list(resume["history"]))
+        torch.set_rng_state(resume["rng"]["torch"])
+    forward = _heads_function(network, config.compile)
+    augmenter = torch.Generator(device=device)
+    augment_config = AugmentConfig()
+    interval_losses: list[float] = []
+    started = time.perf_counter()
+
+    def checkpoint(name: str) -> Path:
+        path = Path(out_dir) / name
+        save_checkpoint(
+            path,
+            {
+                "model_config": network.config.to_dict(),
+                "train_config": asdict(config),
+                "normalisation": NORMALISATION,
+                "model": {k: v.detach().cpu() for k, v in network.state_dict().items()},
+                "optimizer": optimizer.state_dict(),
+                "step": state.step,
+                "best_dice": state.best_dice,
+                "history": state.history,
+                "rng": {"torch": torch.get_rng_state()},
+            },
+        )
+        return path
+
+    try:
+        while state.step < config.iterations:
+            step = state.step
+            image, labels = batch_for_step(train_patches, step, config)
+            x = torch.from_numpy(image).to(device, non_blocking=True)
+            y = torch.from_numpy(labels).to(device, non_blocking=True)
+            if config.augment:
+                augmenter.manual_seed(config.seed * 1_000_003 + step)
+                x, y = augment(x, y, augmenter, augment_config)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last_3d)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, config)
+            with precision.autocast():
+                outputs = forward(x)
+            loss = deep_supervision_loss([o.float() for o in outputs], y)
+            optimizer.zero_grad(set_to_none=True)
+            if precision.scaler is not None:
+                precision.scaler.scale(loss).backward()
+                precision.scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            torch.nn.utils.clip_grad_norm_(network.parameters(), config.grad_clip)
+            if precision.scaler is not None:
+                precision.scaler.step(optimizer)
+                precision.scaler.update()
+            else:
+                optimizer.step()
+            value = float(loss.detach())
+            interval_losses.append(value)
+            state.step = step + 1
+            done = state.step == config.iterations
+            if state.step % config.val_every == 0 or done:
+                row = {
+                    "step": state.step,
+                    "train_loss": float(np.mean(interval_losses)),
+                    "lr": learning_rate(step, config),
+                    "seconds": time.perf_counter() - started,
+                }
+                interval_losses = []
+                if val_patches:
+                    row.update(evaluate(network, val_patches, device, precision))
+                    if row["val_dice"] > state.best_dice:
+                        state.best_dice = row["val_dice"]
+                        checkpoint(BEST)
+                state.history.append(row)
+                if on_metrics is not None:
+                    on_metrics(state.history)
+            if state.step % config.save_every == 0 or done:
+                checkpoint(LAST)
+            if on_step is not None:
+                on_step(state.step, value)
+    except KeyboardInterrupt:
+        raise Interrupted(state.step, checkpoint(LAST)) from None
+    return state
+
+
+def _heads_function(network: UNet, compile_it: bool) -> Callable[[torch.Tensor], list]:
+    if not compile_it:
+        return network.forward_heads
+    return torch.compile(network.forward_heads)

@@ -1,0 +1,354 @@
+"""Training on CPU with the tiny network: the loss falls, resuming is exact, checkpoints
+round-trip, augmentation keeps labels valid, and bad input gets one-line errors."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import all_files
+
+from patch_corrections.augment import AugmentConfig, augment
+from patch_corrections.checkpoints import network_from_checkpoint, read_checkpoint
+from patch_corrections.data import (
+    TrainingPatch,
+    find_training_pairs,
+    load_training_pairs,
+    normalise,
+    sample_crop,
+)
+from patch_corrections.io.volumes import Geometry, write_volume
+from patch_corrections.model import PRESETS, UNet
+from patch_corrections.train import Interrupted, TrainConfig, learning_rate, train
+
+SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
+
+
+@pytest.fixture(scope="module")
+def sample_train_dir(tmp_path_factory):
+    """The README's main job: sample patches merged with the bundled corrections."""
+    from typer.testing import CliRunner
+
+    from patch_corrections.cli import app
+
+    folder = tmp_path_factory.mktemp("sample")
+    runner = CliRunner()
+    for args in (
+        [
+            "extract_patches",
+            "-t",
+            SAMPLE / "tomogram.mrc",
+            "-s",
+            SAMPLE / "prediction.mrc",
+            "-c",
+            SAMPLE / "centres.csv",
+            "--patch-size",
+            96,
+            "-o",
+            folder / "patches",
+        ],
+        [
+            "merge_corrections",
+            "-l",
+            folder / "patches",
+            "-c",
+            SAMPLE / "corrections",
+            "-o",
+            folder / "train",
+        ],
+    ):
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+    return folder / "train"
+
+
+@pytest.fixture(scope="module")
+def sample_patches(sample_train_dir):
+    return load_training_pairs(find_training_pairs(sample_train_dir))
+
+
+CONFIG = TrainConfig(
+    iterations=6,
+    batch_size=2,
+    crop_size=32,
+    optimizer="adamw",
+    lr=3e-3,
+    val_every=3,
+    save_every=3,
+    seed=7,
+)
+
+
+def _run(patches, out_dir, config=CONFIG, resume=None, on_step=None):
+    torch.manual_seed(0)
+    network = UNet(PRESETS["tiny"])
+    if resume is not None:
+        network, _ = network_from_checkpoint(resume, out_dir / "last.pt")
+    state = train(
+        network,
+        patches[:3],
+        patches[3:],
+        config,
+        out_dir,
+        torch.device("cpu"),
+        resume=resume,
+        on_step=on_step,
+    )
+    return network, state
+
+
+def test_loss_falls_on_sample_data(sample_patches, tmp_path):
+    config = replace(CONFIG, iterations=40, val_every=10, save_every=40)
+    _, state = _run(sample_patches, tmp_path, config)
+    losses = [row["train_loss"] for row in state.history]
+    assert losses[-1] < 0.9 * losses[0], losses
+    dice = [row["val_dice"] for row in state.history]
+    assert dice[-1] > dice[0], dice
+    assert (tmp_path / "best.pt").exists() and (tmp_path / "last.pt").exists()
+
+
+def test_resumed_run_matches_uninterrupted(sample_patches, tmp_path):
+    whole, state = _run(sample_patches, tmp_path / "whole")
+
+    def stop_at_three(step, loss):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted) as stopped:
+        _run(sample_patches, tmp_path / "split", on_step=stop_at_three)
+    assert stopped.value.step == 3
+    content = read_checkpoint(tmp_path / "split" / "last.pt")
+    assert content["step"] == 3
+    resumed, resumed_state = _run(sample_patches, tmp_path / "split", resume=content)
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert [r["train_loss"] for r in resumed_state.history] == [
+        r["train_loss"] for r in state.history
+    ]
+
+
+def test_checkpoint_round_trips_with_weights_only(sample_patches, tmp_path):
+    network, _ = _run(sample_patches, tmp_path)
+    content = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert content["normalisation"] == "robust_z" and content["step"] == CONFIG.iterations
+    assert TrainConfig.from_dict(content["train_config"]) == CONFIG
+    loaded, _ = network_from_checkpoint(content, tmp_path / "last.pt")
+    x = torch.randn(1, 1, 16, 16, 16)
+    network.eval()
+    loaded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(network(x), loaded(x))
+
+
+def test_learning_rate_schedule():
+    config = TrainConfig(iterations=100, lr=1.0, warmup=10)
+    assert learning_rate(0, config) == pytest.approx(0.1)
+    assert learning_rate(9, config) == pytest.approx(1.0)
+    assert learning_rate(10, config) == pytest.approx(1.0)
+    assert learning_rate(100, config) == pytest.approx(0.0)
+    cosine = replace(config, schedule="cosine")
+    assert learning_rate(55, cosine) == pytest.approx(0.5)
+
+
+def test_augmentation_keeps_labels_and_alignment():
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (4, 1, 12, 12, 12), generator=generator, dtype=torch.uint8)
+    image = labels.float()
+    only_moves = AugmentConfig(affine=0.0, brightness=0, contrast=0, gamma=0, noise=0, blur=0)
+    moved_image, moved_labels = augment(image, labels, generator, only_moves)
+    assert torch.equal(moved_image, moved_labels.float())  # flips and turns move both alike
+    assert not torch.equal(moved_labels, labels)
+    everything = AugmentConfig(
+        flip=1, rotate90=1, affine=1, brightness=1, contrast=1, gamma=1, noise=1, blur=1
+    )
+    new_image, new_labels = augment(image, labels, generator, everything)
+    assert new_labels.dtype == labels.dtype
+    assert set(torch.unique(new_labels).tolist()) <= {0, 1, 2}
+    assert torch.isfinite(new_image).all() and not torch.equal(new_image, image)
+
+
+def test_crops_contain_annotated_voxels_and_pad_with_ignore():
+    labels = np.full((20, 20, 20), 2, np.uint8)
+    labels[14:17, 3:6, 9:12] = 0
+    labels[15, 4, 10] = 1
+    patch = TrainingPatch.from_arrays(
+        "p", np.random.default_rng(0).normal(size=labels.shape), labels
+    )
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        _, crop = sample_crop(patch, (8, 8, 8), rng)
+        assert (crop != 2).any()
+    _, big = sample_crop(patch, (24, 24, 24), rng)
+    assert big.shape == (24, 24, 24) and (big[20:] == 2).all()
+
+
+def test_normalise_is_robust():
+    values = np.concatenate([np.random.default_rng(0).normal(5, 2, 10000), [1e6]])
+    out = normalise(values)
+    assert abs(np.median(out)) < 0.05 and 0.9 < np.median(np.abs(out)) * 1.4826 < 1.1
+
+
+def _training_folder(root: Path, labels: np.ndarray, image_shape=None) -> Path:
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    geometry = Geometry((1.0, 1.0, 1.0))
+    image = np.random.default_rng(0).normal(size=image_shape or labels.shape)
+    write_volume(root / "imagesTr" / "p_0000.nii.gz", image.astype(np.float32), geometry)
+    write_volume(root / "labelsTr" / "p.nii.gz", labels, geometry)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("setup", "extra", "message"),
+    [
+        ("empty", [], "no label files; run merge_corrections first"),
+        ("not_training", [], "not a training folder"),
+        ("shapes", [], "differs from its image"),
+        ("values", [], "label values must be 0, 1 or 2; found 3"),
+        ("ok", ["--crop-size", "12"], "--crop-size 12: must be a multiple of 8"),
+        ("ok", ["--checkpoint", "{other}"], "weights do not describe this U-Net"),
+        ("ok", ["--checkpoint", "{garbage}"], "not a readable PyTorch checkpoint"),
+        ("ok", ["--resume"], "nothing to resume"),
+        (
+            "ok",
+            ["--device", "cuda:7"] if not torch.cuda.is_available() else ["--epochs", "0"],
+            "--device cuda:7: no CUDA device"
+            if not torch.cuda.is_available()
+            else "at least one step",
+        ),
+    ],
+)
+def test_retrain_bad_input(tmp_path, run_cli, setup, extra, message):
+    labels = np.zeros((16, 16, 16), np.uint8)
+    folder = tmp_path / "train"
+    if setup == "empty":
+        (folder / "imagesTr").mkdir(parents=True)
+        (folder / "labelsTr").mkdir()
+    elif setup == "not_training":
+        folder.mkdir()
+    elif setup == "shapes":
+        _training_folder(folder, labels, image_shape=(16, 16, 17))
+    elif setup == "values":
+        labels[3, 3, 3] = 3
+        _training_folder(folder, labels)
+    else:
+        _training_folder(folder, labels)
+    torch.save({"state_dict": {"_model.encoder.weight": torch.zeros(3)}}, tmp_path / "other.ckpt")
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    extra = [
+        e.format(other=tmp_path / "other.ckpt", garbage=tmp_path / "garbage.pt") for e in extra
+    ]
+    result = run_cli(
+        "retrain",
+        "-t",
+        folder,
+        "-o",
+        tmp_path / "model",
+        "--preset",
+        "tiny",
+        "--iterations",
+        2,
+        "--crop-size",
+        16,
+        *extra,
+    )
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: ") and message in result.output
+    assert all_files(tmp_path / "model") == []
+
+
+def test_retrain_cli_end_to_end_and_resume(sample_train_dir, tmp_path, run_cli):
+    args = [
+        "retrain",
+        "-t",
+        sample_train_dir,
+        "-o",
+        tmp_path / "model",
+        "--preset",
+        "tiny",
+        "--iterations",
+        4,
+        "--crop-size",
+        32,
+        "--val-every",
+        2,
+        "--batch-size",
+        1,
+    ]
+    result = run_cli(*args)
+    assert result.exit_code == 0, result.output
+    assert "from scratch (no --checkpoint)" in result.output and "val Dice" in result.output
+    names = sorted(p.name for p in all_files(tmp_path / "model"))
+    assert names == ["best.pt", "curves.png", "last.pt", "metrics.csv"]
+    rows = (tmp_path / "model" / "metrics.csv").read_text().splitlines()
+    assert rows[0] == "step,train_loss,val_loss,val_dice,lr,seconds" and len(rows) == 3
+    result = run_cli(*args)
+    assert result.exit_code == 1 and "holds a run" in result.output
+    result = run_cli(
+        "retrain",
+        "-t",
+        sample_train_dir,
+        "-o",
+        tmp_path / "tuned",
+        "--iterations",
+        2,
+        "--crop-size",
+        32,
+        "--checkpoint",
+        tmp_path / "model" / "best.pt",
+    )
+    assert result.exit_code == 0, result.output
+    assert "best.pt on cpu" in result.output
+
+
+def test_membrain_lightning_checkpoint_fine_tunes(sample_train_dir, tmp_path, run_cli):
+    import argparse
+
+    fixture = torch.load(
+        Path(__file__).with_name("fixtures") / "dynunet_tiny.pt", weights_only=True
+    )
+    state = {f"_model.{k}": v for k, v in fixture["state_dict"].items()}
+    state["loss_function.deep_supervision_weights"] = torch.ones(3)
+    lightning = {
+        "epoch": 999,
+        "global_step": 12345,
+        "pytorch-lightning_version": "2.1.0",
+        "state_dict": state,
+        "hyper_parameters": {"learning_rate": 1e-4},
+    }
+    torch.save(lightning, tmp_path / "membrain.ckpt")
+    args = [
+        "retrain",
+        "-t",
+        sample_train_dir,
+        "--iterations",
+        2,
+        "--crop-size",
+        16,
+        "--val-every",
+        2,
+        "--batch-size",
+        1,
+    ]
+    result = run_cli(*args, "-o", tmp_path / "a", "--checkpoint", tmp_path / "membrain.ckpt")
+    assert result.exit_code == 0, result.output
+    assert "membrain.ckpt on cpu" in result.output
+    tuned = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    assert tuple(tuned["model_config"]["filters"]) == tuple(fixture["filters"])
+
+    lightning["hyper_parameters"] = {"args": argparse.Namespace(lr=1e-4)}
+    torch.save(lightning, tmp_path / "pickled.ckpt")
+    result = run_cli(*args, "-o", tmp_path / "b", "--checkpoint", tmp_path / "pickled.ckpt")
+    assert result.exit_code == 1 and "pass --trust-checkpoint" in result.output
+    result = run_cli(
+        *args,
+        "-o",
+        tmp_path / "b",
+        "--checkpoint",
+        tmp_path / "pickled.ckpt",
+        "--trust-checkpoint",
+    )
+    assert result.exit_code == 0, result.output
