@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -162,6 +163,10 @@ class RunState:
     step: int = 0
     best_dice: float = -1.0
     history: list[dict] = field(default_factory=list)
+    data_wait: float = 0.0
+    """Seconds this process spent waiting for batches to be cut and sent to the device."""
+    io_seconds: float = 0.0
+    """Seconds spent validating and writing checkpoints (not training)."""
 
 
 def train(
@@ -223,12 +228,25 @@ def train(
         )
         return path
 
+    # The next step's crops are cut (and pinned, for a fast copy) while this step runs.
+    pin = device.type == "cuda"
+    prefetch = ThreadPoolExecutor(max_workers=1)
+
+    def fetch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, labels = batch_for_step(train_patches, step, config)
+        x, y = torch.from_numpy(image), torch.from_numpy(labels)
+        return (x.pin_memory(), y.pin_memory()) if pin else (x, y)
+
+    upcoming = prefetch.submit(fetch, state.step)
     try:
         while state.step < config.iterations:
             step = state.step
-            image, labels = batch_for_step(train_patches, step, config)
-            x = torch.from_numpy(image).to(device, non_blocking=True)
-            y = torch.from_numpy(labels).to(device, non_blocking=True)
+            waited = time.perf_counter()
+            x, y = upcoming.result()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            state.data_wait += time.perf_counter() - waited
+            if step + 1 < config.iterations:
+                upcoming = prefetch.submit(fetch, step + 1)
             if config.augment:
                 augmenter.manual_seed(config.seed * 1_000_003 + step)
                 x, y = augment(x, y, augmenter, augment_config)
@@ -255,7 +273,12 @@ def train(
             interval_losses.append(value)
             state.step = step + 1
             done = state.step == config.iterations
-            if state.step % config.val_every == 0 or done:
+            logging = state.step % config.val_every == 0 or done
+            saving = state.step % config.save_every == 0 or done
+            if logging or saving:
+                _sync(device)
+                paused = time.perf_counter()
+            if logging:
                 row = {
                     "step": state.step,
                     "train_loss": float(np.mean(interval_losses)),
@@ -271,13 +294,22 @@ def train(
                 state.history.append(row)
                 if on_metrics is not None:
                     on_metrics(state.history)
-            if state.step % config.save_every == 0 or done:
+            if saving:
                 checkpoint(LAST)
+            if logging or saving:
+                state.io_seconds += time.perf_counter() - paused
             if on_step is not None:
                 on_step(state.step, value)
     except KeyboardInterrupt:
         raise Interrupted(state.step, checkpoint(LAST)) from None
+    finally:
+        prefetch.shutdown(wait=True, cancel_futures=True)
     return state
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _heads_function(network: UNet, compile_it: bool) -> Callable[[torch.Tensor], list]:

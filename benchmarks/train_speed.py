@@ -1,0 +1,207 @@
+"""Training throughput of the U-Net: ours against the same network run the MemBrain-seg way.
+
+    python benchmarks/train_speed.py [--preset full] [--crop 160] [--batch 2] [--steps N]
+                                     [--device auto] [--compile]
+
+Both runs train the same network on the same synthetic patches, one after the other, in
+one process:
+
+- ``ours``: ``patch_corrections.train.train`` as ``retrain`` runs it: bf16 autocast on
+  CUDA, channels-last 3D, cuDNN autotuning, augmentation on the GPU, crops cut by a
+  background thread while the previous step trains;
+- ``membrain-style``: fp16 autocast with a grad scaler, augmentation on the CPU before the
+  batch is moved to the device, no channels-last, crops cut synchronously (what
+  MemBrain-seg's Lightning + MONAI pipeline does, minus its worker processes).
+
+Reported per run: iterations/s, voxels/s (crop voxels x batch per second), the share of
+step time spent waiting for data, peak GPU memory, and model FLOP utilisation (convolution
+FLOPs of forward + backward per step / step time / the GPU's dense bf16 peak). On a CPU only
+``ours`` runs (autocast does not apply there). The first steps (warm-up, autotuning,
+compilation) are not timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from patch_corrections.augment import AugmentConfig, augment
+from patch_corrections.data import TrainingPatch
+from patch_corrections.losses import deep_supervision_loss
+from patch_corrections.model import PRESETS, UNet
+from patch_corrections.train import TrainConfig, batch_for_step, make_optimizer, pick_device, train
+
+DENSE_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
+
+
+def synthetic_patches(count: int, edge: int, seed: int = 0) -> list[TrainingPatch]:
+    rng = np.random.default_rng(seed)
+    patches = []
+    for i in range(count):
+        labels = (rng.random((edge,) * 3) < 0.1).astype(np.uint8)
+        labels[:16], labels[-16:] = 2, 2
+        patches.append(TrainingPatch.from_arrays(f"p{i}", rng.normal(size=labels.shape), labels))
+    return patches
+
+
+def conv_flops(network: UNet, crop: int, batch: int, device: torch.device) -> float:
+    """Forward convolution FLOPs (2 x multiply-adds) of one batch, times 3 for training."""
+    total = 0.0
+
+    def count(module, inputs, output):
+        nonlocal total
+        weight = module.weight
+        kernel = weight[0, 0].numel()
+        if isinstance(module, torch.nn.ConvTranspose3d):
+            positions = inputs[0].shape[2:].numel()
+            total += 2 * weight.shape[0] * weight.shape[1] * kernel * positions * batch
+        else:
+            positions = output.shape[2:].numel()
+            total += 2 * weight.shape[0] * weight.shape[1] * kernel * positions * batch
+
+    hooks = [
+        m.register_forward_hook(count)
+        for m in network.modules()
+        if isinstance(m, torch.nn.Conv3d | torch.nn.ConvTranspose3d)
+    ]
+    with torch.no_grad():
+        network.forward_heads(torch.zeros(1, 1, crop, crop, crop, device=device))
+    for hook in hooks:
+        hook.remove()
+    return 3 * total
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_ours(patches, config: TrainConfig, device, warmup: int, tmp) -> dict:
+    torch.manual_seed(0)
+    network = UNet(PRESETS[ARGS.preset])
+    quiet = {"val_every": 10**9, "save_every": 10**9}
+    train(network, patches, [], replace(config, iterations=warmup, **quiet), tmp, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    sync(device)
+    started = time.perf_counter()
+    state = train(
+        network, patches, [], replace(config, iterations=ARGS.steps, **quiet), tmp, device
+    )
+    sync(device)
+    # The run ends by writing last.pt; that is not training time.
+    elapsed = time.perf_counter() - started - state.io_seconds
+    return {"seconds": elapsed, "data_wait": state.data_wait, "steps": ARGS.steps}
+
+
+def run_membrain_style(patches, config: TrainConfig, device, warmup: int) -> dict:
+    torch.manual_seed(0)
+    network = UNet(PRESETS[ARGS.preset]).to(device)
+    network.train()
+    optimizer = make_optimizer(network, config)
+    scaler = torch.amp.GradScaler("cuda")
+    generator = torch.Generator()
+    augment_config = AugmentConfig()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    data_wait, started = 0.0, None
+    for step in range(warmup + ARGS.steps):
+        if step == warmup:
+            sync(device)
+            data_wait, started = 0.0, time.perf_counter()
+        fetch = time.perf_counter()
+        image, labels = batch_for_step(patches, step, config)
+        generator.manual_seed(step)
+        x, y = augment(
+            torch.from_numpy(image), torch.from_numpy(labels), generator, augment_config
+        )
+        x, y = x.to(device), y.to(device)
+        data_wait += time.perf_counter() - fetch
+        with torch.autocast(device.type, dtype=torch.float16):
+            outputs = network.forward_heads(x)
+        loss = deep_supervision_loss([o.float() for o in outputs], y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(network.parameters(), config.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+    sync(device)
+    return {"seconds": time.perf_counter() - started, "data_wait": data_wait, "steps": ARGS.steps}
+
+
+def report(name: str, result: dict, flops: float, device: torch.device) -> None:
+    rate = result["steps"] / result["seconds"]
+    voxels = rate * ARGS.batch * ARGS.crop**3
+    line = (
+        f"{name:15s} {rate:8.3f} it/s  {voxels / 1e6:9.2f} Mvoxel/s  "
+        f"data wait {100 * result['data_wait'] / result['seconds']:5.1f} %"
+    )
+    if device.type == "cuda":
+        peak_gb = torch.cuda.max_memory_allocated(device) / 2**30
+        line += f"  peak GPU memory {peak_gb:6.1f} GiB"
+        name_gpu = torch.cuda.get_device_name(device)
+        peak = next((v for k, v in DENSE_BF16_TFLOPS.items() if k in name_gpu), None)
+        if peak:
+            line += f"  MFU {100 * flops * rate / (peak * 1e12):5.1f} % (of {peak:g} TFLOP/s)"
+    print(line, flush=True)
+
+
+def main() -> None:
+    import tempfile
+    from pathlib import Path
+
+    device = pick_device(ARGS.device)
+    if device.type == "cuda":
+        where = torch.cuda.get_device_name(device)
+    else:
+        threads = torch.get_num_threads()
+        where = f"CPU ({platform.processor() or platform.machine()}, {threads} threads)"
+    patches = synthetic_patches(4, max(ARGS.crop, 64))
+    config = TrainConfig(
+        iterations=1, batch_size=ARGS.batch, crop_size=ARGS.crop, compile=ARGS.compile
+    )
+    flops = conv_flops(UNet(PRESETS[ARGS.preset]).to(device), ARGS.crop, ARGS.batch, device)
+    print(
+        f"device: {where}; torch {torch.__version__}; preset {ARGS.preset}, crop "
+        f"{ARGS.crop}³, batch {ARGS.batch}, {ARGS.steps} timed steps after {ARGS.warmup} "
+        f"warm-up; {flops / 1e12:.2f} TFLOP of convolutions per training step",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        report("ours", run_ours(patches, config, device, ARGS.warmup, Path(tmp)), flops, device)
+    if device.type == "cuda":
+        report(
+            "membrain-style",
+            run_membrain_style(patches, config, device, ARGS.warmup),
+            flops,
+            device,
+        )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="full", choices=sorted(PRESETS))
+    parser.add_argument("--crop", type=int, default=160)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument(
+        "--steps", type=int, default=None, help="timed steps (default 20 on a GPU, 2 on a CPU)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="untimed steps first (default 5 on a GPU, 1 on a CPU)",
+    )
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--compile", action="store_true")
+    ARGS = parser.parse_args()
+    gpu = pick_device(ARGS.device).type == "cuda"
+    ARGS.steps = ARGS.steps or (20 if gpu else 2)
+    ARGS.warmup = ARGS.warmup if ARGS.warmup is not None else (5 if gpu else 1)
+    main()
