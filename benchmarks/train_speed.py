@@ -131,6 +131,7 @@ def run_membrain_style(patches, config: TrainConfig, device, warmup: int) -> dic
         torch.nn.utils.clip_grad_norm_(network.parameters(), config.grad_clip)
         scaler.step(optimizer)
         scaler.update()
+        del outputs, loss, x, y
     sync(device)
     return {"seconds": time.perf_counter() - started, "data_wait": data_wait, "steps": ARGS.steps}
 

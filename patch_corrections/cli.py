@@ -16,7 +16,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, ParamSpec, TypeVar
@@ -778,7 +778,9 @@ def retrain(
     resume: Annotated[
         bool,
         typer.Option(
-            "--resume", help="Continue the run saved in --out-dir exactly where it stopped."
+            "--resume",
+            help="Continue the run saved in --out-dir where it stopped, with its settings; "
+            "--iterations or --epochs may extend it.",
         ),
     ] = False,
     val_dir: Annotated[
@@ -897,6 +899,15 @@ def retrain(
             network = UNet(PRESETS[preset.value])
         if resume:
             config = TrainConfig.from_dict(content["train_config"])
+            if iterations is not None or epochs is not None:
+                steps_per_epoch = max(1, math.ceil(len(train_pairs) / config.batch_size))
+                total = iterations if iterations is not None else epochs * steps_per_epoch
+                if total <= content["step"]:
+                    raise InputError(
+                        f"the saved run is at iteration {content['step']}; to extend it, "
+                        f"give more iterations than that (got {total})"
+                    )
+                config = replace(config, iterations=total)
         else:
             steps_per_epoch = max(1, math.ceil(len(train_pairs) / batch_size))
             total = iterations if iterations is not None else (epochs or 0) * steps_per_epoch

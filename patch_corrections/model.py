@@ -109,7 +109,7 @@ class ResBlock(nn.Module):
         self.conv2 = _conv(channels_out, channels_out, kernel, 1)
         self.norm1 = _norm(channels_out)
         self.norm2 = _norm(channels_out)
-        self.act = nn.LeakyReLU(slope)
+        self.act = nn.LeakyReLU(slope, inplace=True)
         self.project = channels_in != channels_out or stride != 1
         if self.project:
             self.conv3 = _conv(channels_in, channels_out, 1, stride)
@@ -131,7 +131,7 @@ class BasicBlock(nn.Module):
         self.conv2 = _conv(channels_out, channels_out, kernel, 1)
         self.norm1 = _norm(channels_out)
         self.norm2 = _norm(channels_out)
-        self.act = nn.LeakyReLU(slope)
+        self.act = nn.LeakyReLU(slope, inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.act(self.norm1(self.conv1(x)))

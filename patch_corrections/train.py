@@ -270,6 +270,9 @@ def train(
             else:
                 optimizer.step()
             value = float(loss.detach())
+            # Free this step's graph now, not when the next forward pass rebinds the names:
+            # otherwise two steps' activations are alive at once.
+            del outputs, loss, x, y
             interval_losses.append(value)
             state.step = step + 1
             done = state.step == config.iterations

@@ -261,23 +261,8 @@ def test_retrain_bad_input(tmp_path, run_cli, setup, extra, message):
 
 
 def test_retrain_cli_end_to_end_and_resume(sample_train_dir, tmp_path, run_cli):
-    args = [
-        "retrain",
-        "-t",
-        sample_train_dir,
-        "-o",
-        tmp_path / "model",
-        "--preset",
-        "tiny",
-        "--iterations",
-        4,
-        "--crop-size",
-        32,
-        "--val-every",
-        2,
-        "--batch-size",
-        1,
-    ]
+    base = ["retrain", "-t", sample_train_dir, "-o", tmp_path / "model", "--preset", "tiny"]
+    args = [*base, "--iterations", 4, "--crop-size", 32, "--val-every", 2, "--batch-size", 1]
     result = run_cli(*args)
     assert result.exit_code == 0, result.output
     assert "from scratch (no --checkpoint)" in result.output and "val Dice" in result.output
@@ -287,6 +272,13 @@ def test_retrain_cli_end_to_end_and_resume(sample_train_dir, tmp_path, run_cli):
     assert rows[0] == "step,train_loss,val_loss,val_dice,lr,seconds" and len(rows) == 3
     result = run_cli(*args)
     assert result.exit_code == 1 and "holds a run" in result.output
+    result = run_cli(*base, "--resume", "--iterations", 6)
+    assert result.exit_code == 0, result.output
+    assert "resuming at iteration 4" in result.output and "iteration 6" in result.output
+    rows = (tmp_path / "model" / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["2", "4", "6"]
+    result = run_cli(*base, "--resume", "--iterations", 3)
+    assert result.exit_code == 1 and "at iteration 6; to extend it" in result.output
     result = run_cli(
         "retrain",
         "-t",
