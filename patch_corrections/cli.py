@@ -92,7 +92,7 @@ def _user_errors(command: Callable[P, None]) -> Callable[P, None]:
             typer.echo(f"Error: {exc}", err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
-            typer.echo("Interrupted; the files of this run were removed.", err=True)
+            typer.echo("Interrupted; this run wrote nothing.", err=True)
             raise typer.Exit(130) from None
         except OSError as exc:  # permissions, full disk: the system's words suffice
             where = f"{exc.filename}: " if exc.filename else ""
