@@ -8,6 +8,7 @@ end-of-run summary.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import math
 import operator
@@ -832,6 +833,13 @@ def retrain(
     no_augment: Annotated[
         bool, typer.Option("--no-augment", help="Train without data augmentation.")
     ] = False,
+    channels_last: Annotated[
+        bool,
+        typer.Option(
+            "--channels-last/--no-channels-last",
+            help="Channels-last 3D memory layout on CUDA.",
+        ),
+    ] = True,
     val_every: Annotated[
         int, typer.Option("--val-every", help="Validate and log every N steps.")
     ] = 50,
@@ -844,11 +852,9 @@ def retrain(
     ] = False,
 ) -> None:
     """Fine-tune the U-Net on training pairs; ignore voxels are left out of the loss."""
-    import numpy as np
     import torch
 
     from .checkpoints import network_from_checkpoint, read_checkpoint
-    from .data import find_training_pairs, load_training_pairs, split_validation
     from .model import PRESETS, UNet
     from .train import BEST, LAST, Interrupted, TrainConfig, pick_device, train
 
@@ -856,7 +862,10 @@ def retrain(
         _check_out_dir(out_dir)
         last = out_dir / LAST
         if resume and checkpoint is not None:
-            raise InputError("--resume continues the run in --out-dir; drop --checkpoint")
+            raise InputError(
+                "--resume continues the run in --out-dir; to start a new run from its "
+                f"weights, use --checkpoint {last} with another --out-dir"
+            )
         if resume and not last.exists():
             raise InputError(f"{last}: nothing to resume; start without --resume")
         if not resume and last.exists() and not overwrite:
@@ -866,42 +875,48 @@ def retrain(
             )
         if iterations is not None and epochs is not None:
             raise InputError("give --iterations or --epochs, not both")
-        for option, value in (
-            ("--batch-size", batch_size),
-            ("--crop-size", crop_size),
-            ("--val-every", val_every),
+        for option, value, least in (
+            ("--batch-size", batch_size, 1),
+            ("--crop-size", crop_size, 1),
+            ("--val-every", val_every, 1),
+            ("--save-every", save_every or 1, 1),
+            ("--seed", seed, 0),
+            ("--warmup", warmup or 0, 0),
         ):
-            if value < 1:
-                raise InputError(f"{option} must be at least 1, got {value}")
+            if value < least:
+                raise InputError(f"{option} must be at least {least}, got {value}")
+        if lr is not None and not (math.isfinite(lr) and lr > 0):
+            raise InputError(f"--lr must be a positive number, got {lr}")
         try:
             target = pick_device(device)
-        except (ValueError, RuntimeError) as exc:
+        except ValueError as exc:
             raise InputError(f"--device {device}: {exc}") from None
 
-        pairs = find_training_pairs(train_dir)
-        if val_dir is not None:
-            train_pairs, val_pairs = pairs, find_training_pairs(val_dir)
+        content = None
+        if resume or checkpoint is not None:
+            content = read_checkpoint(last if resume else checkpoint, trust_checkpoint)
+        if resume:
+            _refuse_changes_on_resume(content, locals())
+            config, split = TrainConfig.from_dict(content["train_config"]), content["split"]
         else:
-            train_pairs, val_pairs = split_validation(
-                pairs, val_fraction, np.random.default_rng(seed)
-            )
-        if not train_pairs:
-            raise InputError(f"{train_dir}: no patch left for training; lower --val-fraction")
-
-        content = (
-            read_checkpoint(last if resume else checkpoint, trust_checkpoint)
-            if (resume or checkpoint is not None)
-            else None
+            config, split = None, None
+        train_patches, val_patches, split = _training_data(
+            train_dir, val_dir, val_fraction, config.seed if config else seed, split
         )
+
         if content is not None:
             network, _ = network_from_checkpoint(content, last if resume else checkpoint)
         else:
+            torch.manual_seed(seed)  # the starting weights follow --seed too
             network = UNet(PRESETS[preset.value])
+        steps_per_epoch = max(1, math.ceil(len(train_patches) / batch_size))
+        total = (
+            iterations
+            if iterations is not None
+            else (epochs * steps_per_epoch if epochs is not None else None)
+        )
         if resume:
-            config = TrainConfig.from_dict(content["train_config"])
-            if iterations is not None or epochs is not None:
-                steps_per_epoch = max(1, math.ceil(len(train_pairs) / config.batch_size))
-                total = iterations if iterations is not None else epochs * steps_per_epoch
+            if total is not None:
                 if total <= content["step"]:
                     raise InputError(
                         f"the saved run is at iteration {content['step']}; to extend it, "
@@ -909,12 +924,12 @@ def retrain(
                     )
                 config = replace(config, iterations=total)
         else:
-            steps_per_epoch = max(1, math.ceil(len(train_pairs) / batch_size))
-            total = iterations if iterations is not None else (epochs or 0) * steps_per_epoch
-            if iterations is None and epochs is None:
+            if total is None:
                 raise InputError("give --iterations or --epochs")
             if total < 1:
                 raise InputError(f"the run needs at least one step, got {total}")
+            if warmup is not None and warmup >= total:
+                raise InputError(f"--warmup {warmup} must be shorter than the run ({total})")
             config = TrainConfig(
                 iterations=total,
                 batch_size=batch_size,
@@ -928,14 +943,13 @@ def retrain(
                 save_every=save_every or val_every,
                 augment=not no_augment,
                 compile=compile_network,
+                channels_last=channels_last,
             )
         divisor = network.config.divisor
         if config.crop_size % divisor:
             raise InputError(
                 f"--crop-size {config.crop_size}: must be a multiple of {divisor} for this network"
             )
-        train_patches = load_training_pairs(train_pairs)
-        val_patches = load_training_pairs(val_pairs)
 
         start = (
             "resuming at iteration {}".format(content["step"])
@@ -953,8 +967,6 @@ def retrain(
             f"{len(train_patches)} training and {len(val_patches)} validation patch(es), "
             f"{config.iterations} iterations of {config.batch_size} x {config.crop_size}³."
         )
-        if not val_patches:
-            _warn("no validation patches: best.pt is not written; last.pt is the result")
 
         metrics_path = out_dir / "metrics.csv"
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -973,7 +985,9 @@ def retrain(
                     resume=content if resume else None,
                     on_step=tick,
                     on_metrics=lambda rows: _write_metrics(metrics_path, rows),
+                    split=split,
                 )
+            _plot_curves(state.history, out_dir / "curves.png")
         except Interrupted as stop:
             typer.echo(
                 f"Interrupted at iteration {stop.step}; saved {stop.path}. "
@@ -981,13 +995,16 @@ def retrain(
                 err=True,
             )
             raise typer.Exit(130) from None
+        except KeyboardInterrupt:
+            typer.echo(f"Interrupted; checkpoints in {out_dir} are kept.", err=True)
+            raise typer.Exit(130) from None
         except torch.cuda.OutOfMemoryError:
             raise InputError(
                 f"out of GPU memory with --batch-size {config.batch_size} and --crop-size "
-                f"{config.crop_size}; try a smaller batch or crop (checkpoints written so far "
-                "are kept)"
+                f"{config.crop_size} (or on a large validation patch); start a new run from "
+                f"{last} with --checkpoint and a smaller batch or crop (checkpoints written "
+                "so far are kept)"
             ) from None
-        _plot_curves(state.history, out_dir / "curves.png")
         final = state.history[-1] if state.history else {}
         summary = f"train loss {final.get('train_loss', float('nan')):.4f}"
         if "val_dice" in final:
@@ -998,6 +1015,110 @@ def retrain(
         typer.echo(f"Done: iteration {state.step}, {summary}.")
         typer.echo(f"Checkpoint: {out_dir / LAST}; metrics: {metrics_path}")
     _report_warnings(warned)
+
+
+_RESUME_FIXED = {
+    "batch_size": ("--batch-size", "batch_size"),
+    "crop_size": ("--crop-size", "crop_size"),
+    "optimiser": ("--optimizer", "optimizer"),
+    "lr": ("--lr", "lr"),
+    "schedule": ("--schedule", "schedule"),
+    "warmup": ("--warmup", "warmup"),
+    "seed": ("--seed", "seed"),
+    "val_every": ("--val-every", "val_every"),
+    "save_every": ("--save-every", "save_every"),
+    "no_augment": ("--no-augment", "augment"),
+    "compile_network": ("--compile", "compile"),
+    "channels_last": ("--channels-last/--no-channels-last", "channels_last"),
+}
+
+
+def _refuse_changes_on_resume(content: dict, options: dict) -> None:
+    """A resumed run keeps its settings: an option given with another value is an error."""
+    from .model import PRESETS, UNetConfig
+    from .train import TrainConfig
+
+    saved = TrainConfig.from_dict(content["train_config"])
+    defaults = {p.name: p.default for p in inspect.signature(retrain).parameters.values()}
+    changed = []
+    for name, (flag, field) in _RESUME_FIXED.items():
+        given = options[name]
+        given = given.value if isinstance(given, Enum) else given
+        if given == _default_value(defaults[name]):
+            continue
+        stored = getattr(saved, field)
+        if name == "no_augment":
+            stored = not stored
+        if given != stored:
+            changed.append(f"{flag} (saved: {stored})")
+    split = content["split"]
+    fraction = options["val_fraction"]
+    if fraction not in (split["val_fraction"], defaults["val_fraction"]):
+        changed.append(f"--val-fraction (saved: {split['val_fraction']})")
+    val_dir = options["val_dir"]
+    if val_dir is not None and str(Path(val_dir).resolve()) != split["val_dir"]:
+        changed.append(f"--val-dir (saved: {split['val_dir']})")
+    preset = options["preset"]
+    network = UNetConfig.from_dict(content["model_config"])
+    if preset != _default_value(defaults["preset"]) and PRESETS[preset.value] != network:
+        changed.append(f"--preset (the saved network has filters {network.filters})")
+    if changed:
+        raise InputError(
+            "--resume keeps the saved run's settings; drop " + ", ".join(changed) + ", or "
+            "start a new run from its weights with --checkpoint"
+        )
+
+
+def _default_value(parameter_default):
+    return parameter_default.value if isinstance(parameter_default, Enum) else parameter_default
+
+
+def _training_data(
+    train_dir: Path, val_dir: Path | None, val_fraction: float, seed: int, split: dict | None
+):
+    """Training and validation patches; ``split`` (names, from a saved run) wins over the
+    options so a resumed run sees the same patches."""
+    import numpy as np
+
+    from .data import find_training_pairs, load_training_pairs, split_validation
+
+    pairs = find_training_pairs(train_dir)
+    if split is not None:
+        val_pairs = find_training_pairs(Path(split["val_dir"])) if split["val_dir"] else pairs
+        by_name = {p[0]: p for p in pairs}
+        val_by_name = {p[0]: p for p in val_pairs}
+        missing = [n for n in split["train"] if n not in by_name]
+        missing += [n for n in split["val"] if n not in val_by_name]
+        if missing:
+            raise InputError(
+                f"{train_dir}: the saved run's patch {missing[0]} is missing; resume needs "
+                "the same training folder"
+            )
+        train_pairs = [by_name[n] for n in split["train"]]
+        val_pairs = [val_by_name[n] for n in split["val"]]
+    elif val_dir is not None:
+        train_pairs, val_pairs = pairs, find_training_pairs(val_dir)
+    else:
+        train_pairs, val_pairs = split_validation(pairs, val_fraction, np.random.default_rng(seed))
+    if not train_pairs:
+        raise InputError(f"{train_dir}: no patch left for training; lower --val-fraction")
+    train_patches = load_training_pairs(train_pairs)
+    val_patches = load_training_pairs(val_pairs)
+    if not any(len(p.annotated) for p in train_patches):
+        raise InputError(f"{train_dir}: no training patch has an annotated (non-ignore) voxel")
+    if not val_patches:
+        _warn("no validation patches: best.pt is not written; last.pt is the result")
+    elif not any(len(p.membrane) for p in val_patches):
+        _warn("the validation patches hold no membrane voxel: their Dice says little")
+    split = {
+        "val_fraction": split["val_fraction"] if split else val_fraction,
+        "train": [p.name for p in train_patches],
+        "val": [p.name for p in val_patches],
+        "val_dir": str(Path(val_dir).resolve())
+        if val_dir is not None
+        else (split["val_dir"] if split else None),
+    }
+    return train_patches, val_patches, split
 
 
 @contextmanager

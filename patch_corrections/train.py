@@ -8,6 +8,8 @@ one would have done, and the next batch can be prepared while the current one tr
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +48,7 @@ class TrainConfig:
     save_every: int = 50
     augment: bool = True
     compile: bool = False
+    channels_last: bool = True
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -86,12 +89,21 @@ def make_optimizer(network: torch.nn.Module, config: TrainConfig) -> torch.optim
 
 
 def pick_device(name: str) -> torch.device:
-    """``auto`` is the first GPU when there is one, else the CPU."""
+    """``auto`` is the first GPU when there is one, else the CPU; ``cpu``, ``cuda`` and
+    ``cuda:N`` are checked against what this machine has."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("no CUDA device is available")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError("expected auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError("expected auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("no CUDA device is available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
@@ -120,7 +132,8 @@ class Precision:
     def for_device(cls, device: torch.device) -> Precision:
         if device.type != "cuda":
             return cls(device)
-        if torch.cuda.is_bf16_supported():
+        # Native bf16 from Ampere (compute capability 8.0) on; older cards only emulate it.
+        if torch.cuda.get_device_capability(device) >= (8, 0):
             return cls(device, torch.bfloat16)
         return cls(device, torch.float16, torch.amp.GradScaler("cuda"))
 
@@ -163,6 +176,10 @@ class RunState:
     step: int = 0
     best_dice: float = -1.0
     history: list[dict] = field(default_factory=list)
+    pending_losses: list[float] = field(default_factory=list)
+    """Step losses since the last metrics row."""
+    elapsed: float = 0.0
+    """Seconds of training in earlier sessions of this run."""
     data_wait: float = 0.0
     """Seconds this process spent waiting for batches to be cut and sent to the device."""
     io_seconds: float = 0.0
@@ -179,6 +196,7 @@ def train(
     resume: dict | None = None,
     on_step: Callable[[int, float], None] | None = None,
     on_metrics: Callable[[list[dict]], None] | None = None,
+    split: dict | None = None,
 ) -> RunState:
     """Train ``network`` for ``config.iterations`` steps; write checkpoints to ``out_dir``.
 
@@ -190,11 +208,16 @@ def train(
         Called after every step with the step number and its loss (progress display).
     on_metrics
         Called with the metrics history whenever a row is added.
+    split
+        Which patches train and which validate (names), saved in checkpoints so that a
+        resumed run uses the same ones.
     """
     torch.manual_seed(config.seed)
     network.to(device)
+    channels_last = device.type == "cuda" and config.channels_last
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    if channels_last:
         network.to(memory_format=torch.channels_last_3d)
     network.train()
     optimizer = make_optimizer(network, config)
@@ -202,13 +225,20 @@ def train(
     state = RunState()
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
-        state = RunState(resume["step"], resume["best_dice"], list(resume["history"]))
+        state = RunState(
+            resume["step"],
+            resume["best_dice"],
+            list(resume["history"]),
+            list(resume["pending_losses"]),
+            resume["elapsed"],
+        )
         torch.set_rng_state(resume["rng"]["torch"])
+        if precision.scaler is not None and resume.get("grad_scaler"):
+            precision.scaler.load_state_dict(resume["grad_scaler"])
     forward = _heads_function(network, config.compile)
     augmenter = torch.Generator(device=device)
     augment_config = AugmentConfig()
-    interval_losses: list[float] = []
-    started = time.perf_counter()
+    started = time.perf_counter() - state.elapsed
 
     def checkpoint(name: str) -> Path:
         path = Path(out_dir) / name
@@ -219,11 +249,15 @@ def train(
                 "train_config": asdict(config),
                 "normalisation": NORMALISATION,
                 "model": {k: v.detach().cpu() for k, v in network.state_dict().items()},
-                "optimizer": optimizer.state_dict(),
+                "optimizer": _to_cpu(optimizer.state_dict()),
                 "step": state.step,
                 "best_dice": state.best_dice,
                 "history": state.history,
+                "pending_losses": state.pending_losses,
+                "split": split,
+                "elapsed": time.perf_counter() - started,
                 "rng": {"torch": torch.get_rng_state()},
+                "grad_scaler": precision.scaler.state_dict() if precision.scaler else None,
             },
         )
         return path
@@ -238,8 +272,11 @@ def train(
         return (x.pin_memory(), y.pin_memory()) if pin else (x, y)
 
     upcoming = prefetch.submit(fetch, state.step)
+    stop = _StopFlag()
     try:
         while state.step < config.iterations:
+            if stop.requested:
+                raise KeyboardInterrupt
             step = state.step
             waited = time.perf_counter()
             x, y = upcoming.result()
@@ -250,7 +287,7 @@ def train(
             if config.augment:
                 augmenter.manual_seed(config.seed * 1_000_003 + step)
                 x, y = augment(x, y, augmenter, augment_config)
-            if device.type == "cuda":
+            if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, config)
@@ -273,7 +310,7 @@ def train(
             # Free this step's graph now, not when the next forward pass rebinds the names:
             # otherwise two steps' activations are alive at once.
             del outputs, loss, x, y
-            interval_losses.append(value)
+            state.pending_losses.append(value)
             state.step = step + 1
             done = state.step == config.iterations
             logging = state.step % config.val_every == 0 or done
@@ -284,11 +321,11 @@ def train(
             if logging:
                 row = {
                     "step": state.step,
-                    "train_loss": float(np.mean(interval_losses)),
+                    "train_loss": float(np.mean(state.pending_losses)),
                     "lr": learning_rate(step, config),
                     "seconds": time.perf_counter() - started,
                 }
-                interval_losses = []
+                state.pending_losses = []
                 if val_patches:
                     row.update(evaluate(network, val_patches, device, precision))
                     if row["val_dice"] > state.best_dice:
@@ -306,8 +343,42 @@ def train(
     except KeyboardInterrupt:
         raise Interrupted(state.step, checkpoint(LAST)) from None
     finally:
+        stop.release()
         prefetch.shutdown(wait=True, cancel_futures=True)
     return state
+
+
+class _StopFlag:
+    """Turns Ctrl-C (SIGINT) into a request honoured between steps, so ``last.pt`` never
+    holds weights updated by a step it does not count. A second Ctrl-C stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def release(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
+def _to_cpu(value):
+    """A copy of a (nested) optimiser state with every tensor on the CPU, so checkpoints
+    from a GPU load on any machine."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
 
 
 def _sync(device: torch.device) -> None:

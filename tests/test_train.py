@@ -3,6 +3,8 @@ round-trip, augmentation keeps labels valid, and bad input gets one-line errors.
 
 from __future__ import annotations
 
+import os
+import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -115,7 +117,7 @@ def test_resumed_run_matches_uninterrupted(sample_patches, tmp_path):
 
     def stop_at_three(step, loss):
         if step == 3:
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: honoured before step 4
 
     with pytest.raises(Interrupted) as stopped:
         _run(sample_patches, tmp_path / "split", on_step=stop_at_three)
@@ -212,6 +214,11 @@ def _training_folder(root: Path, labels: np.ndarray, image_shape=None) -> Path:
         ("ok", ["--checkpoint", "{other}"], "weights do not describe this U-Net"),
         ("ok", ["--checkpoint", "{garbage}"], "not a readable PyTorch checkpoint"),
         ("ok", ["--resume"], "nothing to resume"),
+        ("ok", ["--seed", "-1"], "--seed must be at least 0, got -1"),
+        ("ok", ["--lr", "-1"], "--lr must be a positive number"),
+        ("ok", ["--device", "mps"], "--device mps: expected auto, cpu, cuda or cuda:N"),
+        ("ok", ["--warmup", "5"], "--warmup 5 must be shorter than the run (2)"),
+        ("all_ignore", [], "no training patch has an annotated (non-ignore) voxel"),
         (
             "ok",
             ["--device", "cuda:7"] if not torch.cuda.is_available() else ["--epochs", "0"],
@@ -234,6 +241,8 @@ def test_retrain_bad_input(tmp_path, run_cli, setup, extra, message):
     elif setup == "values":
         labels[3, 3, 3] = 3
         _training_folder(folder, labels)
+    elif setup == "all_ignore":
+        _training_folder(folder, np.full_like(labels, 2))
     else:
         _training_folder(folder, labels)
     torch.save({"state_dict": {"_model.encoder.weight": torch.zeros(3)}}, tmp_path / "other.ckpt")
@@ -344,3 +353,38 @@ def test_membrain_lightning_checkpoint_fine_tunes(sample_train_dir, tmp_path, ru
         "--trust-checkpoint",
     )
     assert result.exit_code == 0, result.output
+
+
+def test_same_seed_same_model_and_resume_keeps_the_split(sample_train_dir, tmp_path, run_cli):
+    args = [
+        "retrain",
+        "-t",
+        sample_train_dir,
+        "--preset",
+        "tiny",
+        "--crop-size",
+        16,
+        "--val-every",
+        2,
+        "--batch-size",
+        1,
+        "--seed",
+        3,
+        "--val-fraction",
+        0.5,
+    ]
+    for name in ("a", "b"):
+        result = run_cli(*args, "--iterations", 2, "-o", tmp_path / name)
+        assert result.exit_code == 0, result.output
+        assert "2 training and 2 validation" in result.output
+    a, b = (torch.load(tmp_path / n / "last.pt", weights_only=True)["model"] for n in "ab")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    result = run_cli(*args, "--iterations", 4, "-o", tmp_path / "a", "--resume")
+    assert result.exit_code == 0, result.output
+    assert "resuming at iteration 2" in result.output
+    assert "2 training and 2 validation" in result.output
+    changed = [a if a != 16 else 32 for a in args]  # another --crop-size
+    result = run_cli(*changed, "--iterations", 6, "-o", tmp_path / "a", "--resume")
+    assert result.exit_code == 1, result.output
+    assert "drop --crop-size (saved: 16)" in result.output
