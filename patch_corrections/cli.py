@@ -1196,6 +1196,293 @@ def _plot_curves(rows: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
+# --- segment ----------------------------------------------------------------------------
+
+NORMALISATION_SAMPLE = 2_000_000
+"""Voxels sampled (evenly spread) to normalise a tomogram, instead of reading it twice."""
+
+
+@app.command(name="segment", no_args_is_help=True)
+@_user_errors
+def segment(
+    tomogram: Annotated[Path, typer.Option("--tomogram", "-t", help="Tomogram to segment.")],
+    checkpoint: Annotated[
+        Path,
+        typer.Option(
+            "--checkpoint", help="Weights: ours (best.pt, last.pt) or a MemBrain-seg .ckpt."
+        ),
+    ],
+    out_dir: Annotated[
+        Path,
+        typer.Option(
+            "--out-dir", "-o", help="Folder for <stem>_scores.mrc and <stem>_segmented.mrc."
+        ),
+    ],
+    window: Annotated[
+        int, typer.Option("--window", help="Edge of the sliding windows, in voxels.")
+    ] = PATCH_SIZE,
+    overlap: Annotated[
+        float, typer.Option("--overlap", help="Fraction by which neighbouring windows overlap.")
+    ] = 0.5,
+    tta: Annotated[
+        bool, typer.Option("--tta", help="Average over the 8 flips of every window (8x slower).")
+    ] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Windows per forward pass.")] = 1,
+    threshold: Annotated[
+        float, typer.Option("--threshold", help="Probability above which a voxel is membrane.")
+    ] = 0.5,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    trust_checkpoint: Annotated[
+        bool,
+        typer.Option(
+            "--trust-checkpoint", help="Allow a checkpoint that pickles objects beyond weights."
+        ),
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace earlier outputs.")
+    ] = False,
+) -> None:
+    """Segment a whole tomogram: a probability scoremap and a binary segmentation (MRC)."""
+    import numpy as np
+    import torch
+
+    from .checkpoints import network_from_checkpoint, read_checkpoint
+    from .data import NORMALISATION, normalise, robust_statistics
+    from .infer import sliding_window, windows_count
+    from .train import Precision, pick_device
+
+    with _collect_warnings() as warned:
+        if not 0 <= overlap < 1:
+            raise InputError(f"--overlap must be in [0, 1), got {overlap}")
+        if batch_size < 1:
+            raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+        if not 0 < threshold < 1:
+            raise InputError(f"--threshold must be a probability in (0, 1), got {threshold}")
+        try:
+            target = pick_device(device)
+        except ValueError as exc:
+            raise InputError(f"--device {device}: {exc}") from None
+        _check_out_dir(out_dir)
+        stem = volume_stem(tomogram)
+        scores_path = out_dir / f"{stem}_scores.mrc"
+        labels_path = out_dir / f"{stem}_segmented.mrc"
+        _require_free([scores_path, labels_path], overwrite)
+        content = read_checkpoint(checkpoint, trust_checkpoint)
+        network, _ = network_from_checkpoint(content, checkpoint)
+        normalisation = content.get("normalisation", NORMALISATION)
+        if normalisation != NORMALISATION:
+            raise InputError(f"{checkpoint}: unknown intensity normalisation {normalisation!r}")
+        if window % network.config.divisor:
+            raise InputError(
+                f"--window {window}: must be a multiple of {network.config.divisor} for "
+                "this network"
+            )
+        network.to(target).eval()
+        precision = Precision.for_device(target)
+
+        @torch.inference_mode()
+        def predict(windows: np.ndarray) -> np.ndarray:
+            x = torch.from_numpy(windows)[:, None].to(target)
+            with precision.autocast():
+                logits = network(x)
+            return logits[:, 0].float().cpu().numpy()
+
+        with closing_reader(tomogram) as reader:
+            shape = reader.info.shape
+            geometry = reader.info.geometry or Geometry((1.0, 1.0, 1.0))
+            if reader.info.geometry is None:
+                _warn(f"{tomogram}: header has no voxel size; outputs are written with 1 Å")
+            statistics = robust_statistics(_spread_sample(reader, NORMALISATION_SAMPLE))
+
+            def read_slab(z0: int, z1: int) -> np.ndarray:
+                return normalise(reader.read_block((z0, 0, 0), (z1, *shape[1:])), statistics)
+
+            staged = StagedFiles()
+            try:
+                staged.make_dirs(out_dir)
+                scores = _new_mrc(staged.stage(scores_path, ".mrc"), shape, np.float16)
+                labels = _new_mrc(staged.stage(labels_path, ".mrc"), shape, np.int8)
+                total = windows_count(shape, window, overlap)
+                with _counting_progress(total, "Segmenting") as advance:
+                    for z0, slab in sliding_window(
+                        read_slab,
+                        shape,
+                        predict,
+                        window,
+                        overlap,
+                        batch_size,
+                        tta,
+                        on_window=advance,
+                    ):
+                        # Threshold what is stored, so both files agree voxel for voxel.
+                        stored = slab.astype(np.float16)
+                        scores.data[z0 : z0 + len(slab)] = stored
+                        labels.data[z0 : z0 + len(slab)] = stored > threshold
+                membrane = float(np.mean(labels.data))
+                for mrc in (scores, labels):
+                    _set_geometry(mrc, geometry)
+                    mrc.update_header_stats()
+                    mrc.close()
+            except BaseException:
+                staged.discard()
+                raise
+            staged.commit()
+        typer.echo(
+            f"Segmented {tomogram.name} ({'x'.join(map(str, as_xyz(shape)))} voxels, "
+            f"{total} windows of {window}³, overlap {overlap:g}{', 8-flip TTA' if tta else ''}"
+            f") on {target}: {membrane:.2%} membrane at probability > {threshold:g}."
+        )
+        typer.echo(f"Scoremap: {scores_path}\nSegmentation: {labels_path}")
+    _report_warnings(warned)
+
+
+def _spread_sample(reader, count: int):
+    """About ``count`` voxels spread evenly through the volume, read slice by slice."""
+    import numpy as np
+
+    nz, ny, nx = reader.info.shape
+    slices = np.unique(np.linspace(0, nz - 1, min(nz, 32)).astype(int))
+    stride = max(1, int(np.sqrt(ny * nx * len(slices) / count)))
+    parts = [reader.read_block((z, 0, 0), (z + 1, ny, nx))[0, ::stride, ::stride] for z in slices]
+    return np.concatenate([p.ravel() for p in parts])
+
+
+def _new_mrc(path: Path, shape, dtype):
+    import mrcfile
+    import numpy as np
+
+    mode = {"float16": 12, "int8": 0}[np.dtype(dtype).name]
+    return mrcfile.new_mmap(path, shape=shape, mrc_mode=mode, overwrite=True)
+
+
+def _set_geometry(mrc, geometry: Geometry) -> None:
+    vz, vy, vx = geometry.voxel_size
+    oz, oy, ox = geometry.origin
+    mrc.voxel_size = (vx, vy, vz)
+    mrc.header.origin.x, mrc.header.origin.y, mrc.header.origin.z = ox, oy, oz
+
+
+@contextmanager
+def _counting_progress(total: int, label: str) -> Iterator[Callable[[int], None]]:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(label, total=total)
+        yield lambda n: progress.advance(task, n)
+
+
+# --- evaluate ---------------------------------------------------------------------------
+
+
+@app.command(name="evaluate", no_args_is_help=True)
+@_user_errors
+def evaluate(
+    prediction: Annotated[
+        Path,
+        typer.Option("--prediction", "-p", help="Segmentation, or a scoremap with --threshold."),
+    ],
+    reference: Annotated[
+        Path,
+        typer.Option(
+            "--reference",
+            "-r",
+            help="Reference labels "
+            "(0, 1, 2 = ignore): a volume of the same "
+            "shape, or a folder of label patches placed "
+            "by their headers.",
+        ),
+    ],
+    threshold: Annotated[
+        float | None,
+        typer.Option("--threshold", help="Values above it are membrane (for scoremaps)."),
+    ] = None,
+    tolerance: Annotated[
+        int, typer.Option("--tolerance", help="Radius in voxels of the distance-tolerant Dice.")
+    ] = 2,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON instead of a table.")
+    ] = False,
+) -> None:
+    """Dice, IoU, precision, recall and tolerant Dice of a segmentation, ignore excluded."""
+    from .metrics import add_counts, counts, summarise
+
+    with _collect_warnings() as warned:
+        if tolerance < 0:
+            raise InputError(f"--tolerance must be 0 or more, got {tolerance}")
+        with closing_reader(prediction) as reader:
+            shape, geometry = reader.info.shape, reader.info.geometry
+            total: dict[str, int] = {}
+            for name, labels, start in _references(reference, shape, geometry):
+                stop = tuple(a + n for a, n in zip(start, labels.shape))
+                block = reader.read_block(start, stop)
+                predicted = block > (threshold if threshold is not None else 0.5)
+                if (
+                    threshold is None
+                    and block.dtype.kind == "f"
+                    and (block.min() < 0 or block.max() > 1)
+                ):
+                    _warn(f"{prediction}: values outside [0, 1]; pass --threshold for scores")
+                bad = invalid_label_values(labels)
+                if bad:
+                    raise InputError(f"{name}: label values must be 0, 1 or 2; found {bad[0]:g}")
+                total = add_counts(total, counts(predicted, labels, tolerance))
+        result = summarise(total, tolerance)
+        if as_json:
+            typer.echo(json.dumps(result, indent=2))
+        else:
+            typer.echo(f"{'metric':<20} {'value':>10}")
+            for key, value in result.items():
+                shown = f"{value:>10.4f}" if isinstance(value, float) else f"{value:>10}"
+                typer.echo(f"{key:<20} {shown}")
+    _report_warnings(warned if not as_json else [])
+    if as_json and warned:
+        for message in warned:
+            typer.echo(f"Warning: {message}", err=True)
+
+
+def _references(reference: Path, shape, geometry):
+    """``(name, labels, start)`` for a reference volume, or for each label patch of a folder
+    (placed in the prediction by its origin; the part outside the prediction is dropped)."""
+    from .io.volumes import is_volume_file
+
+    if reference.is_dir():
+        files = sorted(p for p in reference.iterdir() if is_volume_file(p))
+        if not files:
+            raise InputError(f"{reference}: no label patches")
+        if geometry is None:
+            raise InputError("the prediction has no voxel size: patches cannot be placed")
+        for path in files:
+            labels, info = read_volume(path)
+            if info.geometry is None:
+                raise InputError(f"{path}: no origin/spacing to place it in the prediction")
+            offset = [
+                round((o - p) / v)
+                for o, p, v in zip(info.geometry.origin, geometry.origin, geometry.voxel_size)
+            ]
+            start = [max(0, o) for o in offset]
+            stop = [min(n, o + s) for o, s, n in zip(offset, labels.shape, shape)]
+            if any(b <= a for a, b in zip(start, stop)):
+                raise InputError(f"{path}: lies outside the prediction")
+            local = tuple(slice(a - o, b - o) for a, b, o in zip(start, stop, offset))
+            yield path, labels[local], tuple(start)
+        return
+    labels, info = read_volume(reference)
+    if info.shape != shape:
+        raise InputError(
+            f"{reference}: shape x,y,z={tuple(as_xyz(info.shape))} differs from the "
+            f"prediction's x,y,z={tuple(as_xyz(shape))}"
+        )
+    yield reference, labels, (0, 0, 0)
+
+
 def main() -> None:
     """Console entry point."""
     app()

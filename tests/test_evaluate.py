@@ -1,0 +1,78 @@
+"""evaluate: metrics by hand on tiny volumes, ignore excluded, patch folders placed by header."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from patch_corrections.io.volumes import Geometry, write_volume
+from patch_corrections.metrics import counts, summarise
+
+GEOMETRY = Geometry((1.0, 1.0, 1.0))
+
+
+def _volumes():
+    reference = np.zeros((1, 4, 10), np.uint8)
+    reference[0, 1, :] = 1  # a membrane line of 10 voxels
+    reference[0, 3, 5:] = 2  # ignore
+    prediction = np.zeros_like(reference, dtype=bool)
+    prediction[0, 1, :6] = True  # 6 right
+    prediction[0, 2, :2] = True  # 2 wrong, next to the membrane
+    prediction[0, 3, 5:] = True  # inside ignore: not counted
+    return prediction, reference
+
+
+def test_metrics_by_hand():
+    prediction, reference = _volumes()
+    result = summarise(counts(prediction, reference, tolerance=1), 1)
+    assert result["dice"] == pytest.approx(2 * 6 / (8 + 10))
+    assert result["iou"] == pytest.approx(6 / 12)
+    assert result["precision"] == pytest.approx(6 / 8)
+    assert result["recall"] == pytest.approx(6 / 10)
+    # Within 1 voxel: all 8 predicted voxels touch the truth; 7 of 10 true voxels touch a
+    # prediction (columns 0-5, and column 6 beside the predicted column 5).
+    precision_t, recall_t = 8 / 8, 7 / 10
+    assert result["tolerant_dice_1"] == pytest.approx(
+        2 * precision_t * recall_t / (precision_t + recall_t)
+    )
+    assert result["annotated_voxels"] == 40 - 5
+
+
+def test_evaluate_cli_on_volume_and_on_patches(tmp_path, run_cli):
+    prediction, reference = _volumes()
+    write_volume(tmp_path / "pred.mrc", prediction.astype(np.int8), GEOMETRY)
+    write_volume(tmp_path / "ref.nrrd", reference, GEOMETRY)
+    result = run_cli(
+        "evaluate",
+        "-p",
+        tmp_path / "pred.mrc",
+        "-r",
+        tmp_path / "ref.nrrd",
+        "--json",
+        "--tolerance",
+        1,
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["dice"] == pytest.approx(12 / 18)
+    (tmp_path / "patches").mkdir()
+    write_volume(
+        tmp_path / "patches" / "a.nrrd",
+        reference[:, :, :5],
+        Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0)),
+    )
+    write_volume(
+        tmp_path / "patches" / "b.nrrd",
+        reference[:, :, 5:],
+        Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 5.0)),
+    )
+    result = run_cli("evaluate", "-p", tmp_path / "pred.mrc", "-r", tmp_path / "patches", "--json")
+    assert result.exit_code == 0, result.output
+    values = json.loads(result.output)
+    assert values["precision"] == pytest.approx(6 / 8) and values["recall"] == pytest.approx(0.6)
+    result = run_cli("evaluate", "-p", tmp_path / "pred.mrc", "-r", tmp_path / "pred.mrc")
+    assert result.exit_code == 0  # 0/1 labels are valid references too
+    write_volume(tmp_path / "small.nrrd", reference[:, :, :5], GEOMETRY)
+    result = run_cli("evaluate", "-p", tmp_path / "pred.mrc", "-r", tmp_path / "small.nrrd")
+    assert result.exit_code == 1 and "differs from the prediction" in result.output

@@ -1,0 +1,143 @@
+"""Sliding-window inference: exact blending, batch-size invariance, TTA, and `segment`."""
+
+from __future__ import annotations
+
+import mrcfile
+import numpy as np
+import pytest
+import torch
+from conftest import write_mrc
+
+from patch_corrections.infer import sliding_window, window_starts
+from patch_corrections.model import PRESETS, UNet
+
+
+def _run(volume, predict, window, overlap=0.5, batch_size=1, tta=False):
+    pieces = list(
+        sliding_window(
+            lambda a, b: volume[a:b], volume.shape, predict, window, overlap, batch_size, tta
+        )
+    )
+    starts = [z0 for z0, _ in pieces]
+    assert starts == sorted(starts) and starts[0] == 0
+    out = np.concatenate([slab for _, slab in pieces])
+    assert out.shape == volume.shape
+    return out
+
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+@pytest.mark.parametrize("shape", [(20, 23, 17), (8, 8, 8), (5, 30, 3)])
+@pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5, 0.75])
+def test_blending_is_exact_for_pointwise_networks(shape, overlap):
+    volume = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    for predict, expected in (
+        (lambda w: w, _sigmoid(volume)),
+        (lambda w: 2 * w - 1, _sigmoid(2 * volume - 1)),
+    ):
+        result = _run(volume, predict, 8, overlap, batch_size=3)
+        np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_windows_cover_the_volume():
+    assert window_starts(10, 8, 0.5) == [0, 2]
+    assert window_starts(20, 8, 0.5) == [0, 4, 8, 12]
+    assert window_starts(5, 8, 0.5) == [0]
+
+
+def test_batch_size_does_not_change_the_result():
+    torch.manual_seed(0)
+    network = UNet(PRESETS["tiny"]).eval()
+
+    def predict(windows):
+        with torch.no_grad():
+            return network(torch.from_numpy(windows)[:, None])[:, 0].numpy()
+
+    volume = np.random.default_rng(1).normal(size=(20, 28, 24)).astype(np.float32)
+    one = _run(volume, predict, 16, 0.5, batch_size=1)
+    many = _run(volume, predict, 16, 0.5, batch_size=5)
+    np.testing.assert_allclose(one, many, rtol=1e-5, atol=1e-6)
+    assert one.std() > 0
+
+
+def test_tta_equals_plain_for_a_flip_equivariant_network():
+    from scipy import ndimage
+
+    def blur(windows):  # a symmetric 3x3x3 mean: flipping commutes with it
+        return np.stack([ndimage.uniform_filter(w, 3, mode="nearest") for w in windows])
+
+    volume = np.random.default_rng(2).normal(size=(12, 18, 14)).astype(np.float32)
+    plain = _run(volume, blur, 8, 0.5, batch_size=2)
+    flipped = _run(volume, blur, 8, 0.5, batch_size=2, tta=True)
+    np.testing.assert_allclose(plain, flipped, rtol=1e-5, atol=1e-6)
+
+    def shifted(windows):  # not flip-equivariant: TTA must then change something
+        return np.roll(windows, 1, axis=3)
+
+    assert not np.allclose(_run(volume, shifted, 8), _run(volume, shifted, 8, tta=True))
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    from patch_corrections.checkpoints import save_checkpoint
+
+    torch.manual_seed(0)
+    network = UNet(PRESETS["tiny"])
+    path = tmp_path / "tiny.pt"
+    save_checkpoint(
+        path,
+        {
+            "model_config": network.config.to_dict(),
+            "model": network.state_dict(),
+            "normalisation": "robust_z",
+        },
+    )
+    return path
+
+
+def test_segment_writes_scoremap_and_segmentation(tmp_path, run_cli, tiny_checkpoint):
+    volume = np.random.default_rng(3).normal(size=(12, 20, 18)).astype(np.float32)
+    write_mrc(tmp_path / "tomo.mrc", volume, voxel_size=(2.0, 3.0, 4.0), origin=(5.0, 6.0, 7.0))
+    args = [
+        "segment",
+        "-t",
+        tmp_path / "tomo.mrc",
+        "--checkpoint",
+        tiny_checkpoint,
+        "-o",
+        tmp_path / "out",
+        "--window",
+        16,
+        "--threshold",
+        0.5,
+    ]
+    result = run_cli(*args)
+    assert result.exit_code == 0, result.output
+    with (
+        mrcfile.open(tmp_path / "out" / "tomo_scores.mrc") as scores,
+        mrcfile.open(tmp_path / "out" / "tomo_segmented.mrc") as labels,
+    ):
+        assert scores.data.shape == labels.data.shape == volume.shape
+        assert scores.data.dtype == np.float16 and labels.data.dtype == np.int8
+        np.testing.assert_array_equal(labels.data, scores.data.astype(np.float32) > 0.5)
+        for mrc in (scores, labels):
+            assert (mrc.voxel_size.x, mrc.voxel_size.y, mrc.voxel_size.z) == (2, 3, 4)
+            assert (mrc.header.origin.x, mrc.header.origin.y, mrc.header.origin.z) == (5, 6, 7)
+    result = run_cli(*args)
+    assert result.exit_code == 1 and "tomo_scores.mrc: already exists" in result.output
+    result = run_cli(*args[:-4], "--window", 12, "--overwrite")
+    assert result.exit_code == 1 and "--window 12: must be a multiple of 8" in result.output
+    (tmp_path / "bad.pt").write_bytes(b"nonsense")
+    result = run_cli(
+        "segment",
+        "-t",
+        tmp_path / "tomo.mrc",
+        "--checkpoint",
+        tmp_path / "bad.pt",
+        "-o",
+        tmp_path / "other",
+    )
+    assert result.exit_code == 1 and "not a readable PyTorch checkpoint" in result.output
+    assert not (tmp_path / "other").exists()
