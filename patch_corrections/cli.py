@@ -1332,6 +1332,9 @@ def segment(
             f"{total} windows of {window}³, overlap {overlap:g}{', 8-flip TTA' if tta else ''}"
             f") on {target}: {membrane:.2%} membrane at probability > {threshold:g}."
         )
+        if target.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(target) / 2**30
+            typer.echo(f"Peak GPU memory: {peak:.1f} GiB")
         typer.echo(f"Scoremap: {scores_path}\nSegmentation: {labels_path}")
     _report_warnings(warned)
 
