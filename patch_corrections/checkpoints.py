@@ -64,8 +64,11 @@ def network_from_checkpoint(content: dict, path: Path) -> tuple[UNet, dict]:
     checkpoint's extra information (``normalisation``, ``step`` …).
     """
     if content.get("format") == FORMAT:
-        config = UNetConfig.from_dict(content["model_config"])
-        weights = content["model"]
+        try:
+            config = UNetConfig.from_dict(content["model_config"])
+            weights = content["model"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"{path}: incomplete checkpoint ({exc!r})") from None
     elif "state_dict" in content:
         weights = membrain_state_dict(content["state_dict"])
         try:

@@ -1254,6 +1254,8 @@ def segment(
     with _collect_warnings() as warned:
         if not 0 <= overlap < 1:
             raise InputError(f"--overlap must be in [0, 1), got {overlap}")
+        if window < 1:
+            raise InputError(f"--window must be positive, got {window}")
         if batch_size < 1:
             raise InputError(f"--batch-size must be at least 1, got {batch_size}")
         if not 0 < threshold < 1:
@@ -1272,6 +1274,11 @@ def segment(
         normalisation = content.get("normalisation", NORMALISATION)
         if normalisation != NORMALISATION:
             raise InputError(f"{checkpoint}: unknown intensity normalisation {normalisation!r}")
+        if network.config.in_channels != 1:
+            raise InputError(
+                f"{checkpoint}: the network takes {network.config.in_channels} input channels; "
+                "a tomogram has 1"
+            )
         if window % network.config.divisor:
             raise InputError(
                 f"--window {window}: must be a multiple of {network.config.divisor} for "
@@ -1292,7 +1299,10 @@ def segment(
             geometry = reader.info.geometry or Geometry((1.0, 1.0, 1.0))
             if reader.info.geometry is None:
                 _warn(f"{tomogram}: header has no voxel size; outputs are written with 1 Å")
-            statistics = robust_statistics(_spread_sample(reader, NORMALISATION_SAMPLE))
+            sample = _spread_sample(reader, NORMALISATION_SAMPLE)
+            if sample.dtype.kind == "f" and not np.isfinite(sample).all():
+                _warn(f"{tomogram}: holds NaN or infinite values; they are read as the mean")
+            statistics = robust_statistics(sample)
 
             def read_slab(z0: int, z1: int) -> np.ndarray:
                 return normalise(reader.read_block((z0, 0, 0), (z1, *shape[1:])), statistics)
@@ -1303,6 +1313,7 @@ def segment(
                 scores = _new_mrc(staged.stage(scores_path, ".mrc"), shape, np.float16)
                 labels = _new_mrc(staged.stage(labels_path, ".mrc"), shape, np.int8)
                 total = windows_count(shape, window, overlap)
+                stats = {"scores": _RunningStats(), "labels": _RunningStats()}
                 with _counting_progress(total, "Segmenting") as advance:
                     for z0, slab in sliding_window(
                         read_slab,
@@ -1316,12 +1327,17 @@ def segment(
                     ):
                         # Threshold what is stored, so both files agree voxel for voxel.
                         stored = slab.astype(np.float16)
+                        binary = (stored > threshold).astype(np.int8)
                         scores.data[z0 : z0 + len(slab)] = stored
-                        labels.data[z0 : z0 + len(slab)] = stored > threshold
-                membrane = float(np.mean(labels.data))
-                for mrc in (scores, labels):
+                        labels.data[z0 : z0 + len(slab)] = binary
+                        stats["scores"].add(stored)
+                        stats["labels"].add(binary)
+                membrane = stats["labels"].mean
+                for mrc, name in ((scores, "scores"), (labels, "labels")):
                     _set_geometry(mrc, geometry)
-                    mrc.update_header_stats()
+                    # Header statistics from the slabs: mrcfile's would make a float32
+                    # copy of the whole volume.
+                    stats[name].write(mrc.header)
                     mrc.close()
             except BaseException:
                 staged.discard()
@@ -1337,6 +1353,33 @@ def segment(
             typer.echo(f"Peak GPU memory: {peak:.1f} GiB")
         typer.echo(f"Scoremap: {scores_path}\nSegmentation: {labels_path}")
     _report_warnings(warned)
+
+
+class _RunningStats:
+    """Minimum, maximum, mean and RMS deviation of data seen slab by slab (MRC header)."""
+
+    def __init__(self) -> None:
+        self.count, self.total, self.squares = 0, 0.0, 0.0
+        self.low, self.high = float("inf"), float("-inf")
+
+    def add(self, slab) -> None:
+        import numpy as np
+
+        values = slab.astype(np.float64)
+        self.count += values.size
+        self.total += float(values.sum())
+        self.squares += float(np.square(values).sum())
+        self.low = min(self.low, float(values.min()))
+        self.high = max(self.high, float(values.max()))
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count if self.count else 0.0
+
+    def write(self, header) -> None:
+        variance = max(self.squares / max(self.count, 1) - self.mean**2, 0.0)
+        header.dmin, header.dmax, header.dmean = self.low, self.high, self.mean
+        header.rms = math.sqrt(variance)
 
 
 def _spread_sample(reader, count: int):
@@ -1420,6 +1463,8 @@ def evaluate(
     with _collect_warnings() as warned:
         if tolerance < 0:
             raise InputError(f"--tolerance must be 0 or more, got {tolerance}")
+        if threshold is not None and not math.isfinite(threshold):
+            raise InputError(f"--threshold must be a finite number, got {threshold}")
         with closing_reader(prediction) as reader:
             shape, geometry = reader.info.shape, reader.info.geometry
             total: dict[str, int] = {}
@@ -1437,9 +1482,14 @@ def evaluate(
                 if bad:
                     raise InputError(f"{name}: label values must be 0, 1 or 2; found {bad[0]:g}")
                 total = add_counts(total, counts(predicted, labels, tolerance))
+        if not total.get("annotated"):
+            raise InputError(f"{reference}: no annotated voxel (all ignore): nothing to compare")
         result = summarise(total, tolerance)
         if as_json:
-            typer.echo(json.dumps(result, indent=2))
+            clean = {
+                k: None if isinstance(v, float) and math.isnan(v) else v for k, v in result.items()
+            }
+            typer.echo(json.dumps(clean, indent=2))
         else:
             typer.echo(f"{'metric':<20} {'value':>10}")
             for key, value in result.items():
@@ -1462,14 +1512,34 @@ def _references(reference: Path, shape, geometry):
             raise InputError(f"{reference}: no label patches")
         if geometry is None:
             raise InputError("the prediction has no voxel size: patches cannot be placed")
+        placed: list[tuple[Path, tuple, tuple]] = []
         for path in files:
             labels, info = read_volume(path)
             if info.geometry is None:
                 raise InputError(f"{path}: no origin/spacing to place it in the prediction")
-            offset = [
-                round((o - p) / v)
+            if not all(
+                math.isclose(a, b, rel_tol=1e-3)
+                for a, b in zip(info.geometry.voxel_size, geometry.voxel_size)
+            ):
+                raise InputError(
+                    f"{path}: voxel size {tuple(as_xyz(info.geometry.voxel_size))} Å differs "
+                    f"from the prediction's {tuple(as_xyz(geometry.voxel_size))} Å"
+                )
+            exact = [
+                (o - p) / v
                 for o, p, v in zip(info.geometry.origin, geometry.origin, geometry.voxel_size)
             ]
+            offset = [round(e) for e in exact]
+            if any(abs(e - o) > 0.1 for e, o in zip(exact, offset)):
+                raise InputError(f"{path}: its origin is not on the prediction's voxel grid")
+            low, high = tuple(offset), tuple(o + n for o, n in zip(offset, labels.shape))
+            for other, other_low, other_high in placed:
+                if all(a < d and c < b for a, b, c, d in zip(low, high, other_low, other_high)):
+                    _warn(
+                        f"{path.name} overlaps {other.name}: their shared voxels count once "
+                        "per patch"
+                    )
+            placed.append((path, low, high))
             start = [max(0, o) for o in offset]
             stop = [min(n, o + s) for o, s, n in zip(offset, labels.shape, shape)]
             if any(b <= a for a, b in zip(start, stop)):

@@ -48,8 +48,10 @@ def robust_statistics(values: np.ndarray) -> tuple[float, float]:
 def normalise(image: np.ndarray, statistics: tuple[float, float] | None = None) -> np.ndarray:
     """Robust z-score as float32: ``(image - median) / scale``, clipped to ±10."""
     centre, scale = statistics or robust_statistics(image)
-    out = (np.asarray(image, np.float32) - centre) / scale
-    return np.clip(np.nan_to_num(out), -10, 10, out=out)
+    out = np.subtract(image, centre, dtype=np.float32)  # the only new array
+    out /= scale
+    np.nan_to_num(out, copy=False)
+    return np.clip(out, -10, 10, out=out)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 Index3 = tuple[int, int, int]
+_YIELD_SLICES = 8
 Predict = Callable[[np.ndarray], np.ndarray]
 """Maps a batch of normalised windows ``(b, w, w, w)`` float32 to logits of the same shape."""
 
@@ -54,8 +55,8 @@ def predict_probabilities(windows: np.ndarray, predict: Predict, tta: bool) -> n
     total = np.zeros(windows.shape, np.float32)
     for axes in flips:
         flipped = np.flip(windows, axes) if axes else windows
-        logits = predict(np.ascontiguousarray(flipped))
-        probability = 1 / (1 + np.exp(-logits.astype(np.float32)))
+        logits = predict(np.ascontiguousarray(flipped)).astype(np.float32)
+        probability = 0.5 * (1 + np.tanh(0.5 * logits))  # the logistic, without overflow
         total += np.flip(probability, axes) if axes else probability
     return total / len(flips)
 
@@ -90,7 +91,8 @@ def sliding_window(
     Yields
     ------
     Consecutive slabs ``(n, y, x)`` float32 of probabilities, starting at ``z0``; together
-    they cover ``[0, z)`` exactly once.
+    they cover ``[0, z)`` exactly once. Besides them, memory holds three arrays of
+    ``window`` slices: the normalised input and the two blending accumulators.
     """
     size = tuple(max(n, window) for n in shape)  # padded volume
     sz, sy, sx = size
@@ -103,9 +105,11 @@ def sliding_window(
     weights = np.zeros((window, sy, sx), np.float32)
     done = 0  # z slices already yielded
     for k, z0 in enumerate(z_starts):
-        slab = np.zeros((window, sy, sx), np.float32)
-        real = read_slab(z0, min(z0 + window, shape[0]))
-        slab[: real.shape[0], : shape[1], : shape[2]] = real
+        slab = read_slab(z0, min(z0 + window, shape[0]))
+        if slab.shape != (window, sy, sx):  # pad a volume smaller than a window
+            padded = np.zeros((window, sy, sx), np.float32)
+            padded[: slab.shape[0], : shape[1], : shape[2]] = slab
+            slab = padded
         for first in range(0, len(yx_starts), batch_size):
             chosen = yx_starts[first : first + batch_size]
             windows = np.stack([slab[:, y0 : y0 + window, x0 : x0 + window] for y0, x0 in chosen])
@@ -115,18 +119,21 @@ def sliding_window(
                 weights[:, y0 : y0 + window, x0 : x0 + window] += importance
             if on_window is not None:
                 on_window(len(chosen))
+        del slab
         # Slices before the next row of windows get no more contributions.
         final = (z_starts[k + 1] if k + 1 < len(z_starts) else z0 + window) - z0
         end = min(z0 + final, shape[0])
-        if end > done:
-            local = slice(done - z0, end - z0)
+        for first in range(done, end, _YIELD_SLICES):  # small pieces: no slab-sized temporary
+            local = slice(first - z0, min(first + _YIELD_SLICES, end) - z0)
             yield (
-                done,
+                first,
                 numerator[local, : shape[1], : shape[2]] / weights[local, : shape[1], : shape[2]],
             )
-            done = end
-        numerator = np.roll(numerator, -final, axis=0)
-        weights = np.roll(weights, -final, axis=0)
+        done = max(done, end)
+        # Shift the accumulators by `final` slices, slice by slice (no full-size copy).
+        for i in range(window - final):
+            numerator[i] = numerator[i + final]
+            weights[i] = weights[i + final]
         numerator[window - final :] = 0
         weights[window - final :] = 0
 

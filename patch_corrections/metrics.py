@@ -59,16 +59,26 @@ def counts(prediction: np.ndarray, reference: np.ndarray, tolerance: int = 2) ->
 
 
 def summarise(total: dict[str, int], tolerance: int) -> dict[str, float]:
-    """Dice, IoU, precision, recall and tolerant Dice from (summed) ``counts``."""
+    """Dice, IoU, precision, recall and tolerant Dice from (summed) ``counts``.
+
+    Values are NaN only when undefined: nothing predicted and nothing true (Dice, IoU,
+    tolerant Dice), nothing predicted (precision), nothing true (recall).
+    """
     tp, predicted, actual = total["true_positive"], total["predicted"], total["actual"]
-    precision_t = _ratio(total["predicted_near_truth"], predicted)
-    recall_t = _ratio(total["actual_near_prediction"], actual)
+    if predicted or actual:
+        # With one side empty and the other not, nothing is found: 0.
+        precision_t = total["predicted_near_truth"] / predicted if predicted else 0.0
+        recall_t = total["actual_near_prediction"] / actual if actual else 0.0
+        both = precision_t + recall_t
+        tolerant = 2 * precision_t * recall_t / both if both else 0.0
+    else:
+        tolerant = float("nan")
     return {
         "dice": _ratio(2 * tp, predicted + actual),
         "iou": _ratio(tp, predicted + actual - tp),
         "precision": _ratio(tp, predicted),
         "recall": _ratio(tp, actual),
-        f"tolerant_dice_{tolerance}": _ratio(2 * precision_t * recall_t, precision_t + recall_t),
+        f"tolerant_dice_{tolerance}": tolerant,
         "annotated_voxels": total["annotated"],
     }
 

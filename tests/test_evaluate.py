@@ -76,3 +76,50 @@ def test_evaluate_cli_on_volume_and_on_patches(tmp_path, run_cli):
     write_volume(tmp_path / "small.nrrd", reference[:, :, :5], GEOMETRY)
     result = run_cli("evaluate", "-p", tmp_path / "pred.mrc", "-r", tmp_path / "small.nrrd")
     assert result.exit_code == 1 and "differs from the prediction" in result.output
+
+
+def test_empty_sides():
+    reference = np.zeros((3, 3, 3), np.uint8)
+    reference[1, 1, 1] = 1
+    nothing = np.zeros_like(reference, dtype=bool)
+    result = summarise(counts(nothing, reference, 1), 1)
+    assert result["dice"] == 0 and result["tolerant_dice_1"] == 0 and result["recall"] == 0
+    assert np.isnan(result["precision"])
+    both_empty = summarise(counts(nothing, np.zeros_like(reference), 1), 1)
+    assert np.isnan(both_empty["dice"]) and np.isnan(both_empty["tolerant_dice_1"])
+
+
+def test_patches_placed_by_origin_and_voxel_size(tmp_path, run_cli):
+    geometry = Geometry((2.0, 3.0, 4.0), (10.0, 20.0, 30.0))
+    prediction = np.zeros((6, 6, 6), np.int8)
+    prediction[2, 3, 4] = 1
+    write_volume(tmp_path / "pred.mrc", prediction, geometry)
+    (tmp_path / "patches").mkdir()
+    patch = np.zeros((4, 4, 4), np.uint8)
+    patch[1, 1, 1] = 1  # = prediction voxel (2, 3, 4) when the patch starts at (1, 2, 3)
+    write_volume(tmp_path / "patches" / "p.nrrd", patch, geometry.shifted((1, 2, 3)))
+    result = run_cli("evaluate", "-p", tmp_path / "pred.mrc", "-r", tmp_path / "patches", "--json")
+    assert result.exit_code == 0, result.output
+    values = json.loads(result.output)
+    assert values["dice"] == 1.0 and values["annotated_voxels"] == 4 * 4 * 3  # part inside
+    write_volume(
+        tmp_path / "patches" / "p.nrrd",
+        patch,
+        Geometry((1.0, 1.0, 1.0), (10.0, 20.0, 30.0)),
+        overwrite=True,
+    )
+    result = run_cli("evaluate", "-p", tmp_path / "pred.mrc", "-r", tmp_path / "patches")
+    assert result.exit_code == 1 and "differs from the prediction's" in result.output
+
+
+def test_all_ignore_reference_and_json_nulls(tmp_path, run_cli):
+    write_volume(tmp_path / "pred.mrc", np.zeros((2, 2, 2), np.int8), GEOMETRY)
+    write_volume(tmp_path / "ignore.nrrd", np.full((2, 2, 2), 2, np.uint8), GEOMETRY)
+    result = run_cli("evaluate", "-p", tmp_path / "pred.mrc", "-r", tmp_path / "ignore.nrrd")
+    assert result.exit_code == 1 and "no annotated voxel" in result.output
+    write_volume(tmp_path / "empty.nrrd", np.zeros((2, 2, 2), np.uint8), GEOMETRY)
+    result = run_cli(
+        "evaluate", "-p", tmp_path / "pred.mrc", "-r", tmp_path / "empty.nrrd", "--json"
+    )
+    assert result.exit_code == 0
+    assert json.loads(result.output)["dice"] is None  # strict JSON: null, not NaN

@@ -123,12 +123,18 @@ def test_segment_writes_scoremap_and_segmentation(tmp_path, run_cli, tiny_checkp
         assert scores.data.dtype == np.float16 and labels.data.dtype == np.int8
         np.testing.assert_array_equal(labels.data, scores.data.astype(np.float32) > 0.5)
         for mrc in (scores, labels):
+            data = mrc.data.astype(np.float64)
+            assert mrc.header.dmin == pytest.approx(data.min(), abs=1e-3)
+            assert mrc.header.dmax == pytest.approx(data.max(), abs=1e-3)
+            assert mrc.header.dmean == pytest.approx(data.mean(), abs=1e-3)
             assert (mrc.voxel_size.x, mrc.voxel_size.y, mrc.voxel_size.z) == (2, 3, 4)
             assert (mrc.header.origin.x, mrc.header.origin.y, mrc.header.origin.z) == (5, 6, 7)
     result = run_cli(*args)
     assert result.exit_code == 1 and "tomo_scores.mrc: already exists" in result.output
     result = run_cli(*args[:-4], "--window", 12, "--overwrite")
     assert result.exit_code == 1 and "--window 12: must be a multiple of 8" in result.output
+    result = run_cli(*args[:-4], "--window", 0, "--overwrite")
+    assert result.exit_code == 1 and "--window must be positive" in result.output
     (tmp_path / "bad.pt").write_bytes(b"nonsense")
     result = run_cli(
         "segment",
