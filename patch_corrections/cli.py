@@ -1304,8 +1304,9 @@ def segment(
                 _warn(f"{tomogram}: holds NaN or infinite values; they are read as the mean")
             statistics = robust_statistics(sample)
 
-            def read_slab(z0: int, z1: int) -> np.ndarray:
-                return normalise(reader.read_block((z0, 0, 0), (z1, *shape[1:])), statistics)
+            def read_block(start, stop) -> np.ndarray:
+                block = reader.read_block(start, stop)  # a fresh array
+                return normalise(block, statistics, in_place=True)
 
             staged = StagedFiles()
             try:
@@ -1316,7 +1317,7 @@ def segment(
                 stats = {"scores": _RunningStats(), "labels": _RunningStats()}
                 with _counting_progress(total, "Segmenting") as advance:
                     for z0, slab in sliding_window(
-                        read_slab,
+                        read_block,
                         shape,
                         predict,
                         window,

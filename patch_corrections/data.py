@@ -45,12 +45,20 @@ def robust_statistics(values: np.ndarray) -> tuple[float, float]:
     return centre, scale if scale > 1e-8 else 1.0
 
 
-def normalise(image: np.ndarray, statistics: tuple[float, float] | None = None) -> np.ndarray:
-    """Robust z-score as float32: ``(image - median) / scale``, clipped to ±10."""
+def normalise(
+    image: np.ndarray, statistics: tuple[float, float] | None = None, in_place: bool = False
+) -> np.ndarray:
+    """Robust z-score as float32: ``(image - median) / scale``, clipped to ±10.
+
+    With ``in_place``, a float32 ``image`` is overwritten instead of copied.
+    """
     centre, scale = statistics or robust_statistics(image)
-    out = np.subtract(image, centre, dtype=np.float32)  # the only new array
+    if in_place and image.dtype == np.float32:
+        out = np.subtract(image, centre, out=image)
+    else:
+        out = np.subtract(image, centre, dtype=np.float32)
     out /= scale
-    np.nan_to_num(out, copy=False)
+    out[np.isnan(out)] = 0  # infinities are clipped below
     return np.clip(out, -10, 10, out=out)
 
 

@@ -22,15 +22,30 @@ Predict = Callable[[np.ndarray], np.ndarray]
 """Maps a batch of normalised windows ``(b, w, w, w)`` float32 to logits of the same shape."""
 
 
+def gaussian_profile(n: int, sigma_scale: float = 1 / 8) -> np.ndarray:
+    """1D Gaussian weights of a window edge, peaking at 1 in the centre, never below 0.1."""
+    x = np.arange(n, dtype=np.float64) - (n - 1) / 2
+    profile = np.exp(-(x**2) / (2 * (n * sigma_scale) ** 2))
+    return np.maximum(profile / profile.max(), 0.1)
+
+
 def gaussian_importance(size: Index3, sigma_scale: float = 1 / 8) -> np.ndarray:
-    """Gaussian weights ``size`` peaking at the centre (max 1, never 0), float32."""
-    axes = []
-    for n in size:
-        x = np.arange(n, dtype=np.float64) - (n - 1) / 2
-        axes.append(np.exp(-(x**2) / (2 * (n * sigma_scale) ** 2)))
-    weight = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
-    weight /= weight.max()
-    return np.maximum(weight, 1e-3).astype(np.float32)
+    """Separable Gaussian weights of a window ``size``, peaking at 1 in the centre, float32.
+
+    Because it is the product of three 1D profiles, so is the sum of all windows' weights
+    over a volume, which therefore needs no array of its own.
+    """
+    z, y, x = (gaussian_profile(n, sigma_scale) for n in size)
+    return (z[:, None, None] * y[None, :, None] * x[None, None, :]).astype(np.float32)
+
+
+def _weight_sums(length: int, window: int, starts: list[int]) -> np.ndarray:
+    """Sum over windows of the 1D profile along one axis, ``(length,)`` float64."""
+    total = np.zeros(max(length, window))
+    profile = gaussian_profile(window)
+    for start in starts:
+        total[start : start + window] += profile
+    return total
 
 
 def window_starts(length: int, window: int, overlap: float) -> list[int]:
@@ -62,7 +77,7 @@ def predict_probabilities(windows: np.ndarray, predict: Predict, tta: bool) -> n
 
 
 def sliding_window(
-    read_slab: Callable[[int, int], np.ndarray],
+    read_block: Callable[[Index3, Index3], np.ndarray],
     shape: Index3,
     predict: Predict,
     window: int,
@@ -75,12 +90,12 @@ def sliding_window(
 
     Parameters
     ----------
-    read_slab
-        ``read_slab(z0, z1)`` returns the normalised volume's slices ``[z0, z1)``,
-        ``(z1 - z0, y, x)`` float32.
+    read_block
+        ``read_block(start, stop)`` returns the normalised volume's block ``[start, stop)``
+        ``(z, y, x)`` as float32 (inside the volume).
     shape
-        Volume shape ``(z, y, x)``. A volume smaller than a window is padded (with 0, the
-        normalised mean) and the padding cropped from the result.
+        Volume shape ``(z, y, x)``. Along an axis shorter than a window, windows are padded
+        with 0 (the normalised mean) and the padding is cropped from the result.
     predict
         The network, see ``Predict``.
     window
@@ -91,51 +106,54 @@ def sliding_window(
     Yields
     ------
     Consecutive slabs ``(n, y, x)`` float32 of probabilities, starting at ``z0``; together
-    they cover ``[0, z)`` exactly once. Besides them, memory holds three arrays of
-    ``window`` slices: the normalised input and the two blending accumulators.
+    they cover ``[0, z)`` exactly once. Windows are read one batch at a time, so besides
+    the batch, memory holds one float32 array of ``window`` slices: the blending sum.
     """
     size = tuple(max(n, window) for n in shape)  # padded volume
     sz, sy, sx = size
     importance = gaussian_importance((window,) * 3)
     z_starts = window_starts(sz, window, overlap)
-    yx_starts = list(
-        itertools.product(window_starts(sy, window, overlap), window_starts(sx, window, overlap))
-    )
+    y_starts, x_starts = window_starts(sy, window, overlap), window_starts(sx, window, overlap)
+    yx_starts = list(itertools.product(y_starts, x_starts))
+    weight_z = _weight_sums(sz, window, z_starts).astype(np.float32)
+    weight_y = _weight_sums(sy, window, y_starts)[: shape[1]]
+    weight_x = _weight_sums(sx, window, x_starts)[: shape[2]]
+    weight_yx = (weight_y[:, None] * weight_x[None, :]).astype(np.float32)
     numerator = np.zeros((window, sy, sx), np.float32)
-    weights = np.zeros((window, sy, sx), np.float32)
     done = 0  # z slices already yielded
+
+    def read_window(z0: int, y0: int, x0: int) -> np.ndarray:
+        start = (z0, y0, x0)
+        stop = tuple(min(a + window, n) for a, n in zip(start, shape))
+        block = read_block(start, stop)
+        if block.shape == (window,) * 3:
+            return block
+        padded = np.zeros((window,) * 3, np.float32)
+        padded[: block.shape[0], : block.shape[1], : block.shape[2]] = block
+        return padded
+
     for k, z0 in enumerate(z_starts):
-        slab = read_slab(z0, min(z0 + window, shape[0]))
-        if slab.shape != (window, sy, sx):  # pad a volume smaller than a window
-            padded = np.zeros((window, sy, sx), np.float32)
-            padded[: slab.shape[0], : shape[1], : shape[2]] = slab
-            slab = padded
         for first in range(0, len(yx_starts), batch_size):
             chosen = yx_starts[first : first + batch_size]
-            windows = np.stack([slab[:, y0 : y0 + window, x0 : x0 + window] for y0, x0 in chosen])
+            windows = np.stack([read_window(z0, y0, x0) for y0, x0 in chosen])
             probabilities = predict_probabilities(windows, predict, tta)
             for (y0, x0), probability in zip(chosen, probabilities):
                 numerator[:, y0 : y0 + window, x0 : x0 + window] += probability * importance
-                weights[:, y0 : y0 + window, x0 : x0 + window] += importance
             if on_window is not None:
                 on_window(len(chosen))
-        del slab
         # Slices before the next row of windows get no more contributions.
         final = (z_starts[k + 1] if k + 1 < len(z_starts) else z0 + window) - z0
         end = min(z0 + final, shape[0])
         for first in range(done, end, _YIELD_SLICES):  # small pieces: no slab-sized temporary
-            local = slice(first - z0, min(first + _YIELD_SLICES, end) - z0)
-            yield (
-                first,
-                numerator[local, : shape[1], : shape[2]] / weights[local, : shape[1], : shape[2]],
-            )
+            last = min(first + _YIELD_SLICES, end)
+            piece = numerator[first - z0 : last - z0, : shape[1], : shape[2]]
+            weights = weight_z[first:last, None, None] * weight_yx[None]
+            yield first, piece / weights
         done = max(done, end)
-        # Shift the accumulators by `final` slices, slice by slice (no full-size copy).
+        # Shift the sum by `final` slices, slice by slice (no full-size copy).
         for i in range(window - final):
             numerator[i] = numerator[i + final]
-            weights[i] = weights[i + final]
         numerator[window - final :] = 0
-        weights[window - final :] = 0
 
 
 def windows_count(shape: Index3, window: int, overlap: float) -> int:

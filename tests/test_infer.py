@@ -13,11 +13,10 @@ from patch_corrections.model import PRESETS, UNet
 
 
 def _run(volume, predict, window, overlap=0.5, batch_size=1, tta=False):
-    pieces = list(
-        sliding_window(
-            lambda a, b: volume[a:b], volume.shape, predict, window, overlap, batch_size, tta
-        )
-    )
+    def read(start, stop):
+        return volume[tuple(slice(a, b) for a, b in zip(start, stop))].copy()
+
+    pieces = list(sliding_window(read, volume.shape, predict, window, overlap, batch_size, tta))
     starts = [z0 for z0, _ in pieces]
     assert starts == sorted(starts) and starts[0] == 0
     out = np.concatenate([slab for _, slab in pieces])
@@ -147,3 +146,24 @@ def test_segment_writes_scoremap_and_segmentation(tmp_path, run_cli, tiny_checkp
     )
     assert result.exit_code == 1 and "not a readable PyTorch checkpoint" in result.output
     assert not (tmp_path / "other").exists()
+
+
+def test_memory_stays_below_one_float32_copy_of_the_volume():
+    import tracemalloc
+
+    volume = np.random.default_rng(4).normal(size=(24, 256, 256)).astype(np.float32)
+    tracemalloc.start()
+    try:
+        for _ in sliding_window(
+            lambda start, stop: volume[tuple(map(slice, start, stop))].copy(),
+            volume.shape,
+            lambda w: w,
+            16,
+            0.5,
+            4,
+        ):
+            pass
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < volume.nbytes, (peak, volume.nbytes)
