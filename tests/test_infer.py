@@ -151,7 +151,7 @@ def test_segment_writes_scoremap_and_segmentation(tmp_path, run_cli, tiny_checkp
 def test_memory_stays_below_one_float32_copy_of_the_volume():
     import tracemalloc
 
-    volume = np.random.default_rng(4).normal(size=(24, 256, 256)).astype(np.float32)
+    volume = np.random.default_rng(4).normal(size=(64, 256, 256)).astype(np.float32)
     tracemalloc.start()
     try:
         for _ in sliding_window(
