@@ -11,16 +11,14 @@ peak RSS (mapped file pages included, as ``time`` counts them).
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mrcfile
 import numpy as np
+from timing import run_timed
 
 SHAPE = (500, 1024, 1024)  # z, y, x
 CENTRES = "x,y,z\n512,512,250\n100,900,60\n1000,20,480\n300,300,300\n700,650,10\n"
@@ -51,26 +49,22 @@ def warm(path: Path) -> None:
 
 def run_once(tomogram: Path, segmentation: Path, centres: Path, out: Path) -> tuple[float, int]:
     shutil.rmtree(out, ignore_errors=True)
-    command = [
-        "/usr/bin/time",
-        "-v",
-        sys.executable,
-        "-m",
-        "patch_corrections",
-        "extract_patches",
-        "-t",
-        str(tomogram),
-        "-s",
-        str(segmentation),
-        "-c",
-        str(centres),
-        "-o",
-        str(out),
-    ]
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
-    wall = time.perf_counter() - start
-    rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)[1])
+    wall, rss_kb, _ = run_timed(
+        [
+            sys.executable,
+            "-m",
+            "patch_corrections",
+            "extract_patches",
+            "-t",
+            str(tomogram),
+            "-s",
+            str(segmentation),
+            "-c",
+            str(centres),
+            "-o",
+            str(out),
+        ]
+    )
     return wall, rss_kb
 
 
@@ -87,19 +81,8 @@ with mrcfile.mmap(tomo, mode="r") as t, mrcfile.mmap(seg, mode="r") as s:
 
 def run_naive(tomogram: Path, segmentation: Path) -> tuple[float, int]:
     """The same five blocks copied out of a plain ``mrcfile.mmap``, for comparison."""
-    command = [
-        "/usr/bin/time",
-        "-v",
-        sys.executable,
-        "-c",
-        NAIVE,
-        str(tomogram),
-        str(segmentation),
-    ]
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
-    wall = time.perf_counter() - start
-    return wall, int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)[1])
+    wall, rss_kb, _ = run_timed([sys.executable, "-c", NAIVE, str(tomogram), str(segmentation)])
+    return wall, rss_kb
 
 
 def main() -> None:
@@ -119,13 +102,7 @@ def main() -> None:
     ]
     walls = [w for w, _ in results]
     rss = [r for _, r in results]
-    baseline = subprocess.run(
-        ["/usr/bin/time", "-v", sys.executable, "-c", "import numpy"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stderr
-    base_rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", baseline)[1])
+    _, base_rss, _ = run_timed([sys.executable, "-c", "import numpy"])
     print(
         f"tomogram {SHAPE[2]}x{SHAPE[1]}x{SHAPE[0]} float32 + int8 segmentation, "
         f"5 centres, 160^3 NRRD patches, {args.repeats} runs"

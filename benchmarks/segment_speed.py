@@ -18,15 +18,14 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import mrcfile
 import numpy as np
 import torch
+from timing import run_timed
 
 from patch_corrections.checkpoints import save_checkpoint
 from patch_corrections.model import PRESETS, UNet
@@ -57,29 +56,23 @@ def make_inputs(folder: Path, shape: tuple[int, int, int], preset: str) -> tuple
 
 def run(tomogram: Path, checkpoint: Path, out: Path, extra: list[str]) -> dict:
     shutil.rmtree(out, ignore_errors=True)
-    command = [
-        "/usr/bin/time",
-        "-v",
-        sys.executable,
-        "-m",
-        "patch_corrections",
-        "segment",
-        "-t",
-        str(tomogram),
-        "--checkpoint",
-        str(checkpoint),
-        "-o",
-        str(out),
-        *extra,
-    ]
-    started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    if done.returncode:
-        raise SystemExit(f"segment failed:\n{done.stdout}\n{done.stderr}")
-    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)[1])
-    gpu = re.search(r"Peak GPU memory: ([\d.]+) GiB", done.stdout)
-    windows = re.search(r"(\d+) windows", done.stdout)[1]
+    wall, rss, stdout = run_timed(
+        [
+            sys.executable,
+            "-m",
+            "patch_corrections",
+            "segment",
+            "-t",
+            str(tomogram),
+            "--checkpoint",
+            str(checkpoint),
+            "-o",
+            str(out),
+            *extra,
+        ]
+    )
+    gpu = re.search(r"Peak GPU memory: ([\d.]+) GiB", stdout)
+    windows = re.search(r"(\d+) windows", stdout)[1]
     return {
         "wall": wall,
         "rss_gb": rss / 2**20,

@@ -47,6 +47,7 @@ from .io.volumes import (
     output_path,
     read_info,
     read_volume,
+    set_mrc_geometry,
     volume_stem,
     volume_suffix,
     write_volume,
@@ -1335,7 +1336,7 @@ def segment(
                         stats["labels"].add(binary)
                 membrane = stats["labels"].mean
                 for mrc, name in ((scores, "scores"), (labels, "labels")):
-                    _set_geometry(mrc, geometry)
+                    set_mrc_geometry(mrc, geometry)
                     # Header statistics from the slabs: mrcfile's would make a float32
                     # copy of the whole volume.
                     stats[name].write(mrc.header)
@@ -1400,13 +1401,6 @@ def _new_mrc(path: Path, shape, dtype):
 
     mode = {"float16": 12, "int8": 0}[np.dtype(dtype).name]
     return mrcfile.new_mmap(path, shape=shape, mrc_mode=mode, overwrite=True)
-
-
-def _set_geometry(mrc, geometry: Geometry) -> None:
-    vz, vy, vx = geometry.voxel_size
-    oz, oy, ox = geometry.origin
-    mrc.voxel_size = (vx, vy, vz)
-    mrc.header.origin.x, mrc.header.origin.y, mrc.header.origin.z = ox, oy, oz
 
 
 @contextmanager

@@ -500,10 +500,15 @@ def _write_mrc(path: Path, data: np.ndarray, geometry: Geometry) -> None:
     data = np.ascontiguousarray(data, dtype=storable_dtype(data.dtype, "mrc", high))
     with mrcfile.new(path, overwrite=True) as mrc:
         mrc.set_data(data)
-        vz, vy, vx = geometry.voxel_size
-        mrc.voxel_size = (vx, vy, vz)
-        oz, oy, ox = geometry.origin
-        mrc.header.origin.x, mrc.header.origin.y, mrc.header.origin.z = ox, oy, oz
+        set_mrc_geometry(mrc, geometry)
+
+
+def set_mrc_geometry(mrc, geometry: Geometry) -> None:
+    """Write voxel size and origin (position of the first voxel) into an open MRC file."""
+    vz, vy, vx = geometry.voxel_size
+    mrc.voxel_size = (vx, vy, vz)
+    oz, oy, ox = geometry.origin
+    mrc.header.origin.x, mrc.header.origin.y, mrc.header.origin.z = ox, oy, oz
 
 
 def _write_nrrd(path: Path, data: np.ndarray, geometry: Geometry) -> None:
