@@ -167,3 +167,55 @@ def test_memory_stays_below_one_float32_copy_of_the_volume():
     finally:
         tracemalloc.stop()
     assert peak < volume.nbytes, (peak, volume.nbytes)
+
+
+def test_segment_with_a_membrain_checkpoint_on_an_int8_tomogram(tmp_path, run_cli):
+    from pathlib import Path
+
+    fixture = torch.load(
+        Path(__file__).with_name("fixtures") / "dynunet_tiny.pt", weights_only=True
+    )
+    state = {f"_model.{k}": v for k, v in fixture["state_dict"].items()}
+    torch.save({"state_dict": state, "epoch": 3}, tmp_path / "membrain.ckpt")
+    volume = (np.random.default_rng(5).normal(size=(10, 20, 30)) * 30).astype(np.int8)
+    write_mrc(tmp_path / "tomo.mrc", volume, voxel_size=(14.0, 14.0, 14.0))
+    result = run_cli(
+        "segment",
+        "-t",
+        tmp_path / "tomo.mrc",
+        "--checkpoint",
+        tmp_path / "membrain.ckpt",
+        "-o",
+        tmp_path / "out",
+        "--window",
+        16,
+        "--batch-size",
+        3,
+        "--tta",
+    )
+    assert result.exit_code == 0, result.output
+    assert "8-flip TTA" in result.output
+    scores = mrcfile.read(tmp_path / "out" / "tomo_scores.mrc")
+    assert scores.shape == volume.shape and np.isfinite(scores).all()
+    assert 0 <= scores.min() and scores.max() <= 1
+
+
+def test_segment_warns_about_nan(tmp_path, run_cli, tiny_checkpoint):
+    volume = np.random.default_rng(6).normal(size=(8, 16, 16)).astype(np.float32)
+    volume[2, 3, 4] = np.nan
+    with pytest.warns(RuntimeWarning, match="NaN"):  # mrcfile's, when writing the input
+        write_mrc(tmp_path / "tomo.mrc", volume)
+    result = run_cli(
+        "segment",
+        "-t",
+        tmp_path / "tomo.mrc",
+        "--checkpoint",
+        tiny_checkpoint,
+        "-o",
+        tmp_path / "out",
+        "--window",
+        16,
+    )
+    assert result.exit_code == 0, result.output
+    assert "NaN or infinite values" in result.output
+    assert np.isfinite(mrcfile.read(tmp_path / "out" / "tomo_scores.mrc")).all()
