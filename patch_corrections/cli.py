@@ -1551,6 +1551,103 @@ def _references(reference: Path, shape, geometry):
     yield reference, labels, (0, 0, 0)
 
 
+# --- demo -------------------------------------------------------------------------------
+
+SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_data"
+DEMO_PATCH_SIZE = 96
+DEMO_SEGMENT = {"window": 64, "overlap": 0.5, "batch_size": 4, "threshold": 0.5}
+"""As sample_data/make_sample_data.py segments with the starting model."""
+
+
+@app.command(name="demo")
+@_user_errors
+def demo(
+    out_dir: Annotated[
+        Path, typer.Option("--out-dir", "-o", help="Folder for every step's output.")
+    ] = Path("work/demo"),
+    sample_dir: Annotated[
+        Path, typer.Option("--sample-dir", help="The bundled sample data.")
+    ] = SAMPLE_DIR,
+    iterations: Annotated[int, typer.Option("--iterations", help="Fine-tuning steps.")] = 300,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an earlier demo run.")
+    ] = False,
+) -> None:
+    """Run the whole loop on the sample data: segment, correct, retrain, segment, evaluate."""
+    import shutil
+
+    from .metrics import counts, summarise
+
+    needed = ["tomogram.mrc", "truth.mrc", "centres.csv", "starting_model.pt", "corrections"]
+    missing = [n for n in needed if not (sample_dir / n).exists()]
+    if missing:
+        raise InputError(f"{sample_dir}: no {missing[0]}; pass --sample-dir with the sample data")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise InputError(
+                f"{out_dir}: holds an earlier run; pass --overwrite or another --out-dir"
+            )
+        shutil.rmtree(out_dir)
+    tomogram = sample_dir / "tomogram.mrc"
+
+    def step(title: str) -> None:
+        typer.echo(f"\n== {title}")
+
+    step("1. Segment with the starting model (a tiny network trained on other data)")
+    segment(
+        tomogram=tomogram,
+        checkpoint=sample_dir / "starting_model.pt",
+        out_dir=out_dir / "before",
+        device="cpu",
+        **DEMO_SEGMENT,
+    )
+    step("2. Cut patches where it is wrong")
+    extract_patches(
+        tomogram=tomogram,
+        segmentation=out_dir / "before" / "tomogram_segmented.mrc",
+        out_dir=out_dir / "patches",
+        centres=sample_dir / "centres.csv",
+        patch_size=DEMO_PATCH_SIZE,
+    )
+    step("3. Merge the bundled corrections (what an annotator painted on those patches)")
+    merge_corrections(
+        labels_dir=out_dir / "patches",
+        corrections_dir=sample_dir / "corrections",
+        out_dir=out_dir / "train",
+    )
+    step("4. Fine-tune the starting model on the corrected patches")
+    retrain(
+        train_dir=out_dir / "train",
+        out_dir=out_dir / "model",
+        checkpoint=sample_dir / "starting_model.pt",
+        iterations=iterations,
+        crop_size=48,
+        optimiser=Optimiser.adamw,
+        lr=1e-3,
+        val_fraction=0.0,
+        val_every=max(1, iterations // 5),
+        device="cpu",
+    )
+    step("5. Segment again with the fine-tuned model")
+    segment(
+        tomogram=tomogram,
+        checkpoint=out_dir / "model" / "last.pt",
+        out_dir=out_dir / "after",
+        device="cpu",
+        **DEMO_SEGMENT,
+    )
+    step("6. Evaluate both against the sample's true membrane mask")
+    truth, _ = read_volume(sample_dir / "truth.mrc")
+    rows = {}
+    for name in ("before", "after"):
+        predicted, _ = read_volume(out_dir / name / "tomogram_segmented.mrc")
+        rows[name] = summarise(counts(predicted != 0, truth.astype("uint8"), 2), 2)
+    typer.echo(f"{'metric':<18} {'before':>8} {'after':>8}")
+    for key in ("dice", "iou", "precision", "recall", "tolerant_dice_2"):
+        typer.echo(f"{key:<18} {rows['before'][key]:>8.4f} {rows['after'][key]:>8.4f}")
+    typer.echo(f"\nEverything is in {out_dir}: before/, patches/, train/, model/, after/.")
+
+
 def main() -> None:
     """Console entry point."""
     app()

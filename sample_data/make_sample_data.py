@@ -7,9 +7,10 @@ Writes, from a fixed seed (the same arrays every time):
 - ``tomogram.mrc``: 224 x 224 x 64 voxels (x, y, z), 10 Å, int8, dark lipid bilayers
   (vesicles and two sheets), dense protein-like blobs, a ±60° missing wedge around y, noise;
 - ``truth.mrc``: the true membrane mask (1 within 2.5 voxels of a bilayer's mid-surface);
-- ``prediction.mrc``: an imperfect segmentation, as a network trained elsewhere gives it:
-  membrane is missing where the missing wedge erases it (surfaces facing z) and false
-  membrane rings sit on some dense blobs;
+- ``prediction.mrc``: the segmentation by ``starting_model.pt``, a tiny network trained
+  by ``train_starting_model.py`` on other synthetic tomograms whose labels lack membrane
+  where the missing wedge erases it (surfaces facing z) and carry false rings on dense
+  blobs, the errors a network trained elsewhere makes;
 - ``centres.csv``: patch centres (x, y, z) where the prediction is wrong;
 - ``corrections/<patch>/Add1.nrrd, Remove1.nrrd, Ignore1.nrrd``: what an annotator paints
   on the patches that ``extract_patches --patch-size 96`` cuts at those centres: Add where
@@ -212,21 +213,67 @@ def paint_corrections(out: Path, centres, prediction, truth, surfaces) -> None:
                 )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Regenerate the synthetic sample data.")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
-    out = parser.parse_args().out
-    rng = np.random.default_rng(SEED)
+@dataclass
+class Synthetic:
+    """One synthetic tomogram ``(z, y, x)`` int8 with its truth and imperfect prediction."""
+
+    tomogram: np.ndarray
+    truth: np.ndarray
+    prediction: np.ndarray
+    surfaces: Surfaces
+    vesicles: list
+    blobs: list
+
+
+def synthesize(seed: int = SEED) -> Synthetic:
+    """Build the synthetic tomogram of ``seed`` (``SEED`` is the bundled sample)."""
+    rng = np.random.default_rng(seed)
     vesicles = _place_vesicles(rng, 7)
     surfaces = make_surfaces(vesicles)
     blobs = _place_blobs(rng, surfaces, 30)
     truth = np.abs(surfaces.distance) <= MEMBRANE_HALF_WIDTH
     prediction = make_prediction(surfaces, truth, blobs)
     tomogram = to_int8(render(surfaces, blobs, rng))
+    return Synthetic(tomogram, truth, prediction, surfaces, vesicles, blobs)
+
+
+STARTING_MODEL = Path(__file__).resolve().parent / "starting_model.pt"
+SEGMENT_OPTIONS = {"window": 64, "overlap": 0.5, "batch_size": 4, "threshold": 0.5}
+"""How the starting model segments the sample, here and in the demo: the same call gives
+the same voxels."""
+
+
+def segment_with_starting_model(tomogram: Path) -> np.ndarray:
+    """The starting network's segmentation of ``tomogram``, through ``segment`` itself."""
+    import tempfile
+
+    import mrcfile
+
+    from patch_corrections.cli import segment
+
+    with tempfile.TemporaryDirectory() as folder:
+        segment(
+            tomogram=tomogram,
+            checkpoint=STARTING_MODEL,
+            out_dir=Path(folder),
+            device="cpu",
+            **SEGMENT_OPTIONS,
+        )
+        return mrcfile.read(Path(folder) / f"{tomogram.stem}_segmented.mrc").astype(bool)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Regenerate the synthetic sample data.")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
+    out = parser.parse_args().out
+    sample = synthesize(SEED)
+    tomogram, truth = sample.tomogram, sample.truth
+    surfaces, vesicles, blobs = sample.surfaces, sample.vesicles, sample.blobs
     geometry = Geometry((VOXEL_SIZE,) * 3)
     out.mkdir(parents=True, exist_ok=True)
     write_volume(out / "tomogram.mrc", tomogram, geometry, overwrite=True)
     write_volume(out / "truth.mrc", truth.astype(np.int8), geometry, overwrite=True)
+    prediction = segment_with_starting_model(out / "tomogram.mrc")
     write_volume(out / "prediction.mrc", prediction.astype(np.int8), geometry, overwrite=True)
     centres = choose_centres(vesicles, blobs, prediction, truth)
     text = "x,y,z\n" + "".join(f"{x},{y},{z}\n" for x, y, z in centres)

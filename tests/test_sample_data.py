@@ -79,3 +79,30 @@ def test_script_regenerates_the_committed_arrays(tmp_path):
         np.testing.assert_array_equal(
             read_volume(tmp_path / relative)[0], read_volume(SAMPLE / relative)[0]
         )
+
+
+def test_demo_runs_the_whole_loop(tmp_path, run_cli):
+    result = run_cli("demo", "--out-dir", tmp_path / "demo", "--iterations", 10)
+    assert result.exit_code == 0, result.output
+    for step in (
+        "1. Segment",
+        "2. Cut patches",
+        "3. Merge",
+        "4. Fine-tune",
+        "5. Segment",
+        "6. Evaluate",
+    ):
+        assert step in result.output
+    lines = result.output.splitlines()
+    header = next(
+        i for i, line in enumerate(lines) if line.split()[:3] == ["metric", "before", "after"]
+    )
+    dice = lines[header + 1].split()
+    assert dice[0] == "dice" and all(0 <= float(v) <= 1 for v in dice[1:])
+    for folder in ("before", "patches", "train", "model", "after"):
+        assert (tmp_path / "demo" / folder).is_dir()
+    # The starting model's segmentation is the bundled prediction, voxel for voxel.
+    before = mrcfile.read(tmp_path / "demo" / "before" / "tomogram_segmented.mrc")
+    np.testing.assert_array_equal(before, mrcfile.read(SAMPLE / "prediction.mrc"))
+    result = run_cli("demo", "--out-dir", tmp_path / "demo", "--iterations", 10)
+    assert result.exit_code == 1 and "holds an earlier run" in result.output
