@@ -1556,7 +1556,7 @@ def _references(reference: Path, shape, geometry):
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_data"
 DEMO_PATCH_SIZE = 96
 DEMO_SEGMENT = {"window": 64, "overlap": 0.5, "batch_size": 4, "threshold": 0.5}
-"""As sample_data/make_sample_data.py segments with the starting model."""
+"""How the demo segments; sample_data/make_sample_data.py makes prediction.mrc with it."""
 
 
 @app.command(name="demo")

@@ -238,9 +238,6 @@ def synthesize(seed: int = SEED) -> Synthetic:
 
 
 STARTING_MODEL = Path(__file__).resolve().parent / "starting_model.pt"
-SEGMENT_OPTIONS = {"window": 64, "overlap": 0.5, "batch_size": 4, "threshold": 0.5}
-"""How the starting model segments the sample, here and in the demo: the same call gives
-the same voxels."""
 
 
 def segment_with_starting_model(tomogram: Path) -> np.ndarray:
@@ -249,15 +246,16 @@ def segment_with_starting_model(tomogram: Path) -> np.ndarray:
 
     import mrcfile
 
-    from patch_corrections.cli import segment
+    from patch_corrections.cli import DEMO_SEGMENT, segment
 
+    # The demo's settings: its first segmentation is then this prediction, voxel for voxel.
     with tempfile.TemporaryDirectory() as folder:
         segment(
             tomogram=tomogram,
             checkpoint=STARTING_MODEL,
             out_dir=Path(folder),
             device="cpu",
-            **SEGMENT_OPTIONS,
+            **DEMO_SEGMENT,
         )
         return mrcfile.read(Path(folder) / f"{tomogram.stem}_segmented.mrc").astype(bool)
 
