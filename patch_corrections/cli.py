@@ -35,7 +35,7 @@ from .constants import (
     TRAIN_IMAGES_SUBDIR,
     TRAIN_LABELS_SUBDIR,
 )
-from .corrections import invalid_label_values, merge_labels, union_mask
+from .corrections import merge_labels, require_label_values, union_mask
 from .errors import InputError, PatchCorrectionsWarning
 from .io.centres import Centre, read_centres
 from .io.files import StagedFiles, atomic_target, write_text_atomic
@@ -661,12 +661,7 @@ def _describe(geometry: Geometry) -> str:
 def _merge_one(plan: _MergePlan, staged: StagedFiles) -> dict:
     patch = plan.patch
     base, label_info = read_volume(patch.label)
-    bad = invalid_label_values(base)
-    if bad:
-        raise InputError(
-            f"{patch.label}: label values must be 0, 1 or 2; found "
-            f"{', '.join(f'{v:g}' for v in bad[:5])}"
-        )
+    require_label_values(base, patch.label)
     masks = {
         kind: union_mask((read_volume(p)[0] for p in plan.masks.get(kind, [])), base.shape)
         for kind in CORRECTION_KINDS
@@ -1473,9 +1468,7 @@ def evaluate(
                     and (block.min() < 0 or block.max() > 1)
                 ):
                     _warn(f"{prediction}: values outside [0, 1]; pass --threshold for scores")
-                bad = invalid_label_values(labels)
-                if bad:
-                    raise InputError(f"{name}: label values must be 0, 1 or 2; found {bad[0]:g}")
+                require_label_values(labels, name)
                 total = add_counts(total, counts(predicted, labels, tolerance))
         if not total.get("annotated"):
             raise InputError(f"{reference}: no annotated voxel (all ignore): nothing to compare")

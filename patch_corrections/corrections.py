@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .constants import BACKGROUND, IGNORE, LABEL_VALUES, MEMBRANE
+from .errors import InputError
 from .patches import add_border_band
 
 
@@ -102,3 +103,11 @@ def invalid_label_values(labels: np.ndarray) -> list:
     """Values of ``labels`` outside ``{0, 1, 2}``, sorted (empty when all are valid)."""
     values = np.unique(labels)
     return [v.item() for v in values if v not in LABEL_VALUES]
+
+
+def require_label_values(labels: np.ndarray, source) -> None:
+    """Raise ``InputError`` naming ``source`` if ``labels`` hold values outside {0, 1, 2}."""
+    bad = invalid_label_values(labels)
+    if bad:
+        shown = ", ".join(f"{v:g}" for v in bad[:5])
+        raise InputError(f"{source}: label values must be 0, 1 or 2; found {shown}")

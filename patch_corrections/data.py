@@ -19,7 +19,7 @@ from .constants import (
     TRAIN_IMAGES_SUBDIR,
     TRAIN_LABELS_SUBDIR,
 )
-from .corrections import invalid_label_values
+from .corrections import require_label_values
 from .errors import InputError
 from .io.volumes import is_volume_file, read_volume, volume_stem
 
@@ -146,10 +146,7 @@ def load_training_pairs(pairs: list[tuple[str, Path, Path]]) -> list[TrainingPat
                 f"{label_path}: shape {labels.shape[::-1]} (x,y,z) differs from its image "
                 f"{image_path}: {image.shape[::-1]}"
             )
-        bad = invalid_label_values(labels)
-        if bad:
-            shown = ", ".join(f"{v:g}" for v in bad[:5])
-            raise InputError(f"{label_path}: label values must be 0, 1 or 2; found {shown}")
+        require_label_values(labels, label_path)
         patches.append(TrainingPatch.from_arrays(name, image, labels))
     return patches
 

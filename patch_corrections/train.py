@@ -248,7 +248,7 @@ def train(
                 "model_config": network.config.to_dict(),
                 "train_config": asdict(config),
                 "normalisation": NORMALISATION,
-                "model": {k: v.detach().cpu() for k, v in network.state_dict().items()},
+                "model": _to_cpu(network.state_dict()),
                 "optimizer": _to_cpu(optimizer.state_dict()),
                 "step": state.step,
                 "best_dice": state.best_dice,
