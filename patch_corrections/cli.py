@@ -905,7 +905,9 @@ def retrain(
         else:
             torch.manual_seed(seed)  # the starting weights follow --seed too
             network = UNet(PRESETS[preset.value])
-        steps_per_epoch = max(1, math.ceil(len(train_patches) / batch_size))
+        # On resume an epoch counts in the saved run's batch size, not the option's default.
+        per_step = config.batch_size if resume else batch_size
+        steps_per_epoch = max(1, math.ceil(len(train_patches) / per_step))
         total = (
             iterations
             if iterations is not None
