@@ -4,14 +4,24 @@ Targets are ``(batch, 1, z, y, x)`` label tensors with 0 background, 1 membrane,
 logits have the same shape. Following nnU-Net's ignore label, the logits of ignore voxels
 are replaced by a constant before anything is computed from them, so nothing they hold
 (not even inf or NaN) reaches the loss or its gradient.
+
+A loss is named by its terms joined with ``+``: ``bce``, ``dice`` and ``rrw`` (the
+rectified region-wise loss of Valverde & Tohka), e.g. ``bce+dice`` (the default, nnU-Net's
+and MemBrain-seg's) or ``rrw+dice``.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import torch
 from torch.nn import functional as F
 
-from .constants import IGNORE, MEMBRANE
+from .constants import BACKGROUND, IGNORE, MEMBRANE
+
+LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+DEFAULT_LOSS = "bce+dice"
 
 
 def masked_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -50,6 +60,127 @@ def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return masked_bce(logits, target) + masked_soft_dice(logits, target)
 
 
+def squared_distance_to(mask: torch.Tensor) -> torch.Tensor:
+    """Exact squared Euclidean distance (in voxels) from every voxel to the nearest true
+    voxel of ``mask``, over its last three axes ``(z, y, x)``; ``inf`` where ``mask`` has
+    no true voxel.
+
+    Separable, one axis after the other, as whole-tensor operations on the device that
+    holds ``mask`` (no copy to the host). Along x, the nearest true voxel of each line is
+    found with running maxima of indices; along y and z, ``d(i) = min_k f(i + k) + k²``
+    over the offsets ``|k|`` up to the largest distance found so far, which is short for
+    a class that is everywhere (background); for a thin one it is the crop's edge.
+    """
+    distance = _line_distance(mask) ** 2
+    for axis in (-2, -3):
+        distance = _lower_envelope(distance, axis)
+    return distance
+
+
+def _line_distance(mask: torch.Tensor) -> torch.Tensor:
+    """Distance along the last axis to the nearest true voxel of the same line (inf if
+    the line has none), float32."""
+    n = mask.shape[-1]
+    index = torch.arange(n, device=mask.device, dtype=torch.float32).expand(mask.shape)
+    last = torch.where(mask, index, -torch.inf).cummax(-1).values
+    following = torch.where(mask, -index, -torch.inf).flip(-1).cummax(-1).values.flip(-1)
+    return torch.minimum(index - last, -following - index)
+
+
+def _lower_envelope(values: torch.Tensor, axis: int) -> torch.Tensor:
+    """``out[i] = min_j values[j] + (i - j)²`` along ``axis``. Where every value is finite
+    the best ``j`` lies within ``sqrt(max value)`` of ``i``, which bounds the offsets."""
+    n = values.shape[axis]
+    finite = torch.isfinite(values)
+    largest = float(torch.where(finite, values, -1.0).amax())
+    if largest < 0:  # no true voxel anywhere
+        return values
+    # A voxel with no true voxel on its line so far may find its nearest one anywhere.
+    reach = n - 1 if not bool(finite.all()) else min(n - 1, math.ceil(math.sqrt(largest)))
+    out = values.clone()
+    for k in range(1, reach + 1):
+        ahead = values.narrow(axis, k, n - k) + k * k
+        behind = values.narrow(axis, 0, n - k) + k * k
+        target = out.narrow(axis, 0, n - k)
+        torch.minimum(target, ahead, out=target)
+        target = out.narrow(axis, k, n - k)
+        torch.minimum(target, behind, out=target)
+    return out
+
+
+def region_wise_maps(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rectified region-wise maps of membrane and background for ``target``
+    ``(batch, 1, z, y, x)``, each of its shape, float32.
+
+    The map of a class is -1 on its own voxels (rewarding its probability there) and, on
+    voxels of the other class, the distance to the nearest voxel of the class divided by
+    the largest such distance in that sample (penalising its probability, more so far from
+    it), so both classes weigh at most 1 whatever their size: the rectification. Ignore
+    voxels are 0 in both maps and only annotated voxels count as either class. Where a
+    sample has no voxel of a class, that class's map is 1 on every annotated voxel.
+    """
+    classes = torch.cat([target == MEMBRANE, target == BACKGROUND], dim=1)
+    with torch.no_grad():
+        # One class at a time: background is near every voxel, so its pass is short.
+        distance = torch.cat(
+            [squared_distance_to(classes[:, i : i + 1]) for i in range(2)], dim=1
+        ).sqrt_()
+        # Each class's map on the *other* class's voxels: swap the channels.
+        other = classes.flip(1)
+        inside = torch.where(other, distance, torch.zeros_like(distance))
+        largest = inside.flatten(2).amax(-1)[..., None, None, None]
+        scaled = torch.where(
+            torch.isfinite(largest), inside / largest.clamp_min(1e-6), torch.ones_like(inside)
+        )
+        maps = torch.where(classes, -1.0, torch.where(other, scaled, 0.0))
+    return maps[:, :1], maps[:, 1:]
+
+
+def region_wise_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Rectified region-wise (RRW) loss of Valverde & Tohka, averaged over annotated voxels:
+    ``p · Z_membrane + (1 - p) · Z_background`` with ``p`` the membrane probability and the
+    maps of :func:`region_wise_maps`. Lies in [-1, 1]; -1 is a perfect prediction.
+    """
+    annotated = target != IGNORE
+    safe = torch.where(annotated, logits, torch.zeros_like(logits))
+    probability = torch.sigmoid(safe)
+    membrane_map, background_map = region_wise_maps(target)
+    per_voxel = probability * membrane_map + (1 - probability) * background_map
+    total = torch.where(annotated, per_voxel, torch.zeros_like(per_voxel)).sum()
+    return total / annotated.sum().clamp_min(1)
+
+
+LOSS_TERMS: dict[str, LossFunction] = {
+    "bce": masked_bce,
+    "dice": masked_soft_dice,
+    "rrw": region_wise_loss,
+}
+
+
+def parse_loss(name: str) -> tuple[str, ...]:
+    """The terms of a loss name such as ``rrw+dice``, checked; ``ValueError`` if unknown."""
+    terms = tuple(t.strip().lower() for t in name.split("+"))
+    unknown = [t for t in terms if t not in LOSS_TERMS]
+    if unknown or not terms:
+        raise ValueError(
+            f"unknown loss term {unknown[0]!r}; combine {', '.join(LOSS_TERMS)} with '+'"
+        )
+    if len(set(terms)) != len(terms):
+        raise ValueError("each loss term may appear once")
+    return terms
+
+
+def make_loss(name: str = DEFAULT_LOSS) -> LossFunction:
+    """The sum of the named terms, computed in float32."""
+    terms = [LOSS_TERMS[t] for t in parse_loss(name)]
+
+    def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        return sum((term(logits, target) for term in terms[1:]), terms[0](logits, target))
+
+    return loss
+
+
 def downsample_labels(target: torch.Tensor, factor: int) -> torch.Tensor:
     """Labels at ``1 / factor`` resolution, keeping the ignore label.
 
@@ -64,13 +195,15 @@ def downsample_labels(target: torch.Tensor, factor: int) -> torch.Tensor:
     return torch.where(ignore, torch.full_like(coarse, IGNORE), coarse)
 
 
-def deep_supervision_loss(outputs: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-    """Loss over the full-resolution output and each head, weighted 1, 1/2, 1/4 … (summing
-    to 1), each head against the labels downsampled to its size."""
+def deep_supervision_loss(
+    outputs: list[torch.Tensor], target: torch.Tensor, loss: LossFunction = bce_dice_loss
+) -> torch.Tensor:
+    """``loss`` over the full-resolution output and each head, weighted 1, 1/2, 1/4 …
+    (summing to 1), each head against the labels downsampled to its size."""
     weights = [0.5**i for i in range(len(outputs))]
     norm = sum(weights)
     total = torch.zeros((), device=target.device)
     for weight, output in zip(weights, outputs):
         factor = target.shape[-1] // output.shape[-1]
-        total = total + weight / norm * bce_dice_loss(output, downsample_labels(target, factor))
+        total = total + weight / norm * loss(output, downsample_labels(target, factor))
     return total
