@@ -1,0 +1,121 @@
+"""Sparse annotation and relabeling: the pure array logic."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from patch_corrections.constants import BACKGROUND, IGNORE, MEMBRANE
+from patch_corrections.relabel import adopt, curriculum_share, relabel_candidates, with_adopted
+from patch_corrections.sparse import (
+    parse_slices,
+    random_boxes,
+    slices_mask,
+    spaced_slices,
+    sparsify,
+)
+
+
+def _labels(shape=(20, 12, 10), seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.choice([BACKGROUND, MEMBRANE], size=shape, p=[0.8, 0.2]).astype(np.uint8)
+
+
+def test_slices_mask_marks_whole_slices_along_the_axis():
+    mask = slices_mask((4, 5, 6), 1, [0, 3, 3])
+    assert mask.sum() == 2 * 4 * 6
+    assert mask[:, 0].all() and mask[:, 3].all() and not mask[:, [1, 2, 4]].any()
+
+
+def test_spaced_slices_are_even_and_only_where_annotated():
+    labels = _labels()
+    labels[:5] = IGNORE  # an annotator cannot keep slices that hold nothing
+    rng = np.random.default_rng(1)
+    kept = spaced_slices(labels, 0, 0.2, rng)
+    assert len(kept) == 3  # 20 % of the 15 annotated slices
+    assert all(5 <= k < 20 for k in kept)
+    gaps = np.diff(kept)
+    assert gaps.min() >= 4 and gaps.max() <= 6
+    # a tiny fraction still keeps one slice; none when nothing is annotated
+    assert len(spaced_slices(labels, 2, 0.001, rng)) == 1
+    assert spaced_slices(np.full((3, 3, 3), IGNORE, np.uint8), 0, 0.5, rng) == []
+
+
+def test_sparsify_keeps_only_the_mask():
+    labels = _labels()
+    keep = slices_mask(labels.shape, 0, [2, 7])
+    sparse = sparsify(labels, keep)
+    assert sparse.dtype == np.uint8
+    np.testing.assert_array_equal(sparse[keep], labels[keep])
+    assert (sparse[~keep] == IGNORE).all()
+
+
+def test_random_boxes_cover_the_wanted_share():
+    labels = _labels((40, 40, 40))
+    labels[:, :, 30:] = IGNORE
+    keep = random_boxes(labels, 8, 0.3, np.random.default_rng(3))
+    annotated = labels != IGNORE
+    share = (keep & annotated).sum() / annotated.sum()
+    assert 0.3 <= share < 0.45
+    assert random_boxes(labels, 8, 1.0, np.random.default_rng(3))[annotated].all()
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [("z=1,3", (0, [1, 3])), ("Y = 2-4, 0", (1, [2, 3, 4, 0])), ("x=5", (2, [5]))],
+)
+def test_parse_slices(spec, expected):
+    assert parse_slices(spec, (6, 6, 6)) == expected
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("40", "AXIS=INDICES"),
+        ("w=3", "AXIS=INDICES"),
+        ("z=a", "'a' is not an index"),
+        ("z=4-2", "runs backwards"),
+        ("z=6", "outside the patch (0 to 5)"),
+        ("z=-1", "is not an index"),
+    ],
+)
+def test_parse_slices_errors(spec, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_slices(spec, (6, 6, 6))
+
+
+def test_curriculum_grows_to_the_maximum():
+    assert [curriculum_share(t, 4, 0.8) for t in (1, 2, 4)] == pytest.approx([0.2, 0.4, 0.8])
+
+
+def test_candidates_leave_out_border_band_padding_and_labels():
+    labels = np.full((10, 10, 10), IGNORE, np.uint8)
+    labels[5, 5, 5] = MEMBRANE
+    candidates = relabel_candidates(labels, border=2, padding=((0, 0), (0, 4), (3, 0)))
+    assert not candidates[:2].any() and not candidates[-2:].any()
+    assert not candidates[:, 6:].any()  # padding after along y is wider than the band
+    assert not candidates[:, :, :3].any()
+    assert not candidates[5, 5, 5]
+    assert candidates[2:8, 2:6, 3:8].sum() == 6 * 4 * 5 - 1
+
+
+def test_adopt_takes_the_most_confident_predicted_membrane():
+    probability = np.linspace(0, 1, 1000, dtype=np.float32).reshape(10, 10, 10)
+    candidates = np.ones(probability.shape, bool)
+    candidates[9] = False  # the most confident voxels are not candidates
+    chosen = adopt(probability, candidates, 0.25)
+    above = candidates & (probability > 0.5)
+    assert chosen.sum() == round(0.25 * above.sum())
+    assert not (chosen & ~above).any()
+    assert probability[chosen].min() >= probability[above & ~chosen].max()
+    assert not adopt(probability, candidates, 0.0).any()
+    assert not adopt(np.zeros_like(probability), candidates, 1.0).any()
+
+
+def test_with_adopted_sets_membrane_and_leaves_the_input():
+    labels = np.full((2, 2, 2), IGNORE, np.uint8)
+    adopted = np.zeros(labels.shape, bool)
+    adopted[0, 0, 0] = True
+    out = with_adopted(labels, adopted)
+    assert out[0, 0, 0] == MEMBRANE and (out[~adopted] == IGNORE).all()
+    assert (labels == IGNORE).all()
