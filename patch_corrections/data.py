@@ -94,6 +94,17 @@ class TrainingPatch:
             _blocks_with(labels == MEMBRANE),
         )
 
+    def with_labels(self, labels: np.ndarray) -> TrainingPatch:
+        """The same (already normalised) image with other labels ``(z, y, x)``."""
+        labels = labels.astype(np.uint8)
+        return TrainingPatch(
+            self.name,
+            self.image,
+            labels,
+            _blocks_with(labels != IGNORE),
+            _blocks_with(labels == MEMBRANE),
+        )
+
     def voxel_in(self, blocks: np.ndarray, rng: np.random.Generator, wanted) -> np.ndarray:
         """A random voxel ``(z, y, x)`` of a random block of ``blocks`` where ``wanted``
         (a function of the labels) holds."""

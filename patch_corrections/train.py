@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +23,9 @@ from .augment import AugmentConfig, augment
 from .checkpoints import save_checkpoint
 from .constants import IGNORE, MEMBRANE
 from .data import NORMALISATION, TrainingPatch, sample_crop
-from .losses import bce_dice_loss, deep_supervision_loss
+from .losses import DEFAULT_LOSS, bce_dice_loss, deep_supervision_loss, make_loss
 from .model import UNet
+from .relabel import adopt, curriculum_share, with_adopted
 
 LAST = "last.pt"
 BEST = "best.pt"
@@ -49,6 +50,8 @@ class TrainConfig:
     augment: bool = True
     compile: bool = False
     channels_last: bool = True
+    loss: str = DEFAULT_LOSS
+    """Loss terms joined with ``+`` (see :mod:`patch_corrections.losses`)."""
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -141,22 +144,44 @@ class Precision:
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
 
 
+def _patch_logits(
+    network: UNet, image: np.ndarray, device: torch.device, precision: Precision
+) -> torch.Tensor:
+    """Logits ``(z, y, x)`` float32 of a whole normalised patch, padded to what the
+    network divides by and cropped back."""
+    divisor = network.config.divisor
+    pad = [(0, -n % divisor) for n in image.shape]
+    x = torch.from_numpy(np.pad(image, pad))[None, None].to(device)
+    with precision.autocast():
+        logits = network(x).float()
+    return logits[0, 0, : image.shape[0], : image.shape[1], : image.shape[2]]
+
+
+@torch.no_grad()
+def predict_patch(
+    network: UNet, image: np.ndarray, device: torch.device, precision: Precision | None = None
+) -> np.ndarray:
+    """Membrane probability ``(z, y, x)`` float32 of a whole normalised patch."""
+    was_training = network.training
+    network.eval()
+    logits = _patch_logits(network, image, device, precision or Precision.for_device(device))
+    network.train(was_training)
+    return torch.sigmoid(logits).cpu().numpy()
+
+
 @torch.no_grad()
 def evaluate(
     network: UNet, patches: list[TrainingPatch], device: torch.device, precision: Precision
 ) -> dict[str, float]:
-    """Loss and Dice (ignore voxels excluded, pooled over patches) on whole patches."""
+    """Loss and Dice (ignore voxels excluded, pooled over patches) on whole patches.
+
+    The loss is BCE + Dice whatever the training loss, so runs with different losses
+    compare on the same scale."""
     network.eval()
     losses, overlap, predicted, actual = [], 0.0, 0.0, 0.0
-    divisor = network.config.divisor
     for patch in patches:
-        pad = [(0, -n % divisor) for n in patch.labels.shape]
-        image = np.pad(patch.image, pad)
-        labels = np.pad(patch.labels, pad, constant_values=IGNORE)
-        x = torch.from_numpy(image)[None, None].to(device)
-        y = torch.from_numpy(labels)[None, None].to(device)
-        with precision.autocast():
-            logits = network(x).float()
+        logits = _patch_logits(network, patch.image, device, precision)[None, None]
+        y = torch.from_numpy(patch.labels)[None, None].to(device)
         losses.append(float(bce_dice_loss(logits, y)))
         annotated = y != IGNORE
         hit = (logits > 0) & annotated
@@ -236,6 +261,7 @@ def train(
         if precision.scaler is not None and resume.get("grad_scaler"):
             precision.scaler.load_state_dict(resume["grad_scaler"])
     forward = _heads_function(network, config.compile)
+    loss_function = make_loss(config.loss)
     augmenter = torch.Generator(device=device)
     augment_config = AugmentConfig()
     started = time.perf_counter() - state.elapsed
@@ -293,7 +319,7 @@ def train(
                 group["lr"] = learning_rate(step, config)
             with precision.autocast():
                 outputs = forward(x)
-            loss = deep_supervision_loss([o.float() for o in outputs], y)
+            loss = deep_supervision_loss([o.float() for o in outputs], y, loss_function)
             optimizer.zero_grad(set_to_none=True)
             if precision.scaler is not None:
                 precision.scaler.scale(loss).backward()
@@ -346,6 +372,88 @@ def train(
         stop.release()
         prefetch.shutdown(wait=True, cancel_futures=True)
     return state
+
+
+def round_dir(out_dir: Path, round_index: int) -> Path:
+    """Folder of one stage of a relabeling run: ``round_0`` trains on sure labels only."""
+    return Path(out_dir) / f"round_{round_index}"
+
+
+def train_with_relabeling(
+    network: UNet,
+    train_patches: list[TrainingPatch],
+    val_patches: list[TrainingPatch],
+    config: TrainConfig,
+    out_dir: Path,
+    device: torch.device,
+    *,
+    rounds: int,
+    max_share: float,
+    candidates: list[np.ndarray],
+    round_iterations: int | None = None,
+    on_round: Callable[[int, list[np.ndarray]], None] | None = None,
+    **train_options,
+) -> list[RunState]:
+    """Train on sure labels, then ``rounds`` times: adopt confident membrane, train again.
+
+    Stage 0 is ``train`` on ``train_patches`` as they are, into ``round_0/``. Stage ``t``
+    predicts every training patch with the current network, adopts the
+    ``max_share · t / rounds`` most confident voxels it calls membrane among that patch's
+    ``candidates`` (boolean ``(z, y, x)``, see :func:`relabel.relabel_candidates`), and
+    trains on the original labels plus those (recomputed each round, not accumulated) for
+    ``round_iterations`` steps (default ``config.iterations``) with a fresh schedule, into
+    ``round_<t>/``. Validation always uses the validation patches' own labels.
+
+    Parameters
+    ----------
+    on_round
+        Called with the round number and the adopted masks, one per training patch, before
+        that round trains (to save them for inspection).
+    train_options
+        Passed to every :func:`train` call (progress callbacks, ``split``).
+    """
+    states = [
+        train(
+            network,
+            train_patches,
+            val_patches,
+            config,
+            round_dir(out_dir, 0),
+            device,
+            **train_options,
+        )
+    ]
+    steps = round_iterations or config.iterations
+    for t in range(1, rounds + 1):
+        share = curriculum_share(t, rounds, max_share)
+        adopted = [
+            adopt(predict_patch(network, patch.image, device), allowed, share)
+            for patch, allowed in zip(train_patches, candidates)
+        ]
+        if on_round is not None:
+            on_round(t, adopted)
+        relabeled = [
+            patch.with_labels(with_adopted(patch.labels, mask))
+            for patch, mask in zip(train_patches, adopted)
+        ]
+        stage = replace(
+            config,
+            iterations=steps,
+            warmup=min(config.warmup, steps // 20),
+            seed=config.seed + t,  # other crops than stage 0's first steps
+        )
+        states.append(
+            train(
+                network,
+                relabeled,
+                val_patches,
+                stage,
+                round_dir(out_dir, t),
+                device,
+                **train_options,
+            )
+        )
+    return states
 
 
 class _StopFlag:

@@ -15,6 +15,7 @@ from conftest import all_files
 
 from patch_corrections.augment import AugmentConfig, augment
 from patch_corrections.checkpoints import network_from_checkpoint, read_checkpoint
+from patch_corrections.constants import IGNORE
 from patch_corrections.data import (
     TrainingPatch,
     find_training_pairs,
@@ -24,7 +25,15 @@ from patch_corrections.data import (
 )
 from patch_corrections.io.volumes import Geometry, write_volume
 from patch_corrections.model import PRESETS, UNet
-from patch_corrections.train import Interrupted, TrainConfig, learning_rate, train
+from patch_corrections.relabel import relabel_candidates
+from patch_corrections.train import (
+    Interrupted,
+    TrainConfig,
+    learning_rate,
+    predict_patch,
+    train,
+    train_with_relabeling,
+)
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
 
@@ -143,6 +152,47 @@ def test_checkpoint_round_trips_with_weights_only(sample_patches, tmp_path):
     loaded.eval()
     with torch.no_grad():
         torch.testing.assert_close(network(x), loaded(x))
+
+
+def test_relabeling_rounds_adopt_only_candidates_on_a_curriculum(sample_patches, tmp_path):
+    torch.manual_seed(0)
+    network = UNet(PRESETS["tiny"])
+    train_patches = sample_patches[:3]
+    # a large ignore region in the middle of every patch, as if never annotated
+    hidden = []
+    for patch in train_patches:
+        labels = patch.labels.copy()
+        labels[20:60, 20:60, 20:60] = IGNORE
+        hidden.append(patch.with_labels(labels))
+    candidates = [relabel_candidates(p.labels, border=16) for p in hidden]
+    adopted = {}
+    states = train_with_relabeling(
+        network,
+        hidden,
+        sample_patches[3:],
+        replace(CONFIG, iterations=30, val_every=30, save_every=30),
+        tmp_path,
+        torch.device("cpu"),
+        rounds=2,
+        max_share=1.0,
+        candidates=candidates,
+        round_iterations=6,
+        on_round=lambda t, masks: adopted.setdefault(t, masks),
+    )
+    assert [s.step for s in states] == [30, 6, 6]
+    for t in (0, 1, 2):
+        assert (tmp_path / f"round_{t}" / "last.pt").exists()
+    assert sorted(adopted) == [1, 2]
+    for masks in adopted.values():
+        for mask, allowed in zip(masks, candidates):
+            assert not (mask & ~allowed).any()
+    # round 2 adopts all predicted membrane of the candidates, round 1 half of it
+    probability = predict_patch(network, hidden[0].image, torch.device("cpu"))
+    assert probability.shape == hidden[0].labels.shape and probability.dtype == np.float32
+    total = [sum(int(m.sum()) for m in adopted[t]) for t in (1, 2)]
+    assert 0 < total[0] < total[1]
+    # the patches given keep their own labels
+    assert all((p.labels[20:60, 20:60, 20:60] == IGNORE).all() for p in hidden)
 
 
 def test_learning_rate_schedule():
