@@ -17,11 +17,12 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, ParamSpec, TypeVar
 
+import numpy as np
 import typer
 
 from .constants import (
@@ -61,6 +62,7 @@ from .patches import (
     image_patch,
     label_patch,
 )
+from .sparse import AXES, parse_slices, slices_mask
 
 app = typer.Typer(
     name="patch_corrections",
@@ -513,6 +515,22 @@ def merge_corrections(
             help="Also write patches that have no corrections folder, as they are.",
         ),
     ] = False,
+    sparse: Annotated[
+        bool,
+        typer.Option(
+            "--sparse",
+            help="Sparse annotation: start every patch as all ignore, so only the Add "
+            "(membrane) and Remove (background) strokes, and --keep-slices, are labels.",
+        ),
+    ] = False,
+    keep_slices: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--keep-slices",
+            help="With --sparse, keep the patch's labels on these slices, e.g. z=40,80,100-110 "
+            "(patch voxel indices; repeat for other axes).",
+        ),
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace existing training pairs.")
     ] = False,
@@ -521,6 +539,11 @@ def merge_corrections(
     with _collect_warnings() as warned:
         if border is not None and border < 0:
             raise InputError(f"--border must be 0 or more, got {border}")
+        if keep_slices and not sparse:
+            raise InputError(
+                "--keep-slices chooses what a --sparse merge keeps; add --sparse (without "
+                "it every slice is kept)"
+            )
         patches = find_label_patches(labels_dir, images_dir)
         if not patches:
             raise InputError(f"{labels_dir}: no label patches found")
@@ -539,6 +562,9 @@ def merge_corrections(
         plans = [
             _plan_merge(p, folders.get(p.name), out_dir, fmt, border, images_dir) for p in chosen
         ]
+        for plan in plans:
+            plan.sparse = sparse
+            plan.keep_slices = _keep_slices(keep_slices or [], plan.shape, plan.patch.label)
         _require_free([path for plan in plans for path in plan.outputs], overwrite)
 
         _check_out_dir(out_dir)
@@ -599,6 +625,22 @@ class _MergePlan:
     padding: tuple[tuple[int, int], ...] | None
     outputs: tuple[Path, Path]
     corrected: bool
+    shape: tuple[int, int, int]
+    sparse: bool = False
+    keep_slices: dict[str, list[int]] = field(default_factory=dict)
+    """Axis name -> slice indices kept by a sparse merge."""
+
+
+def _keep_slices(specs: list[str], shape, source: Path) -> dict[str, list[int]]:
+    """``--keep-slices`` options as axis name -> sorted indices, checked against ``shape``."""
+    kept: dict[str, set[int]] = {}
+    for spec in specs:
+        try:
+            axis, indices = parse_slices(spec, shape)
+        except ValueError as exc:
+            raise InputError(f"--keep-slices {spec}: {exc} ({source})") from None
+        kept.setdefault("zyx"[axis], set()).update(indices)
+    return {name: sorted(indices) for name, indices in kept.items()}
 
 
 def _plan_merge(
@@ -649,6 +691,7 @@ def _plan_merge(
             output_path(out_dir / TRAIN_LABELS_SUBDIR, patch.name, fmt),
         ),
         corrected=folder is not None,
+        shape=label_info.shape,
     )
 
 
@@ -666,6 +709,11 @@ def _merge_one(plan: _MergePlan, staged: StagedFiles) -> dict:
         kind: union_mask((read_volume(p)[0] for p in plan.masks.get(kind, [])), base.shape)
         for kind in CORRECTION_KINDS
     }
+    keep = None
+    if plan.sparse:
+        keep = np.zeros(base.shape, dtype=bool)
+        for name, indices in plan.keep_slices.items():
+            keep |= slices_mask(base.shape, AXES[name], indices)
     merged, counts = merge_labels(
         base,
         add=masks["add"],
@@ -673,6 +721,7 @@ def _merge_one(plan: _MergePlan, staged: StagedFiles) -> dict:
         ignore=masks["ignore"],
         border=plan.border,
         padding=plan.padding,
+        keep=keep,
     )
     image, image_info = read_volume(patch.image)
     geometry = label_info.geometry or image_info.geometry or Geometry((1.0, 1.0, 1.0))
@@ -687,6 +736,11 @@ def _merge_one(plan: _MergePlan, staged: StagedFiles) -> dict:
         "added": counts.added,
         "removed": counts.removed,
         "ignored": counts.ignored,
+        "annotated": counts.annotated,
+        "sparse": plan.sparse,
+        "kept_slices": plan.keep_slices,
+        "border": plan.border,
+        "padding_xyz": [list(p) for p in plan.padding[::-1]] if plan.padding else None,
         "files": {k: [p.name for p in v] for k, v in plan.masks.items()},
         "image": str(image_out),
         "label": str(label_out),
@@ -698,12 +752,22 @@ def _report_merge(
 ) -> None:
     typer.echo(f"Merged {len(rows)} patch(es) into {out_dir}:")
     width = max(len(r["name"]) for r in rows)
-    typer.echo(f"  {'patch':<{width}}  {'added':>9}  {'removed':>9}  {'ignored':>9}  masks")
+    typer.echo(
+        f"  {'patch':<{width}}  {'added':>9}  {'removed':>9}  {'ignored':>9}  "
+        f"{'annotated':>9}  masks"
+    )
     for r in rows:
         files = ", ".join(n for names in r["files"].values() for n in names) or "none"
         typer.echo(
             f"  {r['name']:<{width}}  {r['added']:>9}  {r['removed']:>9}  "
-            f"{r['ignored']:>9}  {files}"
+            f"{r['ignored']:>9}  {r['annotated']:>9}  {files}"
+        )
+    if rows and rows[0]["sparse"]:
+        kept = rows[0]["kept_slices"]
+        slices = "; ".join(f"{a}={len(v)} slice(s)" for a, v in kept.items()) or "no slices"
+        typer.echo(
+            f"Sparse merge: labels only where painted (Add, Remove) and on kept {slices}; "
+            "the rest is ignore."
         )
     if uncorrected:
         verb = "written as they are" if included else "skipped; --include-uncorrected keeps them"
@@ -1039,12 +1103,12 @@ def _refuse_changes_on_resume(content: dict, options: dict) -> None:
     saved = TrainConfig.from_dict(content["train_config"])
     defaults = {p.name: p.default for p in inspect.signature(retrain).parameters.values()}
     changed = []
-    for name, (flag, field) in _RESUME_FIXED.items():
+    for name, (flag, attribute) in _RESUME_FIXED.items():
         given = options[name]
         given = given.value if isinstance(given, Enum) else given
         if given == _default_value(defaults[name]):
             continue
-        stored = getattr(saved, field)
+        stored = getattr(saved, attribute)
         if name == "no_augment":
             stored = not stored
         if given != stored:

@@ -24,11 +24,14 @@ class MergeCounts:
         Voxels that were membrane and are background now.
     ignored
         Voxels that are ignore now and were not before (border band included).
+    annotated
+        Voxels that are not ignore after the merge: what training learns from.
     """
 
     added: int
     removed: int
     ignored: int
+    annotated: int
 
 
 def union_mask(masks: Iterable[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
@@ -51,12 +54,14 @@ def merge_labels(
     ignore: np.ndarray | None = None,
     border: int = 0,
     padding: tuple[tuple[int, int], ...] | None = None,
+    keep: np.ndarray | None = None,
 ) -> tuple[np.ndarray, MergeCounts]:
     """Apply corrections to a label patch.
 
     The order is MemBrain-seg's: Remove sets background, then Add sets membrane, then Ignore
     sets ignore, then the border band and any padding are set to ignore. Later steps win
-    where masks overlap.
+    where masks overlap. With ``keep`` (sparse annotation) the patch first becomes ignore
+    everywhere outside ``keep``, so only the kept voxels and the painted masks are labels.
 
     Parameters
     ----------
@@ -69,6 +74,9 @@ def merge_labels(
     padding
         Voxels ``(before, after)`` per axis ``(z, y, x)`` that lay outside the tomogram
         when the patch was cut: they carry no signal, so no painted label may stay there.
+    keep
+        Boolean mask of ``base.shape``: the voxels of ``base`` to keep before the masks
+        apply (``None``: all of them). An all-false mask keeps only what is painted.
 
     Returns
     -------
@@ -78,6 +86,8 @@ def merge_labels(
         Voxels added, removed and ignored relative to ``base``.
     """
     merged = base.astype(np.uint8, copy=True)
+    if keep is not None:
+        merged[~keep] = IGNORE
     if remove is not None:
         merged[remove] = BACKGROUND
     if add is not None:
@@ -95,6 +105,7 @@ def merge_labels(
         added=int(np.count_nonzero((merged == MEMBRANE) & (base != MEMBRANE))),
         removed=int(np.count_nonzero((merged == BACKGROUND) & (base == MEMBRANE))),
         ignored=int(np.count_nonzero((merged == IGNORE) & (base != IGNORE))),
+        annotated=int(np.count_nonzero(merged != IGNORE)),
     )
     return merged, counts
 

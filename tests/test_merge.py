@@ -352,3 +352,57 @@ def test_border_wider_than_the_patch_allows(tmp_path, run_cli):
     result = _merge(run_cli, tmp_path, folder, "--border", "4")
     assert result.exit_code == 1 and "a border of 4 leaves no voxel" in result.output
     assert all_files(tmp_path / "train") == []
+
+
+def test_sparse_merge_keeps_only_strokes_and_chosen_slices(tmp_path, run_cli):
+    folder, base = _extraction_folder(tmp_path)
+    (tmp_path / "corr" / "tomo_patch000").mkdir(parents=True)
+    header = {
+        "space": "left-posterior-superior",
+        "space directions": np.diag([4.0, 3.0, 2.0]),
+        "space origin": np.array([30.0, 20.0, 10.0]),
+    }
+    add = _mask((1, 4, 6))  # z, y, x: a membrane stroke where the network saw none
+    remove = _mask((3, 3, 2), (3, 3, 3))  # a background stroke on the network's membrane
+    for name, mask in (("Add1.nrrd", add), ("Remove1.nrrd", remove)):
+        nrrd.write(str(tmp_path / "corr" / "tomo_patch000" / name), mask.transpose(), header)
+    result = _merge(
+        run_cli, tmp_path, folder, "--sparse", "--keep-slices", "z=5", "--keep-slices", "x=2"
+    )
+    assert result.exit_code == 0, result.output
+    labels, _ = read_volume(tmp_path / "train" / "labelsTr" / "tomo_patch000.nii.gz")
+    expected = np.full((N, N, N), 2, np.uint8)
+    expected[5] = base[5]
+    expected[:, :, 2] = base[:, :, 2]
+    expected[1, 4, 6] = 1
+    expected[3, 3, 2:4] = 0
+    expected[[0, -1]] = expected[:, [0, -1]] = expected[:, :, [0, -1]] = 2  # border 1
+    np.testing.assert_array_equal(labels, expected)
+    row = json.loads((tmp_path / "train" / "merge_summary.json").read_text())["patches"][0]
+    assert row["sparse"] and row["kept_slices"] == {"z": [5], "x": [2]}
+    assert row["annotated"] == int(np.sum(expected != 2)) and row["border"] == 1
+    assert "Sparse merge" in result.output and f"{row['annotated']:>9}" in result.output
+
+
+def test_sparse_merge_without_slices_keeps_the_strokes_only(tmp_path, run_cli):
+    folder, _ = _extraction_folder(tmp_path)
+    _paint(tmp_path, "tomo_patch000", "Add1.nrrd", _mask((2, 2, 2)))
+    assert _merge(run_cli, tmp_path, folder, "--sparse").exit_code == 0
+    labels, _ = read_volume(tmp_path / "train" / "labelsTr" / "tomo_patch000.nii.gz")
+    assert np.argwhere(labels != 2).tolist() == [[2, 2, 2]]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--keep-slices", "z=1"], "--keep-slices chooses what a --sparse merge keeps"),
+        (["--sparse", "--keep-slices", "z=8"], "--keep-slices z=8: z index 8 is outside"),
+        (["--sparse", "--keep-slices", "1,2"], "expected AXIS=INDICES"),
+    ],
+)
+def test_sparse_merge_bad_slices(tmp_path, run_cli, args, message):
+    folder, _ = _extraction_folder(tmp_path)
+    _paint(tmp_path, "tomo_patch000", "Add1.nrrd", _mask((2, 2, 2)))
+    result = _merge(run_cli, tmp_path, folder, *args)
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert all_files(tmp_path / "train") == []
