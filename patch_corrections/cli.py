@@ -28,6 +28,7 @@ import typer
 from .constants import (
     BORDER_WIDTH,
     CORRECTION_KINDS,
+    IGNORE,
     IMAGES_SUBDIR,
     LABELS_SUBDIR,
     MERGE_SUMMARY_NAME,
@@ -62,7 +63,7 @@ from .patches import (
     image_patch,
     label_patch,
 )
-from .sparse import AXES, parse_slices, slices_mask
+from .sparse import AXES, parse_slices, random_boxes, slices_mask, spaced_slices, sparsify
 
 app = typer.Typer(
     name="patch_corrections",
@@ -782,6 +783,161 @@ def _report_merge(
             + ", ".join(str(Path(f).relative_to(corrections_dir)) for f in unmatched)
         )
     typer.echo(f"Summary: {out_dir / MERGE_SUMMARY_NAME}")
+
+
+# --- simulate_sparse --------------------------------------------------------------------
+
+
+class SparseMode(str, Enum):
+    slices = "slices"
+    boxes = "boxes"
+
+
+@app.command(name="simulate_sparse", no_args_is_help=True)
+@_user_errors
+def simulate_sparse(
+    train_dir: Annotated[
+        Path,
+        typer.Option("--train-dir", "-t", help="Training folder with dense labels."),
+    ],
+    out_dir: Annotated[
+        Path,
+        typer.Option("--out-dir", "-o", help="Training folder to write, labels made sparse."),
+    ],
+    mode: Annotated[
+        SparseMode,
+        typer.Option(
+            "--mode", help="Keep evenly spaced slices, or random boxes around labelled voxels."
+        ),
+    ] = SparseMode.slices,
+    fraction: Annotated[
+        float,
+        typer.Option(
+            "--fraction",
+            help="Share kept: of the slices holding labels (slices), or of the labelled "
+            "voxels (boxes).",
+        ),
+    ] = 0.1,
+    axis: Annotated[
+        str, typer.Option("--axis", help="Slice axis for --mode slices: x, y or z.")
+    ] = "z",
+    box_size: Annotated[
+        int, typer.Option("--box-size", help="Edge of the cubic boxes, in voxels.")
+    ] = 32,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the slice phase or boxes.")] = 0,
+    output_format: Annotated[
+        OutputFormat, typer.Option("--format", help="File format of the sparse labels.")
+    ] = OutputFormat.nii_gz,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace existing training pairs.")
+    ] = False,
+) -> None:
+    """Make dense training labels sparse, as an annotator would leave them, for experiments.
+
+    Everything not kept becomes ignore; images are copied as they are.
+    """
+    import shutil
+
+    from .data import find_training_pairs
+
+    with _collect_warnings() as warned:
+        if not 0 < fraction <= 1:
+            raise InputError(f"--fraction must be in (0, 1], got {fraction}")
+        if axis.lower() not in AXES:
+            raise InputError(f"--axis must be x, y or z, got {axis}")
+        if box_size < 1:
+            raise InputError(f"--box-size must be at least 1, got {box_size}")
+        if seed < 0:
+            raise InputError(f"--seed must be at least 0, got {seed}")
+        if Path(out_dir).resolve() == Path(train_dir).resolve():
+            raise InputError("--out-dir must differ from --train-dir: the dense labels are kept")
+        pairs = find_training_pairs(train_dir)
+        fmt = output_format.value
+        outputs = [
+            (
+                out_dir / TRAIN_IMAGES_SUBDIR / image.name,
+                output_path(out_dir / TRAIN_LABELS_SUBDIR, name, fmt),
+            )
+            for name, image, _ in pairs
+        ]
+        _require_free([path for pair in outputs for path in pair], overwrite)
+        source_rows = {}
+        source_summary = Path(train_dir) / MERGE_SUMMARY_NAME
+        if source_summary.exists():
+            try:
+                rows = json.loads(source_summary.read_text(encoding="utf-8"))["patches"]
+                source_rows = {r["name"]: r for r in rows if isinstance(r, dict) and "name" in r}
+            except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+                _warn(f"{source_summary}: unreadable; border and padding are not carried over")
+
+        _check_out_dir(out_dir)
+        rng = np.random.default_rng(seed)
+        staged = StagedFiles()
+        rows = []
+        try:
+            staged.make_dirs(out_dir / TRAIN_IMAGES_SUBDIR, out_dir / TRAIN_LABELS_SUBDIR)
+            for (name, image, label), (image_out, label_out) in _progress(
+                list(zip(pairs, outputs)), "Making labels sparse"
+            ):
+                labels, info = read_volume(label)
+                require_label_values(labels, label)
+                if mode is SparseMode.slices:
+                    kept = spaced_slices(labels, AXES[axis.lower()], fraction, rng)
+                    keep = slices_mask(labels.shape, AXES[axis.lower()], kept)
+                    what = {"axis": axis.lower(), "slices": kept}
+                else:
+                    keep = random_boxes(labels, box_size, fraction, rng)
+                    what = {"box_size": box_size}
+                sparse_labels = sparsify(labels, keep)
+                write_volume(
+                    staged.stage(label_out, volume_suffix(label_out)),
+                    sparse_labels,
+                    info.geometry or Geometry((1.0, 1.0, 1.0)),
+                )
+                shutil.copyfile(image, staged.stage(image_out, volume_suffix(image_out)))
+                dense_count = int(np.count_nonzero(labels != IGNORE))
+                rows.append(
+                    {
+                        **{
+                            k: v
+                            for k, v in source_rows.get(name, {}).items()
+                            if k in ("border", "padding_xyz")
+                        },
+                        "name": name,
+                        "source": str(label),
+                        "annotated_before": dense_count,
+                        "annotated": int(np.count_nonzero(sparse_labels != IGNORE)),
+                        "simulated": {"mode": mode.value, "fraction": fraction, **what},
+                        "image": str(image_out),
+                        "label": str(label_out),
+                    }
+                )
+        except BaseException:
+            staged.discard()
+            raise
+        staged.commit()
+        summary = {
+            "patches": _merged_rows(out_dir / MERGE_SUMMARY_NAME, rows),
+            "simulated_from": str(Path(train_dir).resolve()),
+            "seed": seed,
+        }
+        write_text_atomic(out_dir / MERGE_SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
+        before = sum(r["annotated_before"] for r in rows)
+        after = sum(r["annotated"] for r in rows)
+        typer.echo(f"Wrote {len(rows)} sparse training pair(s) to {out_dir}:")
+        width = max(len(r["name"]) for r in rows)
+        typer.echo(f"  {'patch':<{width}}  {'labelled before':>15}  {'kept':>9}  {'share':>6}")
+        for r in rows:
+            share = r["annotated"] / max(r["annotated_before"], 1)
+            typer.echo(
+                f"  {r['name']:<{width}}  {r['annotated_before']:>15}  {r['annotated']:>9}  "
+                f"{share:>6.1%}"
+            )
+        typer.echo(
+            f"Kept {after} of {before} labelled voxels ({after / max(before, 1):.1%}); the rest "
+            f"is ignore. Summary: {out_dir / MERGE_SUMMARY_NAME}"
+        )
+    _report_warnings(warned)
 
 
 # --- retrain --------------------------------------------------------------------------

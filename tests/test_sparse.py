@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import nrrd
 import numpy as np
 import pytest
 
 from patch_corrections.constants import BACKGROUND, IGNORE, MEMBRANE
+from patch_corrections.io.volumes import Geometry, read_volume, write_volume
 from patch_corrections.relabel import adopt, curriculum_share, relabel_candidates, with_adopted
 from patch_corrections.sparse import (
     parse_slices,
@@ -119,3 +124,87 @@ def test_with_adopted_sets_membrane_and_leaves_the_input():
     out = with_adopted(labels, adopted)
     assert out[0, 0, 0] == MEMBRANE and (out[~adopted] == IGNORE).all()
     assert (labels == IGNORE).all()
+
+
+# --- simulate_sparse through the CLI ---------------------------------------------------
+
+GEOMETRY = Geometry((2.0, 3.0, 4.0), (10.0, 20.0, 30.0))
+
+
+def _dense_folder(root: Path) -> tuple[Path, np.ndarray]:
+    """A training folder with one NRRD pair; the labels carry a different value per y."""
+    folder = root / "dense"
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "labelsTr").mkdir()
+    labels = _labels((8, 12, 10))
+    labels[:, 0] = IGNORE  # an unlabelled slice is never chosen
+    write_volume(folder / "labelsTr" / "p.nrrd", labels, GEOMETRY)
+    image = np.arange(labels.size, dtype=np.float32).reshape(labels.shape)
+    write_volume(folder / "imagesTr" / "p_0000.nrrd", image, GEOMETRY)
+    summary = {"patches": [{"name": "p", "border": 3, "padding_xyz": [[0, 0], [1, 0], [0, 2]]}]}
+    (folder / "merge_summary.json").write_text(json.dumps(summary))
+    return folder, labels
+
+
+def test_simulate_sparse_keeps_whole_slices_with_geometry(tmp_path, run_cli):
+    folder, labels = _dense_folder(tmp_path)
+    out = tmp_path / "sparse"
+    args = ["simulate_sparse", "-t", folder, "-o", out, "--axis", "y", "--fraction", "0.25"]
+    result = run_cli(*args, "--format", "nrrd", "--seed", "4")
+    assert result.exit_code == 0, result.output
+    sparse, info = read_volume(out / "labelsTr" / "p.nrrd")
+    assert info.geometry.agrees_with(GEOMETRY)
+    kept = [y for y in range(12) if (sparse[:, y] != IGNORE).any()]
+    assert len(kept) == 3 and 0 not in kept  # a quarter of the 11 labelled y-slices
+    for y in range(12):
+        expected = labels[:, y] if y in kept else np.full_like(labels[:, y], IGNORE)
+        np.testing.assert_array_equal(sparse[:, y], expected)
+    header = nrrd.read_header(str(out / "labelsTr" / "p.nrrd"))
+    assert list(header["sizes"]) == [10, 12, 8]  # x, y, z on disk
+    image_bytes = (folder / "imagesTr" / "p_0000.nrrd").read_bytes()
+    assert (out / "imagesTr" / "p_0000.nrrd").read_bytes() == image_bytes
+    row = json.loads((out / "merge_summary.json").read_text())["patches"][0]
+    assert row["border"] == 3 and row["padding_xyz"] == [[0, 0], [1, 0], [0, 2]]
+    assert row["simulated"]["slices"] == kept and row["annotated"] == int(np.sum(sparse != IGNORE))
+    assert "Kept" in result.output and "the rest is ignore" in result.output
+    # the same seed gives the same slices; an existing output needs --overwrite
+    assert run_cli(*args, "--seed", "4").exit_code == 1
+    assert run_cli(*args, "--format", "nrrd", "--seed", "4", "--overwrite").exit_code == 0
+    np.testing.assert_array_equal(read_volume(out / "labelsTr" / "p.nrrd")[0], sparse)
+
+
+def test_simulate_sparse_boxes(tmp_path, run_cli):
+    folder, labels = _dense_folder(tmp_path)
+    out = tmp_path / "boxes"
+    result = run_cli(
+        "simulate_sparse", "-t", folder, "-o", out, "--mode", "boxes", "--box-size", "4"
+    )
+    assert result.exit_code == 0, result.output
+    sparse, _ = read_volume(out / "labelsTr" / "p.nii.gz")
+    kept = sparse != IGNORE
+    np.testing.assert_array_equal(sparse[kept], labels[kept])
+    assert 0.1 <= kept.sum() / (labels != IGNORE).sum() < 0.3
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--fraction", "0"], "--fraction must be in (0, 1]"),
+        (["--fraction", "1.5"], "--fraction must be in (0, 1]"),
+        (["--axis", "t"], "--axis must be x, y or z"),
+        (["--box-size", "0"], "--box-size must be at least 1"),
+        (["--same"], "--out-dir must differ from --train-dir"),
+    ],
+)
+def test_simulate_sparse_bad_input(tmp_path, run_cli, extra, message):
+    folder, _ = _dense_folder(tmp_path)
+    out = folder if extra == ["--same"] else tmp_path / "out"
+    extra = [] if extra == ["--same"] else extra
+    result = run_cli("simulate_sparse", "-t", folder, "-o", out, *extra)
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_simulate_sparse_needs_a_training_folder(tmp_path, run_cli):
+    result = run_cli("simulate_sparse", "-t", tmp_path, "-o", tmp_path / "out")
+    assert result.exit_code == 1 and "not a training folder" in result.output
