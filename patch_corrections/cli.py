@@ -13,6 +13,7 @@ import json
 import math
 import operator
 import re
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -28,11 +29,13 @@ import typer
 from .constants import (
     BORDER_WIDTH,
     CORRECTION_KINDS,
+    DEFAULT_LOSS,
     IGNORE,
     IMAGES_SUBDIR,
     LABELS_SUBDIR,
     MERGE_SUMMARY_NAME,
     PATCH_SIZE,
+    RELABEL_DIR,
     TRAIN_IMAGE_SUFFIX,
     TRAIN_IMAGES_SUBDIR,
     TRAIN_LABELS_SUBDIR,
@@ -836,7 +839,6 @@ def simulate_sparse(
 
     Everything not kept becomes ignore; images are copied as they are.
     """
-    import shutil
 
     from .data import find_training_pairs
 
@@ -1063,20 +1065,77 @@ def retrain(
         int | None,
         typer.Option("--save-every", help="Write last.pt every N steps; default: --val-every."),
     ] = None,
+    loss: Annotated[
+        str,
+        typer.Option(
+            "--loss",
+            help="Loss terms joined by '+': bce, dice, rrw (region-wise, Valverde & Tohka); "
+            "e.g. rrw or rrw+dice.",
+        ),
+    ] = DEFAULT_LOSS,
+    relabel_rounds: Annotated[
+        int,
+        typer.Option(
+            "--relabel-rounds",
+            help="After training on the sure labels, this many rounds that adopt the most "
+            "confident predicted membrane of the ignore regions and train again (SMILE-style).",
+        ),
+    ] = 0,
+    relabel_max: Annotated[
+        float,
+        typer.Option(
+            "--relabel-max",
+            help="Share γ of the predicted membrane in ignore regions adopted by the last "
+            "round; round t of T adopts γ·t/T.",
+        ),
+    ] = 0.5,
+    relabel_iterations: Annotated[
+        int | None,
+        typer.Option(
+            "--relabel-iterations",
+            help="Training steps of each relabeling round; default: half of --iterations.",
+        ),
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Start a new run in an --out-dir that holds one.")
     ] = False,
 ) -> None:
-    """Fine-tune the U-Net on training pairs; ignore voxels are left out of the loss."""
+    """Fine-tune the U-Net on training pairs; ignore voxels are left out of the loss.
+
+    With --relabel-rounds, the run trains in stages (round_0/ on the sure labels, then
+    round_1/ ...), saves the voxels each round adopted in round_<t>/adopted/, and copies the
+    final weights to --out-dir/last.pt and the best validated ones to best.pt.
+    """
     import torch
 
     from .checkpoints import network_from_checkpoint, read_checkpoint
+    from .losses import parse_loss
     from .model import PRESETS, UNet
-    from .train import BEST, LAST, Interrupted, TrainConfig, pick_device, train
+    from .train import BEST, LAST, Interrupted, TrainConfig, pick_device, round_dir, train
 
     with _collect_warnings() as warned:
         _check_out_dir(out_dir)
         last = out_dir / LAST
+        try:
+            loss = "+".join(parse_loss(loss))
+        except ValueError as exc:
+            raise InputError(f"--loss {loss}: {exc}") from None
+        if relabel_rounds < 0:
+            raise InputError(f"--relabel-rounds must be 0 or more, got {relabel_rounds}")
+        if not 0 < relabel_max <= 1:
+            raise InputError(f"--relabel-max must be in (0, 1], got {relabel_max}")
+        if relabel_iterations is not None and relabel_iterations < 1:
+            raise InputError(f"--relabel-iterations must be at least 1, got {relabel_iterations}")
+        if relabel_rounds and resume:
+            raise InputError(
+                "a relabeling run cannot be resumed; start a new one from a round's weights "
+                f"with --checkpoint {round_dir(out_dir, 0) / LAST} and another --out-dir"
+            )
+        if not resume and not overwrite and (round_dir(out_dir, 0) / LAST).exists():
+            raise InputError(
+                f"{out_dir}: holds a relabeling run ({round_dir(out_dir, 0).name}/); pass "
+                "--overwrite to start again, or choose another --out-dir"
+            )
         if resume and checkpoint is not None:
             raise InputError(
                 "--resume continues the run in --out-dir; to start a new run from its "
@@ -1119,6 +1178,8 @@ def retrain(
         train_patches, val_patches, split = _training_data(
             train_dir, val_dir, val_fraction, config.seed if config else seed, split
         )
+        if relabel_rounds:
+            candidates, borders = _relabel_candidates(train_patches, train_dir)
 
         if content is not None:
             network, _ = network_from_checkpoint(content, last if resume else checkpoint)
@@ -1162,6 +1223,7 @@ def retrain(
                 augment=not no_augment,
                 compile=compile_network,
                 channels_last=channels_last,
+                loss=loss,
             )
         divisor = network.config.divisor
         if config.crop_size % divisor:
@@ -1189,8 +1251,29 @@ def retrain(
         metrics_path = out_dir / "metrics.csv"
         out_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
-            for stale in (out_dir / BEST, metrics_path, out_dir / "curves.png"):
+            for stale in (out_dir / BEST, metrics_path, out_dir / "curves.png", out_dir / RELABEL):
                 stale.unlink(missing_ok=True)
+            for stale in out_dir.glob("round_*"):
+                if stale.is_dir() and re.fullmatch(r"round_\d+", stale.name):
+                    shutil.rmtree(stale)
+        if relabel_rounds:
+            _relabel_run(
+                network,
+                train_patches,
+                val_patches,
+                config,
+                out_dir,
+                target,
+                split,
+                train_dir,
+                candidates=candidates,
+                borders=borders,
+                rounds=relabel_rounds,
+                max_share=relabel_max,
+                round_iterations=relabel_iterations or max(1, config.iterations // 2),
+            )
+            _report_warnings(warned)
+            return
         try:
             with _training_progress(config.iterations, content["step"] if resume else 0) as tick:
                 state = train(
@@ -1235,7 +1318,195 @@ def retrain(
     _report_warnings(warned)
 
 
+RELABEL = "relabel.json"
+"""Per-round report of a relabeling run, in its --out-dir."""
+
+
+def _patch_records(train_dir: Path) -> dict[str, dict]:
+    """The training folder's summary rows by patch name (empty without a summary)."""
+    path = Path(train_dir) / MERGE_SUMMARY_NAME
+    if not path.exists():
+        return {}
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))["patches"]
+        return {r["name"]: r for r in rows if isinstance(r, dict) and "name" in r}
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+        _warn(f"{path}: unreadable; relabeling assumes a {BORDER_WIDTH}-voxel border band")
+        return {}
+
+
+def _relabel_candidates(train_patches, train_dir: Path) -> tuple[list[np.ndarray], set[int]]:
+    """Per training patch, the ignore voxels a relabeling round may adopt (outside the
+    border band and padding that the training folder's summary records), and the border
+    widths used; ``InputError`` when there are none at all."""
+    from .relabel import relabel_candidates
+
+    records = _patch_records(train_dir)
+    candidates, borders = [], set()
+    for patch in train_patches:
+        record = records.get(patch.name, {})
+        border = int(record.get("border", BORDER_WIDTH))
+        padding = record.get("padding_xyz")
+        borders.add(border)
+        candidates.append(
+            relabel_candidates(
+                patch.labels, border, tuple(tuple(p) for p in padding[::-1]) if padding else None
+            )
+        )
+    if not any(c.any() for c in candidates):
+        raise InputError(
+            f"{train_dir}: no ignore voxel outside the border band of any training patch; "
+            "there is nothing to relabel (drop --relabel-rounds)"
+        )
+    return candidates, borders
+
+
+def _relabel_run(
+    network,
+    train_patches,
+    val_patches,
+    config,
+    out_dir: Path,
+    device,
+    split: dict,
+    train_dir: Path,
+    *,
+    candidates: list[np.ndarray],
+    borders: set[int],
+    rounds: int,
+    max_share: float,
+    round_iterations: int,
+) -> None:
+    """Train on the sure labels, then relabel in rounds; write, copy and report the results."""
+    import torch
+
+    from .data import find_training_pairs
+    from .train import BEST, LAST, Interrupted, round_dir, train_with_relabeling
+
+    label_files = {name: label for name, _, label in find_training_pairs(train_dir)}
+    total = config.iterations + rounds * round_iterations
+    typer.echo(
+        f"Relabeling: {config.iterations} iterations on the sure labels, then {rounds} "
+        f"round(s) of {round_iterations} adopting up to {max_share:.0%} of the predicted "
+        f"membrane in ignore regions (border band of {', '.join(map(str, sorted(borders)))} "
+        "voxels never relabeled)."
+    )
+    stages: list[dict] = []
+    current = {"round": 0, "offset": 0}
+
+    def save_adopted(t: int, masks) -> None:
+        folder = round_dir(out_dir, t) / RELABEL_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        adopted = {}
+        for patch, mask in zip(train_patches, masks):
+            label = label_files[patch.name]
+            geometry = read_info(label).geometry or Geometry((1.0, 1.0, 1.0))
+            path = folder / f"{patch.name}{volume_suffix(label)}"
+            write_volume(path, mask.astype(np.uint8), geometry, overwrite=True)
+            adopted[patch.name] = int(mask.sum())
+        stages.append(
+            {
+                "round": t,
+                "share": max_share * t / rounds,
+                "iterations": round_iterations,
+                "adopted": adopted,
+                "adopted_total": sum(adopted.values()),
+                "adopted_dir": str(folder),
+            }
+        )
+        current["offset"] += config.iterations if t == 1 else round_iterations
+        current["round"] = t
+
+    def write_metrics(rows) -> None:
+        folder = round_dir(out_dir, current["round"])
+        _write_metrics(folder / "metrics.csv", rows)
+
+    try:
+        with _training_progress(total, 0) as tick:
+            states = train_with_relabeling(
+                network,
+                train_patches,
+                val_patches,
+                config,
+                out_dir,
+                device,
+                rounds=rounds,
+                max_share=max_share,
+                candidates=candidates,
+                round_iterations=round_iterations,
+                on_round=save_adopted,
+                on_step=lambda step, value: tick(current["offset"] + step, value),
+                on_metrics=write_metrics,
+                split=split,
+            )
+    except Interrupted as stop:
+        typer.echo(
+            f"Interrupted at iteration {stop.step} of round {current['round']}; saved "
+            f"{stop.path}. A relabeling run cannot be resumed: start a new run from it with "
+            "--checkpoint.",
+            err=True,
+        )
+        raise typer.Exit(130) from None
+    except KeyboardInterrupt:
+        typer.echo(f"Interrupted; checkpoints in {out_dir} are kept.", err=True)
+        raise typer.Exit(130) from None
+    except torch.cuda.OutOfMemoryError:
+        raise InputError(
+            f"out of GPU memory with --batch-size {config.batch_size} and --crop-size "
+            f"{config.crop_size}, or predicting a whole training patch to relabel it; use a "
+            "smaller batch or crop (checkpoints written so far are kept)"
+        ) from None
+
+    rows = [{"round": 0, "share": 0.0, "iterations": config.iterations, "adopted_total": 0}]
+    rows += stages
+    for row, state in zip(rows, states):
+        folder = round_dir(out_dir, row["round"])
+        _plot_curves(state.history, folder / "curves.png")
+        final = state.history[-1] if state.history else {}
+        row.update(
+            folder=str(folder),
+            train_loss=final.get("train_loss"),
+            val_dice=final.get("val_dice"),
+            best_val_dice=state.best_dice if (folder / BEST).exists() else None,
+        )
+    shutil.copyfile(round_dir(out_dir, rounds) / LAST, out_dir / LAST)
+    validated = [r for r in rows if r["best_val_dice"] is not None]
+    best = max(validated, key=lambda r: r["best_val_dice"]) if validated else None
+    if best is not None:
+        shutil.copyfile(Path(best["folder"]) / BEST, out_dir / BEST)
+    report = {
+        "rounds": rounds,
+        "max_share": max_share,
+        "round_iterations": round_iterations,
+        "loss": config.loss,
+        "stages": rows,
+        "last": str(out_dir / LAST),
+        "best": str(out_dir / BEST) if best is not None else None,
+        "best_round": best["round"] if best is not None else None,
+    }
+    write_text_atomic(out_dir / RELABEL, json.dumps(report, indent=2) + "\n")
+
+    typer.echo(f"Done: {len(rows)} stage(s) in {out_dir}:")
+    typer.echo(
+        f"  {'round':>5}  {'share':>6}  {'adopted':>9}  {'train loss':>10}  {'val Dice':>8}"
+    )
+    for r in rows:
+        loss = "-" if r["train_loss"] is None else f"{r['train_loss']:.4f}"
+        dice = "-" if r["val_dice"] is None else f"{r['val_dice']:.4f}"
+        typer.echo(
+            f"  {r['round']:>5}  {r['share']:>6.1%}  {r['adopted_total']:>9}  {loss:>10}  "
+            f"{dice:>8}"
+        )
+    where = f"; best validated (round {best['round']}): {out_dir / BEST}" if best else ""
+    typer.echo(f"Final weights: {out_dir / LAST}{where}")
+    typer.echo(
+        f"Adopted voxels: round_<t>/{RELABEL_DIR}/ (1 = adopted as membrane); report: "
+        f"{out_dir / RELABEL}"
+    )
+
+
 _RESUME_FIXED = {
+    "loss": ("--loss", "loss"),
     "batch_size": ("--batch-size", "batch_size"),
     "crop_size": ("--crop-size", "crop_size"),
     "optimiser": ("--optimizer", "optimizer"),
@@ -1789,8 +2060,6 @@ def demo(
     ] = False,
 ) -> None:
     """Run the whole loop on the sample data: segment, correct, retrain, segment, evaluate."""
-    import shutil
-
     from .metrics import counts, summarise
 
     needed = ["tomogram.mrc", "truth.mrc", "centres.csv", "starting_model.pt", "corrections"]

@@ -33,5 +33,10 @@ TRAIN_IMAGE_SUFFIX = "_0000"
 """Training folders follow the nnU-Net / MemBrain-seg layout: ``imagesTr/<name>_0000.nii.gz``
 beside ``labelsTr/<name>.nii.gz``."""
 
+DEFAULT_LOSS = "bce+dice"
+"""Training loss of ``retrain``: masked BCE plus soft Dice, as nnU-Net and MemBrain-seg."""
+RELABEL_DIR = "adopted"
+"""Folder of a relabeling round holding the voxels it adopted as membrane, per patch."""
+
 CORRECTION_KINDS = ("remove", "add", "ignore")
 """Correction file prefixes, in the order they are applied (MemBrain-seg's precedence)."""

@@ -18,10 +18,9 @@ from collections.abc import Callable
 import torch
 from torch.nn import functional as F
 
-from .constants import BACKGROUND, IGNORE, MEMBRANE
+from .constants import BACKGROUND, DEFAULT_LOSS, IGNORE, MEMBRANE
 
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-DEFAULT_LOSS = "bce+dice"
 
 
 def masked_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -158,7 +157,9 @@ LOSS_TERMS: dict[str, LossFunction] = {
 
 
 def parse_loss(name: str) -> tuple[str, ...]:
-    """The terms of a loss name such as ``rrw+dice``, checked; ``ValueError`` if unknown."""
+    """The terms of a loss name such as ``rrw+dice``, checked; ``ValueError`` if unknown.
+
+    Pure string logic (no tensors), so the command line checks names before any work."""
     terms = tuple(t.strip().lower() for t in name.split("+"))
     unknown = [t for t in terms if t not in LOSS_TERMS]
     if unknown or not terms:

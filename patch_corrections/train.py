@@ -21,9 +21,9 @@ import torch
 
 from .augment import AugmentConfig, augment
 from .checkpoints import save_checkpoint
-from .constants import IGNORE, MEMBRANE
+from .constants import DEFAULT_LOSS, IGNORE, MEMBRANE
 from .data import NORMALISATION, TrainingPatch, sample_crop
-from .losses import DEFAULT_LOSS, bce_dice_loss, deep_supervision_loss, make_loss
+from .losses import bce_dice_loss, deep_supervision_loss, make_loss
 from .model import UNet
 from .relabel import adopt, curriculum_share, with_adopted
 

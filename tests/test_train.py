@@ -3,7 +3,9 @@ round-trip, augmentation keeps labels valid, and bad input gets one-line errors.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +25,7 @@ from patch_corrections.data import (
     normalise,
     sample_crop,
 )
-from patch_corrections.io.volumes import Geometry, write_volume
+from patch_corrections.io.volumes import Geometry, read_volume, write_volume
 from patch_corrections.model import PRESETS, UNet
 from patch_corrections.relabel import relabel_candidates
 from patch_corrections.train import (
@@ -269,6 +271,13 @@ def _training_folder(root: Path, labels: np.ndarray, image_shape=None) -> Path:
         ("ok", ["--device", "mps"], "--device mps: expected auto, cpu, cuda or cuda:N"),
         ("ok", ["--warmup", "5"], "--warmup 5 must be shorter than the run (2)"),
         ("all_ignore", [], "no training patch has an annotated (non-ignore) voxel"),
+        ("ok", ["--loss", "focal+dice"], "--loss focal+dice: unknown loss term 'focal'"),
+        ("ok", ["--loss", "dice+dice"], "each loss term may appear once"),
+        ("ok", ["--relabel-rounds", "-1"], "--relabel-rounds must be 0 or more"),
+        ("ok", ["--relabel-rounds", "1", "--relabel-max", "0"], "--relabel-max must be in"),
+        ("ok", ["--relabel-rounds", "1", "--relabel-iterations", "0"], "at least 1, got 0"),
+        ("ok", ["--relabel-rounds", "1", "--resume"], "a relabeling run cannot be resumed"),
+        ("ok", ["--relabel-rounds", "1"], "no ignore voxel outside the border band"),
         (
             "ok",
             ["--device", "cuda:7"] if not torch.cuda.is_available() else ["--epochs", "0"],
@@ -438,3 +447,90 @@ def test_same_seed_same_model_and_resume_keeps_the_split(sample_train_dir, tmp_p
     result = run_cli(*changed, "--iterations", 6, "-o", tmp_path / "a", "--resume")
     assert result.exit_code == 1, result.output
     assert "drop --crop-size (saved: 16)" in result.output
+
+
+def test_retrain_relabel_rounds_write_adopted_voxels_outside_the_border(
+    sample_train_dir, tmp_path, run_cli
+):
+    # the middle of every patch left unannotated, as if the annotator never got there
+    train_dir = tmp_path / "train"
+    shutil.copytree(sample_train_dir, train_dir)
+    for path in (train_dir / "labelsTr").iterdir():
+        labels, info = read_volume(path)
+        labels[30:66, 30:66, 30:66] = IGNORE
+        write_volume(path, labels, info.geometry, overwrite=True)
+    rows = json.loads((train_dir / "merge_summary.json").read_text())["patches"]
+    assert any(r["padding_xyz"] for r in rows)  # the sample crosses the tomogram border
+    out = tmp_path / "model"
+    args = [
+        "retrain",
+        "-t",
+        train_dir,
+        "-o",
+        out,
+        "--checkpoint",
+        SAMPLE / "starting_model.pt",
+        "--iterations",
+        2,
+        "--crop-size",
+        32,
+        "--val-every",
+        2,
+        "--batch-size",
+        1,
+        "--relabel-rounds",
+        2,
+        "--relabel-max",
+        1.0,
+        "--relabel-iterations",
+        1,
+    ]
+    result = run_cli(*args, "--loss", "rrw+dice")
+    assert result.exit_code == 0, result.output
+    assert "border band of 16 voxels never relabeled" in result.output
+    report = json.loads((out / "relabel.json").read_text())
+    assert [s["round"] for s in report["stages"]] == [0, 1, 2]
+    assert report["loss"] == "rrw+dice" and report["round_iterations"] == 1
+    assert (out / "last.pt").read_bytes() == (out / "round_2" / "last.pt").read_bytes()
+    best = out / f"round_{report['best_round']}" / "best.pt"
+    assert (out / "best.pt").read_bytes() == best.read_bytes()
+    labels_dir = train_dir / "labelsTr"
+    records = {r["name"]: r for r in rows}
+    totals = []
+    for stage in report["stages"][1:]:
+        for name, count in stage["adopted"].items():
+            path = out / f"round_{stage['round']}" / "adopted" / f"{name}.nii.gz"
+            adopted, info = read_volume(path)
+            labels, label_info = read_volume(labels_dir / f"{name}.nii.gz")
+            assert info.geometry.agrees_with(label_info.geometry)
+            assert int(adopted.sum()) == count
+            marked = adopted == 1
+            assert (labels[marked] == IGNORE).all()  # only ignore voxels are relabeled
+            edges = [(16, 16)] * 3
+            if records[name]["padding_xyz"]:
+                padding = records[name]["padding_xyz"][::-1]
+                edges = [(max(16, b), max(16, a)) for b, a in padding]
+            inner = np.zeros(marked.shape, bool)
+            inner[tuple(slice(b, n - a) for (b, a), n in zip(edges, marked.shape))] = True
+            assert not (marked & ~inner).any()  # never the border band nor the padding
+        totals.append(stage["adopted_total"])
+    assert 0 < totals[0] < totals[1]  # the curriculum adopts more in later rounds
+    assert "round_<t>/adopted/" in result.output
+    content = torch.load(out / "last.pt", weights_only=True)
+    assert content["train_config"]["loss"] == "rrw+dice"
+
+    result = run_cli(*args)
+    assert result.exit_code == 1 and "holds a relabeling run (round_0/)" in result.output
+    # a plain run in its place clears the stale rounds
+    plain = [*args[:15], "--overwrite"]
+    result = run_cli(*plain, "--loss", "rrw")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == [
+        "best.pt",
+        "curves.png",
+        "last.pt",
+        "metrics.csv",
+    ]
+    # a resumed run keeps its loss
+    result = run_cli(*args[:5], "--resume", "--iterations", 4, "--loss", "dice")
+    assert result.exit_code == 1 and "--loss (saved: rrw)" in result.output
