@@ -20,6 +20,8 @@ from .patches import (
     image_patch,
     label_patch,
 )
+from .relabel import adopt, curriculum_share, relabel_candidates, with_adopted
+from .sparse import parse_slices, random_boxes, slices_mask, spaced_slices, sparsify
 
 __all__ = [
     "BACKGROUND",
@@ -36,14 +38,23 @@ __all__ = [
     "ValueRange",
     "__version__",
     "add_border_band",
+    "adopt",
     "centre_index",
     "choose_binarisation",
+    "curriculum_share",
     "image_patch",
     "label_patch",
     "merge_labels",
+    "parse_slices",
+    "random_boxes",
     "read_centres",
     "read_info",
     "read_volume",
+    "relabel_candidates",
+    "slices_mask",
+    "spaced_slices",
+    "sparsify",
     "union_mask",
+    "with_adopted",
     "write_volume",
 ]
