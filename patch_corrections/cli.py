@@ -1082,13 +1082,13 @@ def retrain(
         ),
     ] = 0,
     relabel_max: Annotated[
-        float,
+        float | None,
         typer.Option(
             "--relabel-max",
             help="Share γ of the predicted membrane in ignore regions adopted by the last "
-            "round; round t of T adopts γ·t/T.",
+            "round; round t of T adopts γ·t/T. Default 0.5.",
         ),
-    ] = 0.5,
+    ] = None,
     relabel_iterations: Annotated[
         int | None,
         typer.Option(
@@ -1111,7 +1111,17 @@ def retrain(
     from .checkpoints import network_from_checkpoint, read_checkpoint
     from .losses import parse_loss
     from .model import PRESETS, UNet
-    from .train import BEST, LAST, Interrupted, TrainConfig, pick_device, round_dir, train
+    from .train import (
+        BEST,
+        LAST,
+        RELABEL_MAX,
+        Interrupted,
+        TrainConfig,
+        pick_device,
+        relabel_round_dirs,
+        round_dir,
+        train,
+    )
 
     with _collect_warnings() as warned:
         _check_out_dir(out_dir)
@@ -1122,14 +1132,22 @@ def retrain(
             raise InputError(f"--loss {loss}: {exc}") from None
         if relabel_rounds < 0:
             raise InputError(f"--relabel-rounds must be 0 or more, got {relabel_rounds}")
+        if not relabel_rounds and (relabel_max is not None or relabel_iterations is not None):
+            raise InputError(
+                "--relabel-max and --relabel-iterations shape relabeling rounds; add "
+                "--relabel-rounds (1 or more)"
+            )
+        relabel_max = RELABEL_MAX if relabel_max is None else relabel_max
         if not 0 < relabel_max <= 1:
             raise InputError(f"--relabel-max must be in (0, 1], got {relabel_max}")
         if relabel_iterations is not None and relabel_iterations < 1:
             raise InputError(f"--relabel-iterations must be at least 1, got {relabel_iterations}")
-        if relabel_rounds and resume:
+        if resume and (relabel_rounds or relabel_round_dirs(out_dir)):
+            rounds_here = relabel_round_dirs(out_dir)
+            latest = rounds_here[-1] / LAST if rounds_here else round_dir(out_dir, 0) / LAST
             raise InputError(
                 "a relabeling run cannot be resumed; start a new one from a round's weights "
-                f"with --checkpoint {round_dir(out_dir, 0) / LAST} and another --out-dir"
+                f"with --checkpoint {latest} and another --out-dir"
             )
         if not resume and not overwrite and (round_dir(out_dir, 0) / LAST).exists():
             raise InputError(
@@ -1251,11 +1269,13 @@ def retrain(
         metrics_path = out_dir / "metrics.csv"
         out_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
-            for stale in (out_dir / BEST, metrics_path, out_dir / "curves.png", out_dir / RELABEL):
+            # --overwrite: nothing of the old run may pass for the new one's, last.pt included
+            # (a relabeling run writes it only at its end).
+            stale_files = (last, out_dir / BEST, metrics_path, out_dir / "curves.png")
+            for stale in (*stale_files, out_dir / RELABEL):
                 stale.unlink(missing_ok=True)
-            for stale in out_dir.glob("round_*"):
-                if stale.is_dir() and re.fullmatch(r"round_\d+", stale.name):
-                    shutil.rmtree(stale)
+            for stale in relabel_round_dirs(out_dir):
+                shutil.rmtree(stale)
         if relabel_rounds:
             _relabel_run(
                 network,
@@ -1342,6 +1362,13 @@ def _relabel_candidates(train_patches, train_dir: Path) -> tuple[list[np.ndarray
     from .relabel import relabel_candidates
 
     records = _patch_records(train_dir)
+    unrecorded = [p.name for p in train_patches if "border" not in records.get(p.name, {})]
+    if unrecorded:
+        _warn(
+            f"{train_dir / MERGE_SUMMARY_NAME} records no border band or padding for "
+            f"{len(unrecorded)} training patch(es) ({unrecorded[0]}…); relabeling keeps out "
+            f"a {BORDER_WIDTH}-voxel band there and cannot know their padding"
+        )
     candidates, borders = [], set()
     for patch in train_patches:
         record = records.get(patch.name, {})
@@ -1469,11 +1496,13 @@ def _relabel_run(
             val_dice=final.get("val_dice"),
             best_val_dice=state.best_dice if (folder / BEST).exists() else None,
         )
-    shutil.copyfile(round_dir(out_dir, rounds) / LAST, out_dir / LAST)
+    with atomic_target(out_dir / LAST, ".pt") as temporary:
+        shutil.copyfile(round_dir(out_dir, rounds) / LAST, temporary)
     validated = [r for r in rows if r["best_val_dice"] is not None]
     best = max(validated, key=lambda r: r["best_val_dice"]) if validated else None
     if best is not None:
-        shutil.copyfile(Path(best["folder"]) / BEST, out_dir / BEST)
+        with atomic_target(out_dir / BEST, ".pt") as temporary:
+            shutil.copyfile(Path(best["folder"]) / BEST, temporary)
     report = {
         "rounds": rounds,
         "max_share": max_share,

@@ -150,14 +150,15 @@ def region_wise_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor
 
 
 LOSS_TERMS: dict[str, LossFunction] = {
+    "rrw": region_wise_loss,
     "bce": masked_bce,
     "dice": masked_soft_dice,
-    "rrw": region_wise_loss,
 }
 
 
 def parse_loss(name: str) -> tuple[str, ...]:
-    """The terms of a loss name such as ``rrw+dice``, checked; ``ValueError`` if unknown.
+    """The terms of a loss name such as ``rrw+dice``, checked and in a fixed order;
+    ``ValueError`` if unknown.
 
     Pure string logic (no tensors), so the command line checks names before any work."""
     terms = tuple(t.strip().lower() for t in name.split("+"))
@@ -168,7 +169,7 @@ def parse_loss(name: str) -> tuple[str, ...]:
         )
     if len(set(terms)) != len(terms):
         raise ValueError("each loss term may appear once")
-    return terms
+    return tuple(t for t in LOSS_TERMS if t in terms)  # one name per sum: dice+bce is bce+dice
 
 
 def make_loss(name: str = DEFAULT_LOSS) -> LossFunction:

@@ -42,17 +42,20 @@ def spaced_slices(
 def random_boxes(
     labels: np.ndarray, box: int, fraction: float, rng: np.random.Generator
 ) -> np.ndarray:
-    """Mask of random cubes of edge ``box`` centred on annotated voxels, added until they
-    cover ``fraction`` of the annotated voxels (or all of them)."""
+    """Mask of random cubes of edge ``box`` centred on annotated voxels not yet covered,
+    added until they cover ``fraction`` of the annotated voxels (or all of them)."""
     annotated = labels != IGNORE
     total = int(np.count_nonzero(annotated))
     keep = np.zeros(labels.shape, dtype=bool)
-    if total == 0:
-        return keep
-    points = np.argwhere(annotated)
     covered, wanted = 0, fraction * total
-    while covered < wanted:
-        centre = points[rng.integers(len(points))]
+    # Centres in a random order, skipping those a box already covers: each annotated
+    # voxel is looked at once, however small the boxes.
+    for index in rng.permutation(np.flatnonzero(annotated)):
+        if covered >= wanted:
+            break
+        centre = np.unravel_index(index, labels.shape)
+        if keep[centre]:
+            continue
         window = tuple(slice(max(0, c - box // 2), max(0, c - box // 2) + box) for c in centre)
         before = int(np.count_nonzero(keep[window] & annotated[window]))
         keep[window] = True

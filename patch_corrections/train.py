@@ -374,9 +374,23 @@ def train(
     return state
 
 
+RELABEL_MAX = 0.5
+"""Default share of the predicted membrane in ignore regions adopted by the last round."""
+
+
 def round_dir(out_dir: Path, round_index: int) -> Path:
     """Folder of one stage of a relabeling run: ``round_0`` trains on sure labels only."""
     return Path(out_dir) / f"round_{round_index}"
+
+
+def relabel_round_dirs(out_dir: Path) -> list[Path]:
+    """The ``round_<t>`` folders of a relabeling run in ``out_dir``, in round order."""
+    found = [
+        (int(p.name[6:]), p)
+        for p in Path(out_dir).glob("round_*")
+        if p.is_dir() and p.name[6:].isdigit()
+    ]
+    return [p for _, p in sorted(found)]
 
 
 def train_with_relabeling(

@@ -158,6 +158,7 @@ def test_region_wise_loss_rewards_the_right_answer():
 
 def test_loss_names():
     assert parse_loss("RRW + dice") == ("rrw", "dice")
+    assert parse_loss("dice+bce") == parse_loss("bce+dice") == ("bce", "dice")
     target, logits = _labels(4), torch.randn((2, 1, 8, 8, 8))
     torch.testing.assert_close(
         make_loss("bce+dice")(logits, target), bce_dice_loss(logits, target)

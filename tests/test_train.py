@@ -278,6 +278,8 @@ def _training_folder(root: Path, labels: np.ndarray, image_shape=None) -> Path:
         ("ok", ["--relabel-rounds", "1", "--relabel-iterations", "0"], "at least 1, got 0"),
         ("ok", ["--relabel-rounds", "1", "--resume"], "a relabeling run cannot be resumed"),
         ("ok", ["--relabel-rounds", "1"], "no ignore voxel outside the border band"),
+        ("ok", ["--relabel-max", "0.3"], "add --relabel-rounds (1 or more)"),
+        ("ok", ["--relabel-iterations", "3"], "add --relabel-rounds (1 or more)"),
         (
             "ok",
             ["--device", "cuda:7"] if not torch.cuda.is_available() else ["--epochs", "0"],
@@ -521,6 +523,9 @@ def test_retrain_relabel_rounds_write_adopted_voxels_outside_the_border(
 
     result = run_cli(*args)
     assert result.exit_code == 1 and "holds a relabeling run (round_0/)" in result.output
+    result = run_cli(*args[:5], "--resume", "--iterations", 8)
+    assert result.exit_code == 1 and "a relabeling run cannot be resumed" in result.output
+    assert str(out / "round_2" / "last.pt") in result.output
     # a plain run in its place clears the stale rounds
     plain = [*args[:15], "--overwrite"]
     result = run_cli(*plain, "--loss", "rrw")
