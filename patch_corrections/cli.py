@@ -27,12 +27,14 @@ import numpy as np
 import typer
 
 from .constants import (
+    BACKGROUND,
     BORDER_WIDTH,
     CORRECTION_KINDS,
     DEFAULT_LOSS,
     IGNORE,
     IMAGES_SUBDIR,
     LABELS_SUBDIR,
+    MEMBRANE,
     MERGE_SUMMARY_NAME,
     PATCH_SIZE,
     RELABEL_DIR,
@@ -1096,6 +1098,14 @@ def retrain(
             help="Training steps of each relabeling round; default: half of --iterations.",
         ),
     ] = None,
+    relabel_background: Annotated[
+        bool,
+        typer.Option(
+            "--relabel-background",
+            help="Also adopt the same share of the predicted background of ignore regions, "
+            "as background.",
+        ),
+    ] = False,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Start a new run in an --out-dir that holds one.")
     ] = False,
@@ -1132,10 +1142,12 @@ def retrain(
             raise InputError(f"--loss {loss}: {exc}") from None
         if relabel_rounds < 0:
             raise InputError(f"--relabel-rounds must be 0 or more, got {relabel_rounds}")
-        if not relabel_rounds and (relabel_max is not None or relabel_iterations is not None):
+        if not relabel_rounds and (
+            relabel_max is not None or relabel_iterations is not None or relabel_background
+        ):
             raise InputError(
-                "--relabel-max and --relabel-iterations shape relabeling rounds; add "
-                "--relabel-rounds (1 or more)"
+                "--relabel-max, --relabel-iterations and --relabel-background shape "
+                "relabeling rounds; add --relabel-rounds (1 or more)"
             )
         relabel_max = RELABEL_MAX if relabel_max is None else relabel_max
         if not 0 < relabel_max <= 1:
@@ -1291,6 +1303,7 @@ def retrain(
                 rounds=relabel_rounds,
                 max_share=relabel_max,
                 round_iterations=relabel_iterations or max(1, config.iterations // 2),
+                background=relabel_background,
             )
             _report_warnings(warned)
             return
@@ -1403,6 +1416,7 @@ def _relabel_run(
     rounds: int,
     max_share: float,
     round_iterations: int,
+    background: bool,
 ) -> None:
     """Train on the sure labels, then relabel in rounds; write, copy and report the results."""
     import torch
@@ -1412,35 +1426,38 @@ def _relabel_run(
 
     label_files = {name: label for name, _, label in find_training_pairs(train_dir)}
     total = config.iterations + rounds * round_iterations
+    classes = "membrane and background" if background else "membrane"
     typer.echo(
         f"Relabeling: {config.iterations} iterations on the sure labels, then {rounds} "
         f"round(s) of {round_iterations} adopting up to {max_share:.0%} of the predicted "
-        f"membrane in ignore regions (border band of {', '.join(map(str, sorted(borders)))} "
-        "voxels never relabeled)."
+        f"{classes} in ignore regions (border band of "
+        f"{', '.join(map(str, sorted(borders)))} voxels never relabeled)."
     )
     stages: list[dict] = []
     current = {"round": 0, "offset": 0}
 
-    def save_adopted(t: int, masks) -> None:
+    def save_adopted(t: int, adopted_patches) -> None:
         folder = round_dir(out_dir, t) / RELABEL_DIR
         folder.mkdir(parents=True, exist_ok=True)
-        adopted = {}
-        for patch, mask in zip(train_patches, masks):
+        membrane, background_counts = {}, {}
+        for patch, adopted in zip(train_patches, adopted_patches):
             label = label_files[patch.name]
             geometry = read_info(label).geometry or Geometry((1.0, 1.0, 1.0))
             path = folder / f"{patch.name}{volume_suffix(label)}"
-            write_volume(path, mask.astype(np.uint8), geometry, overwrite=True)
-            adopted[patch.name] = int(mask.sum())
-        stages.append(
-            {
-                "round": t,
-                "share": max_share * t / rounds,
-                "iterations": round_iterations,
-                "adopted": adopted,
-                "adopted_total": sum(adopted.values()),
-                "adopted_dir": str(folder),
-            }
-        )
+            write_volume(path, adopted, geometry, overwrite=True)
+            membrane[patch.name] = int(np.count_nonzero(adopted == MEMBRANE))
+            background_counts[patch.name] = int(np.count_nonzero(adopted == BACKGROUND))
+        stage = {
+            "round": t,
+            "share": max_share * t / rounds,
+            "iterations": round_iterations,
+            "adopted": membrane,
+            "adopted_total": sum(membrane.values()),
+        }
+        if background:
+            stage["adopted_background"] = background_counts
+            stage["adopted_background_total"] = sum(background_counts.values())
+        stages.append({**stage, "adopted_dir": str(folder)})
         current["offset"] += config.iterations if t == 1 else round_iterations
         current["round"] = t
 
@@ -1461,6 +1478,7 @@ def _relabel_run(
                 max_share=max_share,
                 candidates=candidates,
                 round_iterations=round_iterations,
+                background=background,
                 on_round=save_adopted,
                 on_step=lambda step, value: tick(current["offset"] + step, value),
                 on_metrics=write_metrics,
@@ -1485,6 +1503,8 @@ def _relabel_run(
         ) from None
 
     rows = [{"round": 0, "share": 0.0, "iterations": config.iterations, "adopted_total": 0}]
+    if background:
+        rows[0]["adopted_background_total"] = 0
     rows += stages
     for row, state in zip(rows, states):
         folder = round_dir(out_dir, row["round"])
@@ -1507,6 +1527,7 @@ def _relabel_run(
         "rounds": rounds,
         "max_share": max_share,
         "round_iterations": round_iterations,
+        "background": background,
         "loss": config.loss,
         "stages": rows,
         "last": str(out_dir / LAST),
@@ -1516,21 +1537,24 @@ def _relabel_run(
     write_text_atomic(out_dir / RELABEL, json.dumps(report, indent=2) + "\n")
 
     typer.echo(f"Done: {len(rows)} stage(s) in {out_dir}:")
+    extra = f"  {'background':>10}" if background else ""
     typer.echo(
-        f"  {'round':>5}  {'share':>6}  {'adopted':>9}  {'train loss':>10}  {'val Dice':>8}"
+        f"  {'round':>5}  {'share':>6}  {'membrane':>9}{extra}  {'train loss':>10}  "
+        f"{'val Dice':>8}"
     )
     for r in rows:
         loss = "-" if r["train_loss"] is None else f"{r['train_loss']:.4f}"
         dice = "-" if r["val_dice"] is None else f"{r['val_dice']:.4f}"
+        extra = f"  {r['adopted_background_total']:>10}" if background else ""
         typer.echo(
-            f"  {r['round']:>5}  {r['share']:>6.1%}  {r['adopted_total']:>9}  {loss:>10}  "
-            f"{dice:>8}"
+            f"  {r['round']:>5}  {r['share']:>6.1%}  {r['adopted_total']:>9}{extra}  "
+            f"{loss:>10}  {dice:>8}"
         )
     where = f"; best validated (round {best['round']}): {out_dir / BEST}" if best else ""
     typer.echo(f"Final weights: {out_dir / LAST}{where}")
     typer.echo(
-        f"Adopted voxels: round_<t>/{RELABEL_DIR}/ (1 = adopted as membrane); report: "
-        f"{out_dir / RELABEL}"
+        f"Adopted labels: round_<t>/{RELABEL_DIR}/ (1 membrane, 0 background, 2 not "
+        f"adopted); report: {out_dir / RELABEL}"
     )
 
 

@@ -3,16 +3,17 @@
 After a network has trained on the labels the user is sure of, it predicts the ignore
 regions of its training patches; round ``t`` of ``T`` adopts the ``γ·t/T`` most confident
 of the voxels it calls membrane there (a curriculum: few and sure first), and training
-goes on with them as membrane. The border band of a patch (where the network saw no
-context) and voxels that lay outside the tomogram are never adopted. Pure array logic;
-arrays are ``(z, y, x)``.
+goes on with them as membrane. Optionally the same share of the voxels it calls
+background is adopted as background, so relabeled regions are not membrane only. The
+border band of a patch (where the network saw no context) and voxels that lay outside the
+tomogram are never adopted. Pure array logic; arrays are ``(z, y, x)``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .constants import IGNORE, MEMBRANE
+from .constants import BACKGROUND, IGNORE, MEMBRANE
 
 
 def curriculum_share(round_index: int, rounds: int, max_share: float) -> float:
@@ -38,7 +39,8 @@ def relabel_candidates(
 
 def adopt(probability: np.ndarray, candidates: np.ndarray, share: float) -> np.ndarray:
     """The ``share`` most probable of the ``candidates`` voxels predicted membrane
-    (probability above 0.5), as a boolean mask; ties at the cut are broken by position."""
+    (probability above 0.5), as a boolean mask; ties at the cut are broken by position.
+    ``adopt(1 - probability, ...)`` picks the most confident background the same way."""
     predicted = candidates & (probability > 0.5)
     index = np.flatnonzero(predicted)
     count = round(share * len(index))
@@ -50,8 +52,23 @@ def adopt(probability: np.ndarray, candidates: np.ndarray, share: float) -> np.n
     return chosen
 
 
+def adopted_labels(
+    probability: np.ndarray, candidates: np.ndarray, share: float, background: bool = False
+) -> np.ndarray:
+    """What one round adopts, as a label patch: membrane on the ``share`` most confident
+    predicted membrane of the ``candidates``, with ``background`` also background on the
+    ``share`` most confident predicted background, ignore elsewhere."""
+    labels = np.full(probability.shape, IGNORE, dtype=np.uint8)
+    labels[adopt(probability, candidates, share)] = MEMBRANE
+    if background:
+        labels[adopt(1 - probability, candidates, share)] = BACKGROUND
+    return labels
+
+
 def with_adopted(labels: np.ndarray, adopted: np.ndarray) -> np.ndarray:
-    """Copy of ``labels`` with the ``adopted`` voxels set to membrane."""
+    """Copy of ``labels`` with the labels ``adopted`` (a label patch, ignore where
+    nothing was adopted) written over it."""
     out = labels.copy()
-    out[adopted] = MEMBRANE
+    chosen = adopted != IGNORE
+    out[chosen] = adopted[chosen]
     return out

@@ -25,7 +25,7 @@ from .constants import DEFAULT_LOSS, IGNORE, MEMBRANE
 from .data import NORMALISATION, TrainingPatch, sample_crop
 from .losses import bce_dice_loss, deep_supervision_loss, make_loss
 from .model import UNet
-from .relabel import adopt, curriculum_share, with_adopted
+from .relabel import adopted_labels, curriculum_share, with_adopted
 
 LAST = "last.pt"
 BEST = "best.pt"
@@ -405,6 +405,7 @@ def train_with_relabeling(
     max_share: float,
     candidates: list[np.ndarray],
     round_iterations: int | None = None,
+    background: bool = False,
     on_round: Callable[[int, list[np.ndarray]], None] | None = None,
     **train_options,
 ) -> list[RunState]:
@@ -420,9 +421,12 @@ def train_with_relabeling(
 
     Parameters
     ----------
+    background
+        Also adopt the same share of the voxels predicted background, as background.
     on_round
-        Called with the round number and the adopted masks, one per training patch, before
-        that round trains (to save them for inspection).
+        Called with the round number and what it adopted, one label patch per training
+        patch (see :func:`relabel.adopted_labels`), before that round trains (to save them
+        for inspection).
     train_options
         Passed to every :func:`train` call (progress callbacks, ``split``).
     """
@@ -441,7 +445,7 @@ def train_with_relabeling(
     for t in range(1, rounds + 1):
         share = curriculum_share(t, rounds, max_share)
         adopted = [
-            adopt(predict_patch(network, patch.image, device), allowed, share)
+            adopted_labels(predict_patch(network, patch.image, device), allowed, share, background)
             for patch, allowed in zip(train_patches, candidates)
         ]
         if on_round is not None:

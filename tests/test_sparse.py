@@ -11,7 +11,13 @@ import pytest
 
 from patch_corrections.constants import BACKGROUND, IGNORE, MEMBRANE
 from patch_corrections.io.volumes import Geometry, read_volume, write_volume
-from patch_corrections.relabel import adopt, curriculum_share, relabel_candidates, with_adopted
+from patch_corrections.relabel import (
+    adopt,
+    adopted_labels,
+    curriculum_share,
+    relabel_candidates,
+    with_adopted,
+)
 from patch_corrections.sparse import (
     parse_slices,
     random_boxes,
@@ -117,13 +123,27 @@ def test_adopt_takes_the_most_confident_predicted_membrane():
     assert not adopt(np.zeros_like(probability), candidates, 1.0).any()
 
 
-def test_with_adopted_sets_membrane_and_leaves_the_input():
+def test_adopted_labels_of_one_or_both_classes():
+    probability = np.array([0.99, 0.9, 0.7, 0.6, 0.4, 0.2, 0.05, 0.01], np.float32)
+    probability = probability.reshape(2, 2, 2)
+    candidates = np.ones(probability.shape, bool)
+    candidates[0, 0, 0] = False  # the most confident membrane is not a candidate
+    membrane_only = adopted_labels(probability, candidates, 0.34)
+    assert membrane_only.ravel().tolist() == [2, 1, 2, 2, 2, 2, 2, 2]
+    both = adopted_labels(probability, candidates, 0.5, background=True)
+    assert both.ravel().tolist() == [2, 1, 1, 2, 2, 2, 0, 0]  # 2 of 3 and 2 of 4
+    assert both.dtype == np.uint8
+
+
+def test_with_adopted_writes_adopted_labels_and_leaves_the_input():
     labels = np.full((2, 2, 2), IGNORE, np.uint8)
-    adopted = np.zeros(labels.shape, bool)
-    adopted[0, 0, 0] = True
+    labels[1, 1, 1] = MEMBRANE
+    adopted = np.full(labels.shape, IGNORE, np.uint8)
+    adopted[0, 0, 0], adopted[0, 0, 1] = MEMBRANE, BACKGROUND
     out = with_adopted(labels, adopted)
-    assert out[0, 0, 0] == MEMBRANE and (out[~adopted] == IGNORE).all()
-    assert (labels == IGNORE).all()
+    assert out[0, 0, 0] == MEMBRANE and out[0, 0, 1] == BACKGROUND and out[1, 1, 1] == MEMBRANE
+    assert int((out == IGNORE).sum()) == 5
+    assert int((labels == IGNORE).sum()) == 7
 
 
 # --- simulate_sparse through the CLI ---------------------------------------------------

@@ -186,13 +186,14 @@ def test_relabeling_rounds_adopt_only_candidates_on_a_curriculum(sample_patches,
     for t in (0, 1, 2):
         assert (tmp_path / f"round_{t}" / "last.pt").exists()
     assert sorted(adopted) == [1, 2]
-    for masks in adopted.values():
-        for mask, allowed in zip(masks, candidates):
-            assert not (mask & ~allowed).any()
+    for labels in adopted.values():
+        for adopted_patch, allowed in zip(labels, candidates):
+            assert not ((adopted_patch != IGNORE) & ~allowed).any()
+            assert not (adopted_patch == 0).any()  # membrane only by default
     # round 2 adopts all predicted membrane of the candidates, round 1 half of it
     probability = predict_patch(network, hidden[0].image, torch.device("cpu"))
     assert probability.shape == hidden[0].labels.shape and probability.dtype == np.float32
-    total = [sum(int(m.sum()) for m in adopted[t]) for t in (1, 2)]
+    total = [sum(int((a == 1).sum()) for a in adopted[t]) for t in (1, 2)]
     assert 0 < total[0] < total[1]
     # the patches given keep their own labels
     assert all((p.labels[20:60, 20:60, 20:60] == IGNORE).all() for p in hidden)
@@ -281,6 +282,7 @@ def _training_folder(root: Path, labels: np.ndarray, image_shape=None) -> Path:
         ("ok", ["--relabel-rounds", "1"], "no ignore voxel outside the border band"),
         ("ok", ["--relabel-max", "0.3"], "add --relabel-rounds (1 or more)"),
         ("ok", ["--relabel-iterations", "3"], "add --relabel-rounds (1 or more)"),
+        ("ok", ["--relabel-background"], "add --relabel-rounds (1 or more)"),
         (
             "ok",
             ["--device", "cuda:7"] if not torch.cuda.is_available() else ["--epochs", "0"],
@@ -488,9 +490,10 @@ def test_retrain_relabel_rounds_write_adopted_voxels_outside_the_border(
         "--relabel-iterations",
         1,
     ]
-    result = run_cli(*args, "--loss", "rrw+dice")
+    result = run_cli(*args, "--loss", "rrw+dice", "--relabel-background")
     assert result.exit_code == 0, result.output
     assert "border band of 16 voxels never relabeled" in result.output
+    assert "predicted membrane and background" in result.output
     report = json.loads((out / "relabel.json").read_text())
     assert [s["round"] for s in report["stages"]] == [0, 1, 2]
     assert report["loss"] == "rrw+dice" and report["round_iterations"] == 1
@@ -506,8 +509,9 @@ def test_retrain_relabel_rounds_write_adopted_voxels_outside_the_border(
             adopted, info = read_volume(path)
             labels, label_info = read_volume(labels_dir / f"{name}.nii.gz")
             assert info.geometry.agrees_with(label_info.geometry)
-            assert int(adopted.sum()) == count
-            marked = adopted == 1
+            assert int((adopted == 1).sum()) == count
+            assert int((adopted == 0).sum()) == stage["adopted_background"][name]
+            marked = adopted != IGNORE
             assert (labels[marked] == IGNORE).all()  # only ignore voxels are relabeled
             edges = [(16, 16)] * 3
             if records[name]["padding_xyz"]:
@@ -516,9 +520,10 @@ def test_retrain_relabel_rounds_write_adopted_voxels_outside_the_border(
             inner = np.zeros(marked.shape, bool)
             inner[tuple(slice(b, n - a) for (b, a), n in zip(edges, marked.shape))] = True
             assert not (marked & ~inner).any()  # never the border band nor the padding
-        totals.append(stage["adopted_total"])
-    assert 0 < totals[0] < totals[1]  # the curriculum adopts more in later rounds
-    assert "round_<t>/adopted/" in result.output
+        totals.append((stage["adopted_total"], stage["adopted_background_total"]))
+    for first, second in zip(*totals):
+        assert 0 < first < second  # the curriculum adopts more in later rounds
+    assert "round_<t>/adopted/ (1 membrane, 0 background, 2 not adopted)" in result.output
     content = torch.load(out / "last.pt", weights_only=True)
     assert content["train_config"]["loss"] == "rrw+dice"
 
