@@ -1,7 +1,7 @@
 """Training throughput of the U-Net: ours against the same network run the MemBrain-seg way.
 
     python benchmarks/train_speed.py [--preset full] [--crop 160] [--batch 2] [--steps N]
-                                     [--device auto] [--compile]
+                                     [--device auto] [--compile] [--losses bce+dice rrw]
 
 Both runs train the same network on the same synthetic patches, one after the other, in
 one process:
@@ -18,6 +18,10 @@ step time spent waiting for data, peak GPU memory, and model FLOP utilisation (c
 FLOPs of forward + backward per step / step time / the GPU's dense bf16 peak). On a CPU only
 ``ours`` runs (autocast does not apply there). The first steps (warm-up, autotuning,
 compilation) are not timed.
+
+With ``--losses``, ``ours`` runs once per training loss (e.g. ``bce+dice rrw``) and prints
+each one's step time relative to the first: the cost of the region-wise loss's distance
+maps, computed on the training device every step.
 """
 
 from __future__ import annotations
@@ -174,8 +178,16 @@ def main() -> None:
         f"warm-up; {flops / 1e12:.2f} TFLOP of convolutions per training step",
         flush=True,
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        report("ours", run_ours(patches, config, device, ARGS.warmup, Path(tmp)), flops, device)
+    first = None
+    for loss in ARGS.losses:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = run_ours(patches, replace(config, loss=loss), device, ARGS.warmup, Path(tmp))
+        name = "ours" if len(ARGS.losses) == 1 else f"ours {loss}"
+        report(name, result, flops, device)
+        step = result["seconds"] / result["steps"]
+        first = first or step
+        if len(ARGS.losses) > 1:
+            print(f"{'':15s} step time {step:.4f} s, x{step / first:.3f} of {ARGS.losses[0]}")
     if device.type == "cuda":
         report(
             "membrain-style",
@@ -201,6 +213,9 @@ if __name__ == "__main__":
     )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument(
+        "--losses", nargs="+", default=["bce+dice"], help="training losses to time, in turn"
+    )
     ARGS = parser.parse_args()
     gpu = pick_device(ARGS.device).type == "cuda"
     ARGS.steps = ARGS.steps or (20 if gpu else 2)
