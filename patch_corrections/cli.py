@@ -1125,7 +1125,6 @@ def retrain(
         BEST,
         LAST,
         RELABEL_MAX,
-        Interrupted,
         TrainConfig,
         pick_device,
         relabel_round_dirs,
@@ -1307,38 +1306,33 @@ def retrain(
             )
             _report_warnings(warned)
             return
-        try:
-            with _training_progress(config.iterations, content["step"] if resume else 0) as tick:
-                state = train(
-                    network,
-                    train_patches,
-                    val_patches,
-                    config,
-                    out_dir,
-                    target,
-                    resume=content if resume else None,
-                    on_step=tick,
-                    on_metrics=lambda rows: _write_metrics(metrics_path, rows),
-                    split=split,
-                )
-            _plot_curves(state.history, out_dir / "curves.png")
-        except Interrupted as stop:
-            typer.echo(
+        stops = _training_stops(
+            out_dir,
+            config,
+            lambda stop: (
                 f"Interrupted at iteration {stop.step}; saved {stop.path}. "
-                "Run again with --resume to continue.",
-                err=True,
+                "Run again with --resume to continue."
+            ),
+            f" (or on a large validation patch); start a new run from {last} with "
+            "--checkpoint and a smaller batch or crop",
+        )
+        with (
+            stops,
+            _training_progress(config.iterations, content["step"] if resume else 0) as tick,
+        ):
+            state = train(
+                network,
+                train_patches,
+                val_patches,
+                config,
+                out_dir,
+                target,
+                resume=content if resume else None,
+                on_step=tick,
+                on_metrics=lambda rows: _write_metrics(metrics_path, rows),
+                split=split,
             )
-            raise typer.Exit(130) from None
-        except KeyboardInterrupt:
-            typer.echo(f"Interrupted; checkpoints in {out_dir} are kept.", err=True)
-            raise typer.Exit(130) from None
-        except torch.cuda.OutOfMemoryError:
-            raise InputError(
-                f"out of GPU memory with --batch-size {config.batch_size} and --crop-size "
-                f"{config.crop_size} (or on a large validation patch); start a new run from "
-                f"{last} with --checkpoint and a smaller batch or crop (checkpoints written "
-                "so far are kept)"
-            ) from None
+        _plot_curves(state.history, out_dir / "curves.png")
         final = state.history[-1] if state.history else {}
         summary = f"train loss {final.get('train_loss', float('nan')):.4f}"
         if "val_dice" in final:
@@ -1353,6 +1347,30 @@ def retrain(
 
 RELABEL = "relabel.json"
 """Per-round report of a relabeling run, in its --out-dir."""
+
+
+@contextmanager
+def _training_stops(out_dir: Path, config, interrupted: Callable, out_of_memory: str):
+    """Turn the ways training stops early into what the user sees: Ctrl-C (message
+    ``interrupted(stop)``, exit code 130) or running out of GPU memory (an error with the
+    ``out_of_memory`` advice)."""
+    import torch
+
+    from .train import Interrupted
+
+    try:
+        yield
+    except Interrupted as stop:
+        typer.echo(interrupted(stop), err=True)
+        raise typer.Exit(130) from None
+    except KeyboardInterrupt:
+        typer.echo(f"Interrupted; checkpoints in {out_dir} are kept.", err=True)
+        raise typer.Exit(130) from None
+    except torch.cuda.OutOfMemoryError:
+        raise InputError(
+            f"out of GPU memory with --batch-size {config.batch_size} and --crop-size "
+            f"{config.crop_size}{out_of_memory} (checkpoints written so far are kept)"
+        ) from None
 
 
 def _patch_records(train_dir: Path) -> dict[str, dict]:
@@ -1419,10 +1437,9 @@ def _relabel_run(
     background: bool,
 ) -> None:
     """Train on the sure labels, then relabel in rounds; write, copy and report the results."""
-    import torch
 
     from .data import find_training_pairs
-    from .train import BEST, LAST, Interrupted, round_dir, train_with_relabeling
+    from .train import BEST, LAST, round_dir, train_with_relabeling
 
     label_files = {name: label for name, _, label in find_training_pairs(train_dir)}
     total = config.iterations + rounds * round_iterations
@@ -1465,7 +1482,17 @@ def _relabel_run(
         folder = round_dir(out_dir, current["round"])
         _write_metrics(folder / "metrics.csv", rows)
 
-    try:
+    stops = _training_stops(
+        out_dir,
+        config,
+        lambda stop: (
+            f"Interrupted at iteration {stop.step} of round {current['round']}; "
+            f"saved {stop.path}. A relabeling run cannot be resumed: start a new run from it "
+            "with --checkpoint."
+        ),
+        ", or predicting a whole training patch to relabel it; use a smaller batch or crop",
+    )
+    with stops:
         with _training_progress(total, 0) as tick:
             states = train_with_relabeling(
                 network,
@@ -1484,23 +1511,6 @@ def _relabel_run(
                 on_metrics=write_metrics,
                 split=split,
             )
-    except Interrupted as stop:
-        typer.echo(
-            f"Interrupted at iteration {stop.step} of round {current['round']}; saved "
-            f"{stop.path}. A relabeling run cannot be resumed: start a new run from it with "
-            "--checkpoint.",
-            err=True,
-        )
-        raise typer.Exit(130) from None
-    except KeyboardInterrupt:
-        typer.echo(f"Interrupted; checkpoints in {out_dir} are kept.", err=True)
-        raise typer.Exit(130) from None
-    except torch.cuda.OutOfMemoryError:
-        raise InputError(
-            f"out of GPU memory with --batch-size {config.batch_size} and --crop-size "
-            f"{config.crop_size}, or predicting a whole training patch to relabel it; use a "
-            "smaller batch or crop (checkpoints written so far are kept)"
-        ) from None
 
     rows = [{"round": 0, "share": 0.0, "iterations": config.iterations, "adopted_total": 0}]
     if background:

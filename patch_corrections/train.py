@@ -430,40 +430,34 @@ def train_with_relabeling(
     train_options
         Passed to every :func:`train` call (progress callbacks, ``split``).
     """
-    states = [
-        train(
-            network,
-            train_patches,
-            val_patches,
-            config,
-            round_dir(out_dir, 0),
-            device,
-            **train_options,
-        )
-    ]
+    states: list[RunState] = []
     steps = round_iterations or config.iterations
-    for t in range(1, rounds + 1):
-        share = curriculum_share(t, rounds, max_share)
-        adopted = [
-            adopted_labels(predict_patch(network, patch.image, device), allowed, share, background)
-            for patch, allowed in zip(train_patches, candidates)
-        ]
-        if on_round is not None:
-            on_round(t, adopted)
-        relabeled = [
-            patch.with_labels(with_adopted(patch.labels, mask))
-            for patch, mask in zip(train_patches, adopted)
-        ]
-        stage = replace(
-            config,
-            iterations=steps,
-            warmup=min(config.warmup, steps // 20),
-            seed=config.seed + t,  # other crops than stage 0's first steps
-        )
+    patches, stage = train_patches, config
+    for t in range(rounds + 1):
+        if t > 0:
+            share = curriculum_share(t, rounds, max_share)
+            adopted = [
+                adopted_labels(
+                    predict_patch(network, patch.image, device), allowed, share, background
+                )
+                for patch, allowed in zip(train_patches, candidates)
+            ]
+            if on_round is not None:
+                on_round(t, adopted)
+            patches = [
+                patch.with_labels(with_adopted(patch.labels, labels))
+                for patch, labels in zip(train_patches, adopted)
+            ]
+            stage = replace(
+                config,
+                iterations=steps,
+                warmup=min(config.warmup, steps // 20),
+                seed=config.seed + t,  # other crops than stage 0's first steps
+            )
         states.append(
             train(
                 network,
-                relabeled,
+                patches,
                 val_patches,
                 stage,
                 round_dir(out_dir, t),

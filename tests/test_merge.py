@@ -16,6 +16,14 @@ N = 8
 GEOMETRY = Geometry((2.0, 3.0, 4.0), (10.0, 20.0, 30.0))
 
 
+MITK_HEADER = {
+    "space": "left-posterior-superior",
+    "space directions": np.diag([4.0, 3.0, 2.0]),  # GEOMETRY's voxel size, x first
+    "space origin": np.array([30.0, 20.0, 10.0]),
+}
+"""An NRRD header as MITK writes it for a mask painted on a GEOMETRY patch."""
+
+
 def _mask(*boxes, value=1) -> np.ndarray:
     mask = np.zeros((N, N, N), np.uint8)
     for box in boxes:
@@ -168,11 +176,7 @@ def test_geometry_disagreement_is_a_warning(tmp_path, run_cli):
 def test_mitk_style_nrrd_is_accepted(tmp_path, run_cli):
     folder, base = _extraction_folder(tmp_path)
     (tmp_path / "corr" / "tomo_patch000").mkdir(parents=True)
-    header = {
-        "space": "left-posterior-superior",
-        "space directions": np.diag([4.0, 3.0, 2.0]),
-        "space origin": np.array([30.0, 20.0, 10.0]),
-    }
+    header = MITK_HEADER
     mask = _mask((1, 4, 6))  # z, y, x
     nrrd.write(str(tmp_path / "corr" / "tomo_patch000" / "Add1.nrrd"), mask.transpose(), header)
     result = _merge(run_cli, tmp_path, folder, "--border", "0")
@@ -357,11 +361,7 @@ def test_border_wider_than_the_patch_allows(tmp_path, run_cli):
 def test_sparse_merge_keeps_only_strokes_and_chosen_slices(tmp_path, run_cli):
     folder, base = _extraction_folder(tmp_path)
     (tmp_path / "corr" / "tomo_patch000").mkdir(parents=True)
-    header = {
-        "space": "left-posterior-superior",
-        "space directions": np.diag([4.0, 3.0, 2.0]),
-        "space origin": np.array([30.0, 20.0, 10.0]),
-    }
+    header = MITK_HEADER
     add = _mask((1, 4, 6))  # z, y, x: a membrane stroke where the network saw none
     remove = _mask((3, 3, 2), (3, 3, 3))  # a background stroke on the network's membrane
     for name, mask in (("Add1.nrrd", add), ("Remove1.nrrd", remove)):
