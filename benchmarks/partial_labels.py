@@ -251,23 +251,52 @@ def _sd(values: np.ndarray) -> float:
     return float(values.std(ddof=1)) if len(values) > 1 else float("nan")
 
 
+def _mean_sd(group: list[dict], key: str) -> str:
+    values = np.array([r[key] for r in group if r.get(key) is not None], dtype=float)
+    return f"{values.mean():.3f} ± {_sd(values):.3f}" if len(values) else "—"
+
+
 def report(rows: list[dict]) -> None:
-    """Mean ± sd of the test Dice per experiment and arm, in first-seen order."""
+    """Mean ± sd over seeds of the test scores per experiment and arm, in first-seen order;
+    for relabeling arms, also the voxels adopted per round and the share of them right."""
     for experiment in sorted({r["experiment"] for r in rows}):
         chosen = [r for r in rows if r["experiment"] == experiment]
         print(f"\nExperiment {experiment}")
-        print("| arm | labelled voxels | iterations | test Dice | test tolerant Dice | seeds |")
-        print("|---|---|---|---|---|---|")
+        print(
+            "| arm | labelled voxels | iterations | test Dice | test tolerant Dice "
+            "| test precision | test recall | seeds |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
         for arm in dict.fromkeys(r["arm"] for r in chosen):
             group = [r for r in chosen if r["arm"] == arm]
-            dice = np.array([r["dice"] for r in group])
-            tolerant = np.array([r["tolerant_dice"] for r in group])
             labelled = np.mean([r["labelled_voxels"] for r in group])
-            print(
-                f"| {arm} | {labelled:,.0f} | {group[0]['iterations']} | "
-                f"{dice.mean():.3f} ± {_sd(dice):.3f} | "
-                f"{tolerant.mean():.3f} ± {_sd(tolerant):.3f} | {len(group)} |"
+            scores = " | ".join(
+                _mean_sd(group, k) for k in ("dice", "tolerant_dice", "precision", "recall")
             )
+            print(
+                f"| {arm} | {labelled:,.0f} | {group[0]['iterations']} | {scores} | {len(group)} |"
+            )
+        relabeled = [r for r in chosen if any(r.get("adopted_voxels_per_round") or [])]
+        if relabeled:
+            print("\n| arm | round | adopted membrane (right) | adopted background (right) |")
+            print("|---|---|---|---|")
+        for arm in dict.fromkeys(r["arm"] for r in relabeled):
+            group = [r for r in relabeled if r["arm"] == arm]
+            for t in range(len(group[0]["adopted_voxels_per_round"])):
+                cells = []
+                for i in (0, 1):
+                    counts = [_pair(r["adopted_voxels_per_round"][t])[i] for r in group]
+                    right = [_pair(r["adopted_precision_per_round"][t])[i] for r in group]
+                    right = [v for v in right if v is not None]
+                    cells.append(
+                        f"{np.mean(counts):,.0f} ({np.mean(right):.1%})" if right else "—"
+                    )
+                print(f"| {arm} | {t + 1} | {cells[0]} | {cells[1]} |")
+
+
+def _pair(value) -> list:
+    """``[membrane, background]`` of a per-round entry (older rows hold membrane only)."""
+    return value if isinstance(value, list) else [value, None]
 
 
 def main() -> None:
