@@ -1437,8 +1437,8 @@ def _relabel_run(
     background: bool,
 ) -> None:
     """Train on the sure labels, then relabel in rounds; write, copy and report the results."""
-
     from .data import find_training_pairs
+    from .relabel import curriculum_share
     from .train import BEST, LAST, round_dir, train_with_relabeling
 
     label_files = {name: label for name, _, label in find_training_pairs(train_dir)}
@@ -1466,7 +1466,7 @@ def _relabel_run(
             background_counts[patch.name] = int(np.count_nonzero(adopted == BACKGROUND))
         stage = {
             "round": t,
-            "share": max_share * t / rounds,
+            "share": curriculum_share(t, rounds, max_share),
             "iterations": round_iterations,
             "adopted": membrane,
             "adopted_total": sum(membrane.values()),
