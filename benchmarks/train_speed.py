@@ -36,7 +36,7 @@ import torch
 
 from patch_corrections.augment import AugmentConfig, augment
 from patch_corrections.data import TrainingPatch
-from patch_corrections.losses import deep_supervision_loss
+from patch_corrections.losses import deep_supervision_loss, downsample_labels, region_wise_maps
 from patch_corrections.model import PRESETS, UNet
 from patch_corrections.train import TrainConfig, batch_for_step, make_optimizer, pick_device, train
 
@@ -140,6 +140,25 @@ def run_membrain_style(patches, config: TrainConfig, device, warmup: int) -> dic
     return {"seconds": time.perf_counter() - started, "data_wait": data_wait, "steps": ARGS.steps}
 
 
+def time_region_wise_maps(patches, config: TrainConfig, device, repeats: int = 10) -> float:
+    """Seconds per step spent building the region-wise maps of one batch's labels at every
+    deep-supervision head's size: what ``--loss rrw`` adds to a step besides a few
+    elementwise operations."""
+    _, labels = batch_for_step(patches, 0, config)
+    target = torch.from_numpy(labels).to(device)
+    heads = PRESETS[ARGS.preset].heads + 1  # the full-resolution output and each head
+    targets = [downsample_labels(target, 2**i) for i in range(heads)]
+    for t in targets:  # warm-up
+        region_wise_maps(t)
+    sync(device)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        for t in targets:
+            region_wise_maps(t)
+    sync(device)
+    return (time.perf_counter() - started) / repeats
+
+
 def report(name: str, result: dict, flops: float, device: torch.device) -> None:
     rate = result["steps"] / result["seconds"]
     voxels = rate * ARGS.batch * ARGS.crop**3
@@ -188,6 +207,13 @@ def main() -> None:
         first = first or step
         if len(ARGS.losses) > 1:
             print(f"{'':15s} step time {step:.4f} s, x{step / first:.3f} of {ARGS.losses[0]}")
+    if any("rrw" in loss for loss in ARGS.losses):
+        seconds = time_region_wise_maps(patches, config, device)
+        print(
+            f"region-wise maps alone: {1000 * seconds:.1f} ms per step (every deep-supervision "
+            f"head, batch {ARGS.batch}, {ARGS.crop}³), on {device.type}",
+            flush=True,
+        )
     if device.type == "cuda":
         report(
             "membrain-style",
