@@ -16,10 +16,12 @@ seed fixes the starting weights, the crops and the choice of slices, boxes or bl
 2. Missing annotations: in every patch, random 16³ blocks that hold a fraction ``α`` of
    its membrane voxels are left unannotated, as regions an annotator never looked at.
    Their membrane is labelled background (baseline), or the blocks are ignore, or they
-   are ignore and relabeled (SMILE-style, ``--relabel-rounds 2 --relabel-max 0.8``). The
-   relabeling run trains ``N`` iterations on the sure labels, then two rounds of ``N/2``;
-   the "ignore, longer" arm runs the same stages adopting nothing, so the comparison is
-   at equal iterations.
+   are ignore and relabeled (SMILE-style, ``--relabel-rounds 2 --relabel-max 0.8``, and
+   with ``--relabel-background``). The relabeling run trains ``N`` iterations on the sure
+   labels, then two rounds of ``N/2``; the "ignore, longer" arm runs the same stages
+   adopting nothing, so the comparison is at equal iterations. For relabeling arms the
+   row also records, per round, how many voxels were adopted and how many of them the
+   truth agrees with.
 3. Losses at equal iterations on the dense labels: BCE + Dice, RRW, RRW + Dice.
 
 Each run appends a JSON line to ``--out`` as it finishes; the tables (mean ± sd over
