@@ -601,16 +601,24 @@ def merge_corrections(
     _report_warnings(warned)
 
 
+def _summary_rows(path: Path, unreadable: str) -> dict[str, dict]:
+    """The per-patch rows of a ``merge_summary.json`` by patch name (empty without one);
+    a file that cannot be read is a warning that ends with ``unreadable``."""
+    if not path.exists():
+        return {}
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))["patches"]
+        return {r["name"]: r for r in rows if isinstance(r, dict) and "name" in r}
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+        _warn(f"{path}: unreadable; {unreadable}")
+        return {}
+
+
 def _merged_rows(summary_path: Path, rows: list[dict]) -> list[dict]:
     """This run's rows, plus those of earlier runs into the same folder for other patches."""
-    earlier: list[dict] = []
-    if summary_path.exists():
-        try:
-            earlier = json.loads(summary_path.read_text(encoding="utf-8"))["patches"]
-        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
-            _warn(f"{summary_path}: unreadable; replaced by this run's summary")
+    earlier = _summary_rows(summary_path, "replaced by this run's summary")
     names = {r["name"] for r in rows}
-    kept = [r for r in earlier if isinstance(r, dict) and r.get("name") not in names]
+    kept = [r for name, r in earlier.items() if name not in names]
     return sorted(kept + rows, key=lambda r: r["name"])
 
 
@@ -865,14 +873,9 @@ def simulate_sparse(
             for name, image, _ in pairs
         ]
         _require_free([path for pair in outputs for path in pair], overwrite)
-        source_rows = {}
-        source_summary = Path(train_dir) / MERGE_SUMMARY_NAME
-        if source_summary.exists():
-            try:
-                rows = json.loads(source_summary.read_text(encoding="utf-8"))["patches"]
-                source_rows = {r["name"]: r for r in rows if isinstance(r, dict) and "name" in r}
-            except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
-                _warn(f"{source_summary}: unreadable; border and padding are not carried over")
+        source_rows = _summary_rows(
+            Path(train_dir) / MERGE_SUMMARY_NAME, "border and padding are not carried over"
+        )
 
         _check_out_dir(out_dir)
         rng = np.random.default_rng(seed)
@@ -1373,26 +1376,16 @@ def _training_stops(out_dir: Path, config, interrupted: Callable, out_of_memory:
         ) from None
 
 
-def _patch_records(train_dir: Path) -> dict[str, dict]:
-    """The training folder's summary rows by patch name (empty without a summary)."""
-    path = Path(train_dir) / MERGE_SUMMARY_NAME
-    if not path.exists():
-        return {}
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8"))["patches"]
-        return {r["name"]: r for r in rows if isinstance(r, dict) and "name" in r}
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
-        _warn(f"{path}: unreadable; relabeling assumes a {BORDER_WIDTH}-voxel border band")
-        return {}
-
-
 def _relabel_candidates(train_patches, train_dir: Path) -> tuple[list[np.ndarray], set[int]]:
     """Per training patch, the ignore voxels a relabeling round may adopt (outside the
     border band and padding that the training folder's summary records), and the border
     widths used; ``InputError`` when there are none at all."""
     from .relabel import relabel_candidates
 
-    records = _patch_records(train_dir)
+    records = _summary_rows(
+        Path(train_dir) / MERGE_SUMMARY_NAME,
+        f"relabeling assumes a {BORDER_WIDTH}-voxel border band",
+    )
     unrecorded = [p.name for p in train_patches if "border" not in records.get(p.name, {})]
     if unrecorded:
         _warn(

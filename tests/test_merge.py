@@ -406,3 +406,15 @@ def test_sparse_merge_bad_slices(tmp_path, run_cli, args, message):
     result = _merge(run_cli, tmp_path, folder, *args)
     assert result.exit_code == 1 and message in result.output, result.output
     assert all_files(tmp_path / "train") == []
+
+
+def test_unreadable_summary_is_replaced_with_a_warning(tmp_path, run_cli):
+    folder, _ = _extraction_folder(tmp_path)
+    _paint(tmp_path, "tomo_patch000", "Add1.nrrd", _mask((2, 2, 2)))
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "merge_summary.json").write_text("{not json")
+    result = _merge(run_cli, tmp_path, folder)
+    assert result.exit_code == 0, result.output
+    assert "merge_summary.json: unreadable; replaced by this run's summary" in result.output
+    rows = json.loads((tmp_path / "train" / "merge_summary.json").read_text())["patches"]
+    assert [r["name"] for r in rows] == ["tomo_patch000"]
