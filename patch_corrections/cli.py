@@ -47,7 +47,7 @@ from .errors import InputError, PatchCorrectionsWarning
 from .io.centres import Centre, read_centres
 from .io.files import StagedFiles, atomic_target, write_text_atomic
 from .io.folders import LabelPatch, find_label_patches, scan_corrections, stray_files
-from .io.manifest import as_xyz, load_manifest, manifest_path, save_manifest
+from .io.manifest import as_xyz, load_manifest, manifest_path, padding_zyx, save_manifest
 from .io.volumes import (
     Geometry,
     closing_reader,
@@ -694,12 +694,11 @@ def _plan_merge(
             f"{patch.label}: a border of {border} leaves no voxel of its "
             f"{'x'.join(map(str, as_xyz(label_info.shape)))} patch outside the ignore band"
         )
-    padding = record.get("padding_xyz")
     return _MergePlan(
         patch=patch,
         masks=masks,
         border=border,
-        padding=tuple(tuple(p) for p in padding[::-1]) if padding else None,
+        padding=padding_zyx(record),
         outputs=(
             output_path(out_dir / TRAIN_IMAGES_SUBDIR, patch.name + TRAIN_IMAGE_SUFFIX, fmt),
             output_path(out_dir / TRAIN_LABELS_SUBDIR, patch.name, fmt),
@@ -754,7 +753,7 @@ def _merge_one(plan: _MergePlan, staged: StagedFiles) -> dict:
         "sparse": plan.sparse,
         "kept_slices": plan.keep_slices,
         "border": plan.border,
-        "padding_xyz": [list(p) for p in plan.padding[::-1]] if plan.padding else None,
+        "padding_xyz": [list(p) for p in as_xyz(plan.padding)] if plan.padding else None,
         "files": {k: [p.name for p in v] for k, v in plan.masks.items()},
         "image": str(image_out),
         "label": str(label_out),
@@ -1397,13 +1396,8 @@ def _relabel_candidates(train_patches, train_dir: Path) -> tuple[list[np.ndarray
     for patch in train_patches:
         record = records.get(patch.name, {})
         border = int(record.get("border", BORDER_WIDTH))
-        padding = record.get("padding_xyz")
         borders.add(border)
-        candidates.append(
-            relabel_candidates(
-                patch.labels, border, tuple(tuple(p) for p in padding[::-1]) if padding else None
-            )
-        )
+        candidates.append(relabel_candidates(patch.labels, border, padding_zyx(record)))
     if not any(c.any() for c in candidates):
         raise InputError(
             f"{train_dir}: no ignore voxel outside the border band of any training patch; "
@@ -1434,7 +1428,11 @@ def _relabel_run(
     from .relabel import curriculum_share
     from .train import BEST, LAST, round_dir, train_with_relabeling
 
-    label_files = {name: label for name, _, label in find_training_pairs(train_dir)}
+    # Adopted voxels are saved named and placed like their label: read each header once.
+    label_files = {
+        name: (label, read_info(label).geometry or Geometry((1.0, 1.0, 1.0)))
+        for name, _, label in find_training_pairs(train_dir)
+    }
     total = config.iterations + rounds * round_iterations
     classes = "membrane and background" if background else "membrane"
     typer.echo(
@@ -1451,8 +1449,7 @@ def _relabel_run(
         folder.mkdir(parents=True, exist_ok=True)
         membrane, background_counts = {}, {}
         for patch, adopted in zip(train_patches, adopted_patches):
-            label = label_files[patch.name]
-            geometry = read_info(label).geometry or Geometry((1.0, 1.0, 1.0))
+            label, geometry = label_files[patch.name]
             path = folder / f"{patch.name}{volume_suffix(label)}"
             write_volume(path, adopted, geometry, overwrite=True)
             membrane[patch.name] = int(np.count_nonzero(adopted == MEMBRANE))

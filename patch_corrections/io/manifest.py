@@ -24,6 +24,13 @@ def as_xyz(zyx) -> list:
     return [x, y, z]
 
 
+def padding_zyx(record: dict) -> tuple[tuple[int, int], ...] | None:
+    """A record's ``padding_xyz`` (manifest or merge summary) as ``(before, after)`` per
+    axis ``(z, y, x)``; ``None`` when it records none."""
+    padding = record.get("padding_xyz")
+    return tuple(tuple(p) for p in padding[::-1]) if padding else None
+
+
 def manifest_path(folder: Path) -> Path:
     """Where the manifest of an extraction folder lives."""
     return Path(folder) / MANIFEST_NAME
