@@ -120,18 +120,21 @@ def _warn(message: str) -> None:
 def _collect_warnings() -> Iterator[list[str]]:
     """Gather our warnings for the summary instead of printing them as they happen."""
     collected: list[str] = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", PatchCorrectionsWarning)
-        try:
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", PatchCorrectionsWarning)
             yield collected
-        finally:
-            for item in caught:
-                if issubclass(item.category, PatchCorrectionsWarning):
-                    message = str(item.message)
-                    if message not in collected:
-                        collected.append(message)
-                else:
-                    warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
+    finally:
+        # Foreign warnings are passed on only once recording has stopped: re-emitted while
+        # recording, each would be appended to the list being read, without end.
+        for item in caught:
+            if issubclass(item.category, PatchCorrectionsWarning):
+                message = str(item.message)
+                if message not in collected:
+                    collected.append(message)
+            else:
+                warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
 
 
 def _progress(items: list[T], description: str) -> Iterable[T]:
