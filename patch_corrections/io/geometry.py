@@ -1,0 +1,126 @@
+"""What every volume format shares: geometry, header information and the reader protocol.
+
+Every array here is ``(z, y, x)`` and every per-axis tuple (voxel size, origin, offsets) is
+``(z, y, x)`` too; the format modules convert to and from their files' order.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import InputError
+
+Triple = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where a volume's voxels sit in space.
+
+    Attributes
+    ----------
+    voxel_size
+        Voxel edge lengths in Å, ``(z, y, x)``.
+    origin
+        Physical position in Å of voxel ``(0, 0, 0)``, ``(z, y, x)``.
+    """
+
+    voxel_size: Triple
+    origin: Triple = (0.0, 0.0, 0.0)
+
+    def shifted(self, offset: tuple[int, int, int]) -> Geometry:
+        """Geometry of a sub-volume whose first voxel is at index ``offset`` ``(z, y, x)``."""
+        origin = tuple(o + i * v for o, i, v in zip(self.origin, offset, self.voxel_size))
+        return Geometry(self.voxel_size, origin)  # type: ignore[arg-type]
+
+    def agrees_with(self, other: Geometry, tolerance: float = 1e-3) -> bool:
+        """Whether spacing and origin match to ``tolerance`` Å."""
+        return bool(
+            np.allclose(self.voxel_size, other.voxel_size, rtol=1e-4, atol=tolerance)
+            and np.allclose(self.origin, other.origin, rtol=1e-5, atol=tolerance)
+        )
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    """What a volume file's header says.
+
+    ``shape`` is ``(z, y, x)``. ``geometry`` is ``None`` when the file carries no spacing
+    (an MRC voxel size of 0, an NRRD without ``space directions`` or ``spacings``).
+    """
+
+    path: Path
+    shape: tuple[int, int, int]
+    dtype: np.dtype
+    geometry: Geometry | None
+
+
+class VolumeReader(Protocol):
+    """A volume opened for reading blocks of it, without loading it whole."""
+
+    info: VolumeInfo
+
+    def read_block(self, start: tuple[int, int, int], stop: tuple[int, int, int]) -> np.ndarray:
+        """Return the in-bounds block ``[start, stop)``, ``(z, y, x)``, as a new array."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class ArrayReader:
+    """A reader over an array already read (NRRD) or a lazy array proxy (NIfTI).
+
+    ``data`` is indexed ``(z, y, x)``; a format whose array is in another order overrides
+    ``_read``.
+    """
+
+    def __init__(self, info: VolumeInfo, data: Any):
+        self.info = info
+        self._data = data
+
+    def read_block(self, start: tuple[int, int, int], stop: tuple[int, int, int]) -> np.ndarray:
+        try:
+            return self._read(start, stop)
+        except (ValueError, OSError, EOFError, zlib.error) as exc:
+            # nibabel reads lazily: a truncated or corrupt file shows up only now.
+            raise InputError(f"{self.info.path}: cannot read its data ({exc})") from None
+
+    def _read(self, start: tuple[int, int, int], stop: tuple[int, int, int]) -> np.ndarray:
+        (z0, y0, x0), (z1, y1, x1) = start, stop
+        return np.array(self._data[z0:z1, y0:y1, x0:x1])
+
+    def close(self) -> None:
+        self._data = None
+
+
+def basic_dtype(dtype: npt.DTypeLike) -> np.dtype:
+    """``dtype`` as formats without bool or float16 store it (NRRD by pynrrd, NIfTI by nibabel).
+
+    bool becomes uint8 and float16 becomes float32; every other dtype is kept.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind == "b":
+        return np.dtype(np.uint8)
+    return np.dtype(np.float32) if dtype == np.float16 else dtype
+
+
+def as_3d(path: Path, shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """Drop singleton axes beyond three (MITK and others save 4D with one channel).
+
+    Raises
+    ------
+    InputError
+        If ``shape`` does not come down to three axes; the message names ``path``.
+    """
+    dims = list(shape)
+    while len(dims) > 3 and 1 in dims:
+        dims.remove(1)
+    if len(dims) != 3:
+        raise InputError(f"{path}: expected a 3D volume, found shape {tuple(shape)}")
+    return (dims[0], dims[1], dims[2])

@@ -1,0 +1,244 @@
+"""MRC volumes: block reads, whole writes and slab-by-slab writes, with their geometry.
+
+MRC stores data in C order with ``x`` fastest, so ``mrcfile`` already gives ``(z, y, x)``
+and no array is transposed here. The header's voxel size and origin are ``x, y, z``
+records and are reversed to and from ``(z, y, x)`` tuples. The origin is read and written
+as the physical position (Å) of the first voxel, the MRC2014 meaning used by ChimeraX and
+mrcfile; ``nxstart`` and friends are left at 0 so no reader adds a second offset.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import InputError
+from .geometry import Geometry, VolumeInfo, as_3d
+
+MRC_SUFFIXES = (".mrc", ".rec", ".map", ".st")
+
+
+class MrcReader:
+    """Reads blocks of an MRC file with positioned reads.
+
+    Only the rows a block needs are read, one contiguous run per z slice, into a reused
+    buffer: unlike slicing a memory map, this never maps whole pages of rows that the block
+    does not use, so resident memory stays at the size of the block.
+    """
+
+    def __init__(self, path: Path):
+        import mrcfile
+        import mrcfile.utils
+
+        try:
+            with mrcfile.open(path, header_only=True, permissive=False) as mrc:
+                header = mrc.header.copy()
+                extended = int(mrc.header.nsymbt)
+                voxel = mrc.voxel_size
+        except (ValueError, OSError) as exc:
+            raise InputError(f"{path}: not a readable MRC file ({exc})") from None
+        axes = (int(header.mapc), int(header.mapr), int(header.maps))
+        if axes not in ((1, 2, 3), (0, 0, 0)):
+            raise InputError(
+                f"{path}: MRC axis order mapc/mapr/maps={axes} is not supported; "
+                "resave the file with columns=x, rows=y, sections=z (e.g. IMOD's newstack)"
+            )
+        try:
+            dtype = mrcfile.utils.data_dtype_from_header(header)
+        except ValueError as exc:
+            raise InputError(f"{path}: unsupported MRC data mode ({exc})") from None
+        shape = as_3d(path, tuple(int(n) for n in mrcfile.utils.data_shape_from_header(header)))
+        nz, ny, nx = shape
+        self._offset = 1024 + extended
+        needed = self._offset + nz * ny * nx * dtype.itemsize
+        size = path.stat().st_size
+        if size < needed:
+            raise InputError(f"{path}: MRC file is truncated ({size} bytes, header says {needed})")
+        vz, vy, vx = float(voxel.z), float(voxel.y), float(voxel.x)
+        geometry = None
+        if min(vz, vy, vx) > 0:
+            org = header.origin
+            origin = (float(org.z), float(org.y), float(org.x))
+            if origin == (0.0, 0.0, 0.0):
+                # Older files place themselves by start indices instead (as ChimeraX reads).
+                starts = (int(header.nzstart), int(header.nystart), int(header.nxstart))
+                origin = tuple(i * v for i, v in zip(starts, (vz, vy, vx)))  # type: ignore[assignment]
+            geometry = Geometry((vz, vy, vx), origin)
+        self.info = VolumeInfo(path, shape, dtype, geometry)
+        self._file = open(path, "rb", buffering=0)
+
+    def read_block(self, start: tuple[int, int, int], stop: tuple[int, int, int]) -> np.ndarray:
+        """Return the in-bounds block ``[start, stop)``, ``(z, y, x)``, as a new array."""
+        (z0, y0, x0), (z1, y1, x1) = start, stop
+        _, ny, nx = self.info.shape
+        item = self.info.dtype.itemsize
+        out = np.empty((z1 - z0, y1 - y0, x1 - x0), self.info.dtype)
+        # One read per slice, from the block's first needed voxel to its last.
+        run = ((y1 - y0 - 1) * nx + (x1 - x0)) * item
+        buffer = np.empty(((y1 - y0) * nx), self.info.dtype)
+        view = memoryview(buffer.view(np.uint8))[:run]
+        for k, z in enumerate(range(z0, z1)):
+            position = self._offset + ((z * ny + y0) * nx + x0) * item
+            self._file.seek(position)
+            got = self._file.readinto(view)
+            if got != run:
+                raise InputError(f"{self.info.path}: short read at byte {position}")
+            # Rows of the block start nx voxels apart in the run.
+            out[k] = np.lib.stride_tricks.as_strided(
+                buffer, shape=(y1 - y0, x1 - x0), strides=(nx * item, item), writeable=False
+            )
+        return out
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_mrc_info(path: Path) -> VolumeInfo:
+    """Read only the header of an MRC file: shape ``(z, y, x)``, dtype and geometry."""
+    reader = MrcReader(path)
+    reader.close()
+    return reader.info
+
+
+def mrc_dtype(dtype: npt.DTypeLike, high: float = 0) -> np.dtype:
+    """The dtype MRC stores ``dtype`` as, losslessly where it can.
+
+    MRC has int8, int16, uint16, float16 and float32 modes. ``high`` is the data's maximum,
+    which decides whether uint8 fits the int8 mode.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind == "b":
+        return np.dtype(np.int8)
+    if dtype.kind == "f":
+        return np.dtype(np.float16 if dtype == np.float16 else np.float32)
+    if dtype in (np.int8, np.int16, np.uint16):
+        return dtype
+    if dtype == np.uint8:
+        return np.dtype(np.int8 if high <= 127 else np.uint16)
+    return np.dtype(np.float32)  # wider integers: MRC has no lossless mode for them
+
+
+def write_mrc(path: Path, data: np.ndarray, geometry: Geometry) -> None:
+    """Write ``data`` ``(z, y, x)`` to a new MRC file at ``path``, replacing any file there."""
+    import mrcfile
+
+    high = float(data.max()) if data.size and data.dtype.kind in "ui" else 0
+    data = np.ascontiguousarray(data, dtype=mrc_dtype(data.dtype, high))
+    with mrcfile.new(path, overwrite=True) as mrc:
+        mrc.set_data(data)
+        set_mrc_geometry(mrc, geometry)
+
+
+def set_mrc_geometry(mrc: Any, geometry: Geometry) -> None:
+    """Write voxel size and origin (position of the first voxel) into an open MRC file."""
+    vz, vy, vx = geometry.voxel_size
+    mrc.voxel_size = (vx, vy, vz)
+    oz, oy, ox = geometry.origin
+    mrc.header.origin.x, mrc.header.origin.y, mrc.header.origin.z = ox, oy, oz
+
+
+class MrcSlabWriter:
+    """A new MRC file written slab by slab along z, for volumes too large to hold twice.
+
+    The file is memory-mapped and each slab goes straight to disk. The header's minimum,
+    maximum, mean and RMS deviation are accumulated from the slabs in float64, so closing
+    never makes a float32 copy of the whole volume (as mrcfile's own statistics would).
+    ``path`` is replaced if it exists: write to a temporary name and rename it into place.
+    Sections never written hold whatever the file system gives (usually zeros). Used as a
+    context manager, it closes on success and only releases the file on error.
+
+    Parameters
+    ----------
+    path
+        The file to create.
+    shape
+        ``(z, y, x)`` of the whole volume.
+    dtype
+        What is stored: one of MRC's int8, int16, uint16, float16 or float32 modes.
+    geometry
+        Voxel size and origin, written into the header by ``close``.
+    """
+
+    def __init__(
+        self, path: Path, shape: tuple[int, int, int], dtype: npt.DTypeLike, geometry: Geometry
+    ):
+        import mrcfile
+        import mrcfile.utils
+
+        self.dtype = np.dtype(dtype)
+        if mrc_dtype(self.dtype) != self.dtype:
+            raise ValueError(
+                f"MRC has no mode for {self.dtype}; use int8, int16, uint16, float16 or float32"
+            )
+        self.path = Path(path)
+        self.shape = (int(shape[0]), int(shape[1]), int(shape[2]))
+        self.geometry = geometry
+        self._count, self._total, self._squares = 0, 0.0, 0.0
+        self._low, self._high = float("inf"), float("-inf")
+        mode = mrcfile.utils.mode_from_dtype(self.dtype)
+        self._mrc = mrcfile.new_mmap(self.path, shape=self.shape, mrc_mode=mode, overwrite=True)
+        self._closed = False
+
+    def write(self, z0: int, slab: np.ndarray) -> None:
+        """Store ``slab`` ``(n, y, x)`` as sections ``z0 .. z0 + n``, cast to ``dtype``.
+
+        Raises
+        ------
+        ValueError
+            If the slab's ``(y, x)`` differs from the volume's or it reaches past the last
+            section.
+        """
+        stored = np.asarray(slab).astype(self.dtype, copy=False)
+        nz, ny, nx = self.shape
+        if stored.ndim != 3 or stored.shape[1:] != (ny, nx) or not 0 <= z0 <= nz - len(stored):
+            raise ValueError(
+                f"{self.path}: a slab of shape {stored.shape} does not fit at z {z0} "
+                f"in a volume of shape {self.shape}"
+            )
+        if not stored.size:
+            return
+        self._mrc.data[z0 : z0 + len(stored)] = stored
+        values = stored.astype(np.float64)
+        self._count += values.size
+        self._total += float(values.sum())
+        self._squares += float(np.square(values).sum())
+        self._low = min(self._low, float(values.min()))
+        self._high = max(self._high, float(values.max()))
+
+    @property
+    def mean(self) -> float:
+        """Mean of every value written so far, as stored (0 before the first slab)."""
+        return self._total / self._count if self._count else 0.0
+
+    def close(self) -> None:
+        """Write geometry and the slabs' statistics into the header and close the file."""
+        if self._closed:
+            return
+        set_mrc_geometry(self._mrc, self.geometry)
+        header = self._mrc.header
+        header.dmin, header.dmax, header.dmean = self._low, self._high, self.mean
+        variance = max(self._squares / max(self._count, 1) - self.mean**2, 0.0)
+        header.rms = math.sqrt(variance)
+        self._mrc.close()
+        self._closed = True
+
+    def __enter__(self) -> MrcSlabWriter:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if kind is None:
+            self.close()
+        elif not self._closed:
+            # A failed run's file is discarded: release it without finishing its header.
+            self._mrc.close()
+            self._closed = True

@@ -1,0 +1,165 @@
+"""NRRD volumes (``.nrrd``, detached ``.nhdr``) with their geometry, through pynrrd.
+
+pynrrd is always called with ``index_order="C"`` (its default, Fortran order, silently
+transposes cubic patches), so arrays are ``(z, y, x)`` both ways. The header (``sizes``,
+``space directions``, ``space origin``, ``spacings``) is always in file order, ``x`` first,
+and is reversed to and from ``(z, y, x)`` here. Spacing is in Å. An NRRD file is read
+whole when opened; only MRC is read block by block.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from .geometry import ArrayReader, Geometry, VolumeInfo, as_3d, basic_dtype
+
+NRRD_SUFFIXES = (".nrrd", ".nhdr")
+
+_TYPES = {
+    "signed char": "i1",
+    "int8": "i1",
+    "int8_t": "i1",
+    "uchar": "u1",
+    "unsigned char": "u1",
+    "uint8": "u1",
+    "uint8_t": "u1",
+    "short": "i2",
+    "short int": "i2",
+    "signed short": "i2",
+    "signed short int": "i2",
+    "int16": "i2",
+    "int16_t": "i2",
+    "ushort": "u2",
+    "unsigned short": "u2",
+    "unsigned short int": "u2",
+    "uint16": "u2",
+    "uint16_t": "u2",
+    "int": "i4",
+    "signed int": "i4",
+    "int32": "i4",
+    "int32_t": "i4",
+    "uint": "u4",
+    "unsigned int": "u4",
+    "uint32": "u4",
+    "uint32_t": "u4",
+    "longlong": "i8",
+    "long long": "i8",
+    "long long int": "i8",
+    "signed long long": "i8",
+    "signed long long int": "i8",
+    "int64": "i8",
+    "int64_t": "i8",
+    "ulonglong": "u8",
+    "unsigned long long": "u8",
+    "unsigned long long int": "u8",
+    "uint64": "u8",
+    "uint64_t": "u8",
+    "float": "f4",
+    "double": "f8",
+}
+"""NRRD ``type`` names (lower case) and the numpy dtype each one reads as."""
+
+
+def read_nrrd_info(path: Path) -> VolumeInfo:
+    """Read only the header of an NRRD file: shape ``(z, y, x)``, dtype and geometry."""
+    return _info(path, _header(path))
+
+
+def open_nrrd(path: Path) -> ArrayReader:
+    """Read an NRRD file whole and return a block reader over its ``(z, y, x)`` array."""
+    import nrrd
+
+    info = _info(path, _header(path))
+    try:
+        data, _ = nrrd.read(str(path), index_order="C")
+    except (
+        nrrd.NRRDError,
+        OSError,
+        ValueError,
+        EOFError,
+        StopIteration,
+        RuntimeError,
+        KeyError,
+        zlib.error,
+    ) as exc:
+        raise InputError(f"{path}: not a readable NRRD file ({exc})") from None
+    return ArrayReader(info, data.reshape(info.shape))
+
+
+def write_nrrd(path: Path, data: np.ndarray, geometry: Geometry) -> None:
+    """Write ``data`` ``(z, y, x)`` to an NRRD file at ``path``, replacing any file there.
+
+    Masks (bool and one-byte integers) are gzip-compressed; other data is stored raw.
+    """
+    import nrrd
+
+    vz, vy, vx = geometry.voxel_size
+    oz, oy, ox = geometry.origin
+    header = {
+        # MITK and ITK read this as an identity direction; spacing is in Å.
+        "space": "left-posterior-superior",
+        "space directions": np.diag([vx, vy, vz]),
+        "space origin": np.array([ox, oy, oz]),
+        "kinds": ["domain", "domain", "domain"],
+    }
+    # Masks compress a hundredfold; noisy images do not, so they are stored raw for speed.
+    is_mask = data.dtype == bool or (data.dtype.kind in "ui" and data.dtype.itemsize == 1)
+    header["encoding"] = "gzip" if is_mask else "raw"
+    data = np.ascontiguousarray(data, dtype=basic_dtype(data.dtype))
+    nrrd.write(str(path), data, header, index_order="C", compression_level=1)
+
+
+def _header(path: Path) -> dict:
+    import nrrd
+
+    try:
+        header = nrrd.read_header(str(path))
+        if "sizes" not in header:
+            raise nrrd.NRRDError("header has no sizes field")
+        return header
+    except (
+        nrrd.NRRDError,
+        OSError,
+        UnicodeDecodeError,
+        ValueError,
+        StopIteration,
+        RuntimeError,
+        KeyError,
+    ) as exc:
+        raise InputError(f"{path}: not a readable NRRD file ({exc})") from None
+
+
+def _info(path: Path, header: dict) -> VolumeInfo:
+    sizes = tuple(int(s) for s in header["sizes"])[::-1]  # file order is x first
+    kind = _TYPES.get(str(header.get("type", "")).lower())
+    if kind is None:
+        raise InputError(f"{path}: unsupported NRRD data type {header.get('type')!r}")
+    return VolumeInfo(path, as_3d(path, sizes), np.dtype(kind), _geometry(header))
+
+
+def _geometry(header: dict) -> Geometry | None:
+    """Spacing and origin from the header, reversed to ``(z, y, x)``; None without spacing."""
+    directions = header.get("space directions")
+    if directions is not None:
+        rows = [
+            np.asarray(r, float) for r in directions if r is not None and np.all(np.isfinite(r))
+        ]
+        if len(rows) != 3:
+            return None
+        spacing = [float(np.linalg.norm(r)) for r in rows]  # file order: x, y, z
+    elif "spacings" in header:
+        values = [float(s) for s in header["spacings"] if np.isfinite(s)]
+        if len(values) != 3:
+            return None
+        spacing = values
+    else:
+        return None
+    origin = header.get("space origin")
+    origin_xyz = [0.0, 0.0, 0.0] if origin is None else [float(o) for o in origin][:3]
+    return Geometry(
+        (spacing[2], spacing[1], spacing[0]), (origin_xyz[2], origin_xyz[1], origin_xyz[0])
+    )

@@ -1,0 +1,71 @@
+"""MRC slab writer: what mrcfile reads back from a volume written slab by slab."""
+
+from __future__ import annotations
+
+import mrcfile
+import numpy as np
+import pytest
+
+from patch_corrections.io import MrcSlabWriter
+from patch_corrections.io.volumes import Geometry, read_volume
+
+SHAPE = (7, 6, 5)  # z, y, x: all different so a transposition cannot hide
+SLABS = ((0, 3), (3, 5), (5, 7))
+GEOMETRY = Geometry(voxel_size=(3.0, 2.0, 1.5), origin=(30.0, -20.0, 10.0))
+
+
+def _volume(dtype) -> np.ndarray:
+    rng = np.random.default_rng(4)
+    if np.dtype(dtype).kind == "f":
+        return (rng.normal(size=SHAPE) * 3 + 1).astype(dtype)
+    return rng.integers(-5, 9, size=SHAPE).astype(dtype)
+
+
+@pytest.mark.parametrize(("dtype", "mode"), [(np.float16, 12), (np.int8, 0)])
+def test_slabs_make_the_volume_and_its_header(tmp_path, dtype, mode):
+    data = _volume(dtype)
+    path = tmp_path / "slabs.mrc"
+    writer = MrcSlabWriter(path, SHAPE, dtype, GEOMETRY)
+    for z0, z1 in reversed(SLABS):  # order does not matter
+        writer.write(z0, data[z0:z1])
+    assert writer.mean == pytest.approx(data.astype(np.float64).mean(), rel=1e-12)
+    writer.close()
+
+    values = data.astype(np.float64)
+    with mrcfile.open(path, permissive=False) as mrc:
+        assert mrc.header.mode == mode and mrc.data.dtype == dtype
+        np.testing.assert_array_equal(mrc.data, data)
+        assert (mrc.voxel_size.x, mrc.voxel_size.y, mrc.voxel_size.z) == (1.5, 2.0, 3.0)
+        assert (mrc.header.origin.x, mrc.header.origin.y, mrc.header.origin.z) == (10, -20, 30)
+        assert (mrc.header.nxstart, mrc.header.nystart, mrc.header.nzstart) == (0, 0, 0)
+        assert float(mrc.header.dmin) == values.min()
+        assert float(mrc.header.dmax) == values.max()
+        assert float(mrc.header.dmean) == pytest.approx(values.mean(), rel=1e-6)
+        assert float(mrc.header.rms) == pytest.approx(values.std(), rel=1e-6)
+    read, info = read_volume(path)
+    np.testing.assert_array_equal(read, data)
+    assert info.geometry == GEOMETRY
+
+
+def test_float_slabs_are_stored_as_the_file_dtype(tmp_path):
+    data = _volume(np.float32)
+    path = tmp_path / "scores.mrc"
+    with MrcSlabWriter(path, SHAPE, np.float16, GEOMETRY) as writer:
+        for z0, z1 in SLABS:
+            writer.write(z0, data[z0:z1])
+    stored = data.astype(np.float16)
+    with mrcfile.open(path) as mrc:
+        np.testing.assert_array_equal(mrc.data, stored)
+        # Statistics are those of what is stored, not of the float32 input.
+        assert float(mrc.header.dmax) == stored.astype(np.float64).max()
+        assert float(mrc.header.dmax) != data.max()
+
+
+def test_slabs_that_do_not_fit_are_refused(tmp_path):
+    with MrcSlabWriter(tmp_path / "v.mrc", SHAPE, np.int8, GEOMETRY) as writer:
+        with pytest.raises(ValueError, match="does not fit at z 6"):
+            writer.write(6, np.zeros((2, 6, 5), np.int8))
+        with pytest.raises(ValueError, match="does not fit at z 0"):
+            writer.write(0, np.zeros((2, 5, 6), np.int8))
+    with pytest.raises(ValueError, match="MRC has no mode for float64"):
+        MrcSlabWriter(tmp_path / "w.mrc", SHAPE, np.float64, GEOMETRY)
