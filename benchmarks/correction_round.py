@@ -28,10 +28,9 @@ sys.path.insert(0, str(ROOT / "sample_data"))
 
 import make_sample_data as sample  # noqa: E402
 
-from patch_corrections.cli import (  # noqa: E402
-    DEMO_PATCH_SIZE,
-    DEMO_SEGMENT,
-    Optimiser,
+from patch_corrections import (  # noqa: E402
+    ExtractSettings,
+    RetrainSettings,
     extract_patches,
     merge_corrections,
     retrain,
@@ -39,6 +38,7 @@ from patch_corrections.cli import (  # noqa: E402
 )
 from patch_corrections.io.volumes import Geometry, read_volume, write_volume  # noqa: E402
 from patch_corrections.metrics import add_counts, counts, summarise  # noqa: E402
+from patch_corrections.workflows.demo import DEMO_PATCH_SIZE, DEMO_SEGMENT  # noqa: E402
 
 CORRECTED_SEED = 20
 TEST_SEEDS = (30, 31)
@@ -56,13 +56,7 @@ def test_dice(checkpoint: Path, tests: dict, scratch: Path, label: str) -> dict:
     total: dict = {}
     for seed, (folder, volume) in tests.items():
         out = scratch / f"seg_{seed}_{label}"
-        segment(
-            tomogram=folder / "tomogram.mrc",
-            checkpoint=checkpoint,
-            out_dir=out,
-            device="cpu",
-            **DEMO_SEGMENT,
-        )
+        segment(folder / "tomogram.mrc", checkpoint, out, settings=DEMO_SEGMENT)
         predicted, _ = read_volume(out / "tomogram_segmented.mrc")
         total = add_counts(total, counts(predicted != 0, volume.truth.astype(np.uint8), 2))
     return summarise(total, 2)
@@ -87,13 +81,7 @@ def main() -> None:
         )
         corrected = scratch / "corrected"
         volume = write_tomogram(corrected, CORRECTED_SEED)
-        segment(
-            tomogram=corrected / "tomogram.mrc",
-            checkpoint=STARTING,
-            out_dir=corrected / "before",
-            device="cpu",
-            **DEMO_SEGMENT,
-        )
+        segment(corrected / "tomogram.mrc", STARTING, corrected / "before", settings=DEMO_SEGMENT)
         prediction = read_volume(corrected / "before" / "tomogram_segmented.mrc")[0] != 0
         centres = sample.choose_centres(volume.vesicles, volume.blobs, prediction, volume.truth)
         sample.paint_corrections(
@@ -105,34 +93,28 @@ def main() -> None:
         )
         for n in args.patches:
             run = scratch / f"n{n}"
-            (run).mkdir()
-            (run / "centres.csv").write_text(
-                "x,y,z\n" + "".join(f"{x},{y},{z}\n" for x, y, z in centres[:n])
-            )
             started = time.perf_counter()
             extract_patches(
-                tomogram=corrected / "tomogram.mrc",
-                segmentation=corrected / "before" / "tomogram_segmented.mrc",
-                out_dir=run / "patches",
-                centres=run / "centres.csv",
-                patch_size=DEMO_PATCH_SIZE,
+                corrected / "tomogram.mrc",
+                corrected / "before" / "tomogram_segmented.mrc",
+                run / "patches",
+                points=[tuple(map(float, c)) for c in centres[:n]],
+                settings=ExtractSettings(patch_size=DEMO_PATCH_SIZE),
             )
-            merge_corrections(
-                labels_dir=run / "patches",
-                corrections_dir=corrected / "corrections",
-                out_dir=run / "train",
-            )
+            merge_corrections(run / "patches", corrected / "corrections", run / "train")
             retrain(
-                train_dir=run / "train",
-                out_dir=run / "model",
-                checkpoint=STARTING,
-                iterations=args.iterations,
-                crop_size=48,
-                optimiser=Optimiser.adamw,
-                lr=1e-3,
-                val_fraction=0.0,
-                val_every=args.iterations,
-                device="cpu",
+                run / "train",
+                run / "model",
+                STARTING,
+                settings=RetrainSettings(
+                    iterations=args.iterations,
+                    crop_size=48,
+                    optimizer="adamw",
+                    lr=1e-3,
+                    val_fraction=0.0,
+                    val_every=args.iterations,
+                    device="cpu",
+                ),
             )
             after = test_dice(run / "model" / "last.pt", tests, scratch, f"n{n}")
             print(

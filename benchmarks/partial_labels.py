@@ -52,13 +52,9 @@ from patch_corrections.data import TrainingPatch, normalise  # noqa: E402
 from patch_corrections.metrics import add_counts, counts, summarise  # noqa: E402
 from patch_corrections.model import PRESETS, UNet  # noqa: E402
 from patch_corrections.relabel import relabel_candidates  # noqa: E402
+from patch_corrections.relabel_training import train_with_relabeling  # noqa: E402
 from patch_corrections.sparse import slices_mask, spaced_slices, sparsify  # noqa: E402
-from patch_corrections.train import (  # noqa: E402
-    TrainConfig,
-    predict_patch,
-    train,
-    train_with_relabeling,
-)
+from patch_corrections.train import TrainConfig, predict_patch, train  # noqa: E402
 
 TRAIN_SEEDS = (40, 41)
 TEST_SEEDS = (30, 31)

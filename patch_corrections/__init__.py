@@ -1,14 +1,15 @@
 """patch_corrections: correct a membrane segmentation in patches, turn the corrections into
 training pairs, and fine-tune the network on them.
 
-Arrays are ``(z, y, x)``; users give coordinates as ``x, y, z``.
+Arrays are ``(z, y, x)``; users give coordinates as ``x, y, z``. The workflows
+(``extract_patches``, ``merge_corrections``, ``retrain``, ``segment``, ``evaluate``,
+``simulate_sparse``, ``demo``) are the public Python API; the command line calls them.
 """
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .constants import BACKGROUND, BORDER_WIDTH, IGNORE, MEMBRANE, PATCH_SIZE
 from .corrections import MergeCounts, merge_labels, union_mask
-from .errors import InputError, PatchCorrectionsWarning
+from .errors import InputError, PatchCorrectionsWarning, RunInterrupted
 from .io import Geometry, read_centres, read_info, read_volume, write_volume
 from .patches import (
     Binarisation,
@@ -22,6 +23,32 @@ from .patches import (
 )
 from .relabel import adopt, curriculum_share, relabel_candidates, with_adopted
 from .sparse import parse_slices, random_boxes, slices_mask, spaced_slices, sparsify
+from .workflows import (
+    DemoReport,
+    DemoSettings,
+    EvaluateReport,
+    EvaluateSettings,
+    ExtractedPatch,
+    ExtractReport,
+    ExtractSettings,
+    Listener,
+    MergeReport,
+    MergeSettings,
+    Progress,
+    RetrainReport,
+    RetrainSettings,
+    SegmentReport,
+    SegmentSettings,
+    SparseReport,
+    SparseSettings,
+    demo,
+    evaluate,
+    extract_patches,
+    merge_corrections,
+    retrain,
+    segment,
+    simulate_sparse,
+)
 
 __all__ = [
     "BACKGROUND",
@@ -30,11 +57,29 @@ __all__ = [
     "MEMBRANE",
     "PATCH_SIZE",
     "Binarisation",
+    "DemoReport",
+    "DemoSettings",
+    "EvaluateReport",
+    "EvaluateSettings",
+    "ExtractReport",
+    "ExtractSettings",
+    "ExtractedPatch",
     "Geometry",
     "InputError",
+    "Listener",
     "MergeCounts",
+    "MergeReport",
+    "MergeSettings",
     "PatchBox",
     "PatchCorrectionsWarning",
+    "Progress",
+    "RetrainReport",
+    "RetrainSettings",
+    "RunInterrupted",
+    "SegmentReport",
+    "SegmentSettings",
+    "SparseReport",
+    "SparseSettings",
     "ValueRange",
     "__version__",
     "add_border_band",
@@ -42,8 +87,12 @@ __all__ = [
     "centre_index",
     "choose_binarisation",
     "curriculum_share",
+    "demo",
+    "evaluate",
+    "extract_patches",
     "image_patch",
     "label_patch",
+    "merge_corrections",
     "merge_labels",
     "parse_slices",
     "random_boxes",
@@ -51,6 +100,9 @@ __all__ = [
     "read_info",
     "read_volume",
     "relabel_candidates",
+    "retrain",
+    "segment",
+    "simulate_sparse",
     "slices_mask",
     "spaced_slices",
     "sparsify",

@@ -7,6 +7,7 @@ readable volume format works). Arrays are ``(z, y, x)``.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from .constants import (
     TRAIN_LABELS_SUBDIR,
 )
 from .corrections import require_label_values
-from .errors import InputError
+from .errors import InputError, PatchCorrectionsWarning
 from .io.volumes import is_volume_file, read_volume, volume_stem
 
 NORMALISATION = "robust_z"
@@ -204,3 +205,55 @@ def sample_crop(
     image[local] = patch.image[window]
     labels[local] = patch.labels[window]
     return image, labels
+
+
+def load_split(
+    train_dir: Path, val_dir: Path | None, val_fraction: float, seed: int, split: dict | None
+):
+    """Training and validation patches, and the split that names them.
+
+    ``split`` (names, from a saved run) wins over ``val_dir`` and ``val_fraction``, so a
+    resumed run sees the same patches. Without ``val_dir``, ``val_fraction`` of the pairs is
+    held out, chosen with ``seed``.
+    """
+    pairs = find_training_pairs(train_dir)
+    if split is not None:
+        val_pairs = find_training_pairs(Path(split["val_dir"])) if split["val_dir"] else pairs
+        by_name = {p[0]: p for p in pairs}
+        val_by_name = {p[0]: p for p in val_pairs}
+        missing = [n for n in split["train"] if n not in by_name]
+        missing += [n for n in split["val"] if n not in val_by_name]
+        if missing:
+            raise InputError(
+                f"{train_dir}: the saved run's patch {missing[0]} is missing; resume needs "
+                "the same training folder"
+            )
+        train_pairs = [by_name[n] for n in split["train"]]
+        val_pairs = [val_by_name[n] for n in split["val"]]
+    elif val_dir is not None:
+        train_pairs, val_pairs = pairs, find_training_pairs(val_dir)
+    else:
+        train_pairs, val_pairs = split_validation(pairs, val_fraction, np.random.default_rng(seed))
+    if not train_pairs:
+        raise InputError(f"{train_dir}: no patch left for training; lower --val-fraction")
+    train_patches = load_training_pairs(train_pairs)
+    val_patches = load_training_pairs(val_pairs)
+    if not any(len(p.annotated) for p in train_patches):
+        raise InputError(f"{train_dir}: no training patch has an annotated (non-ignore) voxel")
+    if not val_patches:
+        _warn("no validation patches: best.pt is not written; last.pt is the result")
+    elif not any(len(p.membrane) for p in val_patches):
+        _warn("the validation patches hold no membrane voxel: their Dice says little")
+    split = {
+        "val_fraction": split["val_fraction"] if split else val_fraction,
+        "train": [p.name for p in train_patches],
+        "val": [p.name for p in val_patches],
+        "val_dir": str(Path(val_dir).resolve())
+        if val_dir is not None
+        else (split["val_dir"] if split else None),
+    }
+    return train_patches, val_patches, split
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, PatchCorrectionsWarning, stacklevel=3)

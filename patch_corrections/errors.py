@@ -9,3 +9,7 @@ class InputError(Exception):
 
 class PatchCorrectionsWarning(UserWarning):
     """A recoverable oddity in the input, reported in the end-of-run summary."""
+
+
+class RunInterrupted(Exception):
+    """A run stopped by Ctrl-C; the message says what was kept and how to go on."""

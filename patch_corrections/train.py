@@ -3,6 +3,9 @@
 Every random choice of step ``s`` (which patches, where to crop, how to augment) comes from
 generators seeded with ``(seed, s)``, so a resumed run repeats exactly what an uninterrupted
 one would have done, and the next batch can be prepared while the current one trains.
+
+The device and its precision are chosen in :mod:`patch_corrections.devices`; the staged
+relabeling run built on :func:`train` is :mod:`patch_corrections.relabel_training`.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +26,9 @@ from .augment import AugmentConfig, augment
 from .checkpoints import save_checkpoint
 from .constants import DEFAULT_LOSS, IGNORE, MEMBRANE
 from .data import NORMALISATION, TrainingPatch, sample_crop
+from .devices import Precision, sync, to_cpu
 from .losses import bce_dice_loss, deep_supervision_loss, make_loss
 from .model import UNet
-from .relabel import adopted_labels, curriculum_share, with_adopted
 
 LAST = "last.pt"
 BEST = "best.pt"
@@ -91,25 +94,6 @@ def make_optimizer(network: torch.nn.Module, config: TrainConfig) -> torch.optim
     )
 
 
-def pick_device(name: str) -> torch.device:
-    """``auto`` is the first GPU when there is one, else the CPU; ``cpu``, ``cuda`` and
-    ``cuda:N`` are checked against what this machine has."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError("expected auto, cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError("expected auto, cpu, cuda or cuda:N")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("no CUDA device is available")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device
-
-
 def batch_for_step(
     patches: list[TrainingPatch], step: int, config: TrainConfig
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -121,27 +105,6 @@ def batch_for_step(
         for _ in range(config.batch_size)
     ]
     return (np.stack([c[0] for c in crops])[:, None], np.stack([c[1] for c in crops])[:, None])
-
-
-@dataclass
-class Precision:
-    """Autocast settings: bf16 on CUDA (fp16 with a grad scaler without bf16), fp32 on CPU."""
-
-    device: torch.device
-    dtype: torch.dtype | None = None
-    scaler: torch.amp.GradScaler | None = None
-
-    @classmethod
-    def for_device(cls, device: torch.device) -> Precision:
-        if device.type != "cuda":
-            return cls(device)
-        # Native bf16 from Ampere (compute capability 8.0) on; older cards only emulate it.
-        if torch.cuda.get_device_capability(device) >= (8, 0):
-            return cls(device, torch.bfloat16)
-        return cls(device, torch.float16, torch.amp.GradScaler("cuda"))
-
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
 
 
 def _patch_logits(
@@ -274,8 +237,8 @@ def train(
                 "model_config": network.config.to_dict(),
                 "train_config": asdict(config),
                 "normalisation": NORMALISATION,
-                "model": _to_cpu(network.state_dict()),
-                "optimizer": _to_cpu(optimizer.state_dict()),
+                "model": to_cpu(network.state_dict()),
+                "optimizer": to_cpu(optimizer.state_dict()),
                 "step": state.step,
                 "best_dice": state.best_dice,
                 "history": state.history,
@@ -342,7 +305,7 @@ def train(
             logging = state.step % config.val_every == 0 or done
             saving = state.step % config.save_every == 0 or done
             if logging or saving:
-                _sync(device)
+                sync(device)
                 paused = time.perf_counter()
             if logging:
                 row = {
@@ -374,100 +337,6 @@ def train(
     return state
 
 
-RELABEL_MAX = 0.5
-"""Default share of the predicted membrane in ignore regions adopted by the last round."""
-
-
-def round_dir(out_dir: Path, round_index: int) -> Path:
-    """Folder of one stage of a relabeling run: ``round_0`` trains on sure labels only."""
-    return Path(out_dir) / f"round_{round_index}"
-
-
-def relabel_round_dirs(out_dir: Path) -> list[Path]:
-    """The ``round_<t>`` folders of a relabeling run in ``out_dir``, in round order."""
-    found = [
-        (int(p.name[6:]), p)
-        for p in Path(out_dir).glob("round_*")
-        if p.is_dir() and p.name[6:].isdigit()
-    ]
-    return [p for _, p in sorted(found)]
-
-
-def train_with_relabeling(
-    network: UNet,
-    train_patches: list[TrainingPatch],
-    val_patches: list[TrainingPatch],
-    config: TrainConfig,
-    out_dir: Path,
-    device: torch.device,
-    *,
-    rounds: int,
-    max_share: float,
-    candidates: list[np.ndarray],
-    round_iterations: int | None = None,
-    background: bool = False,
-    on_round: Callable[[int, list[np.ndarray]], None] | None = None,
-    **train_options,
-) -> list[RunState]:
-    """Train on sure labels, then ``rounds`` times: adopt confident membrane, train again.
-
-    Stage 0 is ``train`` on ``train_patches`` as they are, into ``round_0/``. Stage ``t``
-    predicts every training patch with the current network, adopts the
-    ``max_share · t / rounds`` most confident voxels it calls membrane among that patch's
-    ``candidates`` (boolean ``(z, y, x)``, see :func:`relabel.relabel_candidates`), and
-    trains on the original labels plus those (recomputed each round, not accumulated) for
-    ``round_iterations`` steps (default ``config.iterations``) with a fresh schedule, into
-    ``round_<t>/``. Validation always uses the validation patches' own labels.
-
-    Parameters
-    ----------
-    background
-        Also adopt the same share of the voxels predicted background, as background.
-    on_round
-        Called with the round number and what it adopted, one label patch per training
-        patch (see :func:`relabel.adopted_labels`), before that round trains (to save them
-        for inspection).
-    train_options
-        Passed to every :func:`train` call (progress callbacks, ``split``).
-    """
-    states: list[RunState] = []
-    steps = round_iterations or config.iterations
-    patches, stage = train_patches, config
-    for t in range(rounds + 1):
-        if t > 0:
-            share = curriculum_share(t, rounds, max_share)
-            adopted = [
-                adopted_labels(
-                    predict_patch(network, patch.image, device), allowed, share, background
-                )
-                for patch, allowed in zip(train_patches, candidates)
-            ]
-            if on_round is not None:
-                on_round(t, adopted)
-            patches = [
-                patch.with_labels(with_adopted(patch.labels, labels))
-                for patch, labels in zip(train_patches, adopted)
-            ]
-            stage = replace(
-                config,
-                iterations=steps,
-                warmup=min(config.warmup, steps // 20),
-                seed=config.seed + t,  # other crops than stage 0's first steps
-            )
-        states.append(
-            train(
-                network,
-                patches,
-                val_patches,
-                stage,
-                round_dir(out_dir, t),
-                device,
-                **train_options,
-            )
-        )
-    return states
-
-
 class _StopFlag:
     """Turns Ctrl-C (SIGINT) into a request honoured between steps, so ``last.pt`` never
     holds weights updated by a step it does not count. A second Ctrl-C stops at once."""
@@ -487,23 +356,6 @@ class _StopFlag:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
             self._previous = None
-
-
-def _to_cpu(value):
-    """A copy of a (nested) optimiser state with every tensor on the CPU, so checkpoints
-    from a GPU load on any machine."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
-    if isinstance(value, dict):
-        return {k: _to_cpu(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_to_cpu(v) for v in value)
-    return value
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _heads_function(network: UNet, compile_it: bool) -> Callable[[torch.Tensor], list]:

@@ -246,18 +246,13 @@ def segment_with_starting_model(tomogram: Path) -> np.ndarray:
 
     import mrcfile
 
-    from patch_corrections.cli import DEMO_SEGMENT, segment
+    from patch_corrections import segment
+    from patch_corrections.workflows.demo import DEMO_SEGMENT
 
     # The demo's settings: its first segmentation is then this prediction, voxel for voxel.
     with tempfile.TemporaryDirectory() as folder:
-        segment(
-            tomogram=tomogram,
-            checkpoint=STARTING_MODEL,
-            out_dir=Path(folder),
-            device="cpu",
-            **DEMO_SEGMENT,
-        )
-        return mrcfile.read(Path(folder) / f"{tomogram.stem}_segmented.mrc").astype(bool)
+        report = segment(tomogram, STARTING_MODEL, Path(folder), settings=DEMO_SEGMENT)
+        return mrcfile.read(report.segmentation).astype(bool)
 
 
 def main() -> None:

@@ -28,13 +28,13 @@ from patch_corrections.data import (
 from patch_corrections.io.volumes import Geometry, read_volume, write_volume
 from patch_corrections.model import PRESETS, UNet
 from patch_corrections.relabel import relabel_candidates
+from patch_corrections.relabel_training import train_with_relabeling
 from patch_corrections.train import (
     Interrupted,
     TrainConfig,
     learning_rate,
     predict_patch,
     train,
-    train_with_relabeling,
 )
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .._version import __version__
 from ..constants import MANIFEST_NAME
 from ..errors import InputError
 from .files import write_text_atomic
@@ -57,8 +58,6 @@ def load_manifest(folder: Path) -> list[dict]:
 
 def save_manifest(folder: Path, patches: list[dict]) -> Path:
     """Write the manifest atomically and return its path."""
-    from .. import __version__
-
     path = manifest_path(folder)
     content = {
         "format_version": MANIFEST_VERSION,

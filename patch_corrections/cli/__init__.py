@@ -1,0 +1,45 @@
+"""The command line: one thin module per command over the workflows.
+
+A command declares its options, builds the workflow's settings, calls the workflow, and
+renders its report. User mistakes become one line on stderr and exit code 1; recoverable
+oddities are listed in the end-of-run summary.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from .demo import demo_command
+from .evaluate import evaluate_command
+from .extract import extract_patches_command
+from .merge import merge_corrections_command
+from .retrain import retrain_command
+from .segment import segment_command
+from .sparse import simulate_sparse_command
+
+app = typer.Typer(
+    name="patch_corrections",
+    help="Correct a membrane segmentation in patches and turn the corrections into "
+    "training data for the network.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+for name, command in (
+    ("extract_patches", extract_patches_command),
+    ("merge_corrections", merge_corrections_command),
+    ("simulate_sparse", simulate_sparse_command),
+    ("retrain", retrain_command),
+    ("segment", segment_command),
+    ("evaluate", evaluate_command),
+):
+    app.command(name=name, no_args_is_help=True)(command)
+app.command(name="demo")(demo_command)
+
+
+def main() -> None:
+    """Console entry point."""
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,244 @@
+"""``retrain``: fine-tune the U-Net on training pairs."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..constants import DEFAULT_LOSS, PATCH_SIZE, RELABEL_DIR
+from ..workflows.training import RetrainReport, RetrainSettings, retrain
+from ._common import console, print_warnings, user_errors
+
+Preset = Enum("Preset", {n: n for n in ("full", "small", "tiny")}, type=str)
+Optimiser = Enum("Optimiser", {n: n for n in ("sgd", "adamw")}, type=str)
+Schedule = Enum("Schedule", {n: n for n in ("poly", "cosine")}, type=str)
+
+
+@user_errors
+def retrain_command(
+    train_dir: Annotated[
+        Path,
+        typer.Option(
+            "--train-dir",
+            "-t",
+            help="Training folder (imagesTr/, labelsTr/) from merge_corrections or MemBrain-seg.",
+        ),
+    ],
+    out_dir: Annotated[
+        Path,
+        typer.Option(
+            "--out-dir", "-o", help="Folder for last.pt, best.pt, metrics.csv and curves.png."
+        ),
+    ],
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint", help="Start from these weights: ours or a MemBrain-seg .ckpt."
+        ),
+    ] = None,
+    trust_checkpoint: Annotated[
+        bool,
+        typer.Option(
+            "--trust-checkpoint",
+            help="Allow a checkpoint that holds pickled objects beyond weights.",
+        ),
+    ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the run saved in --out-dir where it stopped, with its settings; "
+            "--iterations or --epochs may extend it.",
+        ),
+    ] = False,
+    val_dir: Annotated[
+        Path | None, typer.Option("--val-dir", help="Training folder used only for validation.")
+    ] = None,
+    val_fraction: Annotated[
+        float,
+        typer.Option(
+            "--val-fraction", help="Share of training patches held out when there is no --val-dir."
+        ),
+    ] = 0.2,
+    preset: Annotated[
+        Preset,
+        typer.Option(
+            "--preset", help="Network width when training from scratch (full = MemBrain-seg's)."
+        ),
+    ] = Preset.full,
+    iterations: Annotated[int | None, typer.Option("--iterations", help="Training steps.")] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            "--epochs",
+            help="Passes over the training patches (one crop each), instead of --iterations.",
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Crops per step.")] = 2,
+    crop_size: Annotated[
+        int, typer.Option("--crop-size", help="Edge of the cubic training crops, in voxels.")
+    ] = PATCH_SIZE,
+    optimiser: Annotated[
+        Optimiser, typer.Option("--optimizer", help="SGD (Nesterov, momentum 0.99) or AdamW.")
+    ] = Optimiser.sgd,
+    lr: Annotated[
+        float | None,
+        typer.Option("--lr", help="Peak learning rate; default 1e-2 (SGD) or 3e-4 (AdamW)."),
+    ] = None,
+    schedule: Annotated[
+        Schedule, typer.Option("--schedule", help="Decay after warm-up.")
+    ] = Schedule.poly,
+    warmup: Annotated[
+        int | None, typer.Option("--warmup", help="Warm-up steps; default 5 % of the run.")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of every random choice.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    compile_network: Annotated[
+        bool,
+        typer.Option("--compile", help="torch.compile the network (slow start, faster steps)."),
+    ] = False,
+    no_augment: Annotated[
+        bool, typer.Option("--no-augment", help="Train without data augmentation.")
+    ] = False,
+    channels_last: Annotated[
+        bool,
+        typer.Option(
+            "--channels-last/--no-channels-last",
+            help="Channels-last 3D memory layout on CUDA.",
+        ),
+    ] = True,
+    val_every: Annotated[
+        int, typer.Option("--val-every", help="Validate and log every N steps.")
+    ] = 50,
+    save_every: Annotated[
+        int | None,
+        typer.Option("--save-every", help="Write last.pt every N steps; default: --val-every."),
+    ] = None,
+    loss: Annotated[
+        str,
+        typer.Option(
+            "--loss",
+            help="Loss terms joined by '+': bce, dice, rrw (region-wise, Valverde & Tohka); "
+            "e.g. rrw or rrw+dice.",
+        ),
+    ] = DEFAULT_LOSS,
+    relabel_rounds: Annotated[
+        int,
+        typer.Option(
+            "--relabel-rounds",
+            help="After training on the sure labels, this many rounds that adopt the most "
+            "confident predicted membrane of the ignore regions and train again (SMILE-style).",
+        ),
+    ] = 0,
+    relabel_max: Annotated[
+        float | None,
+        typer.Option(
+            "--relabel-max",
+            help="Share γ of the predicted membrane in ignore regions adopted by the last "
+            "round; round t of T adopts γ·t/T. Default 0.5.",
+        ),
+    ] = None,
+    relabel_iterations: Annotated[
+        int | None,
+        typer.Option(
+            "--relabel-iterations",
+            help="Training steps of each relabeling round; default: half of --iterations.",
+        ),
+    ] = None,
+    relabel_background: Annotated[
+        bool,
+        typer.Option(
+            "--relabel-background",
+            help="Also adopt the same share of the predicted background of ignore regions, "
+            "as background.",
+        ),
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Start a new run in an --out-dir that holds one.")
+    ] = False,
+) -> None:
+    """Fine-tune the U-Net on training pairs; ignore voxels are left out of the loss.
+
+    With --relabel-rounds, the run trains in stages (round_0/ on the sure labels, then
+    round_1/ ...), saves the voxels each round adopted in round_<t>/adopted/, and copies the
+    final weights to --out-dir/last.pt and the best validated ones to best.pt.
+    """
+    settings = RetrainSettings(
+        iterations=iterations,
+        epochs=epochs,
+        resume=resume,
+        trust_checkpoint=trust_checkpoint,
+        val_fraction=val_fraction,
+        preset=preset.value,
+        batch_size=batch_size,
+        crop_size=crop_size,
+        optimizer=optimiser.value,
+        lr=lr,
+        schedule=schedule.value,
+        warmup=warmup,
+        seed=seed,
+        device=device,
+        compile=compile_network,
+        augment=not no_augment,
+        channels_last=channels_last,
+        val_every=val_every,
+        save_every=save_every,
+        loss=loss,
+        relabel_rounds=relabel_rounds,
+        relabel_max=relabel_max,
+        relabel_iterations=relabel_iterations,
+        relabel_background=relabel_background,
+        overwrite=overwrite,
+    )
+    with console() as listener:
+        report = retrain(
+            train_dir, out_dir, checkpoint, val_dir, settings=settings, listener=listener
+        )
+    render(report)
+
+
+def render(report: RetrainReport) -> None:
+    """The final losses and where the weights are; a table of rounds for relabeling."""
+    if report.relabel is not None:
+        _render_rounds(report)
+    else:
+        final = report.final
+        summary = f"train loss {final.get('train_loss', float('nan')):.4f}"
+        if "val_dice" in final:
+            summary += (
+                f", val loss {final['val_loss']:.4f}, val Dice {final['val_dice']:.4f}"
+                f" (best {report.best_dice:.4f} in {report.best})"
+            )
+        typer.echo(f"Done: iteration {report.step}, {summary}.")
+        typer.echo(f"Checkpoint: {report.last}; metrics: {report.metrics}")
+    print_warnings(report.warnings)
+
+
+def _render_rounds(report: RetrainReport) -> None:
+    relabel = report.relabel or {}
+    rows, background = relabel["stages"], relabel["background"]
+    typer.echo(f"Done: {len(rows)} stage(s) in {report.out_dir}:")
+    extra = f"  {'background':>10}" if background else ""
+    typer.echo(
+        f"  {'round':>5}  {'share':>6}  {'membrane':>9}{extra}  {'train loss':>10}  "
+        f"{'val Dice':>8}"
+    )
+    for r in rows:
+        loss = "-" if r["train_loss"] is None else f"{r['train_loss']:.4f}"
+        dice = "-" if r["val_dice"] is None else f"{r['val_dice']:.4f}"
+        extra = f"  {r['adopted_background_total']:>10}" if background else ""
+        typer.echo(
+            f"  {r['round']:>5}  {r['share']:>6.1%}  {r['adopted_total']:>9}{extra}  "
+            f"{loss:>10}  {dice:>8}"
+        )
+    where = (
+        f"; best validated (round {relabel['best_round']}): {report.best}" if report.best else ""
+    )
+    typer.echo(f"Final weights: {report.last}{where}")
+    typer.echo(
+        f"Adopted labels: round_<t>/{RELABEL_DIR}/ (1 membrane, 0 background, 2 not "
+        f"adopted); report: {report.out_dir / 'relabel.json'}"
+    )

@@ -1,0 +1,82 @@
+"""``segment``: a whole tomogram through the network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..constants import PATCH_SIZE
+from ..workflows.segmentation import SegmentReport, SegmentSettings, segment
+from ._common import console, print_warnings, user_errors
+
+
+@user_errors
+def segment_command(
+    tomogram: Annotated[Path, typer.Option("--tomogram", "-t", help="Tomogram to segment.")],
+    checkpoint: Annotated[
+        Path,
+        typer.Option(
+            "--checkpoint", help="Weights: ours (best.pt, last.pt) or a MemBrain-seg .ckpt."
+        ),
+    ],
+    out_dir: Annotated[
+        Path,
+        typer.Option(
+            "--out-dir", "-o", help="Folder for <stem>_scores.mrc and <stem>_segmented.mrc."
+        ),
+    ],
+    window: Annotated[
+        int, typer.Option("--window", help="Edge of the sliding windows, in voxels.")
+    ] = PATCH_SIZE,
+    overlap: Annotated[
+        float, typer.Option("--overlap", help="Fraction by which neighbouring windows overlap.")
+    ] = 0.5,
+    tta: Annotated[
+        bool, typer.Option("--tta", help="Average over the 8 flips of every window (8x slower).")
+    ] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Windows per forward pass.")] = 1,
+    threshold: Annotated[
+        float, typer.Option("--threshold", help="Probability above which a voxel is membrane.")
+    ] = 0.5,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    trust_checkpoint: Annotated[
+        bool,
+        typer.Option(
+            "--trust-checkpoint", help="Allow a checkpoint that pickles objects beyond weights."
+        ),
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace earlier outputs.")
+    ] = False,
+) -> None:
+    """Segment a whole tomogram: a probability scoremap and a binary segmentation (MRC)."""
+    settings = SegmentSettings(
+        window=window,
+        overlap=overlap,
+        tta=tta,
+        batch_size=batch_size,
+        threshold=threshold,
+        device=device,
+        trust_checkpoint=trust_checkpoint,
+        overwrite=overwrite,
+    )
+    with console() as listener:
+        report = segment(tomogram, checkpoint, out_dir, settings=settings, listener=listener)
+    render(report)
+
+
+def render(report: SegmentReport) -> None:
+    """What was segmented, how, and where the outputs are."""
+    s = report.settings
+    typer.echo(
+        f"Segmented {report.tomogram.name} ({'x'.join(map(str, report.shape_xyz))} voxels, "
+        f"{report.windows} windows of {s.window}³, overlap {s.overlap:g}"
+        f"{', 8-flip TTA' if s.tta else ''}) on {report.device}: "
+        f"{report.membrane_share:.2%} membrane at probability > {s.threshold:g}."
+    )
+    if report.peak_gpu_gib is not None:
+        typer.echo(f"Peak GPU memory: {report.peak_gpu_gib:.1f} GiB")
+    typer.echo(f"Scoremap: {report.scores}\nSegmentation: {report.segmentation}")
+    print_warnings(report.warnings)

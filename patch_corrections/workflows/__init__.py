@@ -1,0 +1,41 @@
+"""Workflows: one function per job, taking paths and a frozen settings dataclass and
+returning a report. Every front end (the command line, a notebook, a viewer plugin, a
+cluster job) calls these; they validate once, never print, and report progress through a
+:class:`Listener` and warnings in their report.
+"""
+
+from .demo import DemoReport, DemoSettings, demo
+from .evaluation import EvaluateReport, EvaluateSettings, evaluate
+from .events import Listener, Progress
+from .extraction import ExtractedPatch, ExtractReport, ExtractSettings, extract_patches
+from .merging import MergeReport, MergeSettings, merge_corrections
+from .segmentation import SegmentReport, SegmentSettings, segment
+from .sparse_simulation import SparseReport, SparseSettings, simulate_sparse
+from .training import RetrainReport, RetrainSettings, retrain
+
+__all__ = [
+    "DemoReport",
+    "DemoSettings",
+    "EvaluateReport",
+    "EvaluateSettings",
+    "ExtractReport",
+    "ExtractSettings",
+    "ExtractedPatch",
+    "Listener",
+    "MergeReport",
+    "MergeSettings",
+    "Progress",
+    "RetrainReport",
+    "RetrainSettings",
+    "SegmentReport",
+    "SegmentSettings",
+    "SparseReport",
+    "SparseSettings",
+    "demo",
+    "evaluate",
+    "extract_patches",
+    "merge_corrections",
+    "retrain",
+    "segment",
+    "simulate_sparse",
+]

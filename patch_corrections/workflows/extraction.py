@@ -1,0 +1,333 @@
+"""Extraction: cut image and label patches around centres, ready to be corrected."""
+
+from __future__ import annotations
+
+import functools
+import math
+import operator
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..constants import BORDER_WIDTH, IMAGES_SUBDIR, LABELS_SUBDIR, PATCH_SIZE
+from ..errors import InputError
+from ..io.centres import Centre, read_centres
+from ..io.files import StagedFiles
+from ..io.manifest import as_xyz, load_manifest, manifest_path, save_manifest
+from ..io.volumes import (
+    Geometry,
+    closing_reader,
+    output_path,
+    volume_stem,
+    volume_suffix,
+    write_volume,
+)
+from ..patches import (
+    PatchBox,
+    ValueRange,
+    centre_index,
+    check_patch_size,
+    choose_binarisation,
+    image_patch,
+    label_patch,
+)
+from ._common import check_format, check_out_dir, collect_warnings, require_free, tracked, warn
+from .events import SILENT, Listener
+
+_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+def _check_token(token: str) -> str:
+    if not _TOKEN.fullmatch(token):
+        raise InputError(
+            f"--token {token!r}: use letters, digits and . _ + - only (it becomes a file name)"
+        )
+    return token
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    """How patches are cut.
+
+    Attributes
+    ----------
+    patch_size
+        Edge length of the cubic patches, in voxels.
+    border
+        Width of the ignore band along every face of a label patch.
+    threshold
+        Binarise the segmentation: values above it are membrane (default: chosen from its
+        values).
+    format
+        File format of the patches: ``nrrd``, ``mrc`` or ``nii.gz``.
+    token
+        Patch name prefix; default: the tomogram's file name stem.
+    angstrom
+        Centres are in Å from the first voxel, not in voxels.
+    overwrite
+        Replace this token's patches instead of adding to them.
+    """
+
+    patch_size: int = PATCH_SIZE
+    border: int = BORDER_WIDTH
+    threshold: float | None = None
+    format: str = "nrrd"
+    token: str | None = None
+    angstrom: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        check_patch_size(self.patch_size, self.border)
+        check_format(self.format)
+        if self.token is not None:
+            _check_token(self.token)
+
+
+@dataclass(frozen=True)
+class ExtractedPatch:
+    """One patch written: its name, centre and the padding it needed, all ``x, y, z``."""
+
+    name: str
+    centre_xyz: tuple[int, int, int]
+    padding_xyz: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class ExtractReport:
+    """What an extraction wrote."""
+
+    tomogram: Path
+    out_dir: Path
+    manifest: Path
+    patches: list[ExtractedPatch]
+    skipped: int
+    """Centres already extracted from this tomogram (kept as they were)."""
+    settings: ExtractSettings
+    warnings: list[str]
+
+
+def extract_patches(
+    tomogram: Path,
+    segmentation: Path,
+    out_dir: Path,
+    centres: Path | None = None,
+    *,
+    points: Sequence[Centre | tuple[float, float, float]] = (),
+    settings: ExtractSettings = ExtractSettings(),
+    listener: Listener = SILENT,
+) -> ExtractReport:
+    """Cut image and label patches of ``tomogram`` and its ``segmentation`` into ``out_dir``.
+
+    Parameters
+    ----------
+    centres
+        A file of ``x, y, z`` rows, or a napari points CSV.
+    points
+        More centres ``(x, y, z)``, in voxels (or Å with ``settings.angstrom``).
+
+    Returns
+    -------
+    ExtractReport
+        The patches written (``images/``, ``labels/``) and recorded in the manifest.
+    """
+    tomogram, segmentation, out_dir = Path(tomogram), Path(segmentation), Path(out_dir)
+    with collect_warnings() as warned:
+        requested = _requested_centres(centres, points)
+        patches, skipped = _extract(tomogram, segmentation, out_dir, requested, settings, listener)
+    return ExtractReport(
+        tomogram, out_dir, manifest_path(out_dir), patches, skipped, settings, warned
+    )
+
+
+def _requested_centres(
+    centres: Path | None, points: Sequence[Centre | tuple[float, float, float]]
+) -> list[Centre]:
+    requested = read_centres(Path(centres)) if centres is not None else []
+    for number, point in enumerate(points, start=1):
+        if not isinstance(point, Centre):
+            point = Centre(tuple(float(v) for v in point), f"point {number}")  # type: ignore[arg-type]
+        if not all(math.isfinite(v) for v in point.xyz):
+            raise InputError(
+                f"{point.source}: coordinates must be finite, got "
+                + ", ".join(str(v) for v in point.xyz)
+            )
+        requested.append(point)
+    if not requested:
+        raise InputError("no centres given: pass --centres FILE or --x, --y and --z")
+    return requested
+
+
+def _extract(
+    tomogram: Path,
+    segmentation: Path,
+    out_dir: Path,
+    requested: list[Centre],
+    settings: ExtractSettings,
+    listener: Listener,
+) -> tuple[list[ExtractedPatch], int]:
+    fmt, border, overwrite = settings.format, settings.border, settings.overwrite
+    token = _check_token(settings.token or volume_stem(tomogram))
+    check_out_dir(out_dir)
+    with closing_reader(tomogram) as image_reader, closing_reader(segmentation) as seg_reader:
+        shape = image_reader.info.shape
+        if seg_reader.info.shape != shape:
+            raise InputError(
+                f"{segmentation}: shape x,y,z={tuple(as_xyz(seg_reader.info.shape))} "
+                f"differs from the tomogram {tomogram}: x,y,z={tuple(as_xyz(shape))}"
+            )
+        geometry = image_reader.info.geometry
+        if geometry is None:
+            if settings.angstrom:
+                raise InputError(
+                    f"{tomogram}: header has no voxel size, so --angstrom "
+                    "cannot convert centres; give them in voxels"
+                )
+            warn(f"{tomogram}: header has no voxel size; patches are written with 1 Å")
+            geometry = Geometry((1.0, 1.0, 1.0))
+        seg_geometry = seg_reader.info.geometry
+        if seg_geometry is not None and not seg_geometry.agrees_with(geometry):
+            warn(
+                f"{segmentation}: voxel size/origin differ from the tomogram's; "
+                "the tomogram's are written to the patches"
+            )
+        located = _locate_centres(
+            requested,
+            shape,
+            geometry.voxel_size if settings.angstrom else None,
+            "Å" if settings.angstrom else "voxels",
+        )
+        sources = {
+            "tomogram": str(tomogram.resolve()),
+            "segmentation": str(segmentation.resolve()),
+        }
+        records, new, replaced = _plan_names(
+            out_dir, token, located, settings.patch_size, sources["tomogram"], overwrite
+        )
+        size = (settings.patch_size,) * 3
+        boxes = {name: PatchBox.around(index, size) for name, _, index in new}
+        paths = {
+            name: (
+                output_path(out_dir / IMAGES_SUBDIR, name, fmt),
+                output_path(out_dir / LABELS_SUBDIR, name, fmt),
+            )
+            for name in boxes
+        }
+        require_free([p for pair in paths.values() for p in pair], overwrite)
+        # One rule for the whole segmentation, from the values of every patch.
+        values = [ValueRange.of(seg_reader.read_block(*b.inside(shape))) for b in boxes.values()]
+        binarisation = choose_binarisation(
+            functools.reduce(operator.or_, values, ValueRange(0.0, 0.0, True)), settings.threshold
+        )
+        if binarisation.rule != "binary" and settings.threshold is None:
+            warn(
+                f"{segmentation}: values are not 0/1; read as {binarisation.rule}. "
+                "Pass --threshold to choose."
+            )
+
+        staged = StagedFiles()
+        try:
+            staged.make_dirs(out_dir / IMAGES_SUBDIR, out_dir / LABELS_SUBDIR)
+            for name, centre, index in tracked(new, "Extracting patches", listener):
+                box = boxes[name]
+                start, stop = box.inside(shape)
+                image, pad_value = image_patch(image_reader.read_block(start, stop), box, shape)
+                labels = label_patch(
+                    seg_reader.read_block(start, stop), box, shape, border, binarisation
+                )
+                patch_geometry = geometry.shifted(box.offset)
+                for final, data in zip(paths[name], (image, labels)):
+                    write_volume(staged.stage(final, volume_suffix(final)), data, patch_geometry)
+                records.append(
+                    {
+                        "name": name,
+                        "image": paths[name][0].relative_to(out_dir).as_posix(),
+                        "label": paths[name][1].relative_to(out_dir).as_posix(),
+                        **sources,
+                        "centre_xyz": as_xyz(index),
+                        "centre_given": list(centre.xyz),
+                        "centre_source": centre.source,
+                        "offset_xyz": as_xyz(box.offset),
+                        "size_xyz": as_xyz(box.size),
+                        "tomogram_shape_xyz": as_xyz(shape),
+                        "voxel_size_xyz": as_xyz(patch_geometry.voxel_size),
+                        "origin_xyz": as_xyz(patch_geometry.origin),
+                        "padding_xyz": as_xyz(box.padding(shape)),
+                        "border": border,
+                        "image_pad_value": pad_value,
+                        "label_rule": binarisation.rule,
+                    }
+                )
+        except BaseException:
+            staged.discard()
+            raise
+        written = staged.finals
+        staged.commit()
+        save_manifest(out_dir, records)
+        # Only once the new patches and manifest are in place do replaced ones go.
+        for path in replaced - set(written):
+            path.unlink(missing_ok=True)
+    extracted = [
+        ExtractedPatch(
+            name,
+            tuple(as_xyz(index)),  # type: ignore[arg-type]
+            tuple(as_xyz(boxes[name].padding(shape))),
+        )
+        for name, _, index in new
+    ]
+    return extracted, len(located) - len(new)
+
+
+def _locate_centres(
+    centres: list[Centre],
+    shape: tuple[int, int, int],
+    voxel_size: tuple[float, float, float] | None,
+    unit: str,
+) -> list[tuple[Centre, tuple[int, int, int]]]:
+    located = []
+    for centre in centres:
+        index = centre_index(centre.xyz, voxel_size)
+        if not all(0 <= i < n for i, n in zip(index, shape)):
+            x, y, z = centre.xyz
+            limits = "x < {}, y < {}, z < {}".format(*as_xyz(shape))
+            raise InputError(
+                f"{centre.source}: centre x={x:g}, y={y:g}, z={z:g} ({unit}) lies outside "
+                f"the tomogram (voxel indices must satisfy 0 <= {limits})"
+            )
+        located.append((centre, index))
+    return located
+
+
+def _plan_names(
+    out_dir: Path, token: str, located: list, patch_size: int, tomogram: str, overwrite: bool
+) -> tuple[list[dict], list[tuple[str, Centre, tuple[int, int, int]]], set[Path]]:
+    """Keep the manifest's other patches and name the new ones ``<token>_patchNNN``.
+
+    Without ``overwrite``, numbering continues after this token's last patch and a centre
+    already extracted from the same tomogram with the same size is skipped. With it, this
+    token's patches are dropped from the manifest and re-extracted from number 000; their
+    files are returned, to be deleted once the new ones are written.
+    """
+    records = load_manifest(out_dir)
+    prefix = f"{token}_patch"
+    mine = [
+        r for r in records if r["name"].startswith(prefix) and r["name"][len(prefix) :].isdigit()
+    ]
+    replaced: set[Path] = set()
+    if overwrite:
+        replaced = {out_dir / r[key] for r in mine for key in ("image", "label")}
+        records = [r for r in records if r not in mine]
+        mine = []
+    done = {
+        (r.get("tomogram"), tuple(r.get("centre_xyz", ())), tuple(r["size_xyz"])) for r in mine
+    }
+    number = max((int(r["name"][len(prefix) :]) + 1 for r in mine), default=0)
+    new = []
+    for centre, index in located:
+        key = (tomogram, tuple(as_xyz(index)), (patch_size,) * 3)
+        if key in done:
+            continue
+        done.add(key)
+        new.append((f"{prefix}{number:03d}", centre, index))
+        number += 1
+    return records, new, replaced

@@ -1,0 +1,317 @@
+"""Merging: Add / Remove / Ignore masks applied to label patches, written as training pairs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..constants import (
+    BORDER_WIDTH,
+    CORRECTION_KINDS,
+    MERGE_SUMMARY_NAME,
+    TRAIN_IMAGE_SUFFIX,
+    TRAIN_IMAGES_SUBDIR,
+    TRAIN_LABELS_SUBDIR,
+)
+from ..corrections import merge_labels, require_label_values, union_mask
+from ..errors import InputError
+from ..io.files import StagedFiles, write_text_atomic
+from ..io.folders import LabelPatch, find_label_patches, scan_corrections, stray_files
+from ..io.manifest import as_xyz, padding_zyx
+from ..io.volumes import Geometry, output_path, read_info, read_volume, volume_suffix, write_volume
+from ..sparse import AXES, parse_slices, slices_mask
+from ._common import (
+    check_format,
+    check_out_dir,
+    collect_warnings,
+    merged_rows,
+    require_free,
+    tracked,
+    warn,
+)
+from .events import SILENT, Listener
+
+
+@dataclass(frozen=True)
+class MergeSettings:
+    """How corrections are merged.
+
+    Attributes
+    ----------
+    border
+        Ignore band width; default: the manifest's, else 16.
+    format
+        File format of the training pairs: ``nii.gz``, ``nrrd`` or ``mrc``.
+    include_uncorrected
+        Also write patches that have no corrections folder, as they are.
+    sparse
+        Start every patch as all ignore, so only the Add (membrane) and Remove (background)
+        strokes, and ``keep_slices``, are labels.
+    keep_slices
+        With ``sparse``, keep the patch's labels on these slices, e.g. ``"z=40,80,100-110"``
+        (patch voxel indices; one entry per axis).
+    overwrite
+        Replace existing training pairs.
+    """
+
+    border: int | None = None
+    format: str = "nii.gz"
+    include_uncorrected: bool = False
+    sparse: bool = False
+    keep_slices: tuple[str, ...] = ()
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.border is not None and self.border < 0:
+            raise InputError(f"--border must be 0 or more, got {self.border}")
+        if self.keep_slices and not self.sparse:
+            raise InputError(
+                "--keep-slices chooses what a --sparse merge keeps; add --sparse (without "
+                "it every slice is kept)"
+            )
+        check_format(self.format)
+
+
+@dataclass(frozen=True)
+class MergeReport:
+    """What a merge wrote, and what it found but did not use."""
+
+    out_dir: Path
+    summary: Path
+    rows: list[dict]
+    """One row per patch written, as in ``merge_summary.json``."""
+    uncorrected: list[str]
+    folders_without_patch: list[str]
+    unmatched_files: list[Path]
+    corrections_dir: Path
+    settings: MergeSettings
+    warnings: list[str]
+
+
+def merge_corrections(
+    labels_dir: Path,
+    corrections_dir: Path,
+    out_dir: Path,
+    images_dir: Path | None = None,
+    *,
+    settings: MergeSettings = MergeSettings(),
+    listener: Listener = SILENT,
+) -> MergeReport:
+    """Merge the masks of ``corrections_dir/<patch>/`` into the label patches of ``labels_dir``.
+
+    Precedence is MemBrain-seg's: Remove, then Add, then Ignore, then the border band;
+    voxels that were padding stay ignore.
+
+    Parameters
+    ----------
+    labels_dir
+        An extraction folder, its ``labels/``, or any folder of label patches.
+    images_dir
+        Image patches named like the labels (or ``<name>_0000``); default: the manifest's.
+
+    Returns
+    -------
+    MergeReport
+        Training pairs in ``out_dir/imagesTr`` and ``labelsTr``, summed up in
+        ``merge_summary.json``.
+    """
+    labels_dir, corrections_dir, out_dir = Path(labels_dir), Path(corrections_dir), Path(out_dir)
+    with collect_warnings() as warned:
+        patches = find_label_patches(labels_dir, images_dir)
+        if not patches:
+            raise InputError(f"{labels_dir}: no label patches found")
+        folders = scan_corrections(corrections_dir)
+        names = {p.name for p in patches}
+        orphans = sorted(set(folders) - names)
+        uncorrected = [p.name for p in patches if p.name not in folders]
+        chosen = [p for p in patches if p.name in folders or settings.include_uncorrected]
+        if not any(p.name in folders for p in patches) and not settings.include_uncorrected:
+            example = patches[0].name
+            raise InputError(
+                f"{corrections_dir}: no folder matches a patch of {labels_dir}; name each "
+                f"folder after its patch, e.g. {corrections_dir / example}"
+            )
+        plans = [
+            _plan_merge(p, folders.get(p.name), out_dir, settings, images_dir) for p in chosen
+        ]
+        require_free([path for plan in plans for path in plan.outputs], settings.overwrite)
+
+        check_out_dir(out_dir)
+        staged = StagedFiles()
+        try:
+            staged.make_dirs(out_dir / TRAIN_IMAGES_SUBDIR, out_dir / TRAIN_LABELS_SUBDIR)
+            rows = [
+                _merge_one(plan, staged)
+                for plan in tracked(plans, "Merging corrections", listener)
+            ]
+        except BaseException:
+            staged.discard()
+            raise
+        staged.commit()
+        unmatched = stray_files(corrections_dir)
+        for entry in folders.values():
+            unmatched.extend(entry.unmatched)
+        summary = {
+            "patches": merged_rows(out_dir / MERGE_SUMMARY_NAME, rows),
+            "uncorrected": uncorrected,
+            "folders_without_patch": orphans,
+            "unmatched_files": [str(f) for f in unmatched],
+        }
+        write_text_atomic(out_dir / MERGE_SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
+    return MergeReport(
+        out_dir,
+        out_dir / MERGE_SUMMARY_NAME,
+        rows,
+        uncorrected,
+        orphans,
+        unmatched,
+        corrections_dir,
+        settings,
+        warned,
+    )
+
+
+@dataclass
+class _MergePlan:
+    """One patch's inputs and outputs, checked by their headers before anything is written."""
+
+    patch: LabelPatch
+    masks: dict[str, list[Path]]
+    border: int
+    padding: tuple[tuple[int, int], ...] | None
+    outputs: tuple[Path, Path]
+    corrected: bool
+    shape: tuple[int, int, int]
+    sparse: bool = False
+    keep_slices: dict[str, list[int]] = field(default_factory=dict)
+    """Axis name -> slice indices kept by a sparse merge."""
+
+
+def _keep_slices(specs: tuple[str, ...], shape, source: Path) -> dict[str, list[int]]:
+    """``keep_slices`` settings as axis name -> sorted indices, checked against ``shape``."""
+    kept: dict[str, set[int]] = {}
+    for spec in specs:
+        try:
+            axis, indices = parse_slices(spec, shape)
+        except ValueError as exc:
+            raise InputError(f"--keep-slices {spec}: {exc} ({source})") from None
+        kept.setdefault("zyx"[axis], set()).update(indices)
+    return {name: sorted(indices) for name, indices in kept.items()}
+
+
+def _check_same_shape(path: Path, reference: Path, shape, expected) -> None:
+    if shape != expected:
+        raise InputError(
+            f"{path}: shape x,y,z={tuple(as_xyz(shape))} differs from its patch {reference}: "
+            f"x,y,z={tuple(as_xyz(expected))}"
+        )
+
+
+def _plan_merge(
+    patch: LabelPatch, folder, out_dir: Path, settings: MergeSettings, images_dir: Path | None
+) -> _MergePlan:
+    label_info = read_info(patch.label)
+    if patch.image is None or not patch.image.exists():
+        where = f"in {images_dir}" if images_dir else "(no manifest names it)"
+        raise InputError(
+            f"{patch.label}: no image patch found {where}; pass --images-dir "
+            "with images named like the labels or <name>_0000"
+        )
+    image_info = read_info(patch.image)
+    _check_same_shape(patch.image, patch.label, image_info.shape, label_info.shape)
+    masks: dict[str, list[Path]] = folder.masks if folder is not None else {}
+    for kind in CORRECTION_KINDS:
+        for path in masks.get(kind, []):
+            info = read_info(path)
+            _check_same_shape(path, patch.label, info.shape, label_info.shape)
+            # Only NRRD masks are checked: painting tools write their geometry faithfully,
+            # while NIfTI/MRC masks from other tools often carry a default one.
+            if (
+                info.geometry is not None
+                and label_info.geometry is not None
+                and path.name.lower().endswith((".nrrd", ".nhdr"))
+                and not info.geometry.agrees_with(label_info.geometry)
+            ):
+                warn(
+                    f"{path}: origin/spacing {_describe(info.geometry)} differ from its "
+                    f"patch's {_describe(label_info.geometry)}; merged by voxel index"
+                )
+    record = patch.record or {}
+    border = settings.border
+    if border is None:
+        border = int(record.get("border", BORDER_WIDTH))
+    if 2 * border >= min(label_info.shape):
+        raise InputError(
+            f"{patch.label}: a border of {border} leaves no voxel of its "
+            f"{'x'.join(map(str, as_xyz(label_info.shape)))} patch outside the ignore band"
+        )
+    fmt = settings.format
+    return _MergePlan(
+        patch=patch,
+        masks=masks,
+        border=border,
+        padding=padding_zyx(record),
+        outputs=(
+            output_path(out_dir / TRAIN_IMAGES_SUBDIR, patch.name + TRAIN_IMAGE_SUFFIX, fmt),
+            output_path(out_dir / TRAIN_LABELS_SUBDIR, patch.name, fmt),
+        ),
+        corrected=folder is not None,
+        shape=label_info.shape,
+        sparse=settings.sparse,
+        keep_slices=_keep_slices(settings.keep_slices, label_info.shape, patch.label),
+    )
+
+
+def _describe(geometry: Geometry) -> str:
+    spacing = ",".join(f"{v:g}" for v in as_xyz(geometry.voxel_size))
+    origin = ",".join(f"{v:g}" for v in as_xyz(geometry.origin))
+    return f"(spacing {spacing}; origin {origin})"
+
+
+def _merge_one(plan: _MergePlan, staged: StagedFiles) -> dict:
+    patch = plan.patch
+    base, label_info = read_volume(patch.label)
+    require_label_values(base, patch.label)
+    masks = {
+        kind: union_mask((read_volume(p)[0] for p in plan.masks.get(kind, [])), base.shape)
+        for kind in CORRECTION_KINDS
+    }
+    keep = None
+    if plan.sparse:
+        keep = np.zeros(base.shape, dtype=bool)
+        for name, indices in plan.keep_slices.items():
+            keep |= slices_mask(base.shape, AXES[name], indices)
+    merged, counts = merge_labels(
+        base,
+        add=masks["add"],
+        remove=masks["remove"],
+        ignore=masks["ignore"],
+        border=plan.border,
+        padding=plan.padding,
+        keep=keep,
+    )
+    image, image_info = read_volume(patch.image)
+    geometry = label_info.geometry or image_info.geometry or Geometry((1.0, 1.0, 1.0))
+    image_out, label_out = plan.outputs
+    write_volume(
+        staged.stage(image_out, volume_suffix(image_out)), image, image_info.geometry or geometry
+    )
+    write_volume(staged.stage(label_out, volume_suffix(label_out)), merged, geometry)
+    return {
+        "name": patch.name,
+        "corrected": plan.corrected,
+        "added": counts.added,
+        "removed": counts.removed,
+        "ignored": counts.ignored,
+        "annotated": counts.annotated,
+        "sparse": plan.sparse,
+        "kept_slices": plan.keep_slices,
+        "border": plan.border,
+        "padding_xyz": [list(p) for p in as_xyz(plan.padding)] if plan.padding else None,
+        "files": {k: [p.name for p in v] for k, v in plan.masks.items()},
+        "image": str(image_out),
+        "label": str(label_out),
+    }

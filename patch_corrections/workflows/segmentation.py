@@ -1,0 +1,216 @@
+"""Segmentation: a whole tomogram through the network, window by window."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..constants import PATCH_SIZE
+from ..errors import InputError
+from ..io.files import StagedFiles
+from ..io.manifest import as_xyz
+from ..io.mrc import MrcSlabWriter
+from ..io.volumes import Geometry, VolumeReader, closing_reader, volume_stem
+from ._common import check_out_dir, collect_warnings, require_free, warn
+from .events import SILENT, Listener, Progress
+
+NORMALISATION_SAMPLE = 2_000_000
+"""Voxels sampled (evenly spread) to normalise a tomogram, instead of reading it twice."""
+
+
+@dataclass(frozen=True)
+class SegmentSettings:
+    """How a tomogram is segmented.
+
+    Attributes
+    ----------
+    window
+        Edge of the sliding windows, in voxels.
+    overlap
+        Fraction by which neighbouring windows overlap.
+    tta
+        Average over the 8 flips of every window (8x slower).
+    batch_size
+        Windows per forward pass.
+    threshold
+        Probability above which a voxel is membrane.
+    device
+        ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    trust_checkpoint
+        Allow a checkpoint that pickles objects beyond weights.
+    overwrite
+        Replace earlier outputs.
+    """
+
+    window: int = PATCH_SIZE
+    overlap: float = 0.5
+    tta: bool = False
+    batch_size: int = 1
+    threshold: float = 0.5
+    device: str = "auto"
+    trust_checkpoint: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.overlap < 1:
+            raise InputError(f"--overlap must be in [0, 1), got {self.overlap}")
+        if self.window < 1:
+            raise InputError(f"--window must be positive, got {self.window}")
+        if self.batch_size < 1:
+            raise InputError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not 0 < self.threshold < 1:
+            raise InputError(f"--threshold must be a probability in (0, 1), got {self.threshold}")
+
+
+@dataclass(frozen=True)
+class SegmentReport:
+    """What a segmentation wrote."""
+
+    tomogram: Path
+    shape_xyz: tuple[int, int, int]
+    windows: int
+    device: str
+    membrane_share: float
+    """Share of voxels above the threshold."""
+    peak_gpu_gib: float | None
+    scores: Path
+    """Float16 membrane probabilities, MRC."""
+    segmentation: Path
+    """Int8 binary segmentation, MRC."""
+    settings: SegmentSettings
+    warnings: list[str]
+
+
+def segment(
+    tomogram: Path,
+    checkpoint: Path,
+    out_dir: Path,
+    *,
+    settings: SegmentSettings = SegmentSettings(),
+    listener: Listener = SILENT,
+) -> SegmentReport:
+    """Segment ``tomogram`` with the network of ``checkpoint`` (ours or MemBrain-seg's).
+
+    Writes ``<stem>_scores.mrc`` (probabilities) and ``<stem>_segmented.mrc`` (0/1,
+    thresholded from the stored scores so both agree) into ``out_dir``, with the
+    tomogram's voxel size and origin. Only one slab of windows is held in memory.
+    """
+    import torch
+
+    from ..checkpoints import network_from_checkpoint, read_checkpoint
+    from ..data import NORMALISATION, normalise, robust_statistics
+    from ..devices import Precision, pick_device
+    from ..infer import sliding_window, windows_count
+
+    tomogram, checkpoint, out_dir = Path(tomogram), Path(checkpoint), Path(out_dir)
+    window, threshold = settings.window, settings.threshold
+    with collect_warnings() as warned:
+        try:
+            target = pick_device(settings.device)
+        except ValueError as exc:
+            raise InputError(f"--device {settings.device}: {exc}") from None
+        check_out_dir(out_dir)
+        stem = volume_stem(tomogram)
+        scores_path = out_dir / f"{stem}_scores.mrc"
+        labels_path = out_dir / f"{stem}_segmented.mrc"
+        require_free([scores_path, labels_path], settings.overwrite)
+        content = read_checkpoint(checkpoint, settings.trust_checkpoint)
+        network, _ = network_from_checkpoint(content, checkpoint)
+        normalisation = content.get("normalisation", NORMALISATION)
+        if normalisation != NORMALISATION:
+            raise InputError(f"{checkpoint}: unknown intensity normalisation {normalisation!r}")
+        if network.config.in_channels != 1:
+            raise InputError(
+                f"{checkpoint}: the network takes {network.config.in_channels} input channels; "
+                "a tomogram has 1"
+            )
+        if window % network.config.divisor:
+            raise InputError(
+                f"--window {window}: must be a multiple of {network.config.divisor} for "
+                "this network"
+            )
+        network.to(target).eval()
+        precision = Precision.for_device(target)
+
+        @torch.inference_mode()
+        def predict(windows: np.ndarray) -> np.ndarray:
+            x = torch.from_numpy(windows)[:, None].to(target)
+            with precision.autocast():
+                logits = network(x)
+            return logits[:, 0].float().cpu().numpy()
+
+        with closing_reader(tomogram) as reader:
+            shape = reader.info.shape
+            geometry = reader.info.geometry or Geometry((1.0, 1.0, 1.0))
+            if reader.info.geometry is None:
+                warn(f"{tomogram}: header has no voxel size; outputs are written with 1 Å")
+            sample = _spread_sample(reader, NORMALISATION_SAMPLE)
+            if sample.dtype.kind == "f" and not np.isfinite(sample).all():
+                warn(f"{tomogram}: holds NaN or infinite values; they are read as the mean")
+            statistics = robust_statistics(sample)
+
+            def read_block(start, stop) -> np.ndarray:
+                block = reader.read_block(start, stop)  # a fresh array
+                return normalise(block, statistics, in_place=True)
+
+            total = windows_count(shape, window, settings.overlap)
+            staged = StagedFiles()
+            try:
+                staged.make_dirs(out_dir)
+                scores = MrcSlabWriter(
+                    staged.stage(scores_path, ".mrc"), shape, np.float16, geometry
+                )
+                labels = MrcSlabWriter(staged.stage(labels_path, ".mrc"), shape, np.int8, geometry)
+                done = 0
+                listener.progress(Progress("Segmenting", done, total))
+
+                def advance(count: int) -> None:
+                    nonlocal done
+                    done += count
+                    listener.progress(Progress("Segmenting", done, total))
+
+                for z0, slab in sliding_window(
+                    read_block,
+                    shape,
+                    predict,
+                    window,
+                    settings.overlap,
+                    settings.batch_size,
+                    settings.tta,
+                    on_window=advance,
+                ):
+                    # Threshold what is stored, so both files agree voxel for voxel.
+                    stored = slab.astype(np.float16)
+                    scores.write(z0, stored)
+                    labels.write(z0, (stored > threshold).astype(np.int8))
+                membrane = labels.mean
+                scores.close()
+                labels.close()
+            except BaseException:
+                staged.discard()
+                raise
+            staged.commit()
+        peak = torch.cuda.max_memory_allocated(target) / 2**30 if target.type == "cuda" else None
+    return SegmentReport(
+        tomogram,
+        tuple(as_xyz(shape)),  # type: ignore[arg-type]
+        total,
+        str(target),
+        membrane,
+        peak,
+        scores_path,
+        labels_path,
+        settings,
+        warned,
+    )
+
+
+def _spread_sample(reader: VolumeReader, count: int) -> np.ndarray:
+    """About ``count`` voxels spread evenly through the volume, read slice by slice."""
+    nz, ny, nx = reader.info.shape
+    slices = np.unique(np.linspace(0, nz - 1, min(nz, 32)).astype(int))
+    stride = max(1, int(np.sqrt(ny * nx * len(slices) / count)))
+    parts = [reader.read_block((z, 0, 0), (z + 1, ny, nx))[0, ::stride, ::stride] for z in slices]
+    return np.concatenate([p.ravel() for p in parts])

@@ -1,0 +1,174 @@
+"""Sparse simulation: dense training labels made sparse, as an annotator would leave them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..constants import IGNORE, MERGE_SUMMARY_NAME, TRAIN_IMAGES_SUBDIR, TRAIN_LABELS_SUBDIR
+from ..corrections import require_label_values
+from ..data import find_training_pairs
+from ..errors import InputError
+from ..io.files import StagedFiles, write_text_atomic
+from ..io.volumes import Geometry, output_path, read_volume, volume_suffix, write_volume
+from ..sparse import AXES, random_boxes, slices_mask, spaced_slices, sparsify
+from ._common import (
+    check_format,
+    check_out_dir,
+    collect_warnings,
+    merged_rows,
+    require_free,
+    summary_rows,
+    tracked,
+)
+from .events import SILENT, Listener
+
+SPARSE_MODES = ("slices", "boxes")
+
+
+@dataclass(frozen=True)
+class SparseSettings:
+    """What a simulated annotator keeps.
+
+    Attributes
+    ----------
+    mode
+        ``slices``: evenly spaced slices along ``axis``; ``boxes``: random cubic boxes
+        around labelled voxels.
+    fraction
+        Share kept: of the slices holding labels (slices), or of the labelled voxels (boxes).
+    axis
+        Slice axis for ``slices``: ``x``, ``y`` or ``z``.
+    box_size
+        Edge of the cubic boxes, in voxels.
+    seed
+        Seed of the slice phase or boxes.
+    format
+        File format of the sparse labels.
+    overwrite
+        Replace existing training pairs.
+    """
+
+    mode: str = "slices"
+    fraction: float = 0.1
+    axis: str = "z"
+    box_size: int = 32
+    seed: int = 0
+    format: str = "nii.gz"
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in SPARSE_MODES:
+            raise InputError(f"--mode must be slices or boxes, got {self.mode}")
+        if not 0 < self.fraction <= 1:
+            raise InputError(f"--fraction must be in (0, 1], got {self.fraction}")
+        if self.axis.lower() not in AXES:
+            raise InputError(f"--axis must be x, y or z, got {self.axis}")
+        if self.box_size < 1:
+            raise InputError(f"--box-size must be at least 1, got {self.box_size}")
+        if self.seed < 0:
+            raise InputError(f"--seed must be at least 0, got {self.seed}")
+        check_format(self.format)
+
+
+@dataclass(frozen=True)
+class SparseReport:
+    """What a sparse simulation wrote: one row per training pair, as in its summary."""
+
+    out_dir: Path
+    summary: Path
+    rows: list[dict]
+    settings: SparseSettings
+    warnings: list[str]
+
+
+def simulate_sparse(
+    train_dir: Path,
+    out_dir: Path,
+    *,
+    settings: SparseSettings = SparseSettings(),
+    listener: Listener = SILENT,
+) -> SparseReport:
+    """Write ``train_dir``'s training pairs to ``out_dir`` with sparse labels.
+
+    Everything not kept becomes ignore; images are copied byte for byte; geometry, and the
+    border band and padding recorded in ``train_dir``'s summary, are carried over.
+    """
+    train_dir, out_dir = Path(train_dir), Path(out_dir)
+    axis = settings.axis.lower()
+    with collect_warnings() as warned:
+        if out_dir.resolve() == train_dir.resolve():
+            raise InputError("--out-dir must differ from --train-dir: the dense labels are kept")
+        pairs = find_training_pairs(train_dir)
+        outputs = [
+            (
+                out_dir / TRAIN_IMAGES_SUBDIR / image.name,
+                output_path(out_dir / TRAIN_LABELS_SUBDIR, name, settings.format),
+            )
+            for name, image, _ in pairs
+        ]
+        require_free([path for pair in outputs for path in pair], settings.overwrite)
+        source_rows = summary_rows(
+            train_dir / MERGE_SUMMARY_NAME, "border and padding are not carried over"
+        )
+
+        check_out_dir(out_dir)
+        rng = np.random.default_rng(settings.seed)
+        staged = StagedFiles()
+        rows = []
+        try:
+            staged.make_dirs(out_dir / TRAIN_IMAGES_SUBDIR, out_dir / TRAIN_LABELS_SUBDIR)
+            for (name, image, label), (image_out, label_out) in tracked(
+                list(zip(pairs, outputs)), "Making labels sparse", listener
+            ):
+                labels, info = read_volume(label)
+                require_label_values(labels, label)
+                if settings.mode == "slices":
+                    kept = spaced_slices(labels, AXES[axis], settings.fraction, rng)
+                    keep = slices_mask(labels.shape, AXES[axis], kept)
+                    what = {"axis": axis, "slices": kept}
+                else:
+                    keep = random_boxes(labels, settings.box_size, settings.fraction, rng)
+                    what = {"box_size": settings.box_size}
+                sparse_labels = sparsify(labels, keep)
+                write_volume(
+                    staged.stage(label_out, volume_suffix(label_out)),
+                    sparse_labels,
+                    info.geometry or Geometry((1.0, 1.0, 1.0)),
+                )
+                shutil.copyfile(image, staged.stage(image_out, volume_suffix(image_out)))
+                rows.append(
+                    {
+                        **{
+                            k: v
+                            for k, v in source_rows.get(name, {}).items()
+                            if k in ("border", "padding_xyz")
+                        },
+                        "name": name,
+                        "source": str(label),
+                        "annotated_before": int(np.count_nonzero(labels != IGNORE)),
+                        "annotated": int(np.count_nonzero(sparse_labels != IGNORE)),
+                        "simulated": {
+                            "mode": settings.mode,
+                            "fraction": settings.fraction,
+                            **what,
+                        },
+                        "image": str(image_out),
+                        "label": str(label_out),
+                    }
+                )
+        except BaseException:
+            staged.discard()
+            raise
+        staged.commit()
+        summary = {
+            "patches": merged_rows(out_dir / MERGE_SUMMARY_NAME, rows),
+            "simulated_from": str(train_dir.resolve()),
+            "seed": settings.seed,
+        }
+        write_text_atomic(out_dir / MERGE_SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
+    return SparseReport(out_dir, out_dir / MERGE_SUMMARY_NAME, rows, settings, warned)

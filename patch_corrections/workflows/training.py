@@ -1,0 +1,387 @@
+"""A training run: fine-tune the U-Net on training pairs, ignore voxels left out of the loss.
+
+Settings are checked here once for every front end; the run itself is
+:func:`patch_corrections.train.train`, or the staged relabeling run of
+:mod:`.relabeling` with ``relabel_rounds``.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+from ..constants import DEFAULT_LOSS, PATCH_SIZE
+from ..errors import InputError
+from ._common import check_out_dir, collect_warnings
+from ._runs import plot_curves, training_stops, write_metrics
+from .events import SILENT, Listener, Progress
+from .relabeling import RELABEL_REPORT, RelabelPlan, relabel_candidates_of, run_relabeling
+
+DEFAULT_LR = {"sgd": 1e-2, "adamw": 3e-4}
+SCHEDULES = ("poly", "cosine")
+
+
+@dataclass(frozen=True)
+class RetrainSettings:
+    """Everything a training run is told; see ``patch_corrections retrain --help``.
+
+    ``iterations`` or ``epochs`` (passes over the training patches, one crop each) is
+    required for a new run; a resumed run may give either to extend itself. ``lr``,
+    ``warmup``, ``save_every``, ``relabel_max`` and ``relabel_iterations`` default to
+    values derived from the others when ``None``.
+    """
+
+    iterations: int | None = None
+    epochs: int | None = None
+    resume: bool = False
+    trust_checkpoint: bool = False
+    val_fraction: float = 0.2
+    preset: str = "full"
+    batch_size: int = 2
+    crop_size: int = PATCH_SIZE
+    optimizer: str = "sgd"
+    lr: float | None = None
+    schedule: str = "poly"
+    warmup: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    compile: bool = False
+    augment: bool = True
+    channels_last: bool = True
+    val_every: int = 50
+    save_every: int | None = None
+    loss: str = DEFAULT_LOSS
+    relabel_rounds: int = 0
+    relabel_max: float | None = None
+    relabel_iterations: int | None = None
+    relabel_background: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.relabel_rounds < 0:
+            raise InputError(f"--relabel-rounds must be 0 or more, got {self.relabel_rounds}")
+        if not self.relabel_rounds and (
+            self.relabel_max is not None
+            or self.relabel_iterations is not None
+            or self.relabel_background
+        ):
+            raise InputError(
+                "--relabel-max, --relabel-iterations and --relabel-background shape "
+                "relabeling rounds; add --relabel-rounds (1 or more)"
+            )
+        if self.relabel_max is not None and not 0 < self.relabel_max <= 1:
+            raise InputError(f"--relabel-max must be in (0, 1], got {self.relabel_max}")
+        if self.relabel_iterations is not None and self.relabel_iterations < 1:
+            raise InputError(
+                f"--relabel-iterations must be at least 1, got {self.relabel_iterations}"
+            )
+        if self.iterations is not None and self.epochs is not None:
+            raise InputError("give --iterations or --epochs, not both")
+        for option, value, least in (
+            ("--batch-size", self.batch_size, 1),
+            ("--crop-size", self.crop_size, 1),
+            ("--val-every", self.val_every, 1),
+            ("--save-every", self.save_every or 1, 1),
+            ("--seed", self.seed, 0),
+            ("--warmup", self.warmup or 0, 0),
+        ):
+            if value < least:
+                raise InputError(f"{option} must be at least {least}, got {value}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise InputError(f"--lr must be a positive number, got {self.lr}")
+        if self.optimizer not in DEFAULT_LR:
+            raise InputError(f"--optimizer must be sgd or adamw, got {self.optimizer}")
+        if self.schedule not in SCHEDULES:
+            raise InputError(f"--schedule must be poly or cosine, got {self.schedule}")
+
+
+@dataclass(frozen=True)
+class RetrainReport:
+    """What a training run left in its output folder.
+
+    ``final`` is the last metrics row (``train_loss``, and ``val_loss`` / ``val_dice`` with
+    validation patches); ``relabel`` is the content of ``relabel.json`` for a relabeling
+    run, else ``None``.
+    """
+
+    out_dir: Path
+    step: int
+    final: dict
+    best_dice: float
+    last: Path
+    best: Path | None
+    metrics: Path
+    relabel: dict | None
+    warnings: list[str]
+
+
+# Settings a resumed run keeps, with the option that sets each one.
+_RESUME_FIXED = {
+    "loss": "--loss",
+    "batch_size": "--batch-size",
+    "crop_size": "--crop-size",
+    "optimizer": "--optimizer",
+    "lr": "--lr",
+    "schedule": "--schedule",
+    "warmup": "--warmup",
+    "seed": "--seed",
+    "val_every": "--val-every",
+    "save_every": "--save-every",
+    "augment": "--no-augment",
+    "compile": "--compile",
+    "channels_last": "--channels-last/--no-channels-last",
+}
+
+
+def retrain(
+    train_dir: Path,
+    out_dir: Path,
+    checkpoint: Path | None = None,
+    val_dir: Path | None = None,
+    *,
+    settings: RetrainSettings,
+    listener: Listener = SILENT,
+) -> RetrainReport:
+    """Fine-tune the network of ``checkpoint`` (ours or MemBrain-seg's; a new one of
+    ``settings.preset`` without) on the training folder ``train_dir``.
+
+    Writes ``last.pt``, ``best.pt`` (with validation patches), ``metrics.csv`` and
+    ``curves.png`` to ``out_dir``; with ``settings.relabel_rounds`` the stages go to
+    ``round_<t>/`` and the final and best weights are copied to ``out_dir``.
+
+    Raises
+    ------
+    InputError
+        For settings and data that cannot make a run, before anything is written.
+    RunInterrupted
+        On Ctrl-C, after saving ``last.pt``.
+    """
+    from ..checkpoints import network_from_checkpoint, read_checkpoint
+    from ..data import load_split
+    from ..devices import pick_device
+    from ..losses import parse_loss
+    from ..model import PRESETS, UNet
+    from ..relabel_training import relabel_round_dirs, round_dir
+    from ..train import BEST, LAST, TrainConfig
+
+    train_dir, out_dir, s = Path(train_dir), Path(out_dir), settings
+    with collect_warnings() as warned:
+        check_out_dir(out_dir)
+        last = out_dir / LAST
+        try:
+            loss = "+".join(parse_loss(s.loss))
+        except ValueError as exc:
+            raise InputError(f"--loss {s.loss}: {exc}") from None
+        if s.resume and (s.relabel_rounds or relabel_round_dirs(out_dir)):
+            rounds_here = relabel_round_dirs(out_dir)
+            latest = rounds_here[-1] / LAST if rounds_here else round_dir(out_dir, 0) / LAST
+            raise InputError(
+                "a relabeling run cannot be resumed; start a new one from a round's weights "
+                f"with --checkpoint {latest} and another --out-dir"
+            )
+        if not s.resume and not s.overwrite and (round_dir(out_dir, 0) / LAST).exists():
+            raise InputError(
+                f"{out_dir}: holds a relabeling run ({round_dir(out_dir, 0).name}/); pass "
+                "--overwrite to start again, or choose another --out-dir"
+            )
+        if s.resume and checkpoint is not None:
+            raise InputError(
+                "--resume continues the run in --out-dir; to start a new run from its "
+                f"weights, use --checkpoint {last} with another --out-dir"
+            )
+        if s.resume and not last.exists():
+            raise InputError(f"{last}: nothing to resume; start without --resume")
+        if not s.resume and last.exists() and not s.overwrite:
+            raise InputError(
+                f"{out_dir}: holds a run ({LAST}); pass --resume to continue it, --overwrite "
+                "to start again, or choose another --out-dir"
+            )
+        if s.preset not in PRESETS:
+            raise InputError(f"--preset must be one of {', '.join(PRESETS)}, got {s.preset}")
+        try:
+            target = pick_device(s.device)
+        except ValueError as exc:
+            raise InputError(f"--device {s.device}: {exc}") from None
+
+        content = None
+        if s.resume or checkpoint is not None:
+            content = read_checkpoint(last if s.resume else checkpoint, s.trust_checkpoint)
+        if s.resume:
+            _refuse_changes_on_resume(content, s, val_dir)
+            config, split = TrainConfig.from_dict(content["train_config"]), content["split"]
+        else:
+            config, split = None, None
+        train_patches, val_patches, split = load_split(
+            train_dir, val_dir, s.val_fraction, config.seed if config else s.seed, split
+        )
+        if s.relabel_rounds:
+            candidates, borders = relabel_candidates_of(train_patches, train_dir)
+
+        if content is not None:
+            network, _ = network_from_checkpoint(content, last if s.resume else checkpoint)
+        else:
+            import torch
+
+            torch.manual_seed(s.seed)  # the starting weights follow the seed too
+            network = UNet(PRESETS[s.preset])
+        # On resume an epoch counts in the saved run's batch size, not the option's default.
+        per_step = config.batch_size if s.resume else s.batch_size
+        steps_per_epoch = max(1, math.ceil(len(train_patches) / per_step))
+        total = (
+            s.iterations
+            if s.iterations is not None
+            else (s.epochs * steps_per_epoch if s.epochs is not None else None)
+        )
+        if s.resume:
+            if total is not None:
+                if total <= content["step"]:
+                    raise InputError(
+                        f"the saved run is at iteration {content['step']}; to extend it, "
+                        f"give more iterations than that (got {total})"
+                    )
+                config = replace(config, iterations=total)
+        else:
+            if total is None:
+                raise InputError("give --iterations or --epochs")
+            if total < 1:
+                raise InputError(f"the run needs at least one step, got {total}")
+            if s.warmup is not None and s.warmup >= total:
+                raise InputError(f"--warmup {s.warmup} must be shorter than the run ({total})")
+            config = TrainConfig(
+                iterations=total,
+                batch_size=s.batch_size,
+                crop_size=s.crop_size,
+                optimizer=s.optimizer,
+                lr=s.lr if s.lr is not None else DEFAULT_LR[s.optimizer],
+                schedule=s.schedule,
+                warmup=s.warmup if s.warmup is not None else total // 20,
+                seed=s.seed,
+                val_every=s.val_every,
+                save_every=s.save_every or s.val_every,
+                augment=s.augment,
+                compile=s.compile,
+                channels_last=s.channels_last,
+                loss=loss,
+            )
+        divisor = network.config.divisor
+        if config.crop_size % divisor:
+            raise InputError(
+                f"--crop-size {config.crop_size}: must be a multiple of {divisor} for this network"
+            )
+
+        if s.resume:
+            start = "resuming at iteration {}".format(content["step"])
+        else:
+            start = (
+                f"from {checkpoint}"
+                if checkpoint is not None
+                else "from scratch (no --checkpoint)"
+            )
+        parameters = sum(p.numel() for p in network.parameters())
+        listener.message(
+            f"Training {parameters / 1e6:.2f} M parameters {start} on {target} "
+            f"({'bf16/fp16 autocast' if target.type == 'cuda' else 'fp32'}): "
+            f"{len(train_patches)} training and {len(val_patches)} validation patch(es), "
+            f"{config.iterations} iterations of {config.batch_size} x {config.crop_size}³."
+        )
+
+        metrics_path = out_dir / "metrics.csv"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not s.resume:
+            # overwrite: nothing of the old run may pass for the new one's, last.pt included
+            # (a relabeling run writes it only at its end).
+            stale_files = (last, out_dir / BEST, metrics_path, out_dir / "curves.png")
+            for stale in (*stale_files, out_dir / RELABEL_REPORT):
+                stale.unlink(missing_ok=True)
+            for stale in relabel_round_dirs(out_dir):
+                shutil.rmtree(stale)
+        if s.relabel_rounds:
+            plan = RelabelPlan(
+                rounds=s.relabel_rounds,
+                max_share=s.relabel_max,
+                round_iterations=s.relabel_iterations or max(1, config.iterations // 2),
+                background=s.relabel_background,
+                candidates=candidates,
+                borders=borders,
+            )
+            relabel, step, final, best_dice = run_relabeling(
+                network, train_patches, val_patches, config, out_dir, target, split, plan,
+                train_dir, listener,
+            )  # fmt: skip
+            best = out_dir / BEST if relabel["best"] is not None else None
+        else:
+            relabel = None
+            state = _run(network, train_patches, val_patches, config, out_dir, target, split,
+                         content if s.resume else None, listener)  # fmt: skip
+            step, best_dice = state.step, state.best_dice
+            final = state.history[-1] if state.history else {}
+            best = out_dir / BEST if "val_dice" in final else None
+    return RetrainReport(
+        out_dir, step, final, best_dice, last, best, metrics_path, relabel, warned
+    )
+
+
+def _run(network, train_patches, val_patches, config, out_dir: Path, target, split, resume,
+         listener: Listener):  # fmt: skip
+    """One plain training run, with progress, metrics and curves; its final state."""
+    from ..train import LAST, train
+
+    metrics_path = out_dir / "metrics.csv"
+    listener.progress(Progress("Training", resume["step"] if resume else 0, config.iterations))
+    with training_stops(
+        out_dir,
+        config,
+        lambda stop: (
+            f"Interrupted at iteration {stop.step}; saved {stop.path}. "
+            "Run again with --resume to continue."
+        ),
+        f" (or on a large validation patch); start a new run from {out_dir / LAST} with "
+        "--checkpoint and a smaller batch or crop",
+    ):
+        state = train(
+            network,
+            train_patches,
+            val_patches,
+            config,
+            out_dir,
+            target,
+            resume=resume,
+            on_step=lambda step, value: listener.progress(
+                Progress("Training", step, config.iterations, value)
+            ),
+            on_metrics=lambda rows: write_metrics(metrics_path, rows),
+            split=split,
+        )
+    plot_curves(state.history, out_dir / "curves.png")
+    return state
+
+
+def _refuse_changes_on_resume(content: dict, settings: RetrainSettings, val_dir) -> None:
+    """A resumed run keeps its settings: one given with another value is an error."""
+    from ..model import PRESETS, UNetConfig
+    from ..train import TrainConfig
+
+    saved = TrainConfig.from_dict(content["train_config"])
+    defaults = {f.name: f.default for f in fields(RetrainSettings)}
+    changed = []
+    for name, flag in _RESUME_FIXED.items():
+        given, stored = getattr(settings, name), getattr(saved, name)
+        if given == defaults[name] or given == stored:
+            continue
+        changed.append(f"{flag} (saved: {not stored if name == 'augment' else stored})")
+    split = content["split"]
+    fraction = settings.val_fraction
+    if fraction not in (split["val_fraction"], defaults["val_fraction"]):
+        changed.append(f"--val-fraction (saved: {split['val_fraction']})")
+    if val_dir is not None and str(Path(val_dir).resolve()) != split["val_dir"]:
+        changed.append(f"--val-dir (saved: {split['val_dir']})")
+    network = UNetConfig.from_dict(content["model_config"])
+    if settings.preset != defaults["preset"] and PRESETS[settings.preset] != network:
+        changed.append(f"--preset (the saved network has filters {network.filters})")
+    if changed:
+        raise InputError(
+            "--resume keeps the saved run's settings; drop " + ", ".join(changed) + ", or "
+            "start a new run from its weights with --checkpoint"
+        )
