@@ -1,44 +1,54 @@
 """Throughput of `segment` on a synthetic tomogram, with and without 8-flip TTA.
 
     python benchmarks/segment_speed.py [--shape 464 928 928] [--tta-shape Z Y X]
-                                       [--preset full] [--batch-size 2]
+                                       [--preset full] [--batch-size 2] [--window 160]
+                                       [--device auto]
 
-Writes a float32 tomogram (z, y, x shape as given) and a checkpoint of the chosen network
-(random weights: speed does not depend on them) to a scratch folder, then runs the whole
-command (`python -m patch_corrections segment …`: reading, normalising, inference,
-blending, writing both MRC files) under `/usr/bin/time -v`, once without TTA on `--shape`
-and once with `--tta` on `--tta-shape` (default: the same). Reports wall time, voxels/s and
-peak RSS, and the peak GPU memory the command prints on CUDA. The defaults are the
-4x-binned tomogram of the targets (928 x 928 x 464, overlap 0.5): under 15 s without TTA
-and under 90 s with it on one H100.
+Writes a float32 MRC tomogram (z, y, x shape as given, with the package's own
+``write_volume``) and a checkpoint of the chosen network (random weights: speed does not
+depend on them) to a scratch folder, then runs the whole ``segment`` workflow (reading,
+normalising, inference, blending, writing both MRC files) in a fresh process per case, once
+without TTA on ``--shape`` and once with TTA on ``--tta-shape`` (default: the same).
+Reports the workflow's wall time (process start-up and imports excluded), voxels/s, the
+process's peak RSS (``getrusage``: mapped file pages included) and, on CUDA, peak GPU
+memory. The defaults are the 4x-binned tomogram of the targets (928 x 928 x 464, overlap
+0.5): under 15 s without TTA and under 90 s with it on one H100. :func:`measure_case`
+returns one case's numbers as a dict (used by ``gpu_check.py``).
 """
 
 from __future__ import annotations
 
 import argparse
-import re
+import json
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import mrcfile
 import numpy as np
-import torch
-from timing import run_timed
 
-from patch_corrections.checkpoints import save_checkpoint
-from patch_corrections.model import PRESETS, UNet
+from patch_corrections.model import PRESETS
+
+VOXEL_SIZE = 14.08
+"""Å; a 4x-binned tomogram's."""
 
 
 def make_inputs(folder: Path, shape: tuple[int, int, int], preset: str) -> tuple[Path, Path]:
+    """A random float32 tomogram ``shape`` ``(z, y, x)`` and a random-weight checkpoint of
+    ``preset`` in ``folder`` (kept when they exist already)."""
+    import torch
+
+    from patch_corrections.checkpoints import save_checkpoint
+    from patch_corrections.io.volumes import Geometry, write_volume
+    from patch_corrections.model import UNet
+
     tomogram = folder / f"tomo_{'x'.join(map(str, shape))}.mrc"
     if not tomogram.exists():
         rng = np.random.default_rng(0)
-        with mrcfile.new_mmap(tomogram, shape=shape, mrc_mode=2, overwrite=True) as mrc:
-            for z in range(shape[0]):
-                mrc.data[z] = rng.normal(size=shape[1:]).astype(np.float32)
-            mrc.voxel_size = 14.08
+        data = rng.standard_normal(size=shape, dtype=np.float32)
+        write_volume(tomogram, data, Geometry((VOXEL_SIZE,) * 3))
+        del data
     checkpoint = folder / f"{preset}.pt"
     if not checkpoint.exists():
         torch.manual_seed(0)
@@ -54,31 +64,86 @@ def make_inputs(folder: Path, shape: tuple[int, int, int], preset: str) -> tuple
     return tomogram, checkpoint
 
 
-def run(tomogram: Path, checkpoint: Path, out: Path, extra: list[str]) -> dict:
+def measure_case(
+    tomogram: Path,
+    checkpoint: Path,
+    out: Path,
+    *,
+    tta: bool,
+    batch_size: int = 2,
+    window: int = 160,
+    device: str = "auto",
+    timeout: float | None = None,
+) -> dict:
+    """Segment ``tomogram`` in a fresh process (so its peak RSS is this case's alone); a
+    dict of wall seconds, voxels/s, windows, peak RSS and peak GPU memory (GiB).
+
+    Raises ``RuntimeError`` with the process's last output if it fails and
+    ``subprocess.TimeoutExpired`` after ``timeout`` seconds."""
     shutil.rmtree(out, ignore_errors=True)
-    wall, rss, stdout = run_timed(
-        [
-            sys.executable,
-            "-m",
-            "patch_corrections",
-            "segment",
-            "-t",
-            str(tomogram),
-            "--checkpoint",
-            str(checkpoint),
-            "-o",
-            str(out),
-            *extra,
-        ]
-    )
-    gpu = re.search(r"Peak GPU memory: ([\d.]+) GiB", stdout)
-    windows = re.search(r"(\d+) windows", stdout)[1]
-    return {
-        "wall": wall,
-        "rss_gb": rss / 2**20,
-        "gpu_gb": float(gpu[1]) if gpu else None,
-        "windows": int(windows),
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--case",
+        str(tomogram),
+        str(checkpoint),
+        str(out),
+        "--batch-size",
+        str(batch_size),
+        "--window",
+        str(window),
+        "--device",
+        device,
+        *(["--tta"] if tta else []),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    shutil.rmtree(out, ignore_errors=True)
+    if done.returncode:
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+        raise RuntimeError(f"segment case failed (exit {done.returncode}):\n{tail}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _case(
+    tomogram: Path, checkpoint: Path, out: Path, tta: bool, batch: int, window: int, device: str
+) -> None:
+    """Run one case in this process and print its numbers as one JSON line."""
+    import resource
+    import time
+
+    from patch_corrections import SegmentSettings, segment
+
+    settings = SegmentSettings(window=window, tta=tta, batch_size=batch, device=device)
+    started = time.perf_counter()
+    report = segment(tomogram, checkpoint, out, settings=settings)
+    wall = time.perf_counter() - started
+    voxels = int(np.prod(report.shape_xyz))
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    result = {
+        "shape_xyz": list(report.shape_xyz),
+        "tta": tta,
+        "batch_size": batch,
+        "window": window,
+        "device": report.device,
+        "windows": report.windows,
+        "wall_s": wall,
+        "voxels_per_s": voxels / wall,
+        "peak_rss_gib": rss_kib / 2**20,
+        "peak_gpu_gib": report.peak_gpu_gib,
+        "warnings": report.warnings,
     }
+    print(json.dumps(result), flush=True)
+
+
+def case_line(label: str, case: dict) -> str:
+    x, y, z = case["shape_xyz"]
+    line = (
+        f"{label:10s} {x}x{y}x{z} (x,y,z), {case['windows']} windows: {case['wall_s']:8.1f} s, "
+        f"{case['voxels_per_s'] / 1e6:8.3f} Mvoxel/s, peak RSS {case['peak_rss_gib']:.1f} GiB"
+    )
+    if case["peak_gpu_gib"] is not None:
+        line += f", peak GPU memory {case['peak_gpu_gib']:.1f} GiB"
+    return line
 
 
 def main() -> None:
@@ -89,33 +154,40 @@ def main() -> None:
     parser.add_argument("--tta-shape", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"))
     parser.add_argument("--preset", default="full", choices=sorted(PRESETS))
     parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--window", type=int, default=160)
+    parser.add_argument("--device", default="auto")
     parser.add_argument("--scratch", type=Path, default=None)
+    parser.add_argument("--case", nargs=3, type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--tta", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.case:
+        _case(*args.case, args.tta, args.batch_size, args.window, args.device)
+        return
+    import torch
+
     scratch = args.scratch or Path(tempfile.mkdtemp(prefix="segment_bench_"))
     scratch.mkdir(parents=True, exist_ok=True)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(
         f"device: {device}; torch {torch.__version__}; preset {args.preset}; "
-        f"batch {args.batch_size}; overlap 0.5; window 160",
+        f"batch {args.batch_size}; overlap 0.5; window {args.window}",
         flush=True,
     )
-    for label, shape, extra in (
-        ("no TTA", args.shape, []),
-        ("8-flip TTA", args.tta_shape or args.shape, ["--tta"]),
+    for label, shape, tta in (
+        ("no TTA", args.shape, False),
+        ("8-flip TTA", args.tta_shape or args.shape, True),
     ):
         tomogram, checkpoint = make_inputs(scratch, tuple(shape), args.preset)
-        result = run(
-            tomogram, checkpoint, scratch / "out", ["--batch-size", str(args.batch_size), *extra]
+        case = measure_case(
+            tomogram,
+            checkpoint,
+            scratch / "out",
+            tta=tta,
+            batch_size=args.batch_size,
+            window=args.window,
+            device=args.device,
         )
-        voxels = int(np.prod(shape))
-        line = (
-            f"{label:10s} {shape[2]}x{shape[1]}x{shape[0]} (x,y,z), {result['windows']} "
-            f"windows: {result['wall']:8.1f} s, {voxels / result['wall'] / 1e6:8.3f} "
-            f"Mvoxel/s, peak RSS {result['rss_gb']:.1f} GiB"
-        )
-        if result["gpu_gb"] is not None:
-            line += f", peak GPU memory {result['gpu_gb']:.1f} GiB"
-        print(line, flush=True)
+        print(case_line(label, case), flush=True)
     if args.scratch is None:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -17,7 +17,8 @@ Reported per run: iterations/s, voxels/s (crop voxels x batch per second), the s
 step time spent waiting for data, peak GPU memory, and model FLOP utilisation (convolution
 FLOPs of forward + backward per step / step time / the GPU's dense bf16 peak). On a CPU only
 ``ours`` runs (autocast does not apply there). The first steps (warm-up, autotuning,
-compilation) are not timed.
+compilation) are not timed. :func:`measure` returns the numbers as a dict (used by
+``gpu_check.py``).
 
 With ``--losses``, ``ours`` runs once per training loss (e.g. ``bce+dice rrw``) and prints
 each one's step time relative to the first: the cost of the region-wise loss's distance
@@ -36,9 +37,10 @@ import torch
 
 from patch_corrections.augment import AugmentConfig, augment
 from patch_corrections.data import TrainingPatch
+from patch_corrections.devices import pick_device, sync
 from patch_corrections.losses import deep_supervision_loss, downsample_labels, region_wise_maps
 from patch_corrections.model import PRESETS, UNet
-from patch_corrections.train import TrainConfig, batch_for_step, make_optimizer, pick_device, train
+from patch_corrections.train import TrainConfig, batch_for_step, make_optimizer, train
 
 DENSE_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
 
@@ -80,41 +82,40 @@ def conv_flops(network: UNet, crop: int, batch: int, device: torch.device) -> fl
     return 3 * total
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def run_ours(patches, config: TrainConfig, device, warmup: int, tmp) -> dict:
+def run_ours(
+    patches, config: TrainConfig, preset: str, device, warmup: int, steps: int, tmp
+) -> dict:
     torch.manual_seed(0)
-    network = UNet(PRESETS[ARGS.preset])
+    network = UNet(PRESETS[preset])
     quiet = {"val_every": 10**9, "save_every": 10**9}
     train(network, patches, [], replace(config, iterations=warmup, **quiet), tmp, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     sync(device)
     started = time.perf_counter()
-    state = train(
-        network, patches, [], replace(config, iterations=ARGS.steps, **quiet), tmp, device
-    )
+    state = train(network, patches, [], replace(config, iterations=steps, **quiet), tmp, device)
     sync(device)
     # The run ends by writing last.pt; that is not training time.
     elapsed = time.perf_counter() - started - state.io_seconds
-    return {"seconds": elapsed, "data_wait": state.data_wait, "steps": ARGS.steps}
+    return {"seconds": elapsed, "data_wait": state.data_wait, "steps": steps}
 
 
-def run_membrain_style(patches, config: TrainConfig, device, warmup: int) -> dict:
+def run_membrain_style(
+    patches, config: TrainConfig, preset: str, device, warmup: int, steps: int
+) -> dict:
+    """On a CPU autocast and the grad scaler are off (fp32): the pipeline still runs."""
     torch.manual_seed(0)
-    network = UNet(PRESETS[ARGS.preset]).to(device)
+    network = UNet(PRESETS[preset]).to(device)
     network.train()
     optimizer = make_optimizer(network, config)
-    scaler = torch.amp.GradScaler("cuda")
+    gpu = device.type == "cuda"
+    scaler = torch.amp.GradScaler(device.type, enabled=gpu)
     generator = torch.Generator()
     augment_config = AugmentConfig()
-    if device.type == "cuda":
+    if gpu:
         torch.cuda.reset_peak_memory_stats(device)
-    data_wait, started = 0.0, None
-    for step in range(warmup + ARGS.steps):
+    data_wait, started = 0.0, time.perf_counter()
+    for step in range(warmup + steps):
         if step == warmup:
             sync(device)
             data_wait, started = 0.0, time.perf_counter()
@@ -126,7 +127,7 @@ def run_membrain_style(patches, config: TrainConfig, device, warmup: int) -> dic
         )
         x, y = x.to(device), y.to(device)
         data_wait += time.perf_counter() - fetch
-        with torch.autocast(device.type, dtype=torch.float16):
+        with torch.autocast(device.type, dtype=torch.float16, enabled=gpu):
             outputs = network.forward_heads(x)
         loss = deep_supervision_loss([o.float() for o in outputs], y)
         optimizer.zero_grad(set_to_none=True)
@@ -137,16 +138,18 @@ def run_membrain_style(patches, config: TrainConfig, device, warmup: int) -> dic
         scaler.update()
         del outputs, loss, x, y
     sync(device)
-    return {"seconds": time.perf_counter() - started, "data_wait": data_wait, "steps": ARGS.steps}
+    return {"seconds": time.perf_counter() - started, "data_wait": data_wait, "steps": steps}
 
 
-def time_region_wise_maps(patches, config: TrainConfig, device, repeats: int = 10) -> float:
+def time_region_wise_maps(
+    patches, config: TrainConfig, preset: str, device, repeats: int = 10
+) -> float:
     """Seconds per step spent building the region-wise maps of one batch's labels at every
     deep-supervision head's size: what ``--loss rrw`` adds to a step besides a few
     elementwise operations."""
     _, labels = batch_for_step(patches, 0, config)
     target = torch.from_numpy(labels).to(device)
-    heads = PRESETS[ARGS.preset].heads + 1  # the full-resolution output and each head
+    heads = PRESETS[preset].heads + 1  # the full-resolution output and each head
     targets = [downsample_labels(target, 2**i) for i in range(heads)]
     for t in targets:  # warm-up
         region_wise_maps(t)
@@ -159,71 +162,127 @@ def time_region_wise_maps(patches, config: TrainConfig, device, repeats: int = 1
     return (time.perf_counter() - started) / repeats
 
 
-def report(name: str, result: dict, flops: float, device: torch.device) -> None:
+def summarise(
+    name: str, result: dict, flops: float, crop: int, batch: int, device: torch.device
+) -> dict:
+    """One run's row: it/s, voxels/s, data-wait share, and on CUDA peak memory and MFU."""
     rate = result["steps"] / result["seconds"]
-    voxels = rate * ARGS.batch * ARGS.crop**3
-    line = (
-        f"{name:15s} {rate:8.3f} it/s  {voxels / 1e6:9.2f} Mvoxel/s  "
-        f"data wait {100 * result['data_wait'] / result['seconds']:5.1f} %"
-    )
+    row = {
+        "name": name,
+        "steps": result["steps"],
+        "seconds": result["seconds"],
+        "it_per_s": rate,
+        "voxels_per_s": rate * batch * crop**3,
+        "data_wait_share": result["data_wait"] / result["seconds"],
+        "peak_gpu_gib": None,
+        "mfu": None,
+        "peak_tflops": None,
+    }
     if device.type == "cuda":
-        peak_gb = torch.cuda.max_memory_allocated(device) / 2**30
-        line += f"  peak GPU memory {peak_gb:6.1f} GiB"
+        row["peak_gpu_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         name_gpu = torch.cuda.get_device_name(device)
         peak = next((v for k, v in DENSE_BF16_TFLOPS.items() if k in name_gpu), None)
         if peak:
-            line += f"  MFU {100 * flops * rate / (peak * 1e12):5.1f} % (of {peak:g} TFLOP/s)"
-    print(line, flush=True)
+            row["mfu"], row["peak_tflops"] = flops * rate / (peak * 1e12), peak
+    return row
 
 
-def main() -> None:
+def row_line(row: dict) -> str:
+    line = (
+        f"{row['name']:15s} {row['it_per_s']:8.3f} it/s  {row['voxels_per_s'] / 1e6:9.2f} "
+        f"Mvoxel/s  data wait {100 * row['data_wait_share']:5.1f} %"
+    )
+    if row["peak_gpu_gib"] is not None:
+        line += f"  peak GPU memory {row['peak_gpu_gib']:6.1f} GiB"
+    if row["mfu"] is not None:
+        line += f"  MFU {100 * row['mfu']:5.1f} % (of {row['peak_tflops']:g} TFLOP/s)"
+    return line
+
+
+def measure(
+    preset: str = "full",
+    crop: int = 160,
+    batch: int = 2,
+    steps: int | None = None,
+    warmup: int | None = None,
+    device: str = "auto",
+    compile: bool = False,
+    losses: tuple[str, ...] = ("bce+dice",),
+    membrain: bool | None = None,
+    echo: bool = False,
+) -> dict:
+    """Time ``ours`` (once per loss) and, with ``membrain`` (default: on CUDA only), the
+    MemBrain-seg way; a dict of the setting and one row per run (see :func:`summarise`).
+    ``steps`` and ``warmup`` default to 20 and 5 on a GPU, 2 and 1 on a CPU. With ``echo``
+    each line is printed as it is measured."""
     import tempfile
     from pathlib import Path
 
-    device = pick_device(ARGS.device)
-    if device.type == "cuda":
-        where = torch.cuda.get_device_name(device)
+    target = pick_device(device)
+    gpu = target.type == "cuda"
+    steps = steps or (20 if gpu else 2)
+    warmup = warmup if warmup is not None else (5 if gpu else 1)
+    membrain = gpu if membrain is None else membrain
+    if gpu:
+        where = torch.cuda.get_device_name(target)
     else:
         threads = torch.get_num_threads()
         where = f"CPU ({platform.processor() or platform.machine()}, {threads} threads)"
-    patches = synthetic_patches(4, max(ARGS.crop, 64))
-    config = TrainConfig(
-        iterations=1, batch_size=ARGS.batch, crop_size=ARGS.crop, compile=ARGS.compile
-    )
-    flops = conv_flops(UNet(PRESETS[ARGS.preset]).to(device), ARGS.crop, ARGS.batch, device)
-    print(
-        f"device: {where}; torch {torch.__version__}; preset {ARGS.preset}, crop "
-        f"{ARGS.crop}³, batch {ARGS.batch}, {ARGS.steps} timed steps after {ARGS.warmup} "
-        f"warm-up; {flops / 1e12:.2f} TFLOP of convolutions per training step",
-        flush=True,
+    patches = synthetic_patches(4, max(crop, 64))
+    config = TrainConfig(iterations=1, batch_size=batch, crop_size=crop, compile=compile)
+    flops = conv_flops(UNet(PRESETS[preset]).to(target), crop, batch, target)
+    result = {
+        "device": where,
+        "torch": torch.__version__,
+        "preset": preset,
+        "crop": crop,
+        "batch": batch,
+        "steps": steps,
+        "warmup": warmup,
+        "train_tflop_per_step": flops / 1e12,
+        "rows": [],
+        "region_wise_maps_s": None,
+    }
+
+    def say(line: str) -> None:
+        if echo:
+            print(line, flush=True)
+
+    say(
+        f"device: {where}; torch {torch.__version__}; preset {preset}, crop {crop}³, batch "
+        f"{batch}, {steps} timed steps after {warmup} warm-up; {flops / 1e12:.2f} TFLOP of "
+        "convolutions per training step"
     )
     first = None
-    for loss in ARGS.losses:
+    for loss in losses:
         with tempfile.TemporaryDirectory() as tmp:
-            result = run_ours(patches, replace(config, loss=loss), device, ARGS.warmup, Path(tmp))
-        name = "ours" if len(ARGS.losses) == 1 else f"ours {loss}"
-        report(name, result, flops, device)
-        step = result["seconds"] / result["steps"]
+            run = run_ours(
+                patches, replace(config, loss=loss), preset, target, warmup, steps, Path(tmp)
+            )
+        name = "ours" if len(losses) == 1 else f"ours {loss}"
+        row = summarise(name, run, flops, crop, batch, target)
+        result["rows"].append(row)
+        say(row_line(row))
+        step = run["seconds"] / run["steps"]
         first = first or step
-        if len(ARGS.losses) > 1:
-            print(f"{'':15s} step time {step:.4f} s, x{step / first:.3f} of {ARGS.losses[0]}")
-    if any("rrw" in loss for loss in ARGS.losses):
-        seconds = time_region_wise_maps(patches, config, device)
-        print(
+        if len(losses) > 1:
+            say(f"{'':15s} step time {step:.4f} s, x{step / first:.3f} of {losses[0]}")
+    if any("rrw" in loss for loss in losses):
+        seconds = time_region_wise_maps(patches, config, preset, target)
+        result["region_wise_maps_s"] = seconds
+        say(
             f"region-wise maps alone: {1000 * seconds:.1f} ms per step (every deep-supervision "
-            f"head, batch {ARGS.batch}, {ARGS.crop}³), on {device.type}",
-            flush=True,
+            f"head, batch {batch}, {crop}³), on {target.type}"
         )
-    if device.type == "cuda":
-        report(
-            "membrain-style",
-            run_membrain_style(patches, config, device, ARGS.warmup),
-            flops,
-            device,
-        )
+    if membrain:
+        run = run_membrain_style(patches, config, preset, target, warmup, steps)
+        row = summarise("membrain-style", run, flops, crop, batch, target)
+        result["rows"].append(row)
+        say(row_line(row))
+    return result
 
 
-if __name__ == "__main__":
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="full", choices=sorted(PRESETS))
     parser.add_argument("--crop", type=int, default=160)
@@ -242,8 +301,19 @@ if __name__ == "__main__":
     parser.add_argument(
         "--losses", nargs="+", default=["bce+dice"], help="training losses to time, in turn"
     )
-    ARGS = parser.parse_args()
-    gpu = pick_device(ARGS.device).type == "cuda"
-    ARGS.steps = ARGS.steps or (20 if gpu else 2)
-    ARGS.warmup = ARGS.warmup if ARGS.warmup is not None else (5 if gpu else 1)
+    args = parser.parse_args()
+    measure(
+        args.preset,
+        args.crop,
+        args.batch,
+        args.steps,
+        args.warmup,
+        args.device,
+        args.compile,
+        tuple(args.losses),
+        echo=True,
+    )
+
+
+if __name__ == "__main__":
     main()

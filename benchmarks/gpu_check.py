@@ -1,0 +1,354 @@
+"""Everything a borrowed GPU node should tell us, in one command.
+
+    python benchmarks/gpu_check.py [--json PATH] [--smoke]
+
+Sections, each in its own process with its own time limit, so one that fails or hangs is
+recorded and the rest still run:
+
+1. ``pytest``: ``pytest -m cuda -q`` (tests/test_cuda.py: bf16 and fp16 training,
+   channels-last, compile, GPU checkpoint resumed on the CPU, out-of-memory message,
+   segment on CUDA against the CPU), with pass / fail / skip counts;
+2. ``train``: training throughput of the full network at 160³ x 2, ours against the
+   MemBrain-seg way (``train_speed.measure``): it/s, voxels/s, data-wait share, peak GPU
+   memory, MFU;
+3. ``segment``: the ``segment`` workflow end to end on a synthetic 928 x 928 x 464 float32
+   MRC tomogram, without and with 8-flip TTA (``segment_speed.measure_case``, one process
+   per case): wall time, voxels/s, peak GPU memory, peak host RSS;
+4. ``membrain_seg``: whether MemBrain-seg is importable here.
+
+Prints a Markdown table ready for benchmarks/RESULTS.md and writes every number to a JSON
+file (``--json``; default ``gpu_check.json`` in ``$OUT`` when set, else here).
+
+``--smoke`` runs every section at toy sizes (tiny network, 32³ crops, a 48 x 64 x 64
+tomogram) in well under a minute on a CPU; tests/test_gpu_check.py runs it so the script
+keeps working. benchmarks/gpu_check.sh sets up a bare GPU node and runs this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+# Per-section settings: the full check (budgets add up to under 8 minutes; about 5 expected
+# on one H100) and the smoke test.
+FULL = {
+    "pytest": {"budget_s": 200, "args": ["tests"]},
+    "train": {"budget_s": 100, "preset": "full", "crop": 160, "batch": 2, "steps": 20,
+              "warmup": 5},
+    "segment": {"budget_s": 170, "preset": "full", "shape": (464, 928, 928),
+                "tta_shape": (464, 928, 928), "window": 160, "batch_size": 2},
+}  # fmt: skip
+SMOKE = {
+    "pytest": {"budget_s": 60, "args": ["tests/test_cuda.py"]},
+    "train": {"budget_s": 60, "preset": "tiny", "crop": 32, "batch": 2, "steps": 2,
+              "warmup": 1},
+    "segment": {"budget_s": 60, "preset": "tiny", "shape": (48, 64, 64),
+                "tta_shape": (32, 48, 48), "window": 32, "batch_size": 2},
+}  # fmt: skip
+
+
+def run_pytest(settings: dict, env: dict) -> dict:
+    """``pytest -m cuda -q`` in a child process; counts from its JUnit XML."""
+    shown = ["-m", "pytest", "-m", "cuda", "-q", *settings["args"]]
+    with tempfile.TemporaryDirectory() as tmp:
+        junit = Path(tmp) / "junit.xml"
+        # A test module that cannot be imported here (a library missing on the node) is
+        # reported, and the CUDA tests still run.
+        command = [
+            sys.executable,
+            *shown,
+            "-p",
+            "no:cacheprovider",
+            "--continue-on-collection-errors",
+            f"--junitxml={junit}",
+        ]
+        started = time.perf_counter()
+        done = subprocess.run(
+            command,
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=settings["budget_s"],
+        )
+        seconds = time.perf_counter() - started
+        output = (done.stdout + done.stderr).strip().splitlines()
+        if not junit.exists():
+            raise RuntimeError("pytest wrote no report:\n" + "\n".join(output[-20:]))
+        suite = ElementTree.parse(junit).getroot()
+        suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+        counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+        failed, uncollected = [], []
+        for case in suite.iter("testcase"):
+            problem = case.find("failure")
+            problem = case.find("error") if problem is None else problem
+            if problem is None:
+                continue
+            if problem.get("message") == "collection failure":
+                uncollected.append(case.get("name", ""))
+            else:
+                failed.append(case.get("classname", "") + "::" + case.get("name", ""))
+    return {
+        "command": shlex.join(["python", *shown]),
+        "exit_code": done.returncode,
+        "seconds": seconds,
+        "passed": counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"],
+        "failed": len(failed),
+        "skipped": counts["skipped"],
+        "failed_tests": failed,
+        "not_collected": uncollected,
+        "summary": output[-1] if output else "",
+        "tail": output[-40:] if done.returncode not in (0, 5) else [],
+    }
+
+
+def run_train(settings: dict) -> dict:
+    """Training throughput, ours and the MemBrain-seg way (child process)."""
+    from train_speed import measure
+
+    return measure(
+        settings["preset"],
+        settings["crop"],
+        settings["batch"],
+        settings["steps"],
+        settings["warmup"],
+        membrain=True,
+    )
+
+
+def run_segment(settings: dict, budget_left) -> dict:
+    """The segment workflow, without and with TTA, each case in its own process; a case
+    that fails is recorded with its error and the next one still runs."""
+    from segment_speed import make_inputs, measure_case
+
+    cases = []
+    with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
+        for tta, shape in ((False, settings["shape"]), (True, settings["tta_shape"])):
+            case = {"tta": tta, "shape_xyz": list(shape[::-1]), "preset": settings["preset"]}
+            try:
+                tomogram, checkpoint = make_inputs(Path(tmp), tuple(shape), settings["preset"])
+                case |= measure_case(
+                    tomogram,
+                    checkpoint,
+                    Path(tmp) / "out",
+                    tta=tta,
+                    batch_size=settings["batch_size"],
+                    window=settings["window"],
+                    timeout=budget_left(),
+                )
+            except subprocess.TimeoutExpired:
+                case["error"] = "over the section's time budget"
+            except Exception as exc:
+                case["error"] = f"{type(exc).__name__}: {exc}"
+            cases.append(case)
+    return {"cases": cases}
+
+
+def run_membrain_seg() -> dict:
+    try:
+        import membrain_seg
+    except ImportError as exc:
+        return {"installed": False, "detail": f"not installed ({exc})"}
+    version = getattr(membrain_seg, "__version__", "unknown version")
+    return {"installed": True, "detail": f"installed, {version}"}
+
+
+def _section_child(name: str, smoke: bool, out: Path) -> None:
+    """Entry point of a section's child process: write its result as JSON to ``out``."""
+    settings = (SMOKE if smoke else FULL)[name]
+    started = time.perf_counter()
+    budget = settings["budget_s"]
+
+    def budget_left() -> float:
+        return max(1.0, budget - (time.perf_counter() - started))
+
+    result = run_train(settings) if name == "train" else run_segment(settings, budget_left)
+    out.write_text(json.dumps(result))
+
+
+def run_section(name: str, smoke: bool, env: dict) -> dict:
+    """One section, within its time budget (a child process but for membrain_seg); the
+    outcome is recorded in the result, never raised."""
+    settings = (SMOKE if smoke else FULL).get(name, {"budget_s": 0})
+    started = time.perf_counter()
+    try:
+        if name == "pytest":
+            result = run_pytest(settings, env)
+            passed = result["failed"] == 0 and result["exit_code"] in (0, 5)
+            status = "ok" if passed else "failed"
+        elif name == "membrain_seg":
+            result, status = run_membrain_seg(), "ok"
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                out = Path(tmp) / "result.json"
+                command = [sys.executable, __file__, "--section", name, str(out)]
+                if smoke:
+                    command.append("--smoke")
+                done = subprocess.run(
+                    command,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=settings["budget_s"] + 30,
+                )
+                if done.returncode or not out.exists():
+                    tail = (done.stdout + done.stderr).strip().splitlines()[-15:]
+                    raise RuntimeError(f"exit code {done.returncode}:\n" + "\n".join(tail))
+                result = json.loads(out.read_text())
+                errors = [c for c in result.get("cases", []) if "error" in c]
+                status = "failed" if errors else "ok"
+    except subprocess.TimeoutExpired:
+        result, status = {"error": f"over its budget of {settings['budget_s']} s"}, "timeout"
+    except Exception as exc:  # recorded, not fatal: the other sections still run
+        result, status = {"error": f"{type(exc).__name__}: {exc}"}, "failed"
+    result["status"] = status
+    result["seconds_total"] = time.perf_counter() - started
+    if name in FULL:
+        result["settings"] = settings
+    return result
+
+
+def _gib(value) -> str:
+    return "–" if value is None else f"{value:.1f} GiB"
+
+
+def table(report: dict) -> str:
+    """The report as Markdown, for benchmarks/RESULTS.md."""
+    lines = [
+        f"GPU check, {report['date']}, on {report['device']} (torch {report['torch']}, "
+        f"Python {report['python']}){' — smoke mode' if report['smoke'] else ''}",
+        f"command: `{report['command']}`",
+        "",
+        "| check | setting | result |",
+        "|---|---|---|",
+    ]
+
+    def failure(what: str, section: dict) -> None:
+        error = section.get("error", "").strip().splitlines() or [""]
+        lines.append(f"| {what} | | **{section['status']}**: {error[-1][:200]} |")
+
+    pytest, train, segment, membrain = (
+        report["sections"][name] for name in ("pytest", "train", "segment", "membrain_seg")
+    )
+    if "passed" in pytest:
+        names = ", ".join(t.split("::")[-1] for t in pytest["failed_tests"])
+        modules = ", ".join(pytest["not_collected"])
+        uncollected = f"; not importable here: {modules}" if modules else ""
+        lines.append(
+            f"| pytest -m cuda | `{pytest['command']}` | {pytest['passed']} passed, "
+            f"{pytest['failed']} failed{f' ({names})' if names else ''}, "
+            f"{pytest['skipped']} skipped in {pytest['seconds']:.0f} s "
+            f"(exit code {pytest['exit_code']}){uncollected} |"
+        )
+    else:
+        failure("pytest -m cuda", pytest)
+    if "rows" in train:
+        setting = (
+            f"{train['preset']}, {train['crop']}³ x {train['batch']}, {train['steps']} steps "
+            f"after {train['warmup']}"
+        )
+        for row in train["rows"]:
+            mfu = "" if row["mfu"] is None else f", MFU {100 * row['mfu']:.1f} %"
+            lines.append(
+                f"| training, {row['name']} | {setting} | {row['it_per_s']:.2f} it/s, "
+                f"{row['voxels_per_s'] / 1e6:.2f} Mvoxel/s, data wait "
+                f"{100 * row['data_wait_share']:.1f} %, peak GPU {_gib(row['peak_gpu_gib'])}"
+                f"{mfu} |"
+            )
+    else:
+        failure("training throughput", train)
+    for case in segment.get("cases", []):
+        x, y, z = case["shape_xyz"]
+        what = f"segment, {'8-flip TTA' if case['tta'] else 'no TTA'}"
+        setting = f"{x} x {y} x {z} (x,y,z), {case['preset']}"
+        if "error" in case:
+            error = " ".join(case["error"].split())[-200:]
+            lines.append(f"| {what} | {setting} | **failed**: {error} |")
+            continue
+        lines.append(
+            f"| {what} | {setting}, batch {case['batch_size']}, {case['windows']} windows | "
+            f"{case['wall_s']:.1f} s, {case['voxels_per_s'] / 1e6:.2f} Mvoxel/s, peak GPU "
+            f"{_gib(case['peak_gpu_gib'])}, peak RSS {_gib(case['peak_rss_gib'])} |"
+        )
+    if "cases" not in segment:
+        failure("segment", segment)
+    if "detail" in membrain:
+        lines.append(f"| membrain_seg | `import membrain_seg` | {membrain['detail']} |")
+    else:
+        failure("membrain_seg", membrain)
+    return "\n".join(lines)
+
+
+def _torch_facts() -> dict:
+    """The device and versions, asked in a child process so that this one never holds a
+    CUDA context (and its memory) while the sections run."""
+    code = (
+        "import json, platform, torch; gpu = torch.cuda.is_available(); print(json.dumps("
+        "{'gpu': gpu, 'torch': torch.__version__, 'cuda': torch.version.cuda, 'device': "
+        "torch.cuda.get_device_name() if gpu else f'CPU ({platform.machine()})'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"cannot import torch:\n{done.stderr}")
+    return json.loads(done.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, default=None, help="where to write the results")
+    parser.add_argument("--smoke", action="store_true", help="toy sizes, runs on a CPU")
+    parser.add_argument("--section", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.section:
+        _section_child(args.section[0], args.smoke, Path(args.section[1]))
+        return
+    target = args.json or Path(os.environ.get("OUT") or ".") / "gpu_check.json"
+
+    about = _torch_facts()
+    gpu = about["gpu"]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    if args.smoke and not gpu:
+        # A busy small CPU runs tiny convolutions far faster on one thread than on several.
+        env.setdefault("OMP_NUM_THREADS", "1")
+    report = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": about["device"],
+        "torch": about["torch"],
+        "cuda": about["cuda"],
+        "python": platform.python_version(),
+        "command": shlex.join(["python", "benchmarks/gpu_check.py", *sys.argv[1:]]),
+        "smoke": args.smoke,
+        "sections": {},
+    }
+    for name in ("pytest", "train", "segment", "membrain_seg"):
+        print(f"[gpu_check] {name} ...", flush=True)
+        result = run_section(name, args.smoke, env)
+        report["sections"][name] = result
+        print(f"[gpu_check] {name}: {result['status']} in {result['seconds_total']:.0f} s",
+              flush=True)  # fmt: skip
+        if result["status"] != "ok":
+            cases = [case["error"] for case in result.get("cases", []) if "error" in case]
+            print(result.get("error") or "\n".join(result.get("tail", []) or cases), flush=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(report, indent=2) + "\n")  # after every section
+    print()
+    print(table(report))
+    print(f"\nresults: {target}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""The GPU paths, on CUDA only (skipped elsewhere; ``pytest -m cuda`` selects them):
+bf16 and fp16 training learn, channels-last does not change the loss, ``compile`` runs,
+a GPU checkpoint resumes on the CPU, running out of GPU memory is a one-line error, and
+``segment`` gives the CPU's result on CUDA. benchmarks/gpu_check.py runs them on a
+borrowed GPU node together with the throughput benchmarks."""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from patch_corrections import (
+    InputError,
+    RetrainSettings,
+    SegmentSettings,
+    read_volume,
+    retrain,
+    segment,
+    write_volume,
+)
+from patch_corrections.checkpoints import read_checkpoint
+from patch_corrections.constants import IGNORE, MEMBRANE
+from patch_corrections.data import TrainingPatch
+from patch_corrections.devices import Precision
+from patch_corrections.io.volumes import Geometry
+from patch_corrections.model import PRESETS, UNet
+from patch_corrections.train import TrainConfig, train
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    # mrcfile 1.5 reads headers in a way NumPy 2.5 deprecates; a GPU node may have that
+    # pair, and the warning is theirs, not a fault of the GPU paths under test.
+    pytest.mark.filterwarnings(
+        "ignore:Setting the dtype on a NumPy array has been deprecated:DeprecationWarning"
+    ),
+]
+
+CUDA = torch.device("cuda")
+
+CONFIG = TrainConfig(
+    iterations=60,
+    batch_size=2,
+    crop_size=64,
+    optimizer="adamw",
+    lr=3e-3,
+    val_every=20,
+    save_every=60,
+    seed=3,
+)
+
+
+@pytest.fixture(autouse=True)
+def _free_gpu_memory():
+    yield
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def _learnable_arrays(seed: int, edge: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Image and labels ``(z, y, x)``: bright slabs are membrane, so a network can learn
+    them in a few steps; a border band of ignore as in real patches."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((edge,) * 3, np.uint8)
+    for z in rng.choice(np.arange(6, edge - 6), size=3, replace=False):
+        labels[z : z + 2] = MEMBRANE
+    image = 2.0 * (labels == MEMBRANE) + rng.normal(0, 0.5, labels.shape)
+    labels[:4], labels[-4:] = IGNORE, IGNORE
+    return image.astype(np.float32), labels
+
+
+def _patches(count: int = 3) -> list[TrainingPatch]:
+    return [TrainingPatch.from_arrays(f"p{i}", *_learnable_arrays(i)) for i in range(count)]
+
+
+def _training_folder(root: Path, count: int = 4) -> Path:
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    for i in range(count):
+        image, labels = _learnable_arrays(i)
+        write_volume(root / "imagesTr" / f"p{i}_0000.mrc", image, Geometry((1.0, 1.0, 1.0)))
+        write_volume(root / "labelsTr" / f"p{i}.mrc", labels, Geometry((1.0, 1.0, 1.0)))
+    return root
+
+
+def _train(preset: str, config: TrainConfig, out_dir: Path, losses: list | None = None):
+    torch.manual_seed(0)
+    network = UNet(PRESETS[preset])
+    state = train(
+        network,
+        _patches(),
+        [],
+        config,
+        out_dir,
+        CUDA,
+        on_step=None if losses is None else lambda step, value: losses.append(value),
+    )
+    return network, state
+
+
+def test_bf16_training_of_the_full_network_lowers_the_loss(tmp_path):
+    assert Precision.for_device(CUDA).dtype == torch.bfloat16  # Ampere or newer
+    _, state = _train("full", CONFIG, tmp_path)
+    losses = [row["train_loss"] for row in state.history]
+    assert all(np.isfinite(losses)) and losses[-1] < 0.9 * losses[0], losses
+    assert read_checkpoint(tmp_path / "last.pt")["grad_scaler"] is None
+
+
+def test_fp16_with_a_grad_scaler_lowers_the_loss(tmp_path, monkeypatch):
+    def fp16(cls, device):
+        return cls(device, torch.float16, torch.amp.GradScaler("cuda"))
+
+    monkeypatch.setattr(Precision, "for_device", classmethod(fp16))
+    _, state = _train("full", CONFIG, tmp_path)
+    losses = [row["train_loss"] for row in state.history]
+    assert all(np.isfinite(losses)) and losses[-1] < 0.9 * losses[0], losses
+    scaler = read_checkpoint(tmp_path / "last.pt")["grad_scaler"]
+    assert scaler is not None and scaler["scale"] > 0
+
+
+def test_channels_last_gives_the_same_losses(tmp_path):
+    config = replace(CONFIG, iterations=4, val_every=4, save_every=4)
+    runs = []
+    for channels_last in (True, False):
+        losses: list[float] = []
+        _train("full", replace(config, channels_last=channels_last), tmp_path, losses)
+        runs.append(losses)
+    # Other cuDNN kernels in bf16: close, not bit-equal; the first step sees equal weights.
+    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-2)
+    np.testing.assert_allclose(runs[0], runs[1], rtol=5e-2)
+
+
+def test_compiled_training_runs_and_saves_plain_weights(tmp_path):
+    config = replace(CONFIG, iterations=3, val_every=3, save_every=3, compile=True)
+    network, state = _train("tiny", config, tmp_path)
+    assert state.step == 3 and np.isfinite(state.history[-1]["train_loss"])
+    saved = read_checkpoint(tmp_path / "last.pt")["model"]
+    assert saved.keys() == network.state_dict().keys()
+
+
+def test_a_gpu_checkpoint_resumes_on_the_cpu(tmp_path):
+    folder = _training_folder(tmp_path / "train")
+    common = {"preset": "tiny", "crop_size": 32, "val_every": 2}
+    first = retrain(
+        folder, tmp_path / "run", settings=RetrainSettings(iterations=4, device="cuda", **common)
+    )
+    assert first.step == 4 and first.last.exists()
+    resumed = retrain(
+        folder,
+        tmp_path / "run",
+        settings=RetrainSettings(iterations=6, resume=True, device="cpu", **common),
+    )
+    assert resumed.step == 6 and np.isfinite(resumed.final["train_loss"])
+    content = read_checkpoint(resumed.last)
+    assert all(t.device.type == "cpu" for t in content["model"].values())
+
+
+def test_running_out_of_gpu_memory_is_a_one_line_input_error(tmp_path):
+    folder = _training_folder(tmp_path / "train", count=2)
+    # 8 crops of 384³ through the full network: the first level's activations alone need
+    # far more than the 80-141 GB of one H100 or H200, while each sample stays below
+    # 2^31 elements per tensor (cuDNN's limit, which would be another error).
+    settings = RetrainSettings(
+        iterations=2, batch_size=8, crop_size=384, val_fraction=0.5, device="cuda"
+    )
+    with pytest.raises(InputError) as raised:
+        retrain(folder, tmp_path / "run", settings=settings)
+    message = str(raised.value)
+    assert message.startswith("out of GPU memory with --batch-size 8 and --crop-size 384")
+    assert "\n" not in message
+    del raised
+
+
+@pytest.fixture(scope="module")
+def tomogram_and_checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("segment")
+    rng = np.random.default_rng(5)
+    volume = rng.normal(size=(48, 64, 64)).astype(np.float32)
+    volume[:, 20:23] += 3  # a slab, so the scores are not all alike
+    tomogram = folder / "tomo.mrc"
+    write_volume(tomogram, volume, Geometry((10.0, 10.0, 10.0)))
+    torch.manual_seed(0)
+    config = TrainConfig(iterations=2, crop_size=32, val_every=2, save_every=2)
+    train(UNet(PRESETS["tiny"]), _patches(), [], config, folder, torch.device("cpu"))
+    checkpoint = folder / "last.pt"
+    return tomogram, checkpoint
+
+
+@pytest.mark.parametrize("tta", [False, True], ids=["plain", "tta"])
+def test_segment_on_cuda_equals_segment_on_the_cpu(tmp_path, tomogram_and_checkpoint, tta):
+    tomogram, checkpoint = tomogram_and_checkpoint
+    scores = {}
+    for device in ("cpu", "cuda"):
+        settings = SegmentSettings(window=32, batch_size=2, tta=tta, device=device)
+        report = segment(tomogram, checkpoint, tmp_path / device, settings=settings)
+        assert report.device.startswith(device) and report.windows == 18
+        assert (report.peak_gpu_gib is None) == (device == "cpu")
+        scores[device] = read_volume(report.scores)[0].astype(np.float32)
+    # bf16 autocast on CUDA, fp32 on the CPU; both stored as float16.
+    difference = np.abs(scores["cuda"] - scores["cpu"])
+    assert difference.max() < 0.03 and difference.mean() < 0.005, difference.max()
+    assert scores["cpu"].std() > 1e-3  # the comparison says something

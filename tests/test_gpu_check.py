@@ -1,0 +1,57 @@
+"""benchmarks/gpu_check.py in smoke mode: every section runs and reports numbers, so the
+check is ready whenever a GPU node is lent (where it runs at full size)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value >= 0
+
+
+def test_gpu_check_smoke_reports_every_section(tmp_path):
+    target = tmp_path / "check.json"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke", "--json", target],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(target.read_text())
+    sections = report["sections"]
+    assert report["smoke"] is True and set(sections) == {
+        "pytest",
+        "train",
+        "segment",
+        "membrain_seg",
+    }
+    for name, section in sections.items():
+        assert section["status"] == "ok", (name, section)
+    pytest_run = sections["pytest"]
+    assert pytest_run["failed"] == 0 and pytest_run["passed"] + pytest_run["skipped"] >= 8
+    rows = {row["name"]: row for row in sections["train"]["rows"]}
+    assert set(rows) == {"ours", "membrain-style"}
+    for row in rows.values():
+        for key in ("it_per_s", "voxels_per_s", "data_wait_share"):
+            assert _number(row[key]) and row["it_per_s"] > 0, (key, row)
+    cases = sections["segment"]["cases"]
+    assert [case["tta"] for case in cases] == [False, True]
+    for case in cases:
+        for key in ("wall_s", "voxels_per_s", "peak_rss_gib", "windows"):
+            assert _number(case[key]) and case[key] > 0, (key, case)
+    assert isinstance(sections["membrain_seg"]["installed"], bool)
+    table = done.stdout[done.stdout.index("| check |") :]
+    assert table.count("\n| ") == 6  # pytest, 2 training rows, 2 segment cases, membrain_seg
