@@ -14,6 +14,7 @@ import pytest
 from conftest import write_mrc
 
 from patch_corrections import (
+    DemoSettings,
     EvaluateSettings,
     ExtractSettings,
     InputError,
@@ -24,6 +25,7 @@ from patch_corrections import (
     RunInterrupted,
     SegmentSettings,
     SparseSettings,
+    demo,
     evaluate,
     extract_patches,
     merge_corrections,
@@ -236,3 +238,27 @@ def test_ctrl_c_in_a_training_run_is_reported_and_the_run_resumes(tmp_path):
         tmp_path / "train", tmp_path / "model", settings=RetrainSettings(resume=True, device="cpu")
     )
     assert resumed.step == 4 and resumed.last.is_file()
+
+
+def test_the_demo_reports_each_step_as_it_finishes(tmp_path):
+    stages: list[str] = []
+    steps: list[object] = []
+    report = demo(
+        tmp_path / "demo",
+        settings=DemoSettings(iterations=2),
+        listener=Listener(stage=stages.append, step_done=steps.append),
+    )
+    assert [title.split(".")[0] for title in stages] == ["1", "2", "3", "4", "5", "6"]
+    assert [type(s).__name__ for s in steps] == [
+        "SegmentReport",
+        "ExtractReport",
+        "MergeReport",
+        "RetrainReport",
+        "SegmentReport",
+    ]
+    assert report.steps == steps and report.out_dir == tmp_path / "demo"
+    assert set(report.metrics) == {"before", "after"}
+    # The first segmentation is the committed prediction, voxel for voxel.
+    assert report.metrics["before"]["dice"] == pytest.approx(0.8431, abs=5e-5)
+    with pytest.raises(InputError, match="holds an earlier run"):
+        demo(tmp_path / "demo", settings=DemoSettings(iterations=2))
