@@ -165,7 +165,8 @@ class RunState:
     best_dice: float = -1.0
     history: list[dict] = field(default_factory=list)
     pending_losses: list[float] = field(default_factory=list)
-    """Step losses since the last metrics row."""
+    """Step losses since the last metrics row, read from the device at each metrics row and
+    checkpoint (until then :func:`train` keeps them there)."""
     elapsed: float = 0.0
     """Seconds of training in earlier sessions of this run."""
     data_wait: float = 0.0
@@ -182,7 +183,7 @@ def train(
     out_dir: Path,
     device: torch.device,
     resume: dict | None = None,
-    on_step: Callable[[int, float], None] | None = None,
+    on_step: Callable[[int, float | None], None] | None = None,
     on_metrics: Callable[[list[dict]], None] | None = None,
     split: dict | None = None,
 ) -> RunState:
@@ -193,7 +194,9 @@ def train(
     resume
         The content of a ``last.pt`` to continue from (weights already in ``network``).
     on_step
-        Called after every step with the step number and its loss (progress display).
+        Called after every step with the step number and the training loss of the latest
+        metrics row (``None`` until there is one), for a progress display. Not the step's
+        own loss: reading that would make the host wait for the device every step.
     on_metrics
         Called with the metrics history whenever a row is added.
     split
@@ -228,6 +231,10 @@ def train(
     augmenter = torch.Generator(device=device)
     augment_config = AugmentConfig()
     started = time.perf_counter() - state.elapsed
+    # Step losses not yet read from the device: one transfer at each metrics row and
+    # checkpoint, instead of a wait for the device after every step.
+    unread: list[torch.Tensor] = []
+    latest = state.history[-1].get("train_loss") if state.history else None
 
     def checkpoint(name: str) -> Path:
         path = Path(out_dir) / name
@@ -295,11 +302,10 @@ def train(
                 precision.scaler.update()
             else:
                 optimizer.step()
-            value = float(loss.detach())
+            unread.append(loss.detach())
             # Free this step's graph now, not when the next forward pass rebinds the names:
             # otherwise two steps' activations are alive at once.
             del outputs, loss, x, y
-            state.pending_losses.append(value)
             state.step = step + 1
             done = state.step == config.iterations
             logging = state.step % config.val_every == 0 or done
@@ -307,6 +313,7 @@ def train(
             if logging or saving:
                 sync(device)
                 paused = time.perf_counter()
+                state.pending_losses += _read_losses(unread)
             if logging:
                 row = {
                     "step": state.step,
@@ -315,6 +322,7 @@ def train(
                     "seconds": time.perf_counter() - started,
                 }
                 state.pending_losses = []
+                latest = row["train_loss"]
                 if val_patches:
                     row.update(evaluate(network, val_patches, device, precision))
                     if row["val_dice"] > state.best_dice:
@@ -328,13 +336,25 @@ def train(
             if logging or saving:
                 state.io_seconds += time.perf_counter() - paused
             if on_step is not None:
-                on_step(state.step, value)
+                on_step(state.step, latest)
     except KeyboardInterrupt:
+        state.pending_losses += _read_losses(unread)
         raise Interrupted(state.step, checkpoint(LAST)) from None
     finally:
         stop.release()
         prefetch.shutdown(wait=True, cancel_futures=True)
     return state
+
+
+def _read_losses(losses: list[torch.Tensor]) -> list[float]:
+    """The 0-d step losses as floats, read from the device in one transfer; empties
+    ``losses``. Each float equals ``float()`` of its tensor, so metrics and checkpoints
+    are the same as if every step had been read on its own."""
+    if not losses:
+        return []
+    values = torch.stack(losses).tolist()
+    losses.clear()
+    return values
 
 
 class _StopFlag:

@@ -99,9 +99,10 @@ def test_deep_supervision_weights_sum_to_one():
 
 
 @pytest.mark.parametrize("density", [0.002, 0.03, 0.6])
-def test_squared_distance_matches_scipy(density):
+@pytest.mark.parametrize("shape", [(13, 21, 17), (150, 9, 10)])  # long z: lines in blocks
+def test_squared_distance_matches_scipy(density, shape):
     rng = np.random.default_rng(7)
-    mask = rng.random((2, 1, 13, 21, 17)) < density
+    mask = rng.random((2, 1, *shape)) < density
     mask[1, 0, :, 4:, :] = False  # lines and planes without any true voxel
     mask[1, 0, 6, 2, 3] = True
     distance = squared_distance_to(torch.from_numpy(mask)).numpy()

@@ -143,6 +143,31 @@ def test_resumed_run_matches_uninterrupted(sample_patches, tmp_path):
     ]
 
 
+def test_step_losses_read_together_equal_those_read_one_by_one(sample_patches, tmp_path):
+    # Without validation patches, when rows are logged does not change the run.
+    def run(config, on_step):
+        torch.manual_seed(0)
+        network = UNet(PRESETS["tiny"])
+        cpu = torch.device("cpu")
+        return train(network, sample_patches[:3], [], config, tmp_path, cpu, on_step=on_step)
+
+    every_step = replace(CONFIG, iterations=4, val_every=1, save_every=100)
+    shown = []
+    each = [r["train_loss"] for r in run(every_step, lambda s, v: shown.append(v)).history]
+    assert len(set(each)) == 4 and shown == each
+    saved, shown = {}, []
+
+    def on_step(step, loss):
+        shown.append(loss)
+        if step == 2:
+            saved.update(read_checkpoint(tmp_path / "last.pt"))
+
+    state = run(replace(every_step, val_every=100, save_every=2), on_step)
+    assert saved["step"] == 2 and saved["pending_losses"] == each[:2]
+    assert state.history[0]["train_loss"] == float(np.mean(each))
+    assert shown == [None, None, None, state.history[0]["train_loss"]]
+
+
 def test_checkpoint_round_trips_with_weights_only(sample_patches, tmp_path):
     network, _ = _run(sample_patches, tmp_path)
     content = torch.load(tmp_path / "last.pt", weights_only=True)
