@@ -25,7 +25,12 @@ from .errors import InputError, PatchCorrectionsWarning
 from .io.volumes import is_volume_file, read_volume, volume_stem
 
 NORMALISATION = "robust_z"
-"""Name of the intensity normalisation, stored in checkpoints for ``segment`` to repeat."""
+"""Name of the intensity normalisation, stored in checkpoints for ``segment`` to repeat:
+median and 1.4826 x MAD, clipped to ±10."""
+ZSCORE = "zscore"
+"""MemBrain-seg's normalisation: the whole tomogram's mean and standard deviation, not
+clipped; the one its checkpoints were trained with."""
+NORMALISATIONS = (NORMALISATION, ZSCORE)
 
 _SAMPLE_STEP = 4  # annotated voxels are listed on a grid of this spacing, to stay small
 
@@ -47,10 +52,14 @@ def robust_statistics(values: np.ndarray) -> tuple[float, float]:
 
 
 def normalise(
-    image: np.ndarray, statistics: tuple[float, float] | None = None, in_place: bool = False
+    image: np.ndarray,
+    statistics: tuple[float, float] | None = None,
+    in_place: bool = False,
+    clip: bool = True,
 ) -> np.ndarray:
-    """Robust z-score as float32: ``(image - median) / scale``, clipped to ±10.
+    """Z-score as float32: ``(image - centre) / scale``, clipped to ±10 with ``clip``.
 
+    ``statistics`` default to the robust ones of ``image``; NaN becomes 0 (the centre).
     With ``in_place``, a float32 ``image`` is overwritten instead of copied.
     """
     centre, scale = statistics or robust_statistics(image)
@@ -59,8 +68,8 @@ def normalise(
     else:
         out = np.subtract(image, centre, dtype=np.float32)
     out /= scale
-    out[np.isnan(out)] = 0  # infinities are clipped below
-    return np.clip(out, -10, 10, out=out)
+    out[np.isnan(out)] = 0  # infinities are clipped below, or left for the caller to see
+    return np.clip(out, -10, 10, out=out) if clip else out
 
 
 @dataclass

@@ -1,10 +1,16 @@
-"""Sliding-window inference over whole tomograms.
+"""Sliding-window inference over whole tomograms, as ``membrain segment`` does it.
 
-Windows of ``window`` voxels overlap by ``overlap``; each window's probabilities are blended
-with a Gaussian importance map (centre voxels count most), optionally averaged over the 8
-flips of the window (test-time augmentation). The volume is processed one row of windows
-(along z) at a time: only a slab of ``window`` z slices is held in float32, so a tomogram
-never needs two full float32 copies in memory.
+Windows of ``window`` voxels overlap by ``overlap`` (MONAI's window grid); each window's
+logits are blended with MONAI's Gaussian importance map (sigma an eighth of the window,
+clamped below at 1e-3). An axis shorter than a window is padded with 0 (the normalised
+mean), half before and half after, and the padding is cropped from the result. Test-time
+augmentation flips the whole volume 8 ways, runs the whole sliding window on each (so
+padding and window grid follow the flip) and averages the logits, as MemBrain-seg does.
+
+A pass processes one row of windows (along z) at a time: only two slabs of ``window`` z
+slices are held in float32 (the weighted logits and the weights), so a tomogram never
+needs two full float32 copies in memory; test-time augmentation adds one float32 copy to
+average the 8 passes.
 
 Arrays are ``(z, y, x)``.
 """
@@ -17,67 +23,54 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 Index3 = tuple[int, int, int]
+ReadBlock = Callable[[Index3, Index3], np.ndarray]
 _YIELD_SLICES = 8
 Predict = Callable[[np.ndarray], np.ndarray]
 """Maps a batch of normalised windows ``(b, w, w, w)`` float32 to logits of the same shape."""
+SIGMA_SCALE = 0.125
+MIN_IMPORTANCE = 1e-3
+FLIPS = tuple(
+    tuple(axis for axis, on in zip((0, 1, 2), bits) if on)
+    for bits in itertools.product((False, True), repeat=3)
+)
+"""The 8 flips of a volume (axes of ``(z, y, x)``) that test-time augmentation averages."""
 
 
-def gaussian_profile(n: int, sigma_scale: float = 1 / 8) -> np.ndarray:
-    """1D Gaussian weights of a window edge, peaking at 1 in the centre, never below 0.1."""
-    x = np.arange(n, dtype=np.float64) - (n - 1) / 2
-    profile = np.exp(-(x**2) / (2 * (n * sigma_scale) ** 2))
-    return np.maximum(profile / profile.max(), 0.1)
-
-
-def gaussian_importance(size: Index3, sigma_scale: float = 1 / 8) -> np.ndarray:
-    """Separable Gaussian weights of a window ``size``, peaking at 1 in the centre, float32.
-
-    Because it is the product of three 1D profiles, so is the sum of all windows' weights
-    over a volume, which therefore needs no array of its own.
-    """
-    z, y, x = (gaussian_profile(n, sigma_scale) for n in size)
-    return (z[:, None, None] * y[None, :, None] * x[None, None, :]).astype(np.float32)
-
-
-def _weight_sums(length: int, window: int, starts: list[int]) -> np.ndarray:
-    """Sum over windows of the 1D profile along one axis, ``(length,)`` float64."""
-    total = np.zeros(max(length, window))
-    profile = gaussian_profile(window)
-    for start in starts:
-        total[start : start + window] += profile
-    return total
+def gaussian_importance(window: int) -> np.ndarray:
+    """Blending weights of a cubic window ``(w, w, w)`` float32: a Gaussian of sigma
+    ``w / 8`` centred on the window, clamped below at 1e-3 (MONAI's ``gaussian`` mode)."""
+    x = np.arange(window, dtype=np.float32) - np.float32((window - 1) / 2)
+    sigma = np.float32(SIGMA_SCALE * window)
+    profile = np.exp(x**2 / (-2 * sigma**2))
+    weights = profile[:, None, None] * profile[None, :, None] * profile[None, None, :]
+    return np.maximum(weights, max(float(weights.min()), MIN_IMPORTANCE))
 
 
 def window_starts(length: int, window: int, overlap: float) -> list[int]:
     """Start indices of windows covering ``[0, length)``; the last one ends at ``length``."""
     if length <= window:
         return [0]
-    step = max(1, round(window * (1 - overlap)))
+    step = max(1, int(window * (1 - overlap)))
     starts = list(range(0, length - window, step))
     return [*starts, length - window]
 
 
-def _flips() -> list[tuple[int, ...]]:
-    return [
-        tuple(a for a, on in zip((1, 2, 3), bits) if on)
-        for bits in itertools.product((False, True), repeat=3)
-    ]
+def windows_count(shape: Index3, window: int, overlap: float) -> int:
+    """How many windows one pass of ``sliding_window`` runs over a volume of ``shape``."""
+    return int(np.prod([len(window_starts(max(n, window), window, overlap)) for n in shape]))
 
 
-def predict_probabilities(windows: np.ndarray, predict: Predict, tta: bool) -> np.ndarray:
-    """Membrane probabilities of a batch of windows, averaged over 8 flips with ``tta``."""
-    flips = _flips() if tta else [()]
-    total = np.zeros(windows.shape, np.float32)
-    for axes in flips:
-        flipped = np.flip(windows, axes) if axes else windows
-        logits = predict(np.ascontiguousarray(flipped)).astype(np.float32)
-        probability = 0.5 * (1 + np.tanh(0.5 * logits))  # the logistic, without overflow
-        total += np.flip(probability, axes) if axes else probability
-    return total / len(flips)
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """The logistic function, without overflow, computed in place in float32 ``logits``."""
+    logits *= 0.5
+    np.tanh(logits, out=logits)
+    logits += 1
+    logits *= 0.5
+    return logits
 
 
 def sliding_window(
-    read_block: Callable[[Index3, Index3], np.ndarray],
+    read_block: ReadBlock,
     shape: Index3,
     predict: Predict,
     window: int,
@@ -94,68 +87,137 @@ def sliding_window(
         ``read_block(start, stop)`` returns the normalised volume's block ``[start, stop)``
         ``(z, y, x)`` as float32 (inside the volume).
     shape
-        Volume shape ``(z, y, x)``. Along an axis shorter than a window, windows are padded
-        with 0 (the normalised mean) and the padding is cropped from the result.
+        Volume shape ``(z, y, x)``.
     predict
         The network, see ``Predict``.
     window
         Edge of the cubic windows.
+    tta
+        Average the logits of the 8 flipped passes (see the module's description).
     on_window
         Called with the number of windows just finished (progress).
 
     Yields
     ------
     Consecutive slabs ``(n, y, x)`` float32 of probabilities, starting at ``z0``; together
-    they cover ``[0, z)`` exactly once. Windows are read one batch at a time, so besides
-    the batch, memory holds one float32 array of ``window`` slices: the blending sum.
+    they cover ``[0, z)`` exactly once.
     """
+    if not tta:
+        for z0, logits in blended_logits(
+            read_block, shape, predict, window, overlap, batch_size, (), on_window
+        ):
+            yield z0, sigmoid(logits)
+        return
+    total = np.zeros(shape, np.float32)
+    for flip in FLIPS:
+        for z0, logits in blended_logits(
+            read_block, shape, predict, window, overlap, batch_size, flip, on_window
+        ):
+            total[z0 : z0 + len(logits)] += logits
+    for z0 in range(0, shape[0], _YIELD_SLICES):
+        yield z0, sigmoid(total[z0 : z0 + _YIELD_SLICES] / len(FLIPS))
+
+
+def blended_logits(
+    read_block: ReadBlock,
+    shape: Index3,
+    predict: Predict,
+    window: int,
+    overlap: float,
+    batch_size: int,
+    flip: tuple[int, ...] = (),
+    on_window: Callable[[int], None] | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """One pass over the volume flipped along ``flip`` (axes of ``(z, y, x)``): the
+    blended logits, flipped back, as ``(z0, slab)`` pieces that cover ``[0, z)`` once (in
+    descending z when ``flip`` holds axis 0)."""
+    if not flip:
+        yield from _blended_pass(
+            read_block, shape, predict, window, overlap, batch_size, on_window
+        )
+        return
+
+    def read_flipped(start: Index3, stop: Index3) -> np.ndarray:
+        mirrored_start = [
+            n - b if a in flip else s for a, (s, b, n) in enumerate(zip(start, stop, shape))
+        ]
+        mirrored_stop = [
+            n - s if a in flip else b for a, (s, b, n) in enumerate(zip(start, stop, shape))
+        ]
+        return np.ascontiguousarray(
+            np.flip(read_block(tuple(mirrored_start), tuple(mirrored_stop)), flip)
+        )
+
+    for z0, slab in _blended_pass(
+        read_flipped, shape, predict, window, overlap, batch_size, on_window
+    ):
+        if 0 in flip:
+            z0 = shape[0] - z0 - len(slab)
+        yield z0, np.flip(slab, flip)
+
+
+def _blended_pass(
+    read_block: ReadBlock,
+    shape: Index3,
+    predict: Predict,
+    window: int,
+    overlap: float,
+    batch_size: int,
+    on_window: Callable[[int], None] | None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Blended logits of one unflipped pass, ``(z0, slab)`` in z order."""
     size = tuple(max(n, window) for n in shape)  # padded volume
-    sz, sy, sx = size
-    importance = gaussian_importance((window,) * 3)
-    z_starts = window_starts(sz, window, overlap)
-    y_starts, x_starts = window_starts(sy, window, overlap), window_starts(sx, window, overlap)
-    yx_starts = list(itertools.product(y_starts, x_starts))
-    weight_z = _weight_sums(sz, window, z_starts).astype(np.float32)
-    weight_y = _weight_sums(sy, window, y_starts)[: shape[1]]
-    weight_x = _weight_sums(sx, window, x_starts)[: shape[2]]
-    weight_yx = (weight_y[:, None] * weight_x[None, :]).astype(np.float32)
+    before = tuple((s - n) // 2 for s, n in zip(size, shape))
+    _, sy, sx = size
+    importance = gaussian_importance(window)
+    z_starts = window_starts(size[0], window, overlap)
+    yx_starts = list(
+        itertools.product(window_starts(sy, window, overlap), window_starts(sx, window, overlap))
+    )
     numerator = np.zeros((window, sy, sx), np.float32)
-    done = 0  # z slices already yielded
+    weights = np.zeros((window, sy, sx), np.float32)
+    done = before[0]  # padded z slices already yielded (the padding is never yielded)
 
     def read_window(z0: int, y0: int, x0: int) -> np.ndarray:
-        start = (z0, y0, x0)
-        stop = tuple(min(a + window, n) for a, n in zip(start, shape))
-        block = read_block(start, stop)
+        # Window [z0, z0 + window) in padded coordinates; the volume starts at `before`.
+        start = [max(a - b, 0) for a, b in zip((z0, y0, x0), before)]
+        stop = [min(a + window - b, n) for a, b, n in zip((z0, y0, x0), before, shape)]
+        block = read_block(tuple(start), tuple(stop))  # type: ignore[arg-type]
         if block.shape == (window,) * 3:
             return block
         padded = np.zeros((window,) * 3, np.float32)
-        padded[: block.shape[0], : block.shape[1], : block.shape[2]] = block
+        at = [s + b - a for s, b, a in zip(start, before, (z0, y0, x0))]
+        padded[tuple(slice(a, a + n) for a, n in zip(at, block.shape))] = block
         return padded
 
     for k, z0 in enumerate(z_starts):
         for first in range(0, len(yx_starts), batch_size):
             chosen = yx_starts[first : first + batch_size]
             windows = np.stack([read_window(z0, y0, x0) for y0, x0 in chosen])
-            probabilities = predict_probabilities(windows, predict, tta)
-            for (y0, x0), probability in zip(chosen, probabilities):
-                numerator[:, y0 : y0 + window, x0 : x0 + window] += probability * importance
+            logits = predict(windows).astype(np.float32, copy=False)
+            for (y0, x0), values in zip(chosen, logits):
+                numerator[:, y0 : y0 + window, x0 : x0 + window] += values * importance
+                weights[:, y0 : y0 + window, x0 : x0 + window] += importance
             if on_window is not None:
                 on_window(len(chosen))
         # Slices before the next row of windows get no more contributions.
         final = (z_starts[k + 1] if k + 1 < len(z_starts) else z0 + window) - z0
-        end = min(z0 + final, shape[0])
+        end = min(z0 + final, before[0] + shape[0])
         for first in range(done, end, _YIELD_SLICES):  # small pieces: no slab-sized temporary
             last = min(first + _YIELD_SLICES, end)
-            piece = numerator[first - z0 : last - z0, : shape[1], : shape[2]]
-            weights = weight_z[first:last, None, None] * weight_yx[None]
-            yield first, piece / weights
+            rows = slice(first - z0, last - z0)
+            inside = (
+                slice(before[1], before[1] + shape[1]),
+                slice(before[2], before[2] + shape[2]),
+            )
+            yield (
+                first - before[0],
+                numerator[rows][:, inside[0], inside[1]] / weights[rows][:, inside[0], inside[1]],
+            )
         done = max(done, end)
-        # Shift the sum by `final` slices, slice by slice (no full-size copy).
+        # Shift both sums by `final` slices, slice by slice (no full-size copy).
         for i in range(window - final):
             numerator[i] = numerator[i + final]
+            weights[i] = weights[i + final]
         numerator[window - final :] = 0
-
-
-def windows_count(shape: Index3, window: int, overlap: float) -> int:
-    """How many windows ``sliding_window`` runs over a volume of ``shape``."""
-    return int(np.prod([len(window_starts(max(n, window), window, overlap)) for n in shape]))
+        weights[window - final :] = 0

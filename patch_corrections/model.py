@@ -5,7 +5,13 @@ Structure and parameter names follow MONAI's ``DynUNet`` as MemBrain-seg configu
 LeakyReLU 0.01; one output logit; two deep-supervision heads), so MemBrain-seg checkpoints
 load without conversion beyond dropping prefixes. MONAI is not needed at run time.
 
-Tensors are ``(batch, channel, z, y, x)``.
+The network sees its input in the axis order of its config: ``xyz`` for MemBrain-seg's
+weights and for networks made here (``membrain segment`` feeds ``(x, y, z)``, so the
+missing wedge lies along the last axis), ``zyx`` for checkpoints saved before the order was
+recorded. ``forward_zyx`` and ``forward_heads_zyx`` take and return ``(batch, channel, z,
+y, x)`` tensors, as every array here is ordered, and are the one place where they are
+transposed into the network's order and back; ``forward`` and ``forward_heads`` work in
+the network's own order, as DynUNet's do.
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from .errors import InputError
+
+AXIS_ORDERS = ("xyz", "zyx")
+"""Spatial axis orders a network may see its input in."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +42,9 @@ class UNetConfig:
         Convolution kernel edge.
     heads
         Deep-supervision heads, on the levels just below the top.
+    axis_order
+        The order in which the network sees the spatial axes: ``xyz`` (MemBrain-seg's) or
+        ``zyx`` (arrays as stored).
     """
 
     filters: tuple[int, ...] = (32, 64, 128, 256, 512, 1024)
@@ -42,8 +54,11 @@ class UNetConfig:
     out_channels: int = 1
     heads: int = 2
     negative_slope: float = 0.01
+    axis_order: str = "xyz"
 
     def __post_init__(self) -> None:
+        if self.axis_order not in AXIS_ORDERS:
+            raise ValueError(f"axis_order must be one of {AXIS_ORDERS}, got {self.axis_order!r}")
         if len(self.filters) != len(self.strides) or len(self.filters) < 2:
             raise ValueError("filters and strides need one entry per level, at least two")
         if self.strides[0] != 1:
@@ -64,7 +79,9 @@ class UNetConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> UNetConfig:
-        values = dict(values)
+        """The config a checkpoint saved; one saved before the axis order was recorded
+        was trained on arrays as stored, ``zyx``."""
+        values = {"axis_order": "zyx", **values}
         for key in ("filters", "strides"):
             values[key] = tuple(values[key])
         return cls(**values)
@@ -212,6 +229,22 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.output_block(self._levels(x)[0])
 
+    def forward_zyx(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` for ``(batch, channel, z, y, x)`` input: logits in the same order."""
+        return self._from_network(self(self._to_network(x)))
+
+    def forward_heads_zyx(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``forward_heads`` for ``(batch, channel, z, y, x)`` input, every head in that
+        order."""
+        return [self._from_network(o) for o in self.forward_heads(self._to_network(x))]
+
+    def _to_network(self, x: torch.Tensor) -> torch.Tensor:
+        # One input channel: contiguous is also channels-last, so no layout is lost here.
+        return x.transpose(2, 4).contiguous() if self.config.axis_order == "xyz" else x
+
+    def _from_network(self, y: torch.Tensor) -> torch.Tensor:
+        return y.transpose(2, 4) if self.config.axis_order == "xyz" else y
+
 
 def _initialise(module: nn.Module) -> None:
     # Kaiming-normal convolutions and zero biases, as DynUNet initialises them.
@@ -264,6 +297,7 @@ def config_from_state_dict(weights: dict[str, torch.Tensor]) -> UNetConfig:
             in_channels=int(first.shape[1]),
             out_channels=int(weights["output_block.conv.conv.weight"].shape[0]),
             heads=heads,
+            axis_order="xyz",  # as membrain segment feeds its networks
         )
     except (KeyError, IndexError, ValueError) as exc:
         raise InputError(f"weights do not describe this U-Net (missing or odd {exc})") from None

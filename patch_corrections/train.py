@@ -116,7 +116,7 @@ def _patch_logits(
     pad = [(0, -n % divisor) for n in image.shape]
     x = torch.from_numpy(np.pad(image, pad))[None, None].to(device)
     with precision.autocast():
-        logits = network(x).float()
+        logits = network.forward_zyx(x).float()
     return logits[0, 0, : image.shape[0], : image.shape[1], : image.shape[2]]
 
 
@@ -380,5 +380,5 @@ class _StopFlag:
 
 def _heads_function(network: UNet, compile_it: bool) -> Callable[[torch.Tensor], list]:
     if not compile_it:
-        return network.forward_heads
-    return torch.compile(network.forward_heads)
+        return network.forward_heads_zyx
+    return torch.compile(network.forward_heads_zyx)

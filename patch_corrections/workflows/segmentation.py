@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,10 +100,10 @@ def segment(
     """
     import torch
 
-    from ..checkpoints import network_from_checkpoint, read_checkpoint
-    from ..data import NORMALISATION, normalise, robust_statistics
+    from ..checkpoints import network_from_checkpoint, normalisation_of, read_checkpoint
+    from ..data import NORMALISATIONS, ZSCORE, normalise, robust_statistics
     from ..devices import Precision, pick_device
-    from ..infer import sliding_window, windows_count
+    from ..infer import FLIPS, sliding_window, windows_count
 
     tomogram, checkpoint, out_dir = Path(tomogram), Path(checkpoint), Path(out_dir)
     window, threshold = settings.window, settings.threshold
@@ -118,8 +119,8 @@ def segment(
         require_free([scores_path, labels_path], settings.overwrite)
         content = read_checkpoint(checkpoint, settings.trust_checkpoint)
         network, _ = network_from_checkpoint(content, checkpoint)
-        normalisation = content.get("normalisation", NORMALISATION)
-        if normalisation != NORMALISATION:
+        normalisation = normalisation_of(content)
+        if normalisation not in NORMALISATIONS:
             raise InputError(f"{checkpoint}: unknown intensity normalisation {normalisation!r}")
         if network.config.in_channels != 1:
             raise InputError(
@@ -138,7 +139,7 @@ def segment(
         def predict(windows: np.ndarray) -> np.ndarray:
             x = torch.from_numpy(windows)[:, None].to(target)
             with precision.autocast():
-                logits = network(x)
+                logits = network.forward_zyx(x)
             return logits[:, 0].float().cpu().numpy()
 
         with closing_reader(tomogram) as reader:
@@ -149,13 +150,17 @@ def segment(
             sample = _spread_sample(reader, NORMALISATION_SAMPLE)
             if sample.dtype.kind == "f" and not np.isfinite(sample).all():
                 warn(f"{tomogram}: holds NaN or infinite values; they are read as the mean")
-            statistics = robust_statistics(sample)
+            zscore = normalisation == ZSCORE
+            # MemBrain-seg's networks learnt the whole tomogram's mean and deviation, ours
+            # the robust statistics of a sample.
+            statistics = _volume_statistics(reader) if zscore else robust_statistics(sample)
 
             def read_block(start, stop) -> np.ndarray:
                 block = reader.read_block(start, stop)  # a fresh array
-                return normalise(block, statistics, in_place=True)
+                return normalise(block, statistics, in_place=True, clip=not zscore)
 
-            total = windows_count(shape, window, settings.overlap)
+            windows = windows_count(shape, window, settings.overlap)
+            total = windows * (len(FLIPS) if settings.tta else 1)
             staged = StagedFiles()
             try:
                 staged.make_dirs(out_dir)
@@ -196,7 +201,7 @@ def segment(
     return SegmentReport(
         tomogram,
         tuple(as_xyz(shape)),  # type: ignore[arg-type]
-        total,
+        windows,
         str(target),
         membrane,
         peak,
@@ -214,3 +219,21 @@ def _spread_sample(reader: VolumeReader, count: int) -> np.ndarray:
     stride = max(1, int(np.sqrt(ny * nx * len(slices) / count)))
     parts = [reader.read_block((z, 0, 0), (z + 1, ny, nx))[0, ::stride, ::stride] for z in slices]
     return np.concatenate([p.ravel() for p in parts])
+
+
+def _volume_statistics(reader: VolumeReader) -> tuple[float, float]:
+    """Mean and standard deviation of every finite voxel, read slab by slab in float64."""
+    nz, ny, nx = reader.info.shape
+    count, total, squares = 0, 0.0, 0.0
+    step = max(1, 2**24 // max(ny * nx, 1))
+    for z0 in range(0, nz, step):
+        block = reader.read_block((z0, 0, 0), (min(z0 + step, nz), ny, nx)).astype(np.float64)
+        finite = block[np.isfinite(block)]
+        count += finite.size
+        total += float(finite.sum())
+        squares += float(np.square(finite).sum())
+    if not count:
+        return 0.0, 1.0
+    mean = total / count
+    deviation = math.sqrt(max(squares / count - mean**2, 0.0))
+    return mean, deviation if deviation > 0 else 1.0

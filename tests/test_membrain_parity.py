@@ -1,0 +1,42 @@
+"""A MemBrain-seg checkpoint segments here as ``membrain segment`` segments it.
+
+The fixtures in tests/fixtures/membrain/ were made once by membrain-seg 0.0.10 itself
+(tests/fixtures/make_membrain_fixture.py, its README lists commands and versions): a small
+network of MemBrain-seg's own class, a non-cubic 39 x 48 x 72 (z, y, x) tomogram, windows
+of 64 (larger than two of its axes, so padding is tested), with and without its 8-flip
+test-time augmentation. MemBrain-seg stores logits; we store probabilities.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+
+from patch_corrections import SegmentSettings, segment
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "membrain"
+
+
+@pytest.mark.parametrize(("case", "tta"), [("a_10A_noTTA", False), ("b_10A_TTA", True)])
+def test_membrain_checkpoint_segments_as_membrain_segment_does(tmp_path, case, tta):
+    expected = np.load(FIXTURES / "expected.npz")
+    logits = expected[f"{case}_scores"].astype(np.float64)
+    report = segment(
+        FIXTURES / "tomo_10A.mrc",
+        FIXTURES / "membrain_tiny.ckpt",
+        tmp_path,
+        settings=SegmentSettings(window=64, tta=tta, device="cpu"),
+    )
+    ours = mrcfile.read(report.scores).astype(np.float64)
+    theirs = 1 / (1 + np.exp(-logits))
+    # Their logits were stored as float16 (2**-11 relative), our probabilities too.
+    assert np.abs(ours - theirs).max() < 1e-3
+    # Our segmentation thresholds the stored float16 probabilities (so both files agree):
+    # a voxel within float16's step of 0.5 (|logit| < 2e-3) may fall either way.
+    labels = mrcfile.read(report.segmentation) != 0
+    differ = labels != (expected[f"{case}_segmented"] != 0)
+    assert not differ[np.abs(logits) > 2e-3].any()
+    assert (labels == (logits > 0)).mean() > 0.99
