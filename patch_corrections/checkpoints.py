@@ -99,3 +99,16 @@ def normalisation_of(content: dict) -> str:
     if content.get("format") == FORMAT:
         return content.get("normalisation", NORMALISATION)
     return ZSCORE
+
+
+MEMBRAIN_PIXEL_SIZE = 10.0
+"""Pixel size (Å) MemBrain-seg trains its networks at."""
+
+
+def pixel_size_of(content: dict) -> float | None:
+    """The pixel size (Å) a checkpoint's network was trained at, where known: MemBrain-seg's
+    10 Å for its checkpoints, what ours record (``None`` when they record none)."""
+    if content.get("format") == FORMAT:
+        value = content.get("pixel_size")
+        return float(value) if value else None
+    return MEMBRAIN_PIXEL_SIZE

@@ -4,7 +4,8 @@ The fixtures in tests/fixtures/membrain/ were made once by membrain-seg 0.0.10 i
 (tests/fixtures/make_membrain_fixture.py, its README lists commands and versions): a small
 network of MemBrain-seg's own class, a non-cubic 39 x 48 x 72 (z, y, x) tomogram, windows
 of 64 (larger than two of its axes, so padding is tested), with and without its 8-flip
-test-time augmentation. MemBrain-seg stores logits; we store probabilities.
+test-time augmentation, and the same tomogram declared at 14 Å segmented with rescaling
+to the network's 10 Å. MemBrain-seg stores logits; we store probabilities.
 """
 
 from __future__ import annotations
@@ -20,16 +21,28 @@ from patch_corrections import SegmentSettings, segment
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "membrain"
 
 
-@pytest.mark.parametrize(("case", "tta"), [("a_10A_noTTA", False), ("b_10A_TTA", True)])
-def test_membrain_checkpoint_segments_as_membrain_segment_does(tmp_path, case, tta):
+@pytest.mark.parametrize(
+    ("case", "tomogram", "tta", "rescale"),
+    [
+        ("a_10A_noTTA", "tomo_10A.mrc", False, False),
+        ("b_10A_TTA", "tomo_10A.mrc", True, False),
+        ("c_14A_rescale_noTTA", "tomo_14A.mrc", False, True),
+        ("d_14A_rescale_TTA", "tomo_14A.mrc", True, True),
+    ],
+)
+def test_membrain_checkpoint_segments_as_membrain_segment_does(
+    tmp_path, case, tomogram, tta, rescale
+):
     expected = np.load(FIXTURES / "expected.npz")
     logits = expected[f"{case}_scores"].astype(np.float64)
     report = segment(
-        FIXTURES / "tomo_10A.mrc",
+        FIXTURES / tomogram,
         FIXTURES / "membrain_tiny.ckpt",
         tmp_path,
-        settings=SegmentSettings(window=64, tta=tta, device="cpu"),
+        settings=SegmentSettings(window=64, tta=tta, device="cpu", rescale=rescale),
     )
+    if rescale:  # 46-voxel windows at 14 Å span the network's 64 at 10 Å
+        assert report.grid_window == 46 and report.pixel_sizes == (14.0, 10.0)
     ours = mrcfile.read(report.scores).astype(np.float64)
     theirs = 1 / (1 + np.exp(-logits))
     # Their logits were stored as float16 (2**-11 relative), our probabilities too.

@@ -47,6 +47,21 @@ def segment_command(
             "--trust-checkpoint", help="Allow a checkpoint that pickles objects beyond weights."
         ),
     ] = False,
+    rescale: Annotated[
+        bool,
+        typer.Option(
+            "--rescale",
+            help="Resample windows to the pixel size the network was trained at (10 Å for "
+            "MemBrain-seg's); outputs stay on the tomogram's grid.",
+        ),
+    ] = False,
+    pixel_size: Annotated[
+        float | None,
+        typer.Option(
+            "--pixel-size",
+            help="The tomogram's pixel size in Å for --rescale; default: its header's.",
+        ),
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace earlier outputs.")
     ] = False,
@@ -60,6 +75,8 @@ def segment_command(
         threshold=threshold,
         device=device,
         trust_checkpoint=trust_checkpoint,
+        rescale=rescale,
+        pixel_size=pixel_size,
         overwrite=overwrite,
     )
     with console() as listener:
@@ -70,9 +87,15 @@ def segment_command(
 def render(report: SegmentReport) -> None:
     """What was segmented, how, and where the outputs are."""
     s = report.settings
+    if report.pixel_sizes is not None:
+        given, network = report.pixel_sizes
+        typer.echo(
+            f"Windows of {report.grid_window}³ voxels at {given:g} Å resampled to the "
+            f"network's {s.window}³ at {network:g} Å."
+        )
     typer.echo(
         f"Segmented {report.tomogram.name} ({'x'.join(map(str, report.shape_xyz))} voxels, "
-        f"{report.windows} windows of {s.window}³, overlap {s.overlap:g}"
+        f"{report.windows} windows of {report.grid_window}³, overlap {s.overlap:g}"
         f"{', 8-flip TTA' if s.tta else ''}) on {report.device}: "
         f"{report.membrane_share:.2%} membrane at probability > {s.threshold:g}."
     )

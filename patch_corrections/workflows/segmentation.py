@@ -41,6 +41,11 @@ class SegmentSettings:
         ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
     trust_checkpoint
         Allow a checkpoint that pickles objects beyond weights.
+    rescale
+        Resample each window to the pixel size the network was trained at (MemBrain-seg's
+        ``--rescale-patches``); outputs stay on the tomogram's grid.
+    pixel_size
+        The tomogram's pixel size in Å for ``rescale``; default: its header's.
     overwrite
         Replace earlier outputs.
     """
@@ -52,9 +57,17 @@ class SegmentSettings:
     threshold: float = 0.5
     device: str = "auto"
     trust_checkpoint: bool = False
+    rescale: bool = False
+    pixel_size: float | None = None
     overwrite: bool = False
 
     def __post_init__(self) -> None:
+        if self.pixel_size is not None and not (
+            math.isfinite(self.pixel_size) and self.pixel_size > 0
+        ):
+            raise InputError(f"--pixel-size must be a positive number of Å, got {self.pixel_size}")
+        if self.pixel_size is not None and not self.rescale:
+            raise InputError("--pixel-size is the tomogram's pixel size for --rescale; add it")
         if not 0 <= self.overlap < 1:
             raise InputError(f"--overlap must be in [0, 1), got {self.overlap}")
         if self.window < 1:
@@ -72,6 +85,10 @@ class SegmentReport:
     tomogram: Path
     shape_xyz: tuple[int, int, int]
     windows: int
+    grid_window: int
+    """Edge of the windows on the tomogram's grid (the network's window unless rescaled)."""
+    pixel_sizes: tuple[float, float] | None
+    """With rescaling: the tomogram's pixel size and the network's, in Å."""
     device: str
     membrane_share: float
     """Share of voxels above the threshold."""
@@ -100,10 +117,16 @@ def segment(
     """
     import torch
 
-    from ..checkpoints import network_from_checkpoint, normalisation_of, read_checkpoint
+    from ..checkpoints import (
+        network_from_checkpoint,
+        normalisation_of,
+        pixel_size_of,
+        read_checkpoint,
+    )
     from ..data import NORMALISATIONS, ZSCORE, normalise, robust_statistics
     from ..devices import Precision, pick_device
     from ..infer import FLIPS, sliding_window, windows_count
+    from ..rescale import grid_window, rescaled
 
     tomogram, checkpoint, out_dir = Path(tomogram), Path(checkpoint), Path(out_dir)
     window, threshold = settings.window, settings.threshold
@@ -134,19 +157,41 @@ def segment(
             )
         network.to(target).eval()
         precision = Precision.for_device(target)
-
-        @torch.inference_mode()
-        def predict(windows: np.ndarray) -> np.ndarray:
-            x = torch.from_numpy(windows)[:, None].to(target)
-            with precision.autocast():
-                logits = network.forward_zyx(x)
-            return logits[:, 0].float().cpu().numpy()
+        network_pixel_size = pixel_size_of(content) if settings.rescale else None
+        if settings.rescale and network_pixel_size is None:
+            raise InputError(
+                f"{checkpoint}: records no pixel size it was trained at, so --rescale "
+                "cannot resample to it"
+            )
 
         with closing_reader(tomogram) as reader:
             shape = reader.info.shape
             geometry = reader.info.geometry or Geometry((1.0, 1.0, 1.0))
             if reader.info.geometry is None:
                 warn(f"{tomogram}: header has no voxel size; outputs are written with 1 Å")
+            pixel_sizes, grid = None, window
+            if network_pixel_size is not None:
+                pixel_size = settings.pixel_size or (
+                    reader.info.geometry.voxel_size[2] if reader.info.geometry else None
+                )
+                if pixel_size is None:
+                    raise InputError(
+                        f"{tomogram}: header has no voxel size; give it with --pixel-size"
+                    )
+                if pixel_size != network_pixel_size:
+                    pixel_sizes = (pixel_size, network_pixel_size)
+                    grid = grid_window(window, pixel_size, network_pixel_size)
+            forward = (
+                network.forward_zyx if grid == window else rescaled(network.forward_zyx, window)
+            )
+
+            @torch.inference_mode()
+            def predict(windows: np.ndarray) -> np.ndarray:
+                x = torch.from_numpy(windows)[:, None].to(target)
+                with precision.autocast():
+                    logits = forward(x)
+                return logits[:, 0].float().cpu().numpy()
+
             sample = _spread_sample(reader, NORMALISATION_SAMPLE)
             if sample.dtype.kind == "f" and not np.isfinite(sample).all():
                 warn(f"{tomogram}: holds NaN or infinite values; they are read as the mean")
@@ -159,7 +204,7 @@ def segment(
                 block = reader.read_block(start, stop)  # a fresh array
                 return normalise(block, statistics, in_place=True, clip=not zscore)
 
-            windows = windows_count(shape, window, settings.overlap)
+            windows = windows_count(shape, grid, settings.overlap)
             total = windows * (len(FLIPS) if settings.tta else 1)
             staged = StagedFiles()
             try:
@@ -180,7 +225,7 @@ def segment(
                     read_block,
                     shape,
                     predict,
-                    window,
+                    grid,
                     settings.overlap,
                     settings.batch_size,
                     settings.tta,
@@ -202,6 +247,8 @@ def segment(
         tomogram,
         tuple(as_xyz(shape)),  # type: ignore[arg-type]
         windows,
+        grid,
+        pixel_sizes,
         str(target),
         membrane,
         peak,
