@@ -108,14 +108,49 @@ def sliding_window(
         ):
             yield z0, sigmoid(logits)
         return
+    for z0, probabilities, _ in tta_with_variance(
+        read_block, shape, predict, window, overlap, batch_size, on_window, variance=False
+    ):
+        yield z0, probabilities
+
+
+def tta_with_variance(
+    read_block: ReadBlock,
+    shape: Index3,
+    predict: Predict,
+    window: int,
+    overlap: float = 0.5,
+    batch_size: int = 1,
+    on_window: Callable[[int], None] | None = None,
+    variance: bool = True,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+    """Test-time augmentation: yields ``(z0, probabilities, variance)`` slabs in z order.
+
+    The probability is the sigmoid of the 8 passes' mean logit (MemBrain-seg's); the
+    variance is that of the 8 passes' probabilities, a measure of how unsure the network
+    is (``None`` without ``variance``, which saves two float32 copies of the volume).
+    """
     total = np.zeros(shape, np.float32)
+    spread = (np.zeros(shape, np.float32), np.zeros(shape, np.float32)) if variance else None
     for flip in FLIPS:
         for z0, logits in blended_logits(
             read_block, shape, predict, window, overlap, batch_size, flip, on_window
         ):
-            total[z0 : z0 + len(logits)] += logits
+            rows = slice(z0, z0 + len(logits))
+            total[rows] += logits
+            if spread is not None:
+                probability = sigmoid(np.array(logits, np.float32))
+                spread[0][rows] += probability
+                spread[1][rows] += probability * probability
+    passes = len(FLIPS)
     for z0 in range(0, shape[0], _YIELD_SLICES):
-        yield z0, sigmoid(total[z0 : z0 + _YIELD_SLICES] / len(FLIPS))
+        rows = slice(z0, z0 + _YIELD_SLICES)
+        probabilities = sigmoid(total[rows] / passes)
+        if spread is None:
+            yield z0, probabilities, None
+            continue
+        mean = spread[0][rows] / passes
+        yield z0, probabilities, np.maximum(spread[1][rows] / passes - mean * mean, 0)
 
 
 def blended_logits(

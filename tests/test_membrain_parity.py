@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from patch_corrections import SegmentSettings, segment
+from patch_corrections.components import connected_components
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "membrain"
 
@@ -53,3 +54,10 @@ def test_membrain_checkpoint_segments_as_membrain_segment_does(
     differ = labels != (expected[f"{case}_segmented"] != 0)
     assert not differ[np.abs(logits) > 2e-3].any()
     assert (labels == (logits > 0)).mean() > 0.99
+
+
+def test_components_are_labelled_as_membrain_segment_labels_them():
+    # Their case e labels their own case a segmentation, components under 20 voxels dropped.
+    expected = np.load(FIXTURES / "expected.npz")
+    ours = connected_components(expected["a_10A_noTTA_segmented"], min_size=20)
+    assert np.array_equal(ours, expected["e_10A_noTTA_cc_segmented"])

@@ -62,6 +62,27 @@ def segment_command(
             help="The tomogram's pixel size in Å for --rescale; default: its header's.",
         ),
     ] = None,
+    uncertainty: Annotated[
+        bool,
+        typer.Option(
+            "--uncertainty",
+            help="With --tta, also write <stem>_uncertainty.mrc: the variance of the 8 "
+            "flipped passes' probabilities.",
+        ),
+    ] = False,
+    components: Annotated[
+        bool,
+        typer.Option(
+            "--components",
+            help="Also write <stem>_components.mrc: 26-connected membranes labelled 1…N.",
+        ),
+    ] = False,
+    min_component_size: Annotated[
+        int,
+        typer.Option(
+            "--min-component-size", help="With --components, drop smaller ones (voxels)."
+        ),
+    ] = 1,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace earlier outputs.")
     ] = False,
@@ -77,6 +98,9 @@ def segment_command(
         trust_checkpoint=trust_checkpoint,
         rescale=rescale,
         pixel_size=pixel_size,
+        uncertainty=uncertainty,
+        components=components,
+        min_component_size=min_component_size,
         overwrite=overwrite,
     )
     with console() as listener:
@@ -102,4 +126,8 @@ def render(report: SegmentReport) -> None:
     if report.peak_gpu_gib is not None:
         typer.echo(f"Peak GPU memory: {report.peak_gpu_gib:.1f} GiB")
     typer.echo(f"Scoremap: {report.scores}\nSegmentation: {report.segmentation}")
+    if report.uncertainty is not None:
+        typer.echo(f"Uncertainty (variance of the 8 TTA passes): {report.uncertainty}")
+    if report.components is not None:
+        typer.echo(f"Components ({report.component_count}): {report.components}")
     print_warnings(report.warnings)

@@ -13,7 +13,14 @@ from ..errors import InputError
 from ..io.files import StagedFiles
 from ..io.manifest import as_xyz
 from ..io.mrc import MrcSlabWriter
-from ..io.volumes import Geometry, VolumeReader, closing_reader, volume_stem
+from ..io.volumes import (
+    Geometry,
+    VolumeReader,
+    closing_reader,
+    read_volume,
+    volume_stem,
+    write_volume,
+)
 from ._common import check_out_dir, collect_warnings, require_free, warn
 from .events import SILENT, Listener, Progress
 
@@ -46,6 +53,12 @@ class SegmentSettings:
         ``--rescale-patches``); outputs stay on the tomogram's grid.
     pixel_size
         The tomogram's pixel size in Å for ``rescale``; default: its header's.
+    uncertainty
+        With ``tta``, also write the variance of the 8 flipped passes' probabilities.
+    components
+        Also write the 26-connected membrane components, labelled ``1 … N``.
+    min_component_size
+        With ``components``, drop components of fewer voxels.
     overwrite
         Replace earlier outputs.
     """
@@ -59,6 +72,9 @@ class SegmentSettings:
     trust_checkpoint: bool = False
     rescale: bool = False
     pixel_size: float | None = None
+    uncertainty: bool = False
+    components: bool = False
+    min_component_size: int = 1
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -66,6 +82,14 @@ class SegmentSettings:
             math.isfinite(self.pixel_size) and self.pixel_size > 0
         ):
             raise InputError(f"--pixel-size must be a positive number of Å, got {self.pixel_size}")
+        if self.uncertainty and not self.tta:
+            raise InputError("--uncertainty is the spread of the 8 --tta passes; add --tta")
+        if self.min_component_size < 1:
+            raise InputError(
+                f"--min-component-size must be at least 1, got {self.min_component_size}"
+            )
+        if self.min_component_size > 1 and not self.components:
+            raise InputError("--min-component-size filters --components; add --components")
         if self.pixel_size is not None and not self.rescale:
             raise InputError("--pixel-size is the tomogram's pixel size for --rescale; add it")
         if not 0 <= self.overlap < 1:
@@ -97,6 +121,11 @@ class SegmentReport:
     """Float16 membrane probabilities, MRC."""
     segmentation: Path
     """Int8 binary segmentation, MRC."""
+    uncertainty: Path | None
+    """Float16 variance of the 8 flipped passes' probabilities, MRC, when asked for."""
+    components: Path | None
+    """Labels of the connected membrane components, MRC, when asked for."""
+    component_count: int | None
     settings: SegmentSettings
     warnings: list[str]
 
@@ -123,9 +152,10 @@ def segment(
         pixel_size_of,
         read_checkpoint,
     )
+    from ..components import connected_components, smallest_label_dtype
     from ..data import NORMALISATIONS, ZSCORE, normalise, robust_statistics
     from ..devices import Precision, pick_device
-    from ..infer import FLIPS, sliding_window, windows_count
+    from ..infer import FLIPS, sliding_window, tta_with_variance, windows_count
     from ..rescale import grid_window, rescaled
 
     tomogram, checkpoint, out_dir = Path(tomogram), Path(checkpoint), Path(out_dir)
@@ -139,7 +169,12 @@ def segment(
         stem = volume_stem(tomogram)
         scores_path = out_dir / f"{stem}_scores.mrc"
         labels_path = out_dir / f"{stem}_segmented.mrc"
-        require_free([scores_path, labels_path], settings.overwrite)
+        extra_path = {
+            "uncertainty": out_dir / f"{stem}_uncertainty.mrc" if settings.uncertainty else None,
+            "components": out_dir / f"{stem}_components.mrc" if settings.components else None,
+        }
+        outputs = [scores_path, labels_path, *(p for p in extra_path.values() if p)]
+        require_free(outputs, settings.overwrite)
         content = read_checkpoint(checkpoint, settings.trust_checkpoint)
         network, _ = network_from_checkpoint(content, checkpoint)
         normalisation = normalisation_of(content)
@@ -212,7 +247,16 @@ def segment(
                 scores = MrcSlabWriter(
                     staged.stage(scores_path, ".mrc"), shape, np.float16, geometry
                 )
-                labels = MrcSlabWriter(staged.stage(labels_path, ".mrc"), shape, np.int8, geometry)
+                labels_staged = staged.stage(labels_path, ".mrc")
+                labels = MrcSlabWriter(labels_staged, shape, np.int8, geometry)
+                spread = None
+                if extra_path["uncertainty"] is not None:
+                    spread = MrcSlabWriter(
+                        staged.stage(extra_path["uncertainty"], ".mrc"),
+                        shape,
+                        np.float16,
+                        geometry,
+                    )
                 done = 0
                 listener.progress(Progress("Segmenting", done, total))
 
@@ -221,23 +265,36 @@ def segment(
                     done += count
                     listener.progress(Progress("Segmenting", done, total))
 
-                for z0, slab in sliding_window(
-                    read_block,
-                    shape,
-                    predict,
-                    grid,
-                    settings.overlap,
-                    settings.batch_size,
-                    settings.tta,
-                    on_window=advance,
-                ):
+                run = (read_block, shape, predict, grid, settings.overlap, settings.batch_size)
+                if spread is not None:
+                    slabs = tta_with_variance(*run, on_window=advance)
+                else:
+                    slabs = (
+                        (z0, slab, None)
+                        for z0, slab in sliding_window(*run, settings.tta, on_window=advance)
+                    )
+                for z0, slab, variance in slabs:
                     # Threshold what is stored, so both files agree voxel for voxel.
                     stored = slab.astype(np.float16)
                     scores.write(z0, stored)
                     labels.write(z0, (stored > threshold).astype(np.int8))
+                    if spread is not None:
+                        spread.write(z0, variance.astype(np.float16))
                 membrane = labels.mean
-                scores.close()
-                labels.close()
+                for writer in (scores, labels, spread):
+                    if writer is not None:
+                        writer.close()
+                component_count = None
+                if extra_path["components"] is not None:
+                    found = connected_components(
+                        read_volume(labels_staged)[0], settings.min_component_size
+                    )
+                    component_count = int(found.max()) if found.size else 0
+                    write_volume(
+                        staged.stage(extra_path["components"], ".mrc"),
+                        found.astype(smallest_label_dtype(found)),
+                        geometry,
+                    )
             except BaseException:
                 staged.discard()
                 raise
@@ -254,6 +311,9 @@ def segment(
         peak,
         scores_path,
         labels_path,
+        extra_path["uncertainty"],
+        extra_path["components"],
+        component_count,
         settings,
         warned,
     )
