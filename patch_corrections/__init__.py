@@ -24,6 +24,7 @@ from .patches import (
 from .relabel import adopt, curriculum_share, relabel_candidates, with_adopted
 from .sparse import parse_slices, random_boxes, slices_mask, spaced_slices, sparsify
 from .workflows import (
+    BatchSegmentReport,
     DemoReport,
     DemoSettings,
     EvaluateReport,
@@ -47,6 +48,7 @@ from .workflows import (
     merge_corrections,
     retrain,
     segment,
+    segment_many,
     simulate_sparse,
 )
 
@@ -56,6 +58,7 @@ __all__ = [
     "IGNORE",
     "MEMBRANE",
     "PATCH_SIZE",
+    "BatchSegmentReport",
     "Binarisation",
     "DemoReport",
     "DemoSettings",
@@ -102,6 +105,7 @@ __all__ = [
     "relabel_candidates",
     "retrain",
     "segment",
+    "segment_many",
     "simulate_sparse",
     "slices_mask",
     "spaced_slices",

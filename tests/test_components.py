@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from patch_corrections import InputError, SegmentSettings, segment
+from patch_corrections import InputError, SegmentSettings, segment, segment_many
 from patch_corrections.checkpoints import save_checkpoint
 from patch_corrections.components import connected_components, smallest_label_dtype
 from patch_corrections.infer import sliding_window, tta_with_variance
@@ -89,3 +89,47 @@ def test_segment_writes_uncertainty_and_components(tmp_path):
 def test_segment_output_options_are_checked(settings, message):
     with pytest.raises(InputError, match=message):
         SegmentSettings(**settings)
+
+
+def test_many_tomograms_load_the_network_once_and_skip_finished_ones(tmp_path, run_cli):
+    torch.manual_seed(0)
+    network = UNet(PRESETS["tiny"])
+    save_checkpoint(
+        tmp_path / "tiny.pt",
+        {"model_config": network.config.to_dict(), "model": network.state_dict()},
+    )
+    folder = tmp_path / "tomograms"
+    folder.mkdir()
+    rng = np.random.default_rng(7)
+    for name in ("a.mrc", "b.mrc"):
+        write_volume(
+            folder / name, rng.normal(size=(8, 16, 16)).astype(np.float32), Geometry((5.0,) * 3)
+        )
+    args = [
+        "segment",
+        "--checkpoint",
+        tmp_path / "tiny.pt",
+        "-o",
+        tmp_path / "out",
+        "--window",
+        16,
+    ]
+    result = run_cli(*args, "-t", folder)
+    assert result.exit_code == 0, result.output
+    assert "Segmented 2 tomogram(s), skipped 0." in result.output
+    assert (tmp_path / "out" / "b_segmented.mrc").is_file()
+    (tmp_path / "out" / "b_segmented.mrc").unlink()  # as if a run stopped during b
+    batch = segment_many(
+        [folder / "a.mrc", folder / "b.mrc"],
+        tmp_path / "tiny.pt",
+        tmp_path / "out",
+        settings=SegmentSettings(window=16),
+    )
+    assert [r.tomogram.name for r in batch.done] == ["b.mrc"]
+    assert [p.name for p in batch.skipped] == ["a.mrc"]
+    (tmp_path / "other").mkdir()
+    write_volume(
+        tmp_path / "other" / "a.mrc", np.zeros((8, 8, 8), np.float32), Geometry((5.0,) * 3)
+    )
+    result = run_cli(*args, "-t", folder, "-t", tmp_path / "other" / "a.mrc")
+    assert result.exit_code == 1 and "the same name, so the same output files" in result.output

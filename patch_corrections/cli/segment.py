@@ -1,4 +1,4 @@
-"""``segment``: a whole tomogram through the network."""
+"""``segment``: whole tomograms through the network."""
 
 from __future__ import annotations
 
@@ -8,13 +8,21 @@ from typing import Annotated
 import typer
 
 from ..constants import PATCH_SIZE
-from ..workflows.segmentation import SegmentReport, SegmentSettings, segment
+from ..workflows.segmentation import SegmentReport, SegmentSettings, segment, segment_many
 from ._common import console, print_warnings, user_errors
 
 
 @user_errors
 def segment_command(
-    tomogram: Annotated[Path, typer.Option("--tomogram", "-t", help="Tomogram to segment.")],
+    tomograms: Annotated[
+        list[Path],
+        typer.Option(
+            "--tomogram",
+            "-t",
+            help="Tomogram to segment, or a folder of them; repeat for several (the network "
+            "is loaded once; those already segmented are skipped unless --overwrite).",
+        ),
+    ],
     checkpoint: Annotated[
         Path,
         typer.Option(
@@ -104,8 +112,21 @@ def segment_command(
         overwrite=overwrite,
     )
     with console() as listener:
-        report = segment(tomogram, checkpoint, out_dir, settings=settings, listener=listener)
-    render(report)
+        if len(tomograms) == 1 and not tomograms[0].is_dir():
+            render(
+                segment(tomograms[0], checkpoint, out_dir, settings=settings, listener=listener)
+            )
+            return
+        batch = segment_many(tomograms, checkpoint, out_dir, settings=settings, listener=listener)
+    for report in batch.done:
+        render(report)
+    if batch.skipped:
+        typer.echo(
+            f"Skipped {len(batch.skipped)} tomogram(s) already segmented in {out_dir} "
+            f"(--overwrite redoes them): {', '.join(p.name for p in batch.skipped)}"
+        )
+    typer.echo(f"Segmented {len(batch.done)} tomogram(s), skipped {len(batch.skipped)}.")
+    print_warnings(batch.warnings)
 
 
 def render(report: SegmentReport) -> None:

@@ -9,11 +9,12 @@ from .evaluation import EvaluateReport, EvaluateSettings, evaluate
 from .events import Listener, Progress
 from .extraction import ExtractedPatch, ExtractReport, ExtractSettings, extract_patches
 from .merging import MergeReport, MergeSettings, merge_corrections
-from .segmentation import SegmentReport, SegmentSettings, segment
+from .segmentation import BatchSegmentReport, SegmentReport, SegmentSettings, segment, segment_many
 from .sparse_simulation import SparseReport, SparseSettings, simulate_sparse
 from .training import RetrainReport, RetrainSettings, retrain
 
 __all__ = [
+    "BatchSegmentReport",
     "DemoReport",
     "DemoSettings",
     "EvaluateReport",
@@ -37,5 +38,6 @@ __all__ = [
     "merge_corrections",
     "retrain",
     "segment",
+    "segment_many",
     "simulate_sparse",
 ]

@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from ..constants import PATCH_SIZE
 from ..errors import InputError
-from ..io.files import StagedFiles
-from ..io.manifest import as_xyz
-from ..io.mrc import MrcSlabWriter
 from ..io.volumes import (
-    Geometry,
-    VolumeReader,
-    closing_reader,
-    read_volume,
+    is_volume_file,
     volume_stem,
-    write_volume,
 )
-from ._common import check_out_dir, collect_warnings, require_free, warn
-from .events import SILENT, Listener, Progress
-
-NORMALISATION_SAMPLE = 2_000_000
-"""Voxels sampled (evenly spread) to normalise a tomogram, instead of reading it twice."""
+from ._common import check_out_dir, collect_warnings, require_free
+from ._inference import LoadedNetwork, segment_one
+from .events import SILENT, Listener
 
 
 @dataclass(frozen=True)
@@ -143,204 +133,86 @@ def segment(
     Writes ``<stem>_scores.mrc`` (probabilities) and ``<stem>_segmented.mrc`` (0/1,
     thresholded from the stored scores so both agree) into ``out_dir``, with the
     tomogram's voxel size and origin. Only one slab of windows is held in memory.
+    Outputs that exist are an error unless ``settings.overwrite``.
     """
-    import torch
-
-    from ..checkpoints import (
-        network_from_checkpoint,
-        normalisation_of,
-        pixel_size_of,
-        read_checkpoint,
-    )
-    from ..components import connected_components, smallest_label_dtype
-    from ..data import NORMALISATIONS, ZSCORE, normalise, robust_statistics
-    from ..devices import Precision, pick_device
-    from ..infer import FLIPS, sliding_window, tta_with_variance, windows_count
-    from ..rescale import grid_window, rescaled
-
-    tomogram, checkpoint, out_dir = Path(tomogram), Path(checkpoint), Path(out_dir)
-    window, threshold = settings.window, settings.threshold
     with collect_warnings() as warned:
-        try:
-            target = pick_device(settings.device)
-        except ValueError as exc:
-            raise InputError(f"--device {settings.device}: {exc}") from None
+        check_out_dir(Path(out_dir))
+        require_free(_outputs(Path(tomogram), Path(out_dir), settings), settings.overwrite)
+        network = LoadedNetwork.load(Path(checkpoint), settings)
+        outputs = _outputs(Path(tomogram), Path(out_dir), settings)
+        fields = segment_one(Path(tomogram), network, outputs, settings, listener)
+    fields["warnings"] = fields["warnings"] + warned
+    return SegmentReport(**fields, settings=settings)
+
+
+@dataclass(frozen=True)
+class BatchSegmentReport:
+    """What a run over several tomograms did: one report per tomogram segmented, and the
+    tomograms skipped because their outputs were there already."""
+
+    done: list[SegmentReport]
+    skipped: list[Path]
+    warnings: list[str]
+
+
+def segment_many(
+    tomograms: Sequence[Path],
+    checkpoint: Path,
+    out_dir: Path,
+    *,
+    settings: SegmentSettings = SegmentSettings(),
+    listener: Listener = SILENT,
+) -> BatchSegmentReport:
+    """Segment several tomograms (files, or folders of them) with one loaded network.
+
+    A tomogram whose outputs are all in ``out_dir`` already is skipped, unless
+    ``settings.overwrite``; so a run that stopped can be started again as it was.
+    """
+    out_dir = Path(out_dir)
+    with collect_warnings() as warned:
+        files = _tomogram_files(tomograms)
         check_out_dir(out_dir)
-        stem = volume_stem(tomogram)
-        scores_path = out_dir / f"{stem}_scores.mrc"
-        labels_path = out_dir / f"{stem}_segmented.mrc"
-        extra_path = {
-            "uncertainty": out_dir / f"{stem}_uncertainty.mrc" if settings.uncertainty else None,
-            "components": out_dir / f"{stem}_components.mrc" if settings.components else None,
-        }
-        outputs = [scores_path, labels_path, *(p for p in extra_path.values() if p)]
-        require_free(outputs, settings.overwrite)
-        content = read_checkpoint(checkpoint, settings.trust_checkpoint)
-        network, _ = network_from_checkpoint(content, checkpoint)
-        normalisation = normalisation_of(content)
-        if normalisation not in NORMALISATIONS:
-            raise InputError(f"{checkpoint}: unknown intensity normalisation {normalisation!r}")
-        if network.config.in_channels != 1:
+        todo = [
+            f
+            for f in files
+            if settings.overwrite or not all(p.exists() for p in _outputs(f, out_dir, settings))
+        ]
+        skipped = [f for f in files if f not in todo]
+        network = LoadedNetwork.load(Path(checkpoint), settings) if todo else None
+        done = []
+        for number, tomogram in enumerate(todo, start=1):
+            listener.message(f"[{number}/{len(todo)}] {tomogram}")
+            outputs = _outputs(tomogram, out_dir, settings)
+            fields = segment_one(tomogram, network, outputs, settings, listener)
+            done.append(SegmentReport(**fields, settings=settings))
+    return BatchSegmentReport(done, skipped, warned)
+
+
+def _tomogram_files(tomograms: Sequence[Path]) -> list[Path]:
+    files: list[Path] = []
+    for given in map(Path, tomograms):
+        if given.is_dir():
+            found = sorted(p for p in given.iterdir() if is_volume_file(p))
+            if not found:
+                raise InputError(f"{given}: no tomogram (.mrc .rec .nrrd .nii.gz …) in it")
+            files += found
+        else:
+            files.append(given)
+    stems: dict[str, Path] = {}
+    for path in files:
+        other = stems.setdefault(volume_stem(path), path)
+        if other != path:
             raise InputError(
-                f"{checkpoint}: the network takes {network.config.in_channels} input channels; "
-                "a tomogram has 1"
+                f"{path} and {other}: the same name, so the same output files; segment "
+                "them into different --out-dir folders"
             )
-        if window % network.config.divisor:
-            raise InputError(
-                f"--window {window}: must be a multiple of {network.config.divisor} for "
-                "this network"
-            )
-        network.to(target).eval()
-        precision = Precision.for_device(target)
-        network_pixel_size = pixel_size_of(content) if settings.rescale else None
-        if settings.rescale and network_pixel_size is None:
-            raise InputError(
-                f"{checkpoint}: records no pixel size it was trained at, so --rescale "
-                "cannot resample to it"
-            )
-
-        with closing_reader(tomogram) as reader:
-            shape = reader.info.shape
-            geometry = reader.info.geometry or Geometry((1.0, 1.0, 1.0))
-            if reader.info.geometry is None:
-                warn(f"{tomogram}: header has no voxel size; outputs are written with 1 Å")
-            pixel_sizes, grid = None, window
-            if network_pixel_size is not None:
-                pixel_size = settings.pixel_size or (
-                    reader.info.geometry.voxel_size[2] if reader.info.geometry else None
-                )
-                if pixel_size is None:
-                    raise InputError(
-                        f"{tomogram}: header has no voxel size; give it with --pixel-size"
-                    )
-                if pixel_size != network_pixel_size:
-                    pixel_sizes = (pixel_size, network_pixel_size)
-                    grid = grid_window(window, pixel_size, network_pixel_size)
-            forward = (
-                network.forward_zyx if grid == window else rescaled(network.forward_zyx, window)
-            )
-
-            @torch.inference_mode()
-            def predict(windows: np.ndarray) -> np.ndarray:
-                x = torch.from_numpy(windows)[:, None].to(target)
-                with precision.autocast():
-                    logits = forward(x)
-                return logits[:, 0].float().cpu().numpy()
-
-            sample = _spread_sample(reader, NORMALISATION_SAMPLE)
-            if sample.dtype.kind == "f" and not np.isfinite(sample).all():
-                warn(f"{tomogram}: holds NaN or infinite values; they are read as the mean")
-            zscore = normalisation == ZSCORE
-            # MemBrain-seg's networks learnt the whole tomogram's mean and deviation, ours
-            # the robust statistics of a sample.
-            statistics = _volume_statistics(reader) if zscore else robust_statistics(sample)
-
-            def read_block(start, stop) -> np.ndarray:
-                block = reader.read_block(start, stop)  # a fresh array
-                return normalise(block, statistics, in_place=True, clip=not zscore)
-
-            windows = windows_count(shape, grid, settings.overlap)
-            total = windows * (len(FLIPS) if settings.tta else 1)
-            staged = StagedFiles()
-            try:
-                staged.make_dirs(out_dir)
-                scores = MrcSlabWriter(
-                    staged.stage(scores_path, ".mrc"), shape, np.float16, geometry
-                )
-                labels_staged = staged.stage(labels_path, ".mrc")
-                labels = MrcSlabWriter(labels_staged, shape, np.int8, geometry)
-                spread = None
-                if extra_path["uncertainty"] is not None:
-                    spread = MrcSlabWriter(
-                        staged.stage(extra_path["uncertainty"], ".mrc"),
-                        shape,
-                        np.float16,
-                        geometry,
-                    )
-                done = 0
-                listener.progress(Progress("Segmenting", done, total))
-
-                def advance(count: int) -> None:
-                    nonlocal done
-                    done += count
-                    listener.progress(Progress("Segmenting", done, total))
-
-                run = (read_block, shape, predict, grid, settings.overlap, settings.batch_size)
-                if spread is not None:
-                    slabs = tta_with_variance(*run, on_window=advance)
-                else:
-                    slabs = (
-                        (z0, slab, None)
-                        for z0, slab in sliding_window(*run, settings.tta, on_window=advance)
-                    )
-                for z0, slab, variance in slabs:
-                    # Threshold what is stored, so both files agree voxel for voxel.
-                    stored = slab.astype(np.float16)
-                    scores.write(z0, stored)
-                    labels.write(z0, (stored > threshold).astype(np.int8))
-                    if spread is not None:
-                        spread.write(z0, variance.astype(np.float16))
-                membrane = labels.mean
-                for writer in (scores, labels, spread):
-                    if writer is not None:
-                        writer.close()
-                component_count = None
-                if extra_path["components"] is not None:
-                    found = connected_components(
-                        read_volume(labels_staged)[0], settings.min_component_size
-                    )
-                    component_count = int(found.max()) if found.size else 0
-                    write_volume(
-                        staged.stage(extra_path["components"], ".mrc"),
-                        found.astype(smallest_label_dtype(found)),
-                        geometry,
-                    )
-            except BaseException:
-                staged.discard()
-                raise
-            staged.commit()
-        peak = torch.cuda.max_memory_allocated(target) / 2**30 if target.type == "cuda" else None
-    return SegmentReport(
-        tomogram,
-        tuple(as_xyz(shape)),  # type: ignore[arg-type]
-        windows,
-        grid,
-        pixel_sizes,
-        str(target),
-        membrane,
-        peak,
-        scores_path,
-        labels_path,
-        extra_path["uncertainty"],
-        extra_path["components"],
-        component_count,
-        settings,
-        warned,
-    )
+    if not files:
+        raise InputError("no tomogram given")
+    return files
 
 
-def _spread_sample(reader: VolumeReader, count: int) -> np.ndarray:
-    """About ``count`` voxels spread evenly through the volume, read slice by slice."""
-    nz, ny, nx = reader.info.shape
-    slices = np.unique(np.linspace(0, nz - 1, min(nz, 32)).astype(int))
-    stride = max(1, int(np.sqrt(ny * nx * len(slices) / count)))
-    parts = [reader.read_block((z, 0, 0), (z + 1, ny, nx))[0, ::stride, ::stride] for z in slices]
-    return np.concatenate([p.ravel() for p in parts])
-
-
-def _volume_statistics(reader: VolumeReader) -> tuple[float, float]:
-    """Mean and standard deviation of every finite voxel, read slab by slab in float64."""
-    nz, ny, nx = reader.info.shape
-    count, total, squares = 0, 0.0, 0.0
-    step = max(1, 2**24 // max(ny * nx, 1))
-    for z0 in range(0, nz, step):
-        block = reader.read_block((z0, 0, 0), (min(z0 + step, nz), ny, nx)).astype(np.float64)
-        finite = block[np.isfinite(block)]
-        count += finite.size
-        total += float(finite.sum())
-        squares += float(np.square(finite).sum())
-    if not count:
-        return 0.0, 1.0
-    mean = total / count
-    deviation = math.sqrt(max(squares / count - mean**2, 0.0))
-    return mean, deviation if deviation > 0 else 1.0
+def _outputs(tomogram: Path, out_dir: Path, settings: SegmentSettings) -> list[Path]:
+    stem = volume_stem(tomogram)
+    names = ["scores", "segmented"]
+    names += ["uncertainty"] * settings.uncertainty + ["components"] * settings.components
+    return [out_dir / f"{stem}_{name}.mrc" for name in names]

@@ -1,0 +1,253 @@
+"""Running a loaded network over one tomogram: normalisation, rescaling, the sliding
+window, and the output files written slab by slab. Used by :mod:`.segmentation`."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..errors import InputError
+from ..io.files import StagedFiles
+from ..io.manifest import as_xyz
+from ..io.mrc import MrcSlabWriter
+from ..io.volumes import Geometry, VolumeReader, closing_reader, read_volume, write_volume
+from ._common import collect_warnings, warn
+from .events import Listener, Progress
+
+if TYPE_CHECKING:
+    from .segmentation import SegmentSettings
+
+NORMALISATION_SAMPLE = 2_000_000
+"""Voxels sampled (evenly spread) to normalise a tomogram, instead of reading it twice."""
+
+
+@dataclass
+class LoadedNetwork:
+    """A checkpoint's network on its device, with how it wants its input."""
+
+    network: object
+    target: object
+    precision: object
+    normalisation: str
+    pixel_size: float | None
+    """The pixel size (Å) to resample windows to, with ``rescale``."""
+
+    @classmethod
+    def load(cls, checkpoint: Path, settings: SegmentSettings) -> LoadedNetwork:
+        from ..checkpoints import (
+            network_from_checkpoint,
+            normalisation_of,
+            pixel_size_of,
+            read_checkpoint,
+        )
+        from ..data import NORMALISATIONS
+        from ..devices import Precision, pick_device
+
+        try:
+            target = pick_device(settings.device)
+        except ValueError as exc:
+            raise InputError(f"--device {settings.device}: {exc}") from None
+        content = read_checkpoint(checkpoint, settings.trust_checkpoint)
+        network, _ = network_from_checkpoint(content, checkpoint)
+        normalisation = normalisation_of(content)
+        if normalisation not in NORMALISATIONS:
+            raise InputError(f"{checkpoint}: unknown intensity normalisation {normalisation!r}")
+        if network.config.in_channels != 1:
+            raise InputError(
+                f"{checkpoint}: the network takes {network.config.in_channels} input channels; "
+                "a tomogram has 1"
+            )
+        if settings.window % network.config.divisor:
+            raise InputError(
+                f"--window {settings.window}: must be a multiple of {network.config.divisor} "
+                "for this network"
+            )
+        if settings.window < 2 * network.config.divisor:
+            raise InputError(
+                f"--window {settings.window}: at least {2 * network.config.divisor} for this "
+                "network (its deepest level needs more than one voxel)"
+            )
+        pixel_size = pixel_size_of(content) if settings.rescale else None
+        if settings.rescale and pixel_size is None:
+            raise InputError(
+                f"{checkpoint}: records no pixel size it was trained at, so --rescale "
+                "cannot resample to it"
+            )
+        network.to(target).eval()
+        return cls(network, target, Precision.for_device(target), normalisation, pixel_size)
+
+
+def segment_one(
+    tomogram: Path,
+    loaded: LoadedNetwork,
+    outputs: list[Path],
+    settings: SegmentSettings,
+    listener: Listener,
+) -> dict:
+    """Segment one tomogram with a loaded network; the fields of its report (see
+    :class:`.segmentation.SegmentReport`), warnings included."""
+    import torch
+
+    from ..components import connected_components, smallest_label_dtype
+    from ..data import ZSCORE, normalise, robust_statistics
+    from ..infer import FLIPS, sliding_window, tta_with_variance, windows_count
+    from ..rescale import grid_window, rescaled
+
+    network, target, precision = loaded.network, loaded.target, loaded.precision
+    window, threshold = settings.window, settings.threshold
+    with collect_warnings() as warned:
+        scores_path, labels_path, *extra = outputs
+        out_dir = scores_path.parent
+        extra_path = {
+            "uncertainty": extra.pop(0) if settings.uncertainty else None,
+            "components": extra.pop(0) if settings.components else None,
+        }
+        with closing_reader(tomogram) as reader:
+            shape = reader.info.shape
+            geometry = reader.info.geometry or Geometry((1.0, 1.0, 1.0))
+            if reader.info.geometry is None:
+                warn(f"{tomogram}: header has no voxel size; outputs are written with 1 Å")
+            pixel_sizes, grid = None, window
+            if loaded.pixel_size is not None:
+                network_pixel_size = loaded.pixel_size
+                pixel_size = settings.pixel_size or (
+                    reader.info.geometry.voxel_size[2] if reader.info.geometry else None
+                )
+                if pixel_size is None:
+                    raise InputError(
+                        f"{tomogram}: header has no voxel size; give it with --pixel-size"
+                    )
+                if pixel_size != network_pixel_size:
+                    pixel_sizes = (pixel_size, network_pixel_size)
+                    grid = grid_window(window, pixel_size, network_pixel_size)
+            forward = (
+                network.forward_zyx if grid == window else rescaled(network.forward_zyx, window)
+            )
+
+            @torch.inference_mode()
+            def predict(windows: np.ndarray) -> np.ndarray:
+                x = torch.from_numpy(windows)[:, None].to(target)
+                with precision.autocast():
+                    logits = forward(x)
+                return logits[:, 0].float().cpu().numpy()
+
+            sample = spread_sample(reader, NORMALISATION_SAMPLE)
+            if sample.dtype.kind == "f" and not np.isfinite(sample).all():
+                warn(f"{tomogram}: holds NaN or infinite values; they are read as the mean")
+            zscore = loaded.normalisation == ZSCORE
+            # MemBrain-seg's networks learnt the whole tomogram's mean and deviation, ours
+            # the robust statistics of a sample.
+            statistics = volume_statistics(reader) if zscore else robust_statistics(sample)
+
+            def read_block(start, stop) -> np.ndarray:
+                block = reader.read_block(start, stop)  # a fresh array
+                return normalise(block, statistics, in_place=True, clip=not zscore)
+
+            windows = windows_count(shape, grid, settings.overlap)
+            total = windows * (len(FLIPS) if settings.tta else 1)
+            staged = StagedFiles()
+            try:
+                staged.make_dirs(out_dir)
+                scores = MrcSlabWriter(
+                    staged.stage(scores_path, ".mrc"), shape, np.float16, geometry
+                )
+                labels_staged = staged.stage(labels_path, ".mrc")
+                labels = MrcSlabWriter(labels_staged, shape, np.int8, geometry)
+                spread = None
+                if extra_path["uncertainty"] is not None:
+                    spread = MrcSlabWriter(
+                        staged.stage(extra_path["uncertainty"], ".mrc"),
+                        shape,
+                        np.float16,
+                        geometry,
+                    )
+                done = 0
+                listener.progress(Progress("Segmenting", done, total))
+
+                def advance(count: int) -> None:
+                    nonlocal done
+                    done += count
+                    listener.progress(Progress("Segmenting", done, total))
+
+                run = (read_block, shape, predict, grid, settings.overlap, settings.batch_size)
+                if spread is not None:
+                    slabs = tta_with_variance(*run, on_window=advance)
+                else:
+                    slabs = (
+                        (z0, slab, None)
+                        for z0, slab in sliding_window(*run, settings.tta, on_window=advance)
+                    )
+                for z0, slab, variance in slabs:
+                    # Threshold what is stored, so both files agree voxel for voxel.
+                    stored = slab.astype(np.float16)
+                    scores.write(z0, stored)
+                    labels.write(z0, (stored > threshold).astype(np.int8))
+                    if spread is not None:
+                        spread.write(z0, variance.astype(np.float16))
+                membrane = labels.mean
+                for writer in (scores, labels, spread):
+                    if writer is not None:
+                        writer.close()
+                component_count = None
+                if extra_path["components"] is not None:
+                    found = connected_components(
+                        read_volume(labels_staged)[0], settings.min_component_size
+                    )
+                    component_count = int(found.max()) if found.size else 0
+                    write_volume(
+                        staged.stage(extra_path["components"], ".mrc"),
+                        found.astype(smallest_label_dtype(found)),
+                        geometry,
+                    )
+            except BaseException:
+                staged.discard()
+                raise
+            staged.commit()
+        peak = torch.cuda.max_memory_allocated(target) / 2**30 if target.type == "cuda" else None
+    return {
+        "tomogram": tomogram,
+        "shape_xyz": tuple(as_xyz(shape)),
+        "windows": windows,
+        "grid_window": grid,
+        "pixel_sizes": pixel_sizes,
+        "device": str(target),
+        "membrane_share": membrane,
+        "peak_gpu_gib": peak,
+        "scores": scores_path,
+        "segmentation": labels_path,
+        "uncertainty": extra_path["uncertainty"],
+        "components": extra_path["components"],
+        "component_count": component_count,
+        "warnings": warned,
+    }
+
+
+def spread_sample(reader: VolumeReader, count: int) -> np.ndarray:
+    """About ``count`` voxels spread evenly through the volume, read slice by slice."""
+    nz, ny, nx = reader.info.shape
+    slices = np.unique(np.linspace(0, nz - 1, min(nz, 32)).astype(int))
+    stride = max(1, int(np.sqrt(ny * nx * len(slices) / count)))
+    parts = [reader.read_block((z, 0, 0), (z + 1, ny, nx))[0, ::stride, ::stride] for z in slices]
+    return np.concatenate([p.ravel() for p in parts])
+
+
+def volume_statistics(reader: VolumeReader) -> tuple[float, float]:
+    """Mean and standard deviation of every finite voxel, read slab by slab in float64."""
+    nz, ny, nx = reader.info.shape
+    count, total, squares = 0, 0.0, 0.0
+    step = max(1, 2**24 // max(ny * nx, 1))
+    for z0 in range(0, nz, step):
+        block = reader.read_block((z0, 0, 0), (min(z0 + step, nz), ny, nx)).astype(np.float64)
+        finite = block[np.isfinite(block)]
+        count += finite.size
+        total += float(finite.sum())
+        squares += float(np.square(finite).sum())
+    if not count:
+        return 0.0, 1.0
+    mean = total / count
+    deviation = math.sqrt(max(squares / count - mean**2, 0.0))
+    return mean, deviation if deviation > 0 else 1.0
