@@ -42,7 +42,10 @@ def segment_command(
         float, typer.Option("--overlap", help="Fraction by which neighbouring windows overlap.")
     ] = 0.5,
     tta: Annotated[
-        bool, typer.Option("--tta", help="Average over the 8 flips of every window (8x slower).")
+        bool,
+        typer.Option(
+            "--tta", help="Average the logits of 8 passes over the flipped tomogram (8x slower)."
+        ),
     ] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Windows per forward pass.")] = 1,
     threshold: Annotated[

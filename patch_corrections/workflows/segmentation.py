@@ -29,7 +29,7 @@ class SegmentSettings:
     overlap
         Fraction by which neighbouring windows overlap.
     tta
-        Average over the 8 flips of every window (8x slower).
+        Average the logits of 8 passes over the flipped tomogram (8x slower).
     batch_size
         Windows per forward pass.
     threshold
