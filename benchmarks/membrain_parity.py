@@ -61,7 +61,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 TOMOGRAM = ROOT / "sample_data" / "tomogram.mrc"
-SEED = 20261127
+SEED = 20261127  # make_membrain_fixture.SEED, which seeds the checkpoint's weights
 WINDOW = 160
 CROP_XY = 160
 """Edge (x and y) of the centre crop for the TTA case; z is kept whole."""
@@ -69,50 +69,22 @@ NEAR_TIE = 2e-3
 """|logit| below which a label may differ (float16 probabilities are thresholded)."""
 CKPT_NAME = "membrain_full.ckpt"
 
+FIXTURE_SCRIPT = ROOT / "tests" / "fixtures"
 MAKE_CHECKPOINT = """
 import json, sys
-import numpy, torch, monai, pytorch_lightning as pl
-from membrain_seg.segmentation.networks.inference_unet import (
-    PreprocessedSemanticSegmentationUnet,
-)
-
-path, seed = sys.argv[1], int(sys.argv[2])
-torch.manual_seed(seed)
-model = PreprocessedSemanticSegmentationUnet()  # default DynUNet: filters 32 ... 1024
-with torch.no_grad():
-    for name, tensor in model._model.named_parameters():
-        if "norm" in name:
-            base = 1.0 if name.endswith("weight") else 0.0
-            tensor.copy_(torch.randn_like(tensor) * 0.3 + base)
-        elif name.endswith("bias"):
-            tensor.copy_(torch.randn_like(tensor) * 0.1)
-    model._model.output_block.conv.conv.weight.mul_(3.0)
-    model._model.output_block.conv.conv.bias.fill_(0.0)
-state = model.state_dict()
-torch.save(
-    {
-        "epoch": 0,
-        "global_step": 0,
-        "pytorch-lightning_version": pl.__version__,
-        "state_dict": state,
-        "loops": {},
-        "callbacks": {},
-        "optimizer_states": [],
-        "lr_schedulers": [],
-    },
-    path,
-)
-loaded = PreprocessedSemanticSegmentationUnet.load_from_checkpoint(
-    path, map_location="cpu", strict=False
-)
-got = loaded.state_dict()
-assert got.keys() == state.keys(), set(got) ^ set(state)
-assert all(torch.equal(got[k], v) for k, v in state.items())
 from importlib.metadata import version
+sys.path.insert(0, sys.argv[2])
+import monai, numpy, pytorch_lightning as pl, torch
+from make_membrain_fixture import make_checkpoint
+
+state = make_checkpoint(__import__("pathlib").Path(sys.argv[1]), channels=None)
+parameters = sum(
+    v.numel() for k, v in state.items() if k.startswith("_model.") and ".skip_layers" not in k
+)
 print(json.dumps({
     "membrain-seg": version("membrain-seg"), "torch": torch.__version__,
     "monai": monai.__version__, "pytorch-lightning": pl.__version__,
-    "numpy": numpy.__version__, "parameters": sum(p.numel() for p in model._model.parameters()),
+    "numpy": numpy.__version__, "parameters": parameters,
 }))
 """
 
@@ -120,7 +92,7 @@ print(json.dumps({
 def make_checkpoint(membrain_python: Path, path: Path) -> dict:
     """Write the full-size checkpoint with MemBrain-seg's python; its versions as a dict."""
     done = subprocess.run(
-        [str(membrain_python), "-c", MAKE_CHECKPOINT, str(path), str(SEED)],
+        [str(membrain_python), "-c", MAKE_CHECKPOINT, str(path), str(FIXTURE_SCRIPT)],
         check=True,
         capture_output=True,
         text=True,
