@@ -75,11 +75,10 @@ class _Bars:
             if event.total >= PROGRESS_MIN_ITEMS:
                 self._start(event)
         if self._bar is not None:
-            extra = ""
-            if event.loss is not None:
-                seconds = max(time.perf_counter() - self._started, 1e-9)
-                rate = (event.done - self._first) / seconds
-                extra = f"{rate:.2f} it/s  loss {event.loss:.4f}"
+            seconds = max(time.perf_counter() - self._started, 1e-9)
+            extra = f"{(event.done - self._first) / seconds:.2f}/s"
+            if event.loss is not None:  # training: the last logged loss, once there is one
+                extra += f"  loss {event.loss:.4f}"
             self._bar.update(self._task, completed=event.done, extra=extra)
         if event.done >= event.total:
             self.stop()
