@@ -12,6 +12,11 @@ slices are held in float32 (the weighted logits and the weights), so a tomogram 
 needs two full float32 copies in memory; test-time augmentation adds one float32 copy to
 average the 8 passes.
 
+The two slabs live where the network's logits come out: a ``predict`` that returns a torch
+tensor on a GPU has its windows blended on the GPU, and finished slices are copied back a
+few at a time, once per row of windows. Nothing in a row waits for the GPU, so the host
+reads and normalises the next windows while the GPU runs the last ones.
+
 Arrays are ``(z, y, x)``.
 """
 
@@ -19,14 +24,16 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
 Index3 = tuple[int, int, int]
 ReadBlock = Callable[[Index3, Index3], np.ndarray]
 _YIELD_SLICES = 8
-Predict = Callable[[np.ndarray], np.ndarray]
-"""Maps a batch of normalised windows ``(b, w, w, w)`` float32 to logits of the same shape."""
+Predict = Callable[[np.ndarray], Any]
+"""Maps a batch of normalised windows ``(b, w, w, w)`` float32 to logits of the same shape:
+a NumPy array, or a torch tensor on the device the windows are blended on."""
 SIGMA_SCALE = 0.125
 MIN_IMPORTANCE = 1e-3
 FLIPS = tuple(
@@ -209,8 +216,7 @@ def _blended_pass(
     yx_starts = list(
         itertools.product(window_starts(sy, window, overlap), window_starts(sx, window, overlap))
     )
-    numerator = np.zeros((window, sy, sx), np.float32)
-    weights = np.zeros((window, sy, sx), np.float32)
+    numerator = weights = None  # made like the first logits: NumPy, or torch on their device
     done = before[0]  # padded z slices already yielded (the padding is never yielded)
 
     def read_window(z0: int, y0: int, x0: int) -> np.ndarray:
@@ -229,7 +235,11 @@ def _blended_pass(
         for first in range(0, len(yx_starts), batch_size):
             chosen = yx_starts[first : first + batch_size]
             windows = np.stack([read_window(z0, y0, x0) for y0, x0 in chosen])
-            logits = predict(windows).astype(np.float32, copy=False)
+            logits = _float32(predict(windows))
+            if numerator is None:
+                numerator, weights, importance = _blending_arrays(
+                    logits, (window, sy, sx), importance
+                )
             for (y0, x0), values in zip(chosen, logits):
                 numerator[:, y0 : y0 + window, x0 : x0 + window] += values * importance
                 weights[:, y0 : y0 + window, x0 : x0 + window] += importance
@@ -247,7 +257,10 @@ def _blended_pass(
             )
             yield (
                 first - before[0],
-                numerator[rows][:, inside[0], inside[1]] / weights[rows][:, inside[0], inside[1]],
+                _to_host(
+                    numerator[rows][:, inside[0], inside[1]]
+                    / weights[rows][:, inside[0], inside[1]]
+                ),
             )
         done = max(done, end)
         # Shift both sums by `final` slices, slice by slice (no full-size copy).
@@ -256,3 +269,27 @@ def _blended_pass(
             weights[i] = weights[i + final]
         numerator[window - final :] = 0
         weights[window - final :] = 0
+
+
+def _float32(logits):
+    """Logits as float32, NumPy or torch alike (no copy when they already are)."""
+    if isinstance(logits, np.ndarray):
+        return logits.astype(np.float32, copy=False)
+    return logits.float()
+
+
+def _blending_arrays(logits, shape: Index3, importance: np.ndarray):
+    """Zeroed weighted-logit and weight slabs of ``shape`` and the importance map, as the
+    same kind of array as ``logits`` (a torch tensor lands on their device)."""
+    if isinstance(logits, np.ndarray):
+        return np.zeros(shape, np.float32), np.zeros(shape, np.float32), importance
+    return (
+        logits.new_zeros(shape),
+        logits.new_zeros(shape),
+        logits.new_tensor(importance),
+    )
+
+
+def _to_host(values) -> np.ndarray:
+    """A NumPy array of ``values`` (a torch tensor is copied back from its device)."""
+    return values if isinstance(values, np.ndarray) else values.cpu().numpy()

@@ -61,6 +61,27 @@ def test_batch_size_does_not_change_the_result():
     assert one.std() > 0
 
 
+@pytest.mark.parametrize("tta", [False, True])
+def test_logits_returned_as_tensors_are_blended_where_they_are(tta):
+    # A predict that keeps its logits on the device (a torch tensor) gets the same
+    # blending as one that returns NumPy, bit for bit, and the pass never reads a value
+    # back to the host per window: only finished slices come back, once per row.
+    from test_sync import host_reads
+
+    volume = np.random.default_rng(5).normal(size=(20, 23, 17)).astype(np.float32)
+    on_host = _run(volume, lambda w: w * 2 - 0.25, 8, 0.5, 3, tta)
+    calls = []
+
+    def on_device(windows):
+        calls.append(len(windows))
+        return torch.from_numpy(windows) * 2 - 0.25
+
+    with host_reads() as reads:
+        as_tensors = _run(volume, on_device, 8, 0.5, 3, tta)
+    assert calls and reads == []
+    np.testing.assert_array_equal(as_tensors, on_host)
+
+
 def test_tta_equals_plain_for_a_flip_equivariant_network():
     # TTA flips the whole volume, so the window grid follows the flip: only a network
     # that commutes with flips and does not see window borders gives the plain result.

@@ -129,11 +129,12 @@ def segment_one(
             )
 
             @torch.inference_mode()
-            def predict(windows: np.ndarray) -> np.ndarray:
+            def predict(windows: np.ndarray) -> torch.Tensor:
+                # The logits stay on the device: the sliding window blends them there.
                 x = torch.from_numpy(windows)[:, None].to(target)
                 with precision.autocast():
                     logits = forward(x)
-                return logits[:, 0].float().cpu().numpy()
+                return logits[:, 0].float()
 
             sample = spread_sample(reader, NORMALISATION_SAMPLE)
             if sample.dtype.kind == "f" and not np.isfinite(sample).all():
