@@ -14,7 +14,11 @@ recorded and the rest still run:
 3. ``segment``: the ``segment`` workflow end to end on a synthetic 928 x 928 x 464 float32
    MRC tomogram, without and with 8-flip TTA (``segment_speed.measure_case``, one process
    per case): wall time, voxels/s, peak GPU memory, peak host RSS;
-4. ``membrain_seg``: whether MemBrain-seg is importable here.
+4. ``profile``: where the time goes, from ``torch.profiler``: a few training steps of the
+   full network at 160³ x 2 and one ``segment`` pass over a 160 x 464 x 464 tomogram, each
+   with the device's busy share of the wall time, the costliest operations, and the
+   device-to-host copies and stream synchronisations per step (or per window);
+5. ``membrain_seg``: whether MemBrain-seg is importable here.
 
 Prints a Markdown table ready for benchmarks/RESULTS.md and writes every number to a JSON
 file (``--json``; default ``gpu_check.json`` in ``$OUT`` when set, else here).
@@ -50,6 +54,8 @@ FULL = {
               "warmup": 5},
     "segment": {"budget_s": 170, "preset": "full", "shape": (464, 928, 928),
                 "tta_shape": (464, 928, 928), "window": 160, "batch_size": 2},
+    "profile": {"budget_s": 60, "preset": "full", "crop": 160, "batch": 2, "steps": 3,
+                "warmup": 3, "shape": (160, 464, 464), "window": 160, "batch_size": 2},
 }  # fmt: skip
 SMOKE = {
     "pytest": {"budget_s": 60, "args": ["tests/test_cuda.py"]},
@@ -57,6 +63,8 @@ SMOKE = {
               "warmup": 1},
     "segment": {"budget_s": 60, "preset": "tiny", "shape": (48, 64, 64),
                 "tta_shape": (32, 48, 48), "window": 32, "batch_size": 2},
+    "profile": {"budget_s": 60, "preset": "tiny", "crop": 32, "batch": 2, "steps": 2,
+                "warmup": 1, "shape": (32, 64, 64), "window": 32, "batch_size": 2},
 }  # fmt: skip
 
 
@@ -157,6 +165,89 @@ def run_segment(settings: dict, budget_left) -> dict:
     return {"cases": cases}
 
 
+SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+"""Host calls that wait for the device."""
+
+
+def _profile_summary(profiler, wall: float, units: int, gpu: bool, top: int = 8) -> dict:
+    """Device busy share of ``wall``, the ``top`` costliest operations (self time on the
+    device, or on the CPU without one), and device-to-host copies and host waits per unit
+    (a training step, a window)."""
+    events = profiler.key_averages()
+    own = (lambda e: e.self_device_time_total) if gpu else (lambda e: e.self_cpu_time_total)
+    busy = sum(own(e) for e in events if own(e) > 0) / 1e6  # µs -> s
+    costly = sorted(events, key=own, reverse=True)[:top]
+    copies = sum(e.count for e in events if "DtoH" in e.key)
+    waits = sum(e.count for e in events if e.key in SYNCS)
+    return {
+        "wall_s": wall,
+        "units": units,
+        "busy_share": busy / wall if gpu else None,
+        "device_to_host_per_unit": copies / units,
+        "host_waits_per_unit": waits / units,
+        "top": [
+            {"name": e.key[:80], "seconds": own(e) / 1e6, "share": own(e) / 1e6 / wall,
+             "calls": e.count}
+            for e in costly
+        ],
+    }  # fmt: skip
+
+
+def run_profile(settings: dict) -> dict:
+    """``torch.profiler`` over a few training steps and one segment pass (child process)."""
+    from dataclasses import replace
+
+    import torch
+    from segment_speed import make_inputs
+    from torch.profiler import ProfilerActivity, profile
+    from train_speed import synthetic_patches
+
+    from patch_corrections import SegmentSettings, segment
+    from patch_corrections.devices import pick_device, sync
+    from patch_corrections.infer import windows_count
+    from patch_corrections.model import PRESETS, UNet
+    from patch_corrections.train import TrainConfig, train
+
+    target = pick_device("auto")
+    gpu = target.type == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if gpu else [])]
+    result = {}
+    crop, steps = settings["crop"], settings["steps"]
+    patches = synthetic_patches(4, max(crop, 64))
+    config = TrainConfig(
+        iterations=settings["warmup"],
+        batch_size=settings["batch"],
+        crop_size=crop,
+        val_every=10**9,
+        save_every=10**9,
+    )
+    torch.manual_seed(0)
+    network = UNet(PRESETS[settings["preset"]])
+    with tempfile.TemporaryDirectory() as tmp:
+        train(network, patches, [], config, tmp, target)  # warm-up: autotuning, allocator
+        sync(target)
+        with profile(activities=activities) as profiler:
+            started = time.perf_counter()
+            train(network, patches, [], replace(config, iterations=steps), tmp, target)
+            sync(target)
+            wall = time.perf_counter() - started
+        result["train"] = _profile_summary(profiler, wall, steps, gpu)
+        shape = tuple(settings["shape"])
+        tomogram, checkpoint = make_inputs(Path(tmp), shape, settings["preset"])
+        segment_settings = SegmentSettings(
+            window=settings["window"], batch_size=settings["batch_size"]
+        )
+        segment(tomogram, checkpoint, Path(tmp) / "warm", settings=segment_settings)
+        with profile(activities=activities) as profiler:
+            started = time.perf_counter()
+            segment(tomogram, checkpoint, Path(tmp) / "out", settings=segment_settings)
+            wall = time.perf_counter() - started
+        windows = windows_count(shape, settings["window"], 0.5)
+        result["segment"] = _profile_summary(profiler, wall, windows, gpu)
+        result["segment"]["shape_xyz"] = list(shape[::-1])
+    return result
+
+
 def run_membrain_seg() -> dict:
     try:
         import membrain_seg
@@ -175,7 +266,12 @@ def _section_child(name: str, smoke: bool, out: Path) -> None:
     def budget_left() -> float:
         return max(1.0, budget - (time.perf_counter() - started))
 
-    result = run_train(settings) if name == "train" else run_segment(settings, budget_left)
+    if name == "train":
+        result = run_train(settings)
+    elif name == "profile":
+        result = run_profile(settings)
+    else:
+        result = run_segment(settings, budget_left)
     out.write_text(json.dumps(result))
 
 
@@ -240,8 +336,9 @@ def table(report: dict) -> str:
         error = section.get("error", "").strip().splitlines() or [""]
         lines.append(f"| {what} | | **{section['status']}**: {error[-1][:200]} |")
 
-    pytest, train, segment, membrain = (
-        report["sections"][name] for name in ("pytest", "train", "segment", "membrain_seg")
+    pytest, train, segment, profiled, membrain = (
+        report["sections"][name]
+        for name in ("pytest", "train", "segment", "profile", "membrain_seg")
     )
     if "passed" in pytest:
         names = ", ".join(t.split("::")[-1] for t in pytest["failed_tests"])
@@ -285,6 +382,22 @@ def table(report: dict) -> str:
         )
     if "cases" not in segment:
         failure("segment", segment)
+    for what, unit in (("train", "step"), ("segment", "window")):
+        if what not in profiled:
+            continue
+        part = profiled[what]
+        busy = (
+            "" if part["busy_share"] is None else f"device busy {100 * part['busy_share']:.0f} %; "
+        )
+        top = ", ".join(f"{t['name'][:40]} {100 * t['share']:.0f} %" for t in part["top"][:4])
+        lines.append(
+            f"| profile, {'training' if what == 'train' else 'segment'} | {part['units']} "
+            f"{unit}s, {part['wall_s']:.2f} s | {busy}{part['device_to_host_per_unit']:.1f} "
+            f"device-to-host copies and {part['host_waits_per_unit']:.1f} host waits per "
+            f"{unit}; top: {top} |"
+        )
+    if "train" not in profiled:
+        failure("profile", profiled)
     if "detail" in membrain:
         lines.append(f"| membrain_seg | `import membrain_seg` | {membrain['detail']} |")
     else:
@@ -334,7 +447,7 @@ def main() -> None:
         "smoke": args.smoke,
         "sections": {},
     }
-    for name in ("pytest", "train", "segment", "membrain_seg"):
+    for name in ("pytest", "train", "segment", "profile", "membrain_seg"):
         print(f"[gpu_check] {name} ...", flush=True)
         result = run_section(name, args.smoke, env)
         report["sections"][name] = result

@@ -36,6 +36,7 @@ def test_gpu_check_smoke_reports_every_section(tmp_path):
         "pytest",
         "train",
         "segment",
+        "profile",
         "membrain_seg",
     }
     for name, section in sections.items():
@@ -52,6 +53,11 @@ def test_gpu_check_smoke_reports_every_section(tmp_path):
     for case in cases:
         for key in ("wall_s", "voxels_per_s", "peak_rss_gib", "windows"):
             assert _number(case[key]) and case[key] > 0, (key, case)
+    for part in ("train", "segment"):
+        profiled = sections["profile"][part]
+        assert _number(profiled["wall_s"]) and profiled["top"], (part, profiled)
+        assert all(_number(op["seconds"]) for op in profiled["top"]), profiled["top"]
     assert isinstance(sections["membrain_seg"]["installed"], bool)
     table = done.stdout[done.stdout.index("| check |") :]
-    assert table.count("\n| ") == 6  # pytest, 2 training rows, 2 segment cases, membrain_seg
+    # pytest, 2 training rows, 2 segment cases, 2 profile rows, membrain_seg
+    assert table.count("\n| ") == 8
