@@ -111,8 +111,46 @@ def _conv(channels_in: int, channels_out: int, kernel: int, stride: int) -> _Wra
     return _Wrapped(nn.Conv3d(channels_in, channels_out, kernel, stride, padding, bias=False))
 
 
-def _norm(channels: int) -> nn.InstanceNorm3d:
-    return nn.InstanceNorm3d(channels, affine=True)
+def _norm(channels: int) -> InstanceNorm:
+    return InstanceNorm(channels, affine=True)
+
+
+class InstanceNorm(nn.InstanceNorm3d):
+    """``nn.InstanceNorm3d`` (same parameters, same results) with a faster path on CUDA.
+
+    PyTorch runs instance norm as a batch norm over ``batch x channels`` "channels", with
+    one thread block per volume and a copy into channels-first layout: on a GPU that was
+    the costliest part of ``segment`` (about twice the convolutions' time on an H200).
+    On CUDA this computes the statistics with ordinary reductions, which keep the
+    channels-last layout and the whole GPU busy; see :func:`instance_norm`.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_cuda or self.weight is None or self.track_running_stats:
+            return super().forward(x)
+        return instance_norm(x, self.weight, self.bias, self.eps)
+
+
+def instance_norm(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5
+) -> torch.Tensor:
+    """Instance norm of ``(batch, channels, *spatial)`` with an affine per channel.
+
+    Mean and variance are accumulated and applied in float32 whatever the input's type
+    (bf16 under autocast), as PyTorch's own kernel does, and the result has the input's
+    type: ``x * scale + shift`` with ``scale = weight / sqrt(var + eps)`` and ``shift =
+    bias - mean * scale``, a single pass over ``x``.
+    """
+    dims = tuple(range(2, x.dim()))
+    count = x[0, 0].numel()
+    view = (1, -1) + (1,) * len(dims)
+    wide = torch.promote_types(x.dtype, torch.float32)
+    mean = x.mean(dims, keepdim=True, dtype=wide)
+    squares = torch.linalg.vector_norm(x, 2, dims, keepdim=True, dtype=wide)
+    variance = (squares.square() / count - mean.square()).clamp_min(0)
+    scale = weight.to(wide).view(view) * torch.rsqrt(variance + eps)
+    shift = bias.to(wide).view(view) - mean * scale
+    return torch.addcmul(shift, x, scale).to(x.dtype)
 
 
 class ResBlock(nn.Module):

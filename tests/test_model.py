@@ -10,8 +10,10 @@ import torch
 from patch_corrections.errors import InputError
 from patch_corrections.model import (
     PRESETS,
+    InstanceNorm,
     UNet,
     config_from_state_dict,
+    instance_norm,
     membrain_state_dict,
     upsample_heads,
 )
@@ -73,3 +75,31 @@ def test_full_preset_is_membrain_size():
 def test_other_weights_are_refused():
     with pytest.raises(InputError, match="do not describe this U-Net"):
         config_from_state_dict({"encoder.weight": torch.zeros(3)})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_instance_norm_matches_pytorchs(dtype):
+    # The CUDA path of InstanceNorm, run here on the CPU: same values and gradients as
+    # torch's own instance norm, also when the mean is far from zero.
+    torch.manual_seed(0)
+    x = (torch.randn(2, 6, 10, 9, 7, dtype=dtype) * 3 + 20).requires_grad_()
+    weight = torch.randn(6, dtype=dtype, requires_grad=True)
+    bias = torch.randn(6, dtype=dtype, requires_grad=True)
+    ours = instance_norm(x, weight, bias)
+    theirs = torch.nn.functional.instance_norm(x, weight=weight, bias=bias, eps=1e-5)
+    tolerance = {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {}
+    torch.testing.assert_close(ours, theirs, **tolerance)
+    grad = torch.randn_like(theirs)
+    for a, b in zip(
+        torch.autograd.grad(ours, (x, weight, bias), grad),
+        torch.autograd.grad(theirs, (x, weight, bias), grad),
+    ):
+        torch.testing.assert_close(a, b, **tolerance)
+
+
+def test_instance_norm_modules_keep_dynunets_parameters():
+    network = UNet(PRESETS["tiny"])
+    norms = [m for m in network.modules() if isinstance(m, torch.nn.InstanceNorm3d)]
+    assert norms and all(isinstance(m, InstanceNorm) for m in norms)
+    assert {name for name, _ in norms[0].named_parameters()} == {"weight", "bias"}
+    assert not list(norms[0].buffers())
