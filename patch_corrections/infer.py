@@ -23,7 +23,10 @@ Arrays are ``(z, y, x)``.
 from __future__ import annotations
 
 import itertools
+import os
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -31,6 +34,8 @@ import numpy as np
 Index3 = tuple[int, int, int]
 ReadBlock = Callable[[Index3, Index3], np.ndarray]
 _YIELD_SLICES = 8
+READERS = max(1, min(4, os.cpu_count() or 1))
+"""Threads that read and normalise windows ahead of the network."""
 Predict = Callable[[np.ndarray], Any]
 """Maps a batch of normalised windows ``(b, w, w, w)`` float32 to logits of the same shape:
 a NumPy array, or a torch tensor on the device the windows are blended on."""
@@ -216,8 +221,6 @@ def _blended_pass(
     yx_starts = list(
         itertools.product(window_starts(sy, window, overlap), window_starts(sx, window, overlap))
     )
-    numerator = weights = None  # made like the first logits: NumPy, or torch on their device
-    done = before[0]  # padded z slices already yielded (the padding is never yielded)
 
     def read_window(z0: int, y0: int, x0: int) -> np.ndarray:
         # Window [z0, z0 + window) in padded coordinates; the volume starts at `before`.
@@ -231,44 +234,77 @@ def _blended_pass(
         padded[tuple(slice(a, a + n) for a, n in zip(at, block.shape))] = block
         return padded
 
-    for k, z0 in enumerate(z_starts):
-        for first in range(0, len(yx_starts), batch_size):
-            chosen = yx_starts[first : first + batch_size]
-            windows = np.stack([read_window(z0, y0, x0) for y0, x0 in chosen])
-            logits = _float32(predict(windows))
-            if numerator is None:
-                numerator, weights, importance = _blending_arrays(
-                    logits, (window, sy, sx), importance
+    batches = [
+        (z0, yx_starts[first : first + batch_size])
+        for z0 in z_starts
+        for first in range(0, len(yx_starts), batch_size)
+    ]
+    read_ahead = _prefetched(
+        lambda batch: np.stack([read_window(batch[0], y0, x0) for y0, x0 in batch[1]]), batches
+    )
+    try:
+        numerator = weights = None  # made like the first logits: NumPy, or torch on their device
+        done = before[0]  # padded z slices already yielded (the padding is never yielded)
+        for k, z0 in enumerate(z_starts):
+            for first in range(0, len(yx_starts), batch_size):
+                chosen = yx_starts[first : first + batch_size]
+                windows = next(read_ahead)
+                logits = _float32(predict(windows))
+                if numerator is None:
+                    numerator, weights, importance = _blending_arrays(
+                        logits, (window, sy, sx), importance
+                    )
+                for (y0, x0), values in zip(chosen, logits):
+                    numerator[:, y0 : y0 + window, x0 : x0 + window] += values * importance
+                    weights[:, y0 : y0 + window, x0 : x0 + window] += importance
+                if on_window is not None:
+                    on_window(len(chosen))
+            # Slices before the next row of windows get no more contributions.
+            final = (z_starts[k + 1] if k + 1 < len(z_starts) else z0 + window) - z0
+            end = min(z0 + final, before[0] + shape[0])
+            for first in range(done, end, _YIELD_SLICES):  # small pieces: no slab-sized temporary
+                last = min(first + _YIELD_SLICES, end)
+                rows = slice(first - z0, last - z0)
+                inside = (
+                    slice(before[1], before[1] + shape[1]),
+                    slice(before[2], before[2] + shape[2]),
                 )
-            for (y0, x0), values in zip(chosen, logits):
-                numerator[:, y0 : y0 + window, x0 : x0 + window] += values * importance
-                weights[:, y0 : y0 + window, x0 : x0 + window] += importance
-            if on_window is not None:
-                on_window(len(chosen))
-        # Slices before the next row of windows get no more contributions.
-        final = (z_starts[k + 1] if k + 1 < len(z_starts) else z0 + window) - z0
-        end = min(z0 + final, before[0] + shape[0])
-        for first in range(done, end, _YIELD_SLICES):  # small pieces: no slab-sized temporary
-            last = min(first + _YIELD_SLICES, end)
-            rows = slice(first - z0, last - z0)
-            inside = (
-                slice(before[1], before[1] + shape[1]),
-                slice(before[2], before[2] + shape[2]),
-            )
-            yield (
-                first - before[0],
-                _to_host(
-                    numerator[rows][:, inside[0], inside[1]]
-                    / weights[rows][:, inside[0], inside[1]]
-                ),
-            )
-        done = max(done, end)
-        # Shift both sums by `final` slices, slice by slice (no full-size copy).
-        for i in range(window - final):
-            numerator[i] = numerator[i + final]
-            weights[i] = weights[i + final]
-        numerator[window - final :] = 0
-        weights[window - final :] = 0
+                yield (
+                    first - before[0],
+                    _to_host(
+                        numerator[rows][:, inside[0], inside[1]]
+                        / weights[rows][:, inside[0], inside[1]]
+                    ),
+                )
+            done = max(done, end)
+            # Shift both sums by `final` slices, slice by slice (no full-size copy).
+            for i in range(window - final):
+                numerator[i] = numerator[i + final]
+                weights[i] = weights[i + final]
+            numerator[window - final :] = 0
+            weights[window - final :] = 0
+    finally:
+        read_ahead.close()
+
+
+def _prefetched(read: Callable[[Any], np.ndarray], items: list) -> Iterator[np.ndarray]:
+    """``read(item)`` for each of ``items`` in order, done by :data:`READERS` threads up to
+    twice as many items ahead: the host reads and normalises the next windows while the
+    network runs. Readers must allow reads from several threads (this package's do)."""
+    with ThreadPoolExecutor(READERS, thread_name_prefix="read-windows") as pool:
+        pending: deque = deque()
+        upcoming = iter(items)
+        try:
+            for item in itertools.islice(upcoming, 2 * READERS):
+                pending.append(pool.submit(read, item))
+            while pending:
+                done = pending.popleft().result()
+                for item in itertools.islice(upcoming, 1):
+                    pending.append(pool.submit(read, item))
+                yield done
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def _float32(logits):

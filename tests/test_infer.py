@@ -240,3 +240,41 @@ def test_segment_warns_about_nan(tmp_path, run_cli, tiny_checkpoint):
     assert result.exit_code == 0, result.output
     assert "NaN or infinite values" in result.output
     assert np.isfinite(mrcfile.read(tmp_path / "out" / "tomo_scores.mrc")).all()
+
+
+def test_windows_are_read_ahead_by_threads_and_a_read_error_stops_the_pass():
+    import threading
+
+    from patch_corrections.errors import InputError
+
+    volume = np.random.default_rng(6).normal(size=(24, 40, 40)).astype(np.float32)
+    readers, calls = set(), []
+
+    def read(start, stop):
+        readers.add(threading.current_thread().name)
+        calls.append(start)
+        if len(calls) == 30:
+            raise InputError("tomo.mrc: short read")
+        return volume[tuple(map(slice, start, stop))].copy()
+
+    before = threading.active_count()
+    with pytest.raises(InputError, match="short read"):
+        for _ in sliding_window(read, volume.shape, lambda w: w, 8, 0.5, 2):
+            pass
+    assert threading.main_thread().name not in readers
+    assert threading.active_count() == before  # the reading threads are gone
+
+
+def test_mrc_blocks_read_from_several_threads_at_once(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from patch_corrections.io.volumes import closing_reader
+
+    volume = np.random.default_rng(7).normal(size=(30, 50, 40)).astype(np.float32)
+    write_mrc(tmp_path / "tomo.mrc", volume)
+    blocks = [((z, y, x), (z + 9, y + 17, x + 13)) for z in range(0, 21, 3) for y in (0, 33)
+              for x in (0, 27)]  # fmt: skip
+    with closing_reader(tmp_path / "tomo.mrc") as reader, ThreadPoolExecutor(4) as pool:
+        read = list(pool.map(lambda b: reader.read_block(*b), blocks))
+    for (start, stop), block in zip(blocks, read):
+        np.testing.assert_array_equal(block, volume[tuple(map(slice, start, stop))])

@@ -10,6 +10,8 @@ mrcfile; ``nxstart`` and friends are left at 0 so no reader adds a second offset
 from __future__ import annotations
 
 import math
+import os
+import threading
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -28,7 +30,8 @@ class MrcReader:
 
     Only the rows a block needs are read, one contiguous run per z slice, into a reused
     buffer: unlike slicing a memory map, this never maps whole pages of rows that the block
-    does not use, so resident memory stays at the size of the block.
+    does not use, so resident memory stays at the size of the block. Reads are positioned
+    (``pread``), so several threads may read blocks at once.
     """
 
     def __init__(self, path: Path):
@@ -71,6 +74,7 @@ class MrcReader:
             geometry = Geometry((vz, vy, vx), origin)
         self.info = VolumeInfo(path, shape, dtype, geometry)
         self._file = open(path, "rb", buffering=0)
+        self._lock = threading.Lock()
 
     def read_block(self, start: tuple[int, int, int], stop: tuple[int, int, int]) -> np.ndarray:
         """Return the in-bounds block ``[start, stop)``, ``(z, y, x)``, as a new array."""
@@ -84,8 +88,7 @@ class MrcReader:
         view = memoryview(buffer.view(np.uint8))[:run]
         for k, z in enumerate(range(z0, z1)):
             position = self._offset + ((z * ny + y0) * nx + x0) * item
-            self._file.seek(position)
-            got = self._file.readinto(view)
+            got = self._read_at(view, position)
             if got != run:
                 raise InputError(f"{self.info.path}: short read at byte {position}")
             # Rows of the block start nx voxels apart in the run.
@@ -93,6 +96,14 @@ class MrcReader:
                 buffer, shape=(y1 - y0, x1 - x0), strides=(nx * item, item), writeable=False
             )
         return out
+
+    def _read_at(self, view: memoryview, position: int) -> int:
+        """Fill ``view`` from byte ``position``; the number of bytes read."""
+        if hasattr(os, "preadv"):  # no shared file position: safe across threads
+            return os.preadv(self._file.fileno(), [view], position)
+        with self._lock:  # Windows
+            self._file.seek(position)
+            return self._file.readinto(view)
 
     def close(self) -> None:
         self._file.close()

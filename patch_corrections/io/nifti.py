@@ -8,6 +8,7 @@ lazily through nibabel's array proxy, one block at a time.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,20 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 class _NiftiReader(ArrayReader):
-    """Block reads from nibabel's ``(x, y, z)`` array proxy, returned ``(z, y, x)``."""
+    """Block reads from nibabel's ``(x, y, z)`` array proxy, returned ``(z, y, x)``.
+
+    The proxy reads through one file object (a gzip stream for ``.nii.gz``), so reads
+    from several threads take turns.
+    """
+
+    def __init__(self, info: VolumeInfo, data: Any):
+        super().__init__(info, data)
+        self._lock = threading.Lock()
 
     def _read(self, start: tuple[int, int, int], stop: tuple[int, int, int]) -> np.ndarray:
         (z0, y0, x0), (z1, y1, x1) = start, stop
-        block = np.asarray(self._data[x0:x1, y0:y1, z0:z1, ...])
+        with self._lock:
+            block = np.asarray(self._data[x0:x1, y0:y1, z0:z1, ...])
         block = block.reshape(x1 - x0, y1 - y0, z1 - z0)  # drop trailing singleton axes
         return np.ascontiguousarray(block.transpose())
 
