@@ -88,18 +88,10 @@ def _training_folder(root: Path, count: int = 4) -> Path:
     return root
 
 
-def _train(preset: str, config: TrainConfig, out_dir: Path, losses: list | None = None):
+def _train(preset: str, config: TrainConfig, out_dir: Path):
     torch.manual_seed(0)
     network = UNet(PRESETS[preset])
-    state = train(
-        network,
-        _patches(),
-        [],
-        config,
-        out_dir,
-        CUDA,
-        on_step=None if losses is None else lambda step, value: losses.append(value),
-    )
+    state = train(network, _patches(), [], config, out_dir, CUDA)
     return network, state
 
 
@@ -124,23 +116,52 @@ def test_fp16_with_a_grad_scaler_lowers_the_loss(tmp_path, monkeypatch):
 
 
 def test_channels_last_gives_the_same_losses(tmp_path):
-    config = replace(CONFIG, iterations=4, val_every=4, save_every=4)
+    # A metrics row every step: each row's loss is that step's own.
+    config = replace(CONFIG, iterations=4, val_every=1, save_every=4)
     runs = []
     for channels_last in (True, False):
-        losses: list[float] = []
-        _train("full", replace(config, channels_last=channels_last), tmp_path, losses)
-        runs.append(losses)
+        _, state = _train("full", replace(config, channels_last=channels_last), tmp_path)
+        runs.append([row["train_loss"] for row in state.history])
     # Other cuDNN kernels in bf16: close, not bit-equal; the first step sees equal weights.
     np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-2)
     np.testing.assert_allclose(runs[0], runs[1], rtol=5e-2)
 
 
+# Compiling imports parts of torch that warn about their own deprecated decorators.
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_compiled_training_runs_and_saves_plain_weights(tmp_path):
     config = replace(CONFIG, iterations=3, val_every=3, save_every=3, compile=True)
     network, state = _train("tiny", config, tmp_path)
     assert state.step == 3 and np.isfinite(state.history[-1]["train_loss"])
     saved = read_checkpoint(tmp_path / "last.pt")["model"]
     assert saved.keys() == network.state_dict().keys()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_instance_norm_on_cuda_matches_the_cpu(dtype):
+    # The model's InstanceNorm takes its own path on CUDA (float32 statistics, channels-last
+    # kept); under bf16 autocast it must stay as close to float32 as torch's own kernel.
+    from patch_corrections.model import InstanceNorm
+
+    torch.manual_seed(0)
+    norm = InstanceNorm(16, affine=True)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = torch.randn(2, 16, 24, 20, 18) * 2 + 3
+    expected = norm(x)
+    grad = torch.randn_like(x)
+    (expected_grad,) = torch.autograd.grad(norm(x.requires_grad_()), x, grad)
+    gpu = norm.to(CUDA)
+    for layout in (torch.contiguous_format, torch.channels_last_3d):
+        x_gpu = x.detach().to(CUDA).contiguous(memory_format=layout).requires_grad_()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            out = gpu(x_gpu.to(dtype))
+        (out_grad,) = torch.autograd.grad(out, x_gpu, grad.to(CUDA, dtype))
+        tolerance = {"rtol": 0.02, "atol": 0.05} if dtype == torch.bfloat16 else {}
+        assert out.dtype == dtype
+        torch.testing.assert_close(out.float().cpu(), expected, **tolerance)
+        torch.testing.assert_close(out_grad.float().cpu(), expected_grad, **tolerance)
 
 
 def test_a_gpu_checkpoint_resumes_on_the_cpu(tmp_path):
