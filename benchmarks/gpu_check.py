@@ -465,7 +465,7 @@ def main() -> None:
         "smoke": args.smoke,
         "sections": {},
     }
-    for name in (name for name in SECTIONS if name in args.sections):
+    for name in dict.fromkeys(args.sections):  # in the order given
         print(f"[gpu_check] {name} ...", flush=True)
         result = run_section(name, args.smoke, env)
         report["sections"][name] = result
