@@ -137,9 +137,10 @@ def run_train(settings: dict) -> dict:
     )
 
 
-def run_segment(settings: dict, budget_left) -> dict:
+def run_segment(settings: dict, budget_left, partial) -> dict:
     """The segment workflow, without and with TTA, each case in its own process; a case
-    that fails is recorded with its error and the next one still runs."""
+    that fails is recorded with its error and the next one still runs. ``partial`` is
+    given the result so far after each case, so a section cut short still reports."""
     from segment_speed import make_inputs, measure_case
 
     cases = []
@@ -162,10 +163,12 @@ def run_segment(settings: dict, budget_left) -> dict:
             except Exception as exc:
                 case["error"] = f"{type(exc).__name__}: {exc}"
             cases.append(case)
+            partial({"cases": cases})
     return {"cases": cases}
 
 
 SECTIONS = ("pytest", "train", "segment", "profile", "membrain_seg")
+"""In the order a full check runs them: the targets' figures before the profiles."""
 
 SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
 """Host calls that wait for the device."""
@@ -175,9 +178,13 @@ def _profile_summary(profiler, wall: float, units: int, gpu: bool, top: int = 8)
     """Device busy share of ``wall``, the ``top`` costliest operations (self time on the
     device, or on the CPU without one), and device-to-host copies and host waits per unit
     (a training step, a window)."""
+    from torch.autograd import DeviceType
+
     events = profiler.key_averages()
     own = (lambda e: e.self_device_time_total) if gpu else (lambda e: e.self_cpu_time_total)
-    busy = sum(own(e) for e in events if own(e) > 0) / 1e6  # µs -> s
+    # Kernels and copies alone: an operator's device time is that of the kernels it ran.
+    busy = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA)
+    busy /= 1e6  # µs -> s
     costly = sorted(events, key=own, reverse=True)[:top]
     copies = sum(e.count for e in events if "DtoH" in e.key)
     waits = sum(e.count for e in events if e.key in SYNCS)
@@ -209,6 +216,7 @@ def run_profile(settings: dict) -> dict:
     from patch_corrections.infer import windows_count
     from patch_corrections.model import PRESETS, UNet
     from patch_corrections.train import TrainConfig, train
+    from patch_corrections.workflows.events import Listener, Progress
 
     target = pick_device("auto")
     gpu = target.type == "cuda"
@@ -248,12 +256,25 @@ def run_profile(settings: dict) -> dict:
             window=settings["window"], batch_size=settings["batch_size"]
         )
         segment(tomogram, checkpoint, Path(tmp) / "warm", settings=segment_settings)
-        with profile(activities=activities) as profiler:
-            started = time.perf_counter()
-            segment(tomogram, checkpoint, Path(tmp) / "out", settings=segment_settings)
-            wall = time.perf_counter() - started
+        profiler, marks = profile(activities=activities), {}
+
+        def windows_only(progress: Progress) -> None:
+            # From the first window to the last: not loading, statistics or writing.
+            if progress.task != "Segmenting":
+                return
+            if progress.done == 0 and "started" not in marks:
+                profiler.start()
+                marks["started"] = time.perf_counter()
+            elif progress.done == progress.total and "wall" not in marks:
+                sync(target)
+                marks["wall"] = time.perf_counter() - marks["started"]
+                profiler.stop()
+
+        listener = Listener(progress=windows_only)
+        segment(tomogram, checkpoint, Path(tmp) / "out", settings=segment_settings,
+                listener=listener)  # fmt: skip
         windows = windows_count(shape, settings["window"], 0.5)
-        result["segment"] = _profile_summary(profiler, wall, windows, gpu)
+        result["segment"] = _profile_summary(profiler, marks["wall"], windows, gpu)
         result["segment"]["shape_xyz"] = list(shape[::-1])
     return result
 
@@ -281,8 +302,16 @@ def _section_child(name: str, smoke: bool, out: Path) -> None:
     elif name == "profile":
         result = run_profile(settings)
     else:
-        result = run_segment(settings, budget_left)
+        result = run_segment(settings, budget_left, lambda r: out.write_text(json.dumps(r)))
     out.write_text(json.dumps(result))
+
+
+class _Partial(Exception):
+    """A section cut at its time limit, with the results it finished before."""
+
+    def __init__(self, result: dict):
+        super().__init__(result.get("error", ""))
+        self.result = result
 
 
 def run_section(name: str, smoke: bool, env: dict) -> dict:
@@ -303,19 +332,29 @@ def run_section(name: str, smoke: bool, env: dict) -> dict:
                 command = [sys.executable, __file__, "--section", name, str(out)]
                 if smoke:
                     command.append("--smoke")
-                done = subprocess.run(
-                    command,
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    timeout=settings["budget_s"] + 30,
-                )
+                try:
+                    done = subprocess.run(
+                        command,
+                        env=env,
+                        capture_output=True,
+                        text=True,
+                        timeout=settings["budget_s"] + 30,
+                    )
+                except subprocess.TimeoutExpired:
+                    if not out.exists():
+                        raise
+                    result = json.loads(out.read_text())  # what it finished in time
+                    result["error"] = f"over its budget of {settings['budget_s']} s"
+                    result["status"] = "timeout"
+                    raise _Partial(result) from None
                 if done.returncode or not out.exists():
                     tail = (done.stdout + done.stderr).strip().splitlines()[-15:]
                     raise RuntimeError(f"exit code {done.returncode}:\n" + "\n".join(tail))
                 result = json.loads(out.read_text())
                 errors = [c for c in result.get("cases", []) if "error" in c]
                 status = "failed" if errors else "ok"
+    except _Partial as cut:
+        result, status = cut.result, "timeout"
     except subprocess.TimeoutExpired:
         result, status = {"error": f"over its budget of {settings['budget_s']} s"}, "timeout"
     except Exception as exc:  # recorded, not fatal: the other sections still run
