@@ -139,8 +139,17 @@ def instance_norm(
     Mean and variance are accumulated and applied in float32 whatever the input's type
     (bf16 under autocast), as PyTorch's own kernel does, and the result has the input's
     type: ``x * scale + shift`` with ``scale = weight / sqrt(var + eps)`` and ``shift =
-    bias - mean * scale``, a single pass over ``x``.
+    bias - mean * scale``, a single pass over ``x``. Autocast is off inside: on CUDA it
+    would cast ``x`` to float32 for the multiply-add and keep that copy for the backward
+    pass (twice the memory of ``x``, for every norm in the network).
     """
+    with torch.autocast(x.device.type, enabled=False):
+        return _instance_norm(x, weight, bias, eps)
+
+
+def _instance_norm(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> torch.Tensor:
     dims = tuple(range(2, x.dim()))
     count = x[0, 0].numel()
     view = (1, -1) + (1,) * len(dims)

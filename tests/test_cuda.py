@@ -153,10 +153,23 @@ def test_instance_norm_on_cuda_matches_the_cpu(dtype):
     grad = torch.randn_like(x)
     (expected_grad,) = torch.autograd.grad(norm(x.requires_grad_()), x, grad)
     gpu = norm.to(CUDA)
+    saved = []
+
+    def keep(tensor):
+        saved.append(tensor)
+        return tensor
+
     for layout in (torch.contiguous_format, torch.channels_last_3d):
         x_gpu = x.detach().to(CUDA).contiguous(memory_format=layout).requires_grad_()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        saved.clear()
+        with (
+            torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16),
+            torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor),
+        ):
             out = gpu(x_gpu.to(dtype))
+        # For the backward pass only the input itself is kept (no float32 copy of it).
+        large = {t.untyped_storage().data_ptr() for t in saved if t.numel() == x.numel()}
+        assert len(large) == 1 and all(t.dtype == dtype for t in saved if t.numel() == x.numel())
         (out_grad,) = torch.autograd.grad(out, x_gpu, grad.to(CUDA, dtype))
         tolerance = {"rtol": 0.02, "atol": 0.05} if dtype == torch.bfloat16 else {}
         assert out.dtype == dtype
