@@ -5,11 +5,19 @@ tensors with values {0, 1, 2}. Every transform keeps labels exactly in {0, 1, 2}
 ones move labels by index or nearest-neighbour sampling, and voxels brought in from outside
 the crop are ignore. Random numbers come from one ``torch.Generator`` so a run can be
 resumed exactly.
+
+The choices that shape the work (which samples are flipped, turned, warped or blurred,
+and how wide a blur is) are drawn on the host, from a Python generator seeded from that
+generator's state: reading them back from a GPU would make the host wait for the device
+several times a step. The values the device computes with (angles, scales, intensities,
+noise) come from the torch generator on the device.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import random
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +55,14 @@ def _chance(generator: torch.Generator, p: float, n: int, device) -> torch.Tenso
     return torch.rand(n, generator=generator, device=device) < p
 
 
+def _choices(generator: torch.Generator) -> random.Random:
+    """The host generator of one call, seeded from a hash of ``generator``'s current state
+    (kept on the host, for a CUDA generator too: no wait for the device), so each call
+    draws new choices and a generator seeded alike draws the same ones."""
+    state = generator.get_state().numpy().tobytes()
+    return random.Random(hashlib.blake2b(state, digest_size=8, person=b"augment").digest())
+
+
 def augment(
     image: torch.Tensor,
     labels: torch.Tensor,
@@ -55,31 +71,30 @@ def augment(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Randomly transform a batch; returns new tensors, inputs untouched."""
     config = config or AugmentConfig()
-    image, labels = _spatial(image, labels, generator, config)
-    return _intensity(image, generator, config), labels
+    choices = _choices(generator)
+    image, labels = _spatial(image, labels, generator, choices, config)
+    return _intensity(image, generator, choices, config), labels
 
 
-def _spatial(image, labels, generator, config):
+def _spatial(image, labels, generator, choices: random.Random, config):
     n, device = image.shape[0], image.device
     images, label_list = [], []
-    flips = _chance(generator, config.flip, 3 * n, device).view(n, 3).tolist()
-    turns = _chance(generator, config.rotate90, n, device).tolist()
-    planes = torch.randint(0, 3, (n,), generator=generator, device=device).tolist()
-    quarter = torch.randint(1, 4, (n,), generator=generator, device=device).tolist()
     for i in range(n):
         img, lab = image[i], labels[i]
-        axes = [a + 1 for a in range(3) if flips[i][a]]
+        axes = [a + 1 for a in range(3) if choices.random() < config.flip]
         if axes:
             img, lab = img.flip(axes), lab.flip(axes)
-        if turns[i] and _cube(img):
-            plane = [(1, 2), (1, 3), (2, 3)][planes[i]]
-            img, lab = torch.rot90(img, quarter[i], plane), torch.rot90(lab, quarter[i], plane)
+        turn = choices.random() < config.rotate90
+        plane, quarter = [(1, 2), (1, 3), (2, 3)][choices.randrange(3)], choices.randint(1, 3)
+        if turn and _cube(img):
+            img, lab = torch.rot90(img, quarter, plane), torch.rot90(lab, quarter, plane)
         images.append(img)
         label_list.append(lab)
     image, labels = torch.stack(images), torch.stack(label_list)
-    chosen = _chance(generator, config.affine, n, device)
-    if chosen.any():
-        image, labels = _affine(image, labels, chosen, generator, config)
+    chosen = [choices.random() < config.affine for _ in range(n)]
+    if any(chosen):
+        chosen_on_device = torch.tensor(chosen, device=device)
+        image, labels = _affine(image, labels, chosen_on_device, generator, config)
     return image, labels
 
 
@@ -117,7 +132,7 @@ def _affine(image, labels, chosen, generator, config):
     return image, labels.to(dtype)
 
 
-def _intensity(image, generator, config):
+def _intensity(image, generator, choices: random.Random, config):
     n, device = image.shape[0], image.device
     view = (n, 1, 1, 1, 1)
     pick = _chance(generator, config.brightness, n, device).view(view)
@@ -136,11 +151,17 @@ def _intensity(image, generator, config):
     sigma = _uniform(generator, 0, config.noise_std, n, device).view(view)
     noise = torch.randn(image.shape, generator=generator, device=device, dtype=image.dtype)
     image = image + pick * sigma * noise
-    pick = _chance(generator, config.blur, n, device)
-    sigmas = _uniform(generator, *config.blur_sigma, n, device)
-    if pick.any():
-        blurred = torch.stack([_blur(image[i], float(sigmas[i])) for i in range(n)])
-        image = torch.where(pick.view(view), blurred, image)
+    blurs = [
+        choices.uniform(*config.blur_sigma) if choices.random() < config.blur else None
+        for _ in range(n)
+    ]
+    if any(sigma is not None for sigma in blurs):
+        image = torch.stack(
+            [
+                image[i] if sigma is None else _blur(image[i], sigma)
+                for i, sigma in enumerate(blurs)
+            ]
+        )
     return image
 
 

@@ -55,16 +55,14 @@ def _patches(count: int = 3, edge: int = 24) -> list[TrainingPatch]:
 
 
 def _config(loss: str, iterations: int = 4) -> TrainConfig:
-    # No metrics row or checkpoint before the last step; augmentation is off because
-    # patch_corrections.augment picks each sample's transforms on the host, which this
-    # file does not cover.
+    # No metrics row or checkpoint before the last step; augmentation on.
     return TrainConfig(
         iterations=iterations,
         crop_size=16,
         seed=3,
         val_every=100,
         save_every=100,
-        augment=False,
+        augment=True,
         loss=loss,
     )
 
@@ -134,3 +132,18 @@ def test_training_steps_never_synchronise_the_gpu(loss, tmp_path):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert state.step == 4 and np.isfinite(state.history[0]["train_loss"])
+
+
+def test_augmentation_reads_nothing_back():
+    # Every transform on: the choices that shape the work are drawn on the host.
+    from patch_corrections.augment import AugmentConfig, augment
+
+    generator = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 3, (3, 1, 16, 16, 16), generator=generator, dtype=torch.uint8)
+    everything = AugmentConfig(
+        flip=1, rotate90=1, affine=1, brightness=1, contrast=1, gamma=1, noise=1, blur=1
+    )
+    with host_reads() as calls:
+        image, moved = augment(labels.float(), labels, generator, everything)
+    assert calls == []
+    assert image.shape == labels.shape and set(torch.unique(moved).tolist()) <= {0, 1, 2}
