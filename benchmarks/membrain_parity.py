@@ -22,7 +22,8 @@ its header, so neither tool rescales):
   project's environment);
 * per case: the wall time of each whole command (start-up and imports included), Dice of
   the two binary segmentations, max and mean |Δp| between the probabilities (MemBrain-seg's
-  ``<stem>_scores.mrc`` holds logits: sigmoid applied; ours holds float16 probabilities),
+  ``<stem>_scores.mrc`` holds logits: sigmoid applied; our ``<stem>_probabilities.mrc``
+  holds float16 probabilities),
   the share of voxels whose labels differ (and which tool calls them membrane) and whether
   all of those are near-ties (|MemBrain-seg logit| < 2e-3: our threshold is applied to the
   float16 probability, whose step just above 0.5 is 2^-11, so a logit in (0, ~1e-3) is
@@ -172,7 +173,7 @@ def run_case(work: Path, tomogram: Path, ckpt: Path, membrain: Path, tta: bool, 
     token = ckpt.name.split("-val_loss")[0]
     logits = mrcfile.read(theirs_dir / f"{stem}_scores.mrc").astype(np.float64)
     theirs_seg = mrcfile.read(theirs_dir / f"{stem}_{token}_segmented.mrc") != 0
-    ours_p = mrcfile.read(ours_dir / f"{stem}_scores.mrc").astype(np.float64)
+    ours_p = mrcfile.read(ours_dir / f"{stem}_probabilities.mrc").astype(np.float64)
     ours_seg = mrcfile.read(ours_dir / f"{stem}_segmented.mrc") != 0
     theirs_p = 1 / (1 + np.exp(-logits))
     delta = np.abs(ours_p - theirs_p)

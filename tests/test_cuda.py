@@ -234,7 +234,7 @@ def test_segment_on_cuda_equals_segment_on_the_cpu(tmp_path, tomogram_and_checkp
         report = segment(tomogram, checkpoint, tmp_path / device, settings=settings)
         assert report.device.startswith(device) and report.windows == 18
         assert (report.peak_gpu_gib is None) == (device == "cpu")
-        scores[device] = read_volume(report.scores)[0].astype(np.float32)
+        scores[device] = read_volume(report.probabilities)[0].astype(np.float32)
     # bf16 autocast on CUDA, fp32 on the CPU; both stored as float16.
     difference = np.abs(scores["cuda"] - scores["cpu"])
     assert difference.max() < 0.03 and difference.mean() < 0.005, difference.max()

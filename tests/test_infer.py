@@ -136,7 +136,7 @@ def test_segment_writes_scoremap_and_segmentation(tmp_path, run_cli, tiny_checkp
     result = run_cli(*args)
     assert result.exit_code == 0, result.output
     with (
-        mrcfile.open(tmp_path / "out" / "tomo_scores.mrc") as scores,
+        mrcfile.open(tmp_path / "out" / "tomo_probabilities.mrc") as scores,
         mrcfile.open(tmp_path / "out" / "tomo_segmented.mrc") as labels,
     ):
         assert scores.data.shape == labels.data.shape == volume.shape
@@ -150,7 +150,7 @@ def test_segment_writes_scoremap_and_segmentation(tmp_path, run_cli, tiny_checkp
             assert (mrc.voxel_size.x, mrc.voxel_size.y, mrc.voxel_size.z) == (2, 3, 4)
             assert (mrc.header.origin.x, mrc.header.origin.y, mrc.header.origin.z) == (5, 6, 7)
     result = run_cli(*args)
-    assert result.exit_code == 1 and "tomo_scores.mrc: already exists" in result.output
+    assert result.exit_code == 1 and "tomo_probabilities.mrc: already exists" in result.output
     result = run_cli(*args[:-4], "--window", 12, "--overwrite")
     assert result.exit_code == 1 and "--window 12: must be a multiple of 8" in result.output
     result = run_cli(*args[:-4], "--window", 0, "--overwrite")
@@ -216,7 +216,7 @@ def test_segment_with_a_membrain_checkpoint_on_an_int8_tomogram(tmp_path, run_cl
     )
     assert result.exit_code == 0, result.output
     assert "8-flip TTA" in result.output
-    scores = mrcfile.read(tmp_path / "out" / "tomo_scores.mrc")
+    scores = mrcfile.read(tmp_path / "out" / "tomo_probabilities.mrc")
     assert scores.shape == volume.shape and np.isfinite(scores).all()
     assert 0 <= scores.min() and scores.max() <= 1
 
@@ -239,7 +239,7 @@ def test_segment_warns_about_nan(tmp_path, run_cli, tiny_checkpoint):
     )
     assert result.exit_code == 0, result.output
     assert "NaN or infinite values" in result.output
-    assert np.isfinite(mrcfile.read(tmp_path / "out" / "tomo_scores.mrc")).all()
+    assert np.isfinite(mrcfile.read(tmp_path / "out" / "tomo_probabilities.mrc")).all()
 
 
 def test_windows_are_read_ahead_by_threads_and_a_read_error_stops_the_pass():

@@ -44,7 +44,7 @@ def test_membrain_checkpoint_segments_as_membrain_segment_does(
     )
     if rescale:  # 46-voxel windows at 14 Å span the network's 64 at 10 Å
         assert report.grid_window == 46 and report.pixel_sizes == (14.0, 10.0)
-    ours = mrcfile.read(report.scores).astype(np.float64)
+    ours = mrcfile.read(report.probabilities).astype(np.float64)
     theirs = 1 / (1 + np.exp(-logits))
     # Their logits were stored as float16 (2**-11 relative), our probabilities too.
     assert np.abs(ours - theirs).max() < 1e-3

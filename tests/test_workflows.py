@@ -121,7 +121,7 @@ def test_segment_through_the_api_gives_the_committed_prediction(tmp_path):
     ours = mrcfile.read(report.segmentation)
     committed = mrcfile.read(SAMPLE / "prediction.mrc")
     assert np.array_equal(ours != 0, committed != 0)
-    assert report.device == "cpu" and report.scores.name == "tomogram_scores.mrc"
+    assert report.device == "cpu" and report.probabilities.name == "tomogram_probabilities.mrc"
 
 
 def test_sparse_simulation_and_warnings_reach_the_report(tmp_path):

@@ -32,7 +32,7 @@ def segment_command(
     out_dir: Annotated[
         Path,
         typer.Option(
-            "--out-dir", "-o", help="Folder for <stem>_scores.mrc and <stem>_segmented.mrc."
+            "--out-dir", "-o", help="Folder for <stem>_probabilities.mrc and <stem>_segmented.mrc."
         ),
     ],
     window: Annotated[
@@ -149,7 +149,7 @@ def render(report: SegmentReport) -> None:
     )
     if report.peak_gpu_gib is not None:
         typer.echo(f"Peak GPU memory: {report.peak_gpu_gib:.1f} GiB")
-    typer.echo(f"Scoremap: {report.scores}\nSegmentation: {report.segmentation}")
+    typer.echo(f"Probabilities: {report.probabilities}\nSegmentation: {report.segmentation}")
     if report.uncertainty is not None:
         typer.echo(f"Uncertainty (variance of the 8 TTA passes): {report.uncertainty}")
     if report.components is not None:

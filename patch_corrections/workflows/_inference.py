@@ -107,8 +107,8 @@ def segment_one(
     network, target, precision = loaded.network, loaded.target, loaded.precision
     window, threshold = settings.window, settings.threshold
     with collect_warnings() as warned:
-        scores_path, labels_path, *extra = outputs
-        out_dir = scores_path.parent
+        probabilities_path, labels_path, *extra = outputs
+        out_dir = probabilities_path.parent
         extra_path = {
             "uncertainty": extra.pop(0) if settings.uncertainty else None,
             "components": extra.pop(0) if settings.components else None,
@@ -161,7 +161,7 @@ def segment_one(
             try:
                 staged.make_dirs(out_dir)
                 scores = MrcSlabWriter(
-                    staged.stage(scores_path, ".mrc"), shape, np.float16, geometry
+                    staged.stage(probabilities_path, ".mrc"), shape, np.float16, geometry
                 )
                 labels_staged = staged.stage(labels_path, ".mrc")
                 labels = MrcSlabWriter(labels_staged, shape, np.int8, geometry)
@@ -225,7 +225,7 @@ def segment_one(
         "device": str(target),
         "membrane_share": membrane,
         "peak_gpu_gib": peak,
-        "scores": scores_path,
+        "probabilities": probabilities_path,
         "segmentation": labels_path,
         "uncertainty": extra_path["uncertainty"],
         "components": extra_path["components"],

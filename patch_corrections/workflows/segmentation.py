@@ -107,8 +107,8 @@ class SegmentReport:
     membrane_share: float
     """Share of voxels above the threshold."""
     peak_gpu_gib: float | None
-    scores: Path
-    """Float16 membrane probabilities, MRC."""
+    probabilities: Path
+    """Float16 membrane probabilities, MRC (``<stem>_probabilities.mrc``)."""
     segmentation: Path
     """Int8 binary segmentation, MRC."""
     uncertainty: Path | None
@@ -130,8 +130,9 @@ def segment(
 ) -> SegmentReport:
     """Segment ``tomogram`` with the network of ``checkpoint`` (ours or MemBrain-seg's).
 
-    Writes ``<stem>_scores.mrc`` (probabilities) and ``<stem>_segmented.mrc`` (0/1,
-    thresholded from the stored scores so both agree) into ``out_dir``, with the
+    Writes ``<stem>_probabilities.mrc`` (float16 membrane probabilities; MemBrain-seg's
+    ``<stem>_scores.mrc`` holds logits, hence another name) and ``<stem>_segmented.mrc``
+    (0/1, thresholded from the stored probabilities so both agree) into ``out_dir``, with the
     tomogram's voxel size and origin. Only one slab of windows is held in memory.
     Outputs that exist are an error unless ``settings.overwrite``.
     """
@@ -213,6 +214,6 @@ def _tomogram_files(tomograms: Sequence[Path]) -> list[Path]:
 
 def _outputs(tomogram: Path, out_dir: Path, settings: SegmentSettings) -> list[Path]:
     stem = volume_stem(tomogram)
-    names = ["scores", "segmented"]
+    names = ["probabilities", "segmented"]
     names += ["uncertainty"] * settings.uncertainty + ["components"] * settings.components
     return [out_dir / f"{stem}_{name}.mrc" for name in names]
