@@ -7,6 +7,7 @@ readable volume format works). Arrays are ``(z, y, x)``.
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,13 +17,14 @@ import numpy as np
 from .constants import (
     IGNORE,
     MEMBRANE,
+    MERGE_SUMMARY_NAME,
     TRAIN_IMAGE_SUFFIX,
     TRAIN_IMAGES_SUBDIR,
     TRAIN_LABELS_SUBDIR,
 )
 from .corrections import require_label_values
 from .errors import InputError, PatchCorrectionsWarning
-from .io.volumes import is_volume_file, read_volume, volume_stem
+from .io.volumes import VolumeReader, is_volume_file, read_volume, volume_stem
 
 NORMALISATION = "robust_z"
 """Name of the intensity normalisation, stored in checkpoints for ``segment`` to repeat:
@@ -31,6 +33,9 @@ ZSCORE = "zscore"
 """MemBrain-seg's normalisation: the whole tomogram's mean and standard deviation, not
 clipped; the one its checkpoints were trained with."""
 NORMALISATIONS = (NORMALISATION, ZSCORE)
+NORMALISATION_SAMPLE = 2_000_000
+"""Voxels sampled, spread evenly through a tomogram, to estimate its intensity statistics
+instead of reading it whole."""
 
 _SAMPLE_STEP = 4  # annotated voxels are listed on a grid of this spacing, to stay small
 
@@ -49,6 +54,46 @@ def robust_statistics(values: np.ndarray) -> tuple[float, float]:
     if scale <= 1e-8:
         scale = float(values.std())
     return centre, scale if scale > 1e-8 else 1.0
+
+
+def zscore_statistics(values: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of the finite ``values`` (1 for constant data)."""
+    values = np.asarray(values, np.float64).ravel()
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return 0.0, 1.0
+    deviation = float(values.std())
+    return float(values.mean()), deviation if deviation > 0 else 1.0
+
+
+def statistics_of(normalisation: str, values: np.ndarray) -> tuple[float, float]:
+    """The centre and scale ``normalisation`` takes from ``values``."""
+    return zscore_statistics(values) if normalisation == ZSCORE else robust_statistics(values)
+
+
+def spread_sample(reader: VolumeReader, count: int = NORMALISATION_SAMPLE) -> np.ndarray:
+    """About ``count`` voxels spread evenly through the volume, read slice by slice."""
+    nz, ny, nx = reader.info.shape
+    slices = np.unique(np.linspace(0, nz - 1, min(nz, 32)).astype(int))
+    stride = max(1, int(np.sqrt(ny * nx * len(slices) / count)))
+    parts = [reader.read_block((z, 0, 0), (z + 1, ny, nx))[0, ::stride, ::stride] for z in slices]
+    return np.concatenate([p.ravel() for p in parts])
+
+
+def tomogram_statistics(reader: VolumeReader) -> dict:
+    """A tomogram's intensity statistics for each normalisation, estimated from
+    :func:`spread_sample` (32 slices, not the whole file), as extraction records them:
+    ``{"robust_z": [centre, scale], "zscore": [mean, deviation], "sample_voxels": n}``.
+
+    ``segment`` takes the robust ones from the same sample; for ``zscore`` it reads every
+    voxel, as MemBrain-seg does, which the sample's estimate matches to a small fraction
+    of a standard deviation."""
+    sample = spread_sample(reader)
+    return {
+        NORMALISATION: list(robust_statistics(sample)),
+        ZSCORE: list(zscore_statistics(sample)),
+        "sample_voxels": int(sample.size),
+    }
 
 
 def normalise(
@@ -94,11 +139,21 @@ class TrainingPatch:
     membrane: np.ndarray
 
     @classmethod
-    def from_arrays(cls, name: str, image: np.ndarray, labels: np.ndarray) -> TrainingPatch:
+    def from_arrays(
+        cls,
+        name: str,
+        image: np.ndarray,
+        labels: np.ndarray,
+        normalisation: str = NORMALISATION,
+        statistics: tuple[float, float] | None = None,
+    ) -> TrainingPatch:
+        """A patch whose image is normalised by ``normalisation`` with ``statistics`` (its
+        tomogram's, ideally; default: the image's own)."""
         labels = labels.astype(np.uint8)
+        statistics = statistics or statistics_of(normalisation, image)
         return cls(
             name,
-            normalise(image),
+            normalise(image, statistics, clip=normalisation != ZSCORE),
             labels,
             _blocks_with(labels != IGNORE),
             _blocks_with(labels == MEMBRANE),
@@ -156,8 +211,29 @@ def find_training_pairs(folder: Path) -> list[tuple[str, Path, Path]]:
     return pairs
 
 
-def load_training_pairs(pairs: list[tuple[str, Path, Path]]) -> list[TrainingPatch]:
-    """Read, check and normalise training pairs."""
+def recorded_statistics(folder: Path) -> dict[str, dict]:
+    """The tomogram statistics ``merge_corrections`` recorded per patch of a training
+    folder (from the extraction manifest), by patch name; empty for other folders."""
+    path = Path(folder) / MERGE_SUMMARY_NAME
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8")).get("patches", [])
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {
+        row["name"]: row["intensity_statistics"]
+        for row in rows
+        if isinstance(row, dict) and isinstance(row.get("intensity_statistics"), dict)
+    }
+
+
+def load_training_pairs(
+    pairs: list[tuple[str, Path, Path]],
+    normalisation: str = NORMALISATION,
+    recorded: dict[str, dict] | None = None,
+) -> list[TrainingPatch]:
+    """Read, check and normalise training pairs: each image with its tomogram's statistics
+    where ``recorded`` (see :func:`recorded_statistics`) has them, else with its own."""
+    recorded = recorded or {}
     patches = []
     for name, image_path, label_path in pairs:
         image, _ = read_volume(image_path)
@@ -168,7 +244,9 @@ def load_training_pairs(pairs: list[tuple[str, Path, Path]]) -> list[TrainingPat
                 f"{image_path}: {image.shape[::-1]}"
             )
         require_label_values(labels, label_path)
-        patches.append(TrainingPatch.from_arrays(name, image, labels))
+        statistics = recorded.get(name, {}).get(normalisation)
+        statistics = tuple(statistics) if statistics else None
+        patches.append(TrainingPatch.from_arrays(name, image, labels, normalisation, statistics))
     return patches
 
 
@@ -217,13 +295,20 @@ def sample_crop(
 
 
 def load_split(
-    train_dir: Path, val_dir: Path | None, val_fraction: float, seed: int, split: dict | None
+    train_dir: Path,
+    val_dir: Path | None,
+    val_fraction: float,
+    seed: int,
+    split: dict | None,
+    normalisation: str = NORMALISATION,
 ):
     """Training and validation patches, and the split that names them.
 
     ``split`` (names, from a saved run) wins over ``val_dir`` and ``val_fraction``, so a
     resumed run sees the same patches. Without ``val_dir``, ``val_fraction`` of the pairs is
-    held out, chosen with ``seed``.
+    held out, chosen with ``seed``. Images are normalised by ``normalisation`` with the
+    statistics of the tomogram each patch came from, as ``segment`` will normalise it;
+    patches without that record are normalised by their own, with a warning.
     """
     pairs = find_training_pairs(train_dir)
     if split is not None:
@@ -245,8 +330,20 @@ def load_split(
         train_pairs, val_pairs = split_validation(pairs, val_fraction, np.random.default_rng(seed))
     if not train_pairs:
         raise InputError(f"{train_dir}: no patch left for training; lower --val-fraction")
-    train_patches = load_training_pairs(train_pairs)
-    val_patches = load_training_pairs(val_pairs)
+    recorded = recorded_statistics(train_dir)
+    val_source = val_dir if val_dir is not None else (split or {}).get("val_dir")
+    val_recorded = recorded_statistics(Path(val_source)) if val_source else recorded
+    train_patches = load_training_pairs(train_pairs, normalisation, recorded)
+    val_patches = load_training_pairs(val_pairs, normalisation, val_recorded)
+    unrecorded = [p[0] for p in train_pairs if normalisation not in recorded.get(p[0], {})]
+    unrecorded += [p[0] for p in val_pairs if normalisation not in val_recorded.get(p[0], {})]
+    if unrecorded:
+        _warn(
+            f"{len(unrecorded)} of {len(train_pairs) + len(val_pairs)} patch(es) (e.g. "
+            f"{unrecorded[0]}) carry no record of their tomogram's intensity statistics "
+            "(merge_summary.json from an extraction manifest): each is normalised by its "
+            "own, which segment, normalising whole tomograms, will not match exactly"
+        )
     if not any(len(p.annotated) for p in train_patches):
         raise InputError(f"{train_dir}: no training patch has an annotated (non-ignore) voxel")
     if not val_patches:

@@ -55,6 +55,8 @@ class TrainConfig:
     channels_last: bool = True
     loss: str = DEFAULT_LOSS
     """Loss terms joined with ``+`` (see :mod:`patch_corrections.losses`)."""
+    normalisation: str = NORMALISATION
+    """How the patches' intensities were normalised; saved for ``segment`` to repeat."""
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -243,7 +245,7 @@ def train(
             {
                 "model_config": network.config.to_dict(),
                 "train_config": asdict(config),
-                "normalisation": NORMALISATION,
+                "normalisation": config.normalisation,
                 "model": to_cpu(network.state_dict()),
                 "optimizer": to_cpu(optimizer.state_dict()),
                 "step": state.step,

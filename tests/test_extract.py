@@ -270,17 +270,17 @@ def test_same_stem_from_another_tomogram_is_not_skipped(tmp_path, volumes, run_c
 
 
 def test_failed_overwrite_keeps_the_earlier_patches(tmp_path, volumes, run_cli):
-    # A NIfTI tomogram cut short: its last z slices are unreadable.
     tomogram = np.arange(np.prod(SHAPE), dtype=np.float32).reshape(SHAPE)
     write_volume(tmp_path / "tomo.nii", tomogram, Geometry((1.0, 1.0, 1.0)))
-    data = (tmp_path / "tomo.nii").read_bytes()
-    (tmp_path / "tomo.nii").write_bytes(data[: len(data) - 3 * SHAPE[1] * SHAPE[2] * 4])
 
     def extract(*args):
         return _extract(run_cli, tmp_path, *args, tomogram=tmp_path / "tomo.nii")
 
     assert extract("--x", 7, "--y", 6, "--z", 2).exit_code == 0
     before = {p: p.read_bytes() for p in all_files(tmp_path / "out")}
+    # Then the tomogram is cut short: its last z slices are unreadable.
+    data = (tmp_path / "tomo.nii").read_bytes()
+    (tmp_path / "tomo.nii").write_bytes(data[: len(data) - 3 * SHAPE[1] * SHAPE[2] * 4])
     (tmp_path / "c.csv").write_text("1 1 1\n7 6 9\n")
     result = extract("-c", tmp_path / "c.csv", "--overwrite")
     assert result.exit_code == 1

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from patch_corrections.data import (
     normalise,
     sample_crop,
 )
+from patch_corrections.errors import PatchCorrectionsWarning
 from patch_corrections.io.volumes import Geometry, read_volume, write_volume
 from patch_corrections.model import PRESETS, UNet
 from patch_corrections.relabel import relabel_candidates
@@ -428,6 +430,9 @@ def test_membrain_lightning_checkpoint_fine_tunes(sample_train_dir, tmp_path, ru
     assert "membrain.ckpt on cpu" in result.output
     tuned = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
     assert tuple(tuned["model_config"]["filters"]) == tuple(fixture["filters"])
+    # Fine-tuned in MemBrain-seg's normalisation, and segment goes on using it.
+    assert "normalised by zscore" in result.output
+    assert tuned["normalisation"] == tuned["train_config"]["normalisation"] == "zscore"
 
     lightning["hyper_parameters"] = {"args": argparse.Namespace(lr=1e-4)}
     torch.save(lightning, tmp_path / "pickled.ckpt")
@@ -570,3 +575,39 @@ def test_retrain_relabel_rounds_write_adopted_voxels_outside_the_border(
     # a resumed run keeps its loss
     result = run_cli(*args[:5], "--resume", "--iterations", 4, "--loss", "dice")
     assert result.exit_code == 1 and "--loss (saved: rrw)" in result.output
+
+
+def test_patches_are_normalised_with_their_tomograms_statistics(sample_train_dir, tmp_path):
+    from patch_corrections.data import ZSCORE, load_split, normalise, tomogram_statistics
+    from patch_corrections.io.manifest import load_manifest
+    from patch_corrections.io.volumes import closing_reader
+
+    with closing_reader(SAMPLE / "tomogram.mrc") as reader:
+        expected = tomogram_statistics(reader)
+    records = load_manifest(sample_train_dir.parent / "patches")
+    assert records and all(r["intensity_statistics"] == expected for r in records)
+    summary = json.loads((sample_train_dir / "merge_summary.json").read_text())
+    assert all(row["intensity_statistics"] == expected for row in summary["patches"])
+
+    for normalisation in ("robust_z", ZSCORE):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            patches, _, _ = load_split(sample_train_dir, None, 0.0, 0, None, normalisation)
+        assert not [w for w in caught if "no record" in str(w.message)]  # all recorded
+        name = patches[0].name
+        raw = read_volume(sample_train_dir / "imagesTr" / f"{name}_0000.nii.gz")[0]
+        statistics = tuple(expected[normalisation])
+        wanted = normalise(raw, statistics, clip=normalisation != ZSCORE)
+        np.testing.assert_array_equal(patches[0].image, wanted)
+        assert not np.allclose(patches[0].image, normalise(raw))  # not its own statistics
+
+    # A folder without the record (MemBrain-seg's): each patch by its own, with a warning.
+    bare = tmp_path / "bare"
+    shutil.copytree(sample_train_dir, bare)
+    (bare / "merge_summary.json").unlink()
+    with pytest.warns(PatchCorrectionsWarning) as caught:
+        patches, _, _ = load_split(bare, None, 0.0, 0, None)
+    assert any("4 of 4 patch(es)" in str(w.message) and "no record" in str(w.message)
+               for w in caught)  # fmt: skip
+    raw = read_volume(bare / "imagesTr" / f"{patches[0].name}_0000.nii.gz")[0]
+    np.testing.assert_array_equal(patches[0].image, normalise(raw))

@@ -21,9 +21,6 @@ from .events import Listener, Progress
 if TYPE_CHECKING:
     from .segmentation import SegmentSettings
 
-NORMALISATION_SAMPLE = 2_000_000
-"""Voxels sampled (evenly spread) to normalise a tomogram, instead of reading it twice."""
-
 
 @dataclass
 class LoadedNetwork:
@@ -100,7 +97,7 @@ def segment_one(
     import torch
 
     from ..components import connected_components, smallest_label_dtype
-    from ..data import ZSCORE, normalise, robust_statistics
+    from ..data import ZSCORE, normalise, robust_statistics, spread_sample
     from ..infer import FLIPS, sliding_window, tta_with_variance, windows_count
     from ..rescale import grid_window, rescaled
 
@@ -143,7 +140,7 @@ def segment_one(
                     logits = forward(x)
                 return logits[:, 0].float()
 
-            sample = spread_sample(reader, NORMALISATION_SAMPLE)
+            sample = spread_sample(reader)
             if sample.dtype.kind == "f" and not np.isfinite(sample).all():
                 warn(f"{tomogram}: holds NaN or infinite values; they are read as the mean")
             zscore = loaded.normalisation == ZSCORE
@@ -232,15 +229,6 @@ def segment_one(
         "component_count": component_count,
         "warnings": warned,
     }
-
-
-def spread_sample(reader: VolumeReader, count: int) -> np.ndarray:
-    """About ``count`` voxels spread evenly through the volume, read slice by slice."""
-    nz, ny, nx = reader.info.shape
-    slices = np.unique(np.linspace(0, nz - 1, min(nz, 32)).astype(int))
-    stride = max(1, int(np.sqrt(ny * nx * len(slices) / count)))
-    parts = [reader.read_block((z, 0, 0), (z + 1, ny, nx))[0, ::stride, ::stride] for z in slices]
-    return np.concatenate([p.ravel() for p in parts])
 
 
 def volume_statistics(reader: VolumeReader) -> tuple[float, float]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..constants import BORDER_WIDTH, IMAGES_SUBDIR, LABELS_SUBDIR, PATCH_SIZE
+from ..data import tomogram_statistics
 from ..errors import InputError
 from ..io.centres import Centre, read_centres
 from ..io.files import StagedFiles
@@ -225,6 +226,8 @@ def _extract(
                 "Pass --threshold to choose."
             )
 
+        # What training needs to normalise the patches as segment normalises the tomogram.
+        statistics = tomogram_statistics(image_reader) if new else None
         staged = StagedFiles()
         try:
             staged.make_dirs(out_dir / IMAGES_SUBDIR, out_dir / LABELS_SUBDIR)
@@ -256,6 +259,7 @@ def _extract(
                         "border": border,
                         "image_pad_value": pad_value,
                         "label_rule": binarisation.rule,
+                        "intensity_statistics": statistics,
                     }
                 )
         except BaseException:

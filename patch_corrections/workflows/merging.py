@@ -314,4 +314,7 @@ def _merge_one(plan: _MergePlan, staged: StagedFiles) -> dict:
         "files": {k: [p.name for p in v] for k, v in plan.masks.items()},
         "image": str(image_out),
         "label": str(label_out),
+        # The tomogram's statistics from the extraction manifest, for retrain to normalise
+        # this patch as segment normalises the whole tomogram.
+        "intensity_statistics": (patch.record or {}).get("intensity_statistics"),
     }

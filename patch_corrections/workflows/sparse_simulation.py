@@ -113,7 +113,8 @@ def simulate_sparse(
         ]
         require_free([path for pair in outputs for path in pair], settings.overwrite)
         source_rows = summary_rows(
-            train_dir / MERGE_SUMMARY_NAME, "border and padding are not carried over"
+            train_dir / MERGE_SUMMARY_NAME,
+            "border, padding and intensity statistics are not carried over",
         )
 
         check_out_dir(out_dir)
@@ -146,7 +147,7 @@ def simulate_sparse(
                         **{
                             k: v
                             for k, v in source_rows.get(name, {}).items()
-                            if k in ("border", "padding_xyz")
+                            if k in ("border", "padding_xyz", "intensity_statistics")
                         },
                         "name": name,
                         "source": str(label),

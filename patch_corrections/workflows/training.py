@@ -158,8 +158,8 @@ def retrain(
     RunInterrupted
         On Ctrl-C, after saving ``last.pt``.
     """
-    from ..checkpoints import network_from_checkpoint, read_checkpoint
-    from ..data import load_split
+    from ..checkpoints import network_from_checkpoint, normalisation_of, read_checkpoint
+    from ..data import NORMALISATION, NORMALISATIONS, load_split
     from ..devices import pick_device
     from ..losses import parse_loss
     from ..model import PRESETS, UNet
@@ -213,9 +213,19 @@ def retrain(
             config, split = TrainConfig.from_dict(content["train_config"]), content["split"]
         else:
             config, split = None, None
-        train_patches, val_patches, split = load_split(
-            train_dir, val_dir, s.val_fraction, config.seed if config else s.seed, split
+        # Train in the starting network's normalisation (MemBrain-seg's z-score for its
+        # checkpoints), so the fine-tuned network is fed as it learnt and as segment feeds it.
+        normalisation = (
+            config.normalisation
+            if config
+            else (normalisation_of(content) if content is not None else NORMALISATION)
         )
+        if normalisation not in NORMALISATIONS:
+            raise InputError(f"{checkpoint}: unknown intensity normalisation {normalisation!r}")
+        train_patches, val_patches, split = load_split(
+            train_dir, val_dir, s.val_fraction, config.seed if config else s.seed, split,
+            normalisation,
+        )  # fmt: skip
         if s.relabel_rounds:
             candidates, borders = relabel_candidates_of(train_patches, train_dir)
 
@@ -264,6 +274,7 @@ def retrain(
                 compile=s.compile,
                 channels_last=s.channels_last,
                 loss=loss,
+                normalisation=normalisation,
             )
         divisor = network.config.divisor
         if config.crop_size % divisor:
@@ -284,7 +295,8 @@ def retrain(
             f"Training {parameters / 1e6:.2f} M parameters {start} on {target} "
             f"({'bf16/fp16 autocast' if target.type == 'cuda' else 'fp32'}): "
             f"{len(train_patches)} training and {len(val_patches)} validation patch(es), "
-            f"{config.iterations} iterations of {config.batch_size} x {config.crop_size}³."
+            f"{config.iterations} iterations of {config.batch_size} x {config.crop_size}³, "
+            f"intensities normalised by {config.normalisation}."
         )
 
         metrics_path = out_dir / "metrics.csv"
