@@ -24,7 +24,13 @@ from .constants import (
 )
 from .corrections import require_label_values
 from .errors import InputError, PatchCorrectionsWarning
-from .io.volumes import VolumeReader, is_volume_file, read_volume, volume_stem
+from .io.volumes import (
+    VolumeReader,
+    is_volume_file,
+    read_info,
+    read_volume,
+    volume_stem,
+)
 
 NORMALISATION = "robust_z"
 """Name of the intensity normalisation, stored in checkpoints for ``segment`` to repeat:
@@ -137,6 +143,8 @@ class TrainingPatch:
     labels: np.ndarray
     annotated: np.ndarray
     membrane: np.ndarray
+    pixel_size: float | None = None
+    """Å per voxel of ``image`` (after any resampling), where known."""
 
     @classmethod
     def from_arrays(
@@ -168,6 +176,7 @@ class TrainingPatch:
             labels,
             _blocks_with(labels != IGNORE),
             _blocks_with(labels == MEMBRANE),
+            self.pixel_size,
         )
 
     def voxel_in(self, blocks: np.ndarray, rng: np.random.Generator, wanted) -> np.ndarray:
@@ -226,17 +235,29 @@ def recorded_statistics(folder: Path) -> dict[str, dict]:
     }
 
 
+MAX_RESAMPLING = 3.0
+"""Largest ratio of pixel sizes a training patch is resampled across; beyond it a header's
+voxel size is more likely wrong than the data so far off the network's scale."""
+
+
 def load_training_pairs(
     pairs: list[tuple[str, Path, Path]],
     normalisation: str = NORMALISATION,
     recorded: dict[str, dict] | None = None,
+    pixel_size: float | None = None,
+    given_pixel_size: float | None = None,
 ) -> list[TrainingPatch]:
     """Read, check and normalise training pairs: each image with its tomogram's statistics
-    where ``recorded`` (see :func:`recorded_statistics`) has them, else with its own."""
+    where ``recorded`` (see :func:`recorded_statistics`) has them, else with its own.
+
+    With ``pixel_size`` (the network's, Å), a patch at another voxel size (its header's, or
+    ``given_pixel_size``) is resampled to it first: the image in Fourier space, the labels
+    by nearest neighbour, ignore kept.
+    """
     recorded = recorded or {}
     patches = []
     for name, image_path, label_path in pairs:
-        image, _ = read_volume(image_path)
+        image, info = read_volume(image_path)
         labels, _ = read_volume(label_path)
         if image.shape != labels.shape:
             raise InputError(
@@ -246,7 +267,22 @@ def load_training_pairs(
         require_label_values(labels, label_path)
         statistics = recorded.get(name, {}).get(normalisation)
         statistics = tuple(statistics) if statistics else None
-        patches.append(TrainingPatch.from_arrays(name, image, labels, normalisation, statistics))
+        size = given_pixel_size or (info.geometry.voxel_size[2] if info.geometry else None)
+        if pixel_size and size and abs(size / pixel_size - 1) > 0.01:
+            if not 1 / MAX_RESAMPLING <= size / pixel_size <= MAX_RESAMPLING:
+                raise InputError(
+                    f"{image_path}: voxel size {size:g} Å is too far from the network's "
+                    f"{pixel_size:g} Å to resample; if the header is wrong, give the patches' "
+                    "pixel size with --pixel-size"
+                )
+            from .rescale import resample_image, resample_labels
+
+            shape = tuple(max(1, round(n * size / pixel_size)) for n in image.shape)
+            image, labels = resample_image(image, shape), resample_labels(labels, shape)
+            size = pixel_size
+        patch = TrainingPatch.from_arrays(name, image, labels, normalisation, statistics)
+        patch.pixel_size = size
+        patches.append(patch)
     return patches
 
 
@@ -301,6 +337,8 @@ def load_split(
     seed: int,
     split: dict | None,
     normalisation: str = NORMALISATION,
+    pixel_size: float | None = None,
+    given_pixel_size: float | None = None,
 ):
     """Training and validation patches, and the split that names them.
 
@@ -308,7 +346,9 @@ def load_split(
     resumed run sees the same patches. Without ``val_dir``, ``val_fraction`` of the pairs is
     held out, chosen with ``seed``. Images are normalised by ``normalisation`` with the
     statistics of the tomogram each patch came from, as ``segment`` will normalise it;
-    patches without that record are normalised by their own, with a warning.
+    patches without that record are normalised by their own, with a warning. Patches at
+    another voxel size than ``pixel_size`` are resampled to it, with a warning (see
+    :func:`load_training_pairs`).
     """
     pairs = find_training_pairs(train_dir)
     if split is not None:
@@ -333,8 +373,21 @@ def load_split(
     recorded = recorded_statistics(train_dir)
     val_source = val_dir if val_dir is not None else (split or {}).get("val_dir")
     val_recorded = recorded_statistics(Path(val_source)) if val_source else recorded
-    train_patches = load_training_pairs(train_pairs, normalisation, recorded)
-    val_patches = load_training_pairs(val_pairs, normalisation, val_recorded)
+    sizes = (pixel_size, given_pixel_size)
+    train_patches = load_training_pairs(train_pairs, normalisation, recorded, *sizes)
+    val_patches = load_training_pairs(val_pairs, normalisation, val_recorded, *sizes)
+    if pixel_size:
+        moved = [
+            (name, p.image.shape)
+            for (name, image, _), p in zip(train_pairs + val_pairs, train_patches + val_patches)
+            if read_info(image).shape != p.image.shape
+        ]
+        if moved:
+            _warn(
+                f"{len(moved)} patch(es) (e.g. {moved[0][0]}) are at another voxel size than "
+                f"the network's {pixel_size:g} Å: resampled to it (e.g. to "
+                f"{'x'.join(map(str, moved[0][1][::-1]))} voxels, x,y,z) for training"
+            )
     unrecorded = [p[0] for p in train_pairs if normalisation not in recorded.get(p[0], {})]
     unrecorded += [p[0] for p in val_pairs if normalisation not in val_recorded.get(p[0], {})]
     if unrecorded:

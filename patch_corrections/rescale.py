@@ -5,10 +5,14 @@ The sliding window then runs on the tomogram's own grid with windows of the size
 covers the network's window in Å; each window is resampled to the network's window in
 Fourier space (zero-padded or cropped spectrum, no amplitude correction), and the logits
 are resampled back trilinearly. Tensors are ``(batch, channel, z, y, x)``.
+
+Training patches at another pixel size than the network's are resampled the same way
+before training (:func:`resample_image`, labels by nearest neighbour).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -50,3 +54,36 @@ def rescaled(network_logits, edge: int):
         return F.interpolate(out, size=tuple(size), mode="trilinear", align_corners=False)
 
     return logits
+
+
+def resample_image(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A real ``(z, y, x)`` image resampled to ``shape`` by cropping or zero-padding its
+    centred spectrum, as :func:`fourier_resize` does, but for any shape and with the values
+    kept at their scale (the spectrum is rescaled by the change in voxel count); float32."""
+    if tuple(image.shape) == tuple(shape):
+        return image.astype(np.float32, copy=False)
+    spectrum = np.fft.fftshift(np.fft.fftn(image.astype(np.float64)))
+    for axis, (size, edge) in enumerate(zip(image.shape, shape)):
+        if size > edge:
+            start = size // 2 - edge // 2  # the zero frequency stays at the centre
+            spectrum = np.take(spectrum, range(start, start + edge), axis=axis)
+        elif size < edge:
+            before = edge // 2 - size // 2
+            padding = [(0, 0)] * spectrum.ndim
+            padding[axis] = (before, edge - size - before)
+            spectrum = np.pad(spectrum, padding)
+    resampled = np.real(np.fft.ifftn(np.fft.ifftshift(spectrum)))
+    resampled *= np.prod(shape) / np.prod(image.shape)
+    return resampled.astype(np.float32)
+
+
+def resample_labels(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Labels resampled to ``shape`` by nearest neighbour (each output voxel takes the
+    label under its centre), so values, ignore included, stay as they are."""
+    index = np.ix_(
+        *[
+            np.minimum(((np.arange(edge) + 0.5) * size / edge).astype(np.intp), size - 1)
+            for size, edge in zip(labels.shape, shape)
+        ]
+    )
+    return labels[index]

@@ -57,6 +57,9 @@ class TrainConfig:
     """Loss terms joined with ``+`` (see :mod:`patch_corrections.losses`)."""
     normalisation: str = NORMALISATION
     """How the patches' intensities were normalised; saved for ``segment`` to repeat."""
+    pixel_size: float | None = None
+    """Å per voxel the network is trained at (``None``: unknown); saved for ``segment
+    --rescale``."""
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -246,6 +249,7 @@ def train(
                 "model_config": network.config.to_dict(),
                 "train_config": asdict(config),
                 "normalisation": config.normalisation,
+                "pixel_size": config.pixel_size,
                 "model": to_cpu(network.state_dict()),
                 "optimizer": to_cpu(optimizer.state_dict()),
                 "step": state.step,

@@ -22,6 +22,7 @@ from patch_corrections.constants import IGNORE
 from patch_corrections.data import (
     TrainingPatch,
     find_training_pairs,
+    load_split,
     load_training_pairs,
     normalise,
     sample_crop,
@@ -274,10 +275,10 @@ def test_normalise_is_robust():
     assert abs(np.median(out)) < 0.05 and 0.9 < np.median(np.abs(out)) * 1.4826 < 1.1
 
 
-def _training_folder(root: Path, labels: np.ndarray, image_shape=None) -> Path:
+def _training_folder(root: Path, labels: np.ndarray, image_shape=None, voxel=1.0) -> Path:
     (root / "imagesTr").mkdir(parents=True)
     (root / "labelsTr").mkdir()
-    geometry = Geometry((1.0, 1.0, 1.0))
+    geometry = Geometry((voxel, voxel, voxel))
     image = np.random.default_rng(0).normal(size=image_shape or labels.shape)
     write_volume(root / "imagesTr" / "p_0000.nii.gz", image.astype(np.float32), geometry)
     write_volume(root / "labelsTr" / "p.nii.gz", labels, geometry)
@@ -578,7 +579,7 @@ def test_retrain_relabel_rounds_write_adopted_voxels_outside_the_border(
 
 
 def test_patches_are_normalised_with_their_tomograms_statistics(sample_train_dir, tmp_path):
-    from patch_corrections.data import ZSCORE, load_split, normalise, tomogram_statistics
+    from patch_corrections.data import ZSCORE, tomogram_statistics
     from patch_corrections.io.manifest import load_manifest
     from patch_corrections.io.volumes import closing_reader
 
@@ -611,3 +612,62 @@ def test_patches_are_normalised_with_their_tomograms_statistics(sample_train_dir
                for w in caught)  # fmt: skip
     raw = read_volume(bare / "imagesTr" / f"{patches[0].name}_0000.nii.gz")[0]
     np.testing.assert_array_equal(patches[0].image, normalise(raw))
+
+
+def test_resampling_keeps_smooth_images_and_label_values():
+    from patch_corrections.rescale import resample_image, resample_labels
+
+    z = np.arange(40) * 2 * np.pi / 40
+    image = (np.sin(z)[:, None, None] + np.zeros((40, 12, 10))).astype(np.float32) + 3
+    for shape in ((56, 17, 14), (28, 9, 7), (29, 12, 10)):
+        resampled = resample_image(image, shape)
+        wanted = np.sin(np.arange(shape[0]) * 2 * np.pi / shape[0]) + 3
+        np.testing.assert_allclose(resampled[:, 2, 3], wanted, atol=1e-5)
+    labels = np.random.default_rng(0).integers(0, 3, size=(9, 10, 11)).astype(np.uint8)
+    assert np.array_equal(resample_labels(labels, labels.shape), labels)
+    doubled = resample_labels(labels, (18, 20, 22))
+    assert np.array_equal(doubled[::2, ::2, ::2], labels)  # each voxel becomes 2 x 2 x 2
+
+
+def test_patches_at_another_voxel_size_are_resampled_to_the_networks(tmp_path):
+    from patch_corrections.errors import InputError
+
+    labels = np.zeros((28, 28, 28), np.uint8)
+    labels[10:14] = 1
+    labels[:4] = 2
+    folder = _training_folder(tmp_path / "train", labels, voxel=14.0)
+    with pytest.warns(PatchCorrectionsWarning) as caught:
+        patches, _, _ = load_split(folder, None, 0.0, 0, None, "robust_z", 10.0)
+    assert any("resampled to it" in str(w.message) for w in caught)
+    (patch,) = patches
+    assert patch.image.shape == patch.labels.shape == (39, 39, 39) and patch.pixel_size == 10
+    assert set(np.unique(patch.labels)) == {0, 1, 2} and (patch.labels[:5] == 2).all()
+    # The header is wrong and the patches are at 10 Å: said with given_pixel_size.
+    with pytest.warns(PatchCorrectionsWarning) as caught:
+        patches, _, _ = load_split(folder, None, 0.0, 0, None, "robust_z", 10.0, 10.0)
+    assert not [w for w in caught if "resampled" in str(w.message)]
+    assert patches[0].image.shape == (28, 28, 28)
+    with pytest.raises(InputError, match="too far from the network's 50 Å"):
+        load_split(folder, None, 0.0, 0, None, "robust_z", 50.0)
+
+
+def test_a_new_network_records_the_pixel_size_it_was_trained_at(tmp_path):
+    from patch_corrections import RetrainSettings, SegmentSettings, retrain, segment
+
+    labels = np.zeros((32, 32, 32), np.uint8)
+    labels[12:15] = 1
+    folder = _training_folder(tmp_path / "train", labels, voxel=12.5)
+    settings = RetrainSettings(
+        iterations=1, preset="tiny", crop_size=16, val_fraction=0, device="cpu"
+    )
+    report = retrain(folder, tmp_path / "run", settings=settings)
+    saved = read_checkpoint(report.last)
+    assert saved["pixel_size"] == saved["train_config"]["pixel_size"] == 12.5
+    # segment --rescale can now resample a tomogram at another pixel size to it.
+    tomogram = tmp_path / "tomo.mrc"
+    write_volume(tomogram, np.zeros((20, 40, 40), np.float32), Geometry((25.0, 25.0, 25.0)))
+    segmented = segment(
+        tomogram, report.last, tmp_path / "seg",
+        settings=SegmentSettings(window=16, rescale=True, device="cpu"),
+    )  # fmt: skip
+    assert segmented.pixel_sizes == (25.0, 12.5)

@@ -156,6 +156,15 @@ def retrain_command(
             "as background.",
         ),
     ] = False,
+    pixel_size: Annotated[
+        float | None,
+        typer.Option(
+            "--pixel-size",
+            help="Å per voxel of the training patches, when their headers lack it or are "
+            "wrong. Patches at another pixel size than the starting network's (10 Å for "
+            "MemBrain-seg) are resampled to it.",
+        ),
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Start a new run in an --out-dir that holds one.")
     ] = False,
@@ -191,6 +200,7 @@ def retrain_command(
         relabel_max=relabel_max,
         relabel_iterations=relabel_iterations,
         relabel_background=relabel_background,
+        pixel_size=pixel_size,
         overwrite=overwrite,
     )
     with console() as listener:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..constants import DEFAULT_LOSS, PATCH_SIZE
 from ..errors import InputError
-from ._common import check_out_dir, collect_warnings
+from ._common import check_out_dir, collect_warnings, warn
 from ._runs import plot_curves, training_stops, write_metrics
 from .events import SILENT, Listener, Progress
 from .relabeling import RELABEL_REPORT, RelabelPlan, relabel_candidates_of, run_relabeling
@@ -57,6 +57,7 @@ class RetrainSettings:
     relabel_max: float | None = None
     relabel_iterations: int | None = None
     relabel_background: bool = False
+    pixel_size: float | None = None
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -91,6 +92,10 @@ class RetrainSettings:
                 raise InputError(f"{option} must be at least {least}, got {value}")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise InputError(f"--lr must be a positive number, got {self.lr}")
+        if self.pixel_size is not None and not (
+            math.isfinite(self.pixel_size) and self.pixel_size > 0
+        ):
+            raise InputError(f"--pixel-size must be a positive number, got {self.pixel_size}")
         if self.optimizer not in DEFAULT_LR:
             raise InputError(f"--optimizer must be sgd or adamw, got {self.optimizer}")
         if self.schedule not in SCHEDULES:
@@ -158,7 +163,12 @@ def retrain(
     RunInterrupted
         On Ctrl-C, after saving ``last.pt``.
     """
-    from ..checkpoints import network_from_checkpoint, normalisation_of, read_checkpoint
+    from ..checkpoints import (
+        network_from_checkpoint,
+        normalisation_of,
+        pixel_size_of,
+        read_checkpoint,
+    )
     from ..data import NORMALISATION, NORMALISATIONS, load_split
     from ..devices import pick_device
     from ..losses import parse_loss
@@ -213,6 +223,13 @@ def retrain(
             config, split = TrainConfig.from_dict(content["train_config"]), content["split"]
         else:
             config, split = None, None
+        if content is not None:
+            network, _ = network_from_checkpoint(content, last if s.resume else checkpoint)
+        else:
+            import torch
+
+            torch.manual_seed(s.seed)  # the starting weights follow the seed too
+            network = UNet(PRESETS[s.preset])
         # Train in the starting network's normalisation (MemBrain-seg's z-score for its
         # checkpoints), so the fine-tuned network is fed as it learnt and as segment feeds it.
         normalisation = (
@@ -222,20 +239,29 @@ def retrain(
         )
         if normalisation not in NORMALISATIONS:
             raise InputError(f"{checkpoint}: unknown intensity normalisation {normalisation!r}")
+        # And at the starting network's pixel size (10 Å for MemBrain-seg's): patches at
+        # another are resampled to it rather than teaching the network a new scale.
+        pixel_size = (
+            config.pixel_size
+            if config
+            else (pixel_size_of(content) if content is not None else None)
+        )
         train_patches, val_patches, split = load_split(
             train_dir, val_dir, s.val_fraction, config.seed if config else s.seed, split,
-            normalisation,
+            normalisation, pixel_size, s.pixel_size,
         )  # fmt: skip
+        if pixel_size is None:  # a new scale: the patches' own, when they share one
+            sizes = {p.pixel_size for p in train_patches + val_patches}
+            if len(sizes) > 1:
+                warn(
+                    f"{train_dir}: patches at different voxel sizes "
+                    f"({', '.join(f'{v:g}' for v in sorted(sizes, key=str))} Å) and no network "
+                    "pixel size to resample them to: the checkpoint records none"
+                )
+            pixel_size = sizes.pop() if len(sizes) == 1 else None
         if s.relabel_rounds:
             candidates, borders = relabel_candidates_of(train_patches, train_dir)
 
-        if content is not None:
-            network, _ = network_from_checkpoint(content, last if s.resume else checkpoint)
-        else:
-            import torch
-
-            torch.manual_seed(s.seed)  # the starting weights follow the seed too
-            network = UNet(PRESETS[s.preset])
         # On resume an epoch counts in the saved run's batch size, not the option's default.
         per_step = config.batch_size if s.resume else s.batch_size
         steps_per_epoch = max(1, math.ceil(len(train_patches) / per_step))
@@ -275,6 +301,7 @@ def retrain(
                 channels_last=s.channels_last,
                 loss=loss,
                 normalisation=normalisation,
+                pixel_size=pixel_size,
             )
         divisor = network.config.divisor
         if config.crop_size % divisor:
@@ -296,7 +323,8 @@ def retrain(
             f"({'bf16/fp16 autocast' if target.type == 'cuda' else 'fp32'}): "
             f"{len(train_patches)} training and {len(val_patches)} validation patch(es), "
             f"{config.iterations} iterations of {config.batch_size} x {config.crop_size}³, "
-            f"intensities normalised by {config.normalisation}."
+            f"intensities normalised by {config.normalisation}"
+            + (f", at {config.pixel_size:g} Å per voxel." if config.pixel_size else ".")
         )
 
         metrics_path = out_dir / "metrics.csv"
