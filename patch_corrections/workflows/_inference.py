@@ -187,10 +187,11 @@ def segment_one(
                         for z0, slab in sliding_window(*run, settings.tta, on_window=advance)
                     )
                 for z0, slab, variance in slabs:
-                    # Threshold what is stored, so both files agree voxel for voxel.
-                    stored = slab.astype(np.float16)
-                    scores.write(z0, stored)
-                    labels.write(z0, (stored > threshold).astype(np.int8))
+                    # Threshold the float32 probabilities, as MemBrain-seg thresholds its
+                    # float32 logits: rounding to float16 first would turn every voxel
+                    # within 2^-11 above the threshold (|logit| < 1e-3) into background.
+                    scores.write(z0, slab.astype(np.float16))
+                    labels.write(z0, (slab > threshold).astype(np.int8))
                     if spread is not None:
                         spread.write(z0, variance.astype(np.float16))
                 membrane = labels.mean
