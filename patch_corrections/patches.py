@@ -205,12 +205,18 @@ def label_patch(
     labels
         ``uint8`` array of ``box.size`` with values in ``{0, 1, 2}``.
     """
-    labels = place_block(binarisation.apply(segmentation_block), box, shape, IGNORE)
+    inner = binarisation.apply(segmentation_block)
+    if segmentation_block.dtype.kind == "f":  # NaN and infinities say nothing: ignore
+        inner[~np.isfinite(segmentation_block)] = IGNORE
+    labels = place_block(inner, box, shape, IGNORE)
     return add_border_band(labels, border)
 
 
-def image_patch(image_block: np.ndarray, box: PatchBox, shape: Index3) -> tuple[np.ndarray, float]:
-    """Build an image patch from the in-bounds tomogram block, padded with its mean.
+def image_patch(
+    image_block: np.ndarray, box: PatchBox, shape: Index3
+) -> tuple[np.ndarray, float, int]:
+    """Build an image patch from the in-bounds tomogram block, padded with its mean; NaN
+    and infinities of the block are replaced by that mean too (in place).
 
     Returns
     -------
@@ -218,9 +224,25 @@ def image_patch(image_block: np.ndarray, box: PatchBox, shape: Index3) -> tuple[
         Array of ``box.size`` in the tomogram's dtype.
     pad_value
         The value padded voxels received.
+    replaced
+        How many NaN or infinite voxels were replaced.
     """
+    replaced = fill_nonfinite(image_block)
     fill = image_pad_value(image_block, image_block.dtype)
-    return place_block(image_block, box, shape, fill), float(fill)
+    return place_block(image_block, box, shape, fill), float(fill), replaced
+
+
+def fill_nonfinite(image: np.ndarray) -> int:
+    """Replace the NaN and infinite voxels of ``image`` in place by the mean of its finite
+    ones (0 when there are none); how many were replaced."""
+    if image.dtype.kind != "f":
+        return 0
+    bad = ~np.isfinite(image)
+    count = int(np.count_nonzero(bad))
+    if count:
+        finite = image[~bad]
+        image[bad] = float(np.mean(finite, dtype=np.float64)) if finite.size else 0.0
+    return count
 
 
 def check_patch_size(size: int, border: int) -> None:

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..errors import InputError
+
 
 @contextmanager
 def atomic_target(path: Path, suffix: str = "") -> Iterator[Path]:
@@ -78,3 +80,95 @@ class StagedFiles:
             except OSError:
                 pass
         self._created = []
+
+
+def is_plain_name(name: object) -> bool:
+    """Whether ``name`` is usable as one file name: a non-empty string without path
+    separators, other than ``.`` and ``..``."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and not any(c in name for c in "/\\\0")
+        and Path(name).name == name
+    )
+
+
+def inside(folder: Path, relative: object) -> bool:
+    """Whether the relative path ``relative`` stays inside ``folder`` once ``..`` and
+    symbolic links are resolved."""
+    if not isinstance(relative, str) or not relative or Path(relative).is_absolute():
+        return False
+    root = Path(folder).resolve()
+    return (root / relative).resolve().is_relative_to(root)
+
+
+LOCK_NAME = ".patch_corrections.lock"
+"""The file an output folder's lock is held on, there while a run holds it."""
+
+
+@contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (created if missing) for the block; a second
+    holder, in this process or another, gets an ``InputError`` at once. The operating
+    system releases the lock when its holder dies, so a killed run never blocks the next.
+
+    The lock file is removed when the block ends (not on Windows, where an open file
+    cannot be). A run that locked a file another run had just removed sees that the name
+    now leads elsewhere and tries again, so two runs never both hold the folder.
+    """
+    folder = Path(folder)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    handle = None
+    try:
+        for _ in range(10):
+            handle = open(path, "a+b")  # held open for the whole block
+            try:
+                _lock(handle.fileno())
+            except OSError:
+                handle.close()
+                created = []  # the other run's folder
+                raise InputError(
+                    f"{folder}: another patch_corrections run is writing into this folder; "
+                    "wait for it to finish, or choose another --out-dir"
+                ) from None
+            if _same_file(handle, path):
+                break
+            handle.close()  # locked a file its holder had just removed: again
+        else:
+            created = []
+            raise InputError(f"{folder}: cannot lock this folder (its lock file keeps changing)")
+        yield
+    finally:
+        if handle is not None and not handle.closed:  # this run holds the lock
+            if os.name != "nt":
+                path.unlink(missing_ok=True)
+            handle.close()  # releases the lock
+        # A run that wrote nothing leaves no folder behind.
+        if created and not any(folder.iterdir()):
+            for made in created:
+                try:
+                    made.rmdir()
+                except OSError:
+                    break
+
+
+def _same_file(handle, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``handle``."""
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+    except OSError:
+        return False
+
+
+def _lock(descriptor: int) -> None:
+    """Take an exclusive lock on an open file without waiting; ``OSError`` if held."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        msvcrt.locking(descriptor, msvcrt.LK_NBLCK, 1)
+        return
+    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -13,7 +13,7 @@ from pathlib import Path
 from .._version import __version__
 from ..constants import MANIFEST_NAME
 from ..errors import InputError
-from .files import write_text_atomic
+from .files import inside, is_plain_name, write_text_atomic
 
 MANIFEST_VERSION = 1
 _REQUIRED = ("name", "image", "label", "offset_xyz", "size_xyz")
@@ -53,6 +53,19 @@ def load_manifest(folder: Path) -> list[dict]:
         missing = [k for k in _REQUIRED if not isinstance(record, dict) or k not in record]
         if missing:
             raise InputError(f"{path}: patch entry {index} lacks {', '.join(missing)}")
+        # Names become file names and paths are read, written and deleted: a hand-edited or
+        # downloaded manifest must not reach outside its folder.
+        if not is_plain_name(record["name"]):
+            raise InputError(
+                f"{path}: patch entry {index} has the name {record['name']!r}; a patch name "
+                "must be a plain file name"
+            )
+        for key in ("image", "label"):
+            if not inside(folder, record[key]):
+                raise InputError(
+                    f"{path}: patch {record['name']!r} names the {key} {record[key]!r}, "
+                    "outside the folder; the manifest may only name files inside it"
+                )
     return patches
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .files import atomic_target
+from .files import atomic_target, is_plain_name
 from .geometry import Geometry, Triple, VolumeInfo, VolumeReader, basic_dtype
 from .mrc import MRC_SUFFIXES, MrcReader, mrc_dtype, read_mrc_info, set_mrc_geometry, write_mrc
 from .nifti import NIFTI_SUFFIXES, open_nifti, read_nifti_info, write_nifti
@@ -145,7 +145,10 @@ def _require_file(path: Path) -> None:
 
 
 def output_path(folder: Path, stem: str, fmt: str) -> Path:
-    """Path of a volume named ``stem`` written in format ``fmt`` (a key of WRITE_FORMATS)."""
+    """Path of a volume named ``stem`` written in format ``fmt`` (a key of WRITE_FORMATS),
+    inside ``folder``: a ``stem`` that is not a plain file name is refused."""
+    if not is_plain_name(stem):
+        raise InputError(f"{stem!r}: not a plain file name, so no output is written under it")
     return Path(folder) / f"{stem}{WRITE_FORMATS[fmt]}"
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..errors import InputError, PatchCorrectionsWarning
+from ..io.files import folder_lock
 from ..io.volumes import WRITE_FORMATS
 from .events import Listener, Progress
 
@@ -57,6 +58,15 @@ def check_out_dir(out_dir: Path) -> None:
     for folder in (Path(out_dir), *Path(out_dir).parents):
         if folder.exists() and not folder.is_dir():
             raise InputError(f"{folder}: exists and is not a folder; choose another --out-dir")
+
+
+@contextmanager
+def writing_into(out_dir: Path) -> Iterator[None]:
+    """Check ``out_dir`` and hold its lock for the block: runs that read, extend and write
+    back a folder's manifest or summary (or a training run) never interleave there."""
+    check_out_dir(out_dir)
+    with folder_lock(out_dir):
+        yield
 
 
 def check_format(fmt: str) -> str:

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ..constants import BORDER_WIDTH, IMAGES_SUBDIR, LABELS_SUBDIR, PATCH_SIZE
 from ..data import tomogram_statistics
 from ..errors import InputError
@@ -33,7 +35,15 @@ from ..patches import (
     image_patch,
     label_patch,
 )
-from ._common import check_format, check_out_dir, collect_warnings, require_free, tracked, warn
+from ._common import (
+    check_format,
+    check_out_dir,
+    collect_warnings,
+    require_free,
+    tracked,
+    warn,
+    writing_into,
+)
 from .events import SILENT, Listener
 
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
@@ -44,6 +54,17 @@ def _check_token(token: str) -> str:
         raise InputError(
             f"--token {token!r}: use letters, digits and . _ + - only (it becomes a file name)"
         )
+    return token
+
+
+def _safe_token(tomogram: Path) -> str:
+    """The tomogram's stem as a token, with each character a file name should not hold
+    replaced by ``_`` (and said so)."""
+    stem = volume_stem(tomogram)
+    if _TOKEN.fullmatch(stem):
+        return stem
+    token = re.sub(r"[^A-Za-z0-9._+-]", "_", stem).lstrip("._+-") or "tomogram"
+    warn(f"{tomogram}: patches are named {token}_patchNNN (give --token to choose)")
     return token
 
 
@@ -135,7 +156,10 @@ def extract_patches(
     tomogram, segmentation, out_dir = Path(tomogram), Path(segmentation), Path(out_dir)
     with collect_warnings() as warned:
         requested = _requested_centres(centres, points)
-        patches, skipped = _extract(tomogram, segmentation, out_dir, requested, settings, listener)
+        with writing_into(out_dir):  # the manifest is read, extended and written back
+            patches, skipped = _extract(
+                tomogram, segmentation, out_dir, requested, settings, listener
+            )
     return ExtractReport(
         tomogram, out_dir, manifest_path(out_dir), patches, skipped, settings, warned
     )
@@ -168,7 +192,7 @@ def _extract(
     listener: Listener,
 ) -> tuple[list[ExtractedPatch], int]:
     fmt, border, overwrite = settings.format, settings.border, settings.overwrite
-    token = _check_token(settings.token or volume_stem(tomogram))
+    token = _check_token(settings.token) if settings.token else _safe_token(tomogram)
     check_out_dir(out_dir)
     with closing_reader(tomogram) as image_reader, closing_reader(segmentation) as seg_reader:
         shape = image_reader.info.shape
@@ -228,16 +252,21 @@ def _extract(
 
         # What training needs to normalise the patches as segment normalises the tomogram.
         statistics = tomogram_statistics(image_reader) if new else None
+        nonfinite = [0, 0]  # NaN or infinite voxels met in the tomogram, the segmentation
         staged = StagedFiles()
         try:
             staged.make_dirs(out_dir / IMAGES_SUBDIR, out_dir / LABELS_SUBDIR)
             for name, centre, index in tracked(new, "Extracting patches", listener):
                 box = boxes[name]
                 start, stop = box.inside(shape)
-                image, pad_value = image_patch(image_reader.read_block(start, stop), box, shape)
-                labels = label_patch(
-                    seg_reader.read_block(start, stop), box, shape, border, binarisation
+                image, pad_value, filled = image_patch(
+                    image_reader.read_block(start, stop), box, shape
                 )
+                segmentation_block = seg_reader.read_block(start, stop)
+                nonfinite[0] += filled
+                if segmentation_block.dtype.kind == "f":
+                    nonfinite[1] += int(np.count_nonzero(~np.isfinite(segmentation_block)))
+                labels = label_patch(segmentation_block, box, shape, border, binarisation)
                 patch_geometry = geometry.shifted(box.offset)
                 for final, data in zip(paths[name], (image, labels)):
                     write_volume(staged.stage(final, volume_suffix(final)), data, patch_geometry)
@@ -267,6 +296,16 @@ def _extract(
             raise
         written = staged.finals
         staged.commit()
+        if nonfinite[0]:
+            warn(
+                f"{tomogram}: {nonfinite[0]} voxel(s) of the patches are NaN or infinite; "
+                "written as the mean of the finite ones"
+            )
+        if nonfinite[1]:
+            warn(
+                f"{segmentation}: {nonfinite[1]} voxel(s) of the patches are NaN or infinite; "
+                "ignore in the label patches"
+            )
         save_manifest(out_dir, records)
         # Only once the new patches and manifest are in place do replaced ones go.
         for path in replaced - set(written):

@@ -22,6 +22,7 @@ from ..io.files import StagedFiles, write_text_atomic
 from ..io.folders import LabelPatch, find_label_patches, scan_corrections, stray_files
 from ..io.manifest import as_xyz, padding_zyx
 from ..io.volumes import Geometry, output_path, read_info, read_volume, volume_suffix, write_volume
+from ..patches import fill_nonfinite
 from ..sparse import AXES, parse_slices, slices_mask
 from ._common import (
     check_format,
@@ -31,6 +32,7 @@ from ._common import (
     require_free,
     tracked,
     warn,
+    writing_into,
 )
 from .events import SILENT, Listener
 
@@ -119,7 +121,7 @@ def merge_corrections(
         ``merge_summary.json``.
     """
     labels_dir, corrections_dir, out_dir = Path(labels_dir), Path(corrections_dir), Path(out_dir)
-    with collect_warnings() as warned:
+    with collect_warnings() as warned, writing_into(out_dir):
         patches = find_label_patches(labels_dir, images_dir)
         if not patches:
             raise InputError(f"{labels_dir}: no label patches found")
@@ -294,6 +296,12 @@ def _merge_one(plan: _MergePlan, staged: StagedFiles) -> dict:
         keep=keep,
     )
     image, image_info = read_volume(patch.image)
+    replaced = fill_nonfinite(image)
+    if replaced:
+        warn(
+            f"{patch.image}: {replaced} voxel(s) are NaN or infinite; written to the training "
+            "image as the mean of the finite ones"
+        )
     geometry = label_info.geometry or image_info.geometry or Geometry((1.0, 1.0, 1.0))
     image_out, label_out = plan.outputs
     write_volume(

@@ -24,6 +24,7 @@ from ._common import (
     require_free,
     summary_rows,
     tracked,
+    writing_into,
 )
 from .events import SILENT, Listener
 
@@ -100,7 +101,7 @@ def simulate_sparse(
     """
     train_dir, out_dir = Path(train_dir), Path(out_dir)
     axis = settings.axis.lower()
-    with collect_warnings() as warned:
+    with collect_warnings() as warned, writing_into(out_dir):
         if out_dir.resolve() == train_dir.resolve():
             raise InputError("--out-dir must differ from --train-dir: the dense labels are kept")
         pairs = find_training_pairs(train_dir)

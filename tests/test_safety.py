@@ -1,0 +1,208 @@
+"""Nothing escapes its folder and runs do not trample each other: names and paths read
+from manifests are checked, output folders are locked for a run, odd tomogram names
+become safe patch names."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import all_files, write_mrc
+
+from patch_corrections import (
+    ExtractSettings,
+    InputError,
+    MergeSettings,
+    extract_patches,
+    merge_corrections,
+)
+from patch_corrections.io.files import LOCK_NAME, folder_lock
+from patch_corrections.io.volumes import Geometry, write_volume
+
+SHAPE = (12, 14, 16)  # z, y, x
+
+
+@pytest.fixture
+def extracted(tmp_path) -> Path:
+    """An extraction folder with two 8³ patches of a small tomogram, and corrections."""
+    rng = np.random.default_rng(0)
+    write_mrc(tmp_path / "tomo.mrc", rng.normal(size=SHAPE).astype(np.float32))
+    write_mrc(tmp_path / "seg.mrc", (rng.random(SHAPE) < 0.2).astype(np.int8))
+    extract_patches(
+        tmp_path / "tomo.mrc",
+        tmp_path / "seg.mrc",
+        tmp_path / "out",
+        points=[(5, 5, 5), (9, 7, 6)],
+        settings=ExtractSettings(patch_size=8, border=1),
+    )
+    add = np.zeros((8, 8, 8), np.uint8)
+    add[4, 4, 4] = 1
+    for name in ("tomo_patch000", "tomo_patch001"):
+        (tmp_path / "corr" / name).mkdir(parents=True)
+        write_volume(tmp_path / "corr" / name / "Add1.nrrd", add, Geometry((1.0, 1.0, 1.0)))
+    return tmp_path / "out"
+
+
+def _edit_manifest(folder: Path, **changes) -> None:
+    path = folder / "manifest.json"
+    content = json.loads(path.read_text())
+    content["patches"][0].update(changes)
+    path.write_text(json.dumps(content))
+
+
+@pytest.mark.parametrize("name", ["../../../escaped", "/tmp/escaped_abs", "a/b", "..", ""])
+def test_a_patch_name_from_a_manifest_must_be_a_plain_file_name(extracted, tmp_path, name):
+    _edit_manifest(extracted, name=name)
+    with pytest.raises(InputError, match="must be a plain file name") as caught:
+        merge_corrections(extracted, tmp_path / "corr", tmp_path / "train")
+    assert "\n" not in str(caught.value) and "manifest.json: patch entry 0" in str(caught.value)
+    assert not (tmp_path / "train").exists() and not list(tmp_path.parent.glob("escaped*"))
+
+
+@pytest.mark.parametrize("where", ["../victim.txt", "{absolute}", "images/link.nrrd"])
+def test_overwrite_never_deletes_what_a_manifest_names_outside_its_folder(
+    extracted, tmp_path, where
+):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    if where == "images/link.nrrd":  # a symbolic link out of the tree
+        (extracted / "images" / "link.nrrd").symlink_to(victim)
+    where = where.replace("{absolute}", str(victim))
+    _edit_manifest(extracted, image=where)
+    before = {p: p.read_bytes() for p in all_files(extracted)}
+    with pytest.raises(InputError, match="outside the folder"):
+        extract_patches(
+            tmp_path / "tomo.mrc",
+            tmp_path / "seg.mrc",
+            extracted,
+            points=[(5, 5, 5)],
+            settings=ExtractSettings(patch_size=8, border=1, overwrite=True),
+        )
+    assert victim.read_text() == "keep me"
+    assert {p: p.read_bytes() for p in all_files(extracted)} == before
+
+
+def test_a_folder_takes_one_run_at_a_time(extracted, tmp_path):
+    with folder_lock(extracted):
+        with pytest.raises(InputError, match="another patch_corrections run is writing"):
+            extract_patches(
+                tmp_path / "tomo.mrc", tmp_path / "seg.mrc", extracted, points=[(3, 3, 3)],
+                settings=ExtractSettings(patch_size=8, border=1),
+            )  # fmt: skip
+        with pytest.raises(InputError, match="another patch_corrections run"):
+            merge_corrections(extracted, tmp_path / "corr", extracted)
+        assert (extracted / LOCK_NAME).exists()
+    assert not (extracted / LOCK_NAME).exists()  # released and removed
+    report = extract_patches(
+        tmp_path / "tomo.mrc", tmp_path / "seg.mrc", extracted, points=[(3, 3, 3)],
+        settings=ExtractSettings(patch_size=8, border=1),
+    )  # fmt: skip
+    assert [p.name for p in report.patches] == ["tomo_patch002"]
+
+
+def test_a_killed_run_does_not_keep_its_lock(tmp_path):
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from patch_corrections.io.files import folder_lock\n"
+            "with folder_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)",
+            str(tmp_path / "out"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(InputError, match="another patch_corrections run"):
+            with folder_lock(tmp_path / "out"):
+                pass
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+        holder.stdout.close()
+    deadline = time.monotonic() + 10
+    while True:  # the kernel releases a dead process's lock
+        try:
+            with folder_lock(tmp_path / "out"):
+                break
+        except InputError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
+def test_a_failed_first_run_leaves_no_folder(tmp_path):
+    with pytest.raises(InputError):
+        merge_corrections(tmp_path / "missing", tmp_path / "corr", tmp_path / "new" / "train")
+    assert not (tmp_path / "new").exists()
+
+
+def test_an_odd_tomogram_name_becomes_a_safe_token(tmp_path):
+    rng = np.random.default_rng(1)
+    odd = tmp_path / "my tomo é#1.mrc"
+    write_mrc(odd, rng.normal(size=SHAPE).astype(np.float32))
+    write_mrc(tmp_path / "seg.mrc", (rng.random(SHAPE) < 0.2).astype(np.int8))
+    report = extract_patches(
+        odd, tmp_path / "seg.mrc", tmp_path / "out", points=[(5, 5, 5)],
+        settings=ExtractSettings(patch_size=8, border=1),
+    )  # fmt: skip
+    assert [p.name for p in report.patches] == ["my_tomo___1_patch000"]
+    assert any("named my_tomo___1_patchNNN" in w for w in report.warnings)
+    with pytest.raises(InputError, match="--token 'a b'"):
+        ExtractSettings(token="a b")
+
+
+def test_nan_never_reaches_a_patch_and_is_said(tmp_path):
+    from patch_corrections.io.volumes import read_volume
+
+    rng = np.random.default_rng(2)
+    tomogram = rng.normal(5, 1, size=SHAPE).astype(np.float32)
+    tomogram[4:6, 4:6, 4:6] = np.nan
+    tomogram[7, 7, 7] = np.inf
+    segmentation = (rng.random(SHAPE) < 0.3).astype(np.float32)
+    segmentation[5, 5, 5], segmentation[6, 5, 5] = np.nan, -np.inf
+    with pytest.warns(RuntimeWarning, match="NaN"):  # mrcfile's, writing the inputs
+        write_mrc(tmp_path / "tomo.mrc", tomogram)
+        write_mrc(tmp_path / "seg.mrc", segmentation)
+    report = extract_patches(
+        tmp_path / "tomo.mrc", tmp_path / "seg.mrc", tmp_path / "out", points=[(5, 5, 5)],
+        settings=ExtractSettings(patch_size=8, border=1),
+    )  # fmt: skip
+    image = read_volume(tmp_path / "out" / "images" / "tomo_patch000.nrrd")[0]
+    labels = read_volume(tmp_path / "out" / "labels" / "tomo_patch000.nrrd")[0]
+    assert np.isfinite(image).all()
+    block = tomogram[1:9, 1:9, 1:9]  # the patch around (5, 5, 5), 8³
+    finite_mean = block[np.isfinite(block)].mean()
+    np.testing.assert_allclose(image[3:5, 3:5, 3:5], finite_mean, rtol=1e-5)
+    assert labels[4, 4, 4] == labels[5, 4, 4] == 2  # NaN and -inf labels are ignore
+    assert any("tomo.mrc: 9 voxel(s)" in w and "NaN or infinite" in w for w in report.warnings)
+    assert any("seg.mrc: 2 voxel(s)" in w and "ignore" in w for w in report.warnings)
+
+    # An image patch from elsewhere holding NaN: the training image gets the finite mean.
+    image[0, 0, 0] = np.nan
+    (tmp_path / "other" / "images").mkdir(parents=True)
+    (tmp_path / "other" / "labels").mkdir()
+    write_volume(tmp_path / "other" / "images" / "p.nrrd", image, Geometry((1.0, 1.0, 1.0)))
+    write_volume(
+        tmp_path / "other" / "labels" / "p.nrrd", np.zeros((8, 8, 8), np.uint8),
+        Geometry((1.0, 1.0, 1.0)),
+    )  # fmt: skip
+    (tmp_path / "corr" / "p").mkdir(parents=True)
+    write_volume(
+        tmp_path / "corr" / "p" / "Add1.nrrd", np.ones((8, 8, 8), np.uint8),
+        Geometry((1.0, 1.0, 1.0)),
+    )  # fmt: skip
+    merged = merge_corrections(
+        tmp_path / "other" / "labels", tmp_path / "corr", tmp_path / "train",
+        tmp_path / "other" / "images", settings=MergeSettings(border=1),
+    )  # fmt: skip
+    trained_image = read_volume(tmp_path / "train" / "imagesTr" / "p_0000.nii.gz")[0]
+    assert np.isfinite(trained_image).all()
+    assert any("p.nrrd: 1 voxel(s) are NaN or infinite" in w for w in merged.warnings)
