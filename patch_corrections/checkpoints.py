@@ -8,8 +8,12 @@ to a temporary file and renamed into place.
 
 from __future__ import annotations
 
+import io
 import pickle
+import pickletools
+import zipfile
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -40,20 +44,74 @@ def read_checkpoint(path: Path, trust: bool = False) -> dict:
     with open(path, "rb") as handle:
         start = handle.read(4)
     # torch.save writes a zip archive; older files are a pickle (protocol byte 0x80).
-    if not (start.startswith(b"PK") or start[:1] == b"\x80"):
+    archive = start.startswith(b"PK")
+    if not (archive or start[:1] == b"\x80"):
         raise InputError(f"{path}: not a readable PyTorch checkpoint")
+    kind = "zip file" if archive else "pickle"
+    damaged = f"{path}: not a readable PyTorch checkpoint (a damaged or foreign {kind})"
+    if archive and not _torch_archive(path):
+        raise InputError(damaged)
     try:
         content = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError:
+        # Refused by the weights-only loader, or not a pickle at all: only a well-formed
+        # pickle can hold objects that --trust-checkpoint would let through.
+        if trust or not _well_formed_pickles(path, archive):
+            raise InputError(damaged) from None
         raise InputError(
             f"{path}: holds pickled objects beyond weights; if you trust its source, pass "
             "--trust-checkpoint"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable PyTorch checkpoint ({exc})") from None
+        if archive:
+            raise InputError(damaged) from None
+        detail = " ".join(str(exc).split())[:200]  # torch's messages run over many lines
+        raise InputError(f"{path}: not a readable PyTorch checkpoint ({detail})") from None
     if not isinstance(content, dict):
         raise InputError(f"{path}: not a checkpoint (a {type(content).__name__}, not a dict)")
     return content
+
+
+LEGACY_PICKLES = 4
+"""Pickles ahead of the tensor data in a pre-zip ``torch.save`` file: magic number, protocol
+version, system info, the saved object."""
+
+
+def _torch_archive(path: Path) -> bool:
+    """Whether ``path`` is a zip archive laid out as ``torch.save`` writes one: a local
+    file header first (torch reads nothing else as a zip) and ``<folder>/data.pkl``."""
+    with open(path, "rb") as handle:
+        if handle.read(4) != b"PK\x03\x04":
+            return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError):
+        return False
+    return any(name.count("/") == 1 and name.endswith("/data.pkl") for name in names)
+
+
+def _well_formed_pickles(path: Path, archive: bool) -> bool:
+    """Whether the pickles of a checkpoint parse (read, never run): the archive's
+    ``data.pkl``, or the leading pickles of a pre-zip file."""
+    try:
+        if archive:
+            with zipfile.ZipFile(path) as folder:
+                name = next(n for n in folder.namelist() if n.endswith("/data.pkl"))
+                return _parse(io.BytesIO(folder.read(name)), 1)
+        with open(path, "rb") as handle:
+            return _parse(handle, LEGACY_PICKLES)
+    except (ValueError, EOFError, OSError, StopIteration, zipfile.BadZipFile):
+        return False
+
+
+def _parse(stream: BinaryIO, pickles: int) -> bool:
+    """Read ``pickles`` pickles one after another from ``stream``; ``ValueError`` when one
+    is cut short or holds a byte that is no pickle opcode."""
+    for _ in range(pickles):
+        for _ in pickletools.genops(stream):
+            pass
+    return True
 
 
 def network_from_checkpoint(content: dict, path: Path) -> tuple[UNet, dict]:

@@ -12,6 +12,12 @@ import numpy as np
 
 from .constants import IGNORE, MEMBRANE
 
+_BALL_MAX_RADIUS = 3
+"""Up to this radius a dilation by the ball itself is fastest; beyond, its cost grows with
+the radius cubed and a distance transform takes over."""
+_SLAB_VOXELS = 2**22
+"""Voxels per slab of a distance transform (about 30 bytes each while it runs)."""
+
 
 def _ball(radius: int) -> np.ndarray:
     r = np.arange(-radius, radius + 1)
@@ -19,12 +25,55 @@ def _ball(radius: int) -> np.ndarray:
     return (z**2 + y**2 + x**2) <= radius**2
 
 
-def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+def _dilate(mask: np.ndarray, radius: int, slab_voxels: int = _SLAB_VOXELS) -> np.ndarray:
+    """Voxels within Euclidean distance ``radius`` of a ``mask`` voxel: the dilation by a
+    ball of that radius, in memory proportional to the volume whatever the radius.
+
+    Parameters
+    ----------
+    mask
+        Boolean ``(z, y, x)``.
+    radius
+        In voxels; any size (one reaching across the volume marks all of it).
+    slab_voxels
+        Voxels per slab of the distance transform, which runs slab by slab along ``z``.
+    """
     if radius <= 0:
         return mask
+    if not mask.any():
+        return np.zeros(mask.shape, bool)
+    if radius**2 >= sum((n - 1) ** 2 for n in mask.shape):  # no voxel is farther away
+        return np.ones(mask.shape, bool)
     from scipy import ndimage
 
-    return ndimage.binary_dilation(mask, structure=_ball(radius))
+    if radius <= _BALL_MAX_RADIUS:
+        return ndimage.binary_dilation(mask, structure=_ball(radius))
+    depth = mask.shape[0]
+    # Each slab reads ``radius`` planes beyond its ends, where the nearest voxel may lie.
+    step = max(1, radius, slab_voxels // max(1, mask[0].size))
+    near = np.empty(mask.shape, bool)
+    for low in range(0, depth, step):
+        high = min(low + step, depth)
+        first, last = max(0, low - radius), min(depth, high + radius)
+        near[low:high] = _within(mask[first:last], radius)[low - first : high - first]
+    return near
+
+
+def _within(mask: np.ndarray, radius: int) -> np.ndarray:
+    """``_dilate`` by an exact Euclidean distance transform: integer squared distances to
+    the nearest ``mask`` voxel, so the comparison with ``radius`` is exact."""
+    if not mask.any():
+        return np.zeros(mask.shape, bool)
+    from scipy import ndimage
+
+    nearest = ndimage.distance_transform_edt(~mask, return_distances=False, return_indices=True)
+    squared = np.zeros(mask.shape, np.int64)
+    for axis, index in enumerate(nearest):
+        place = [1] * mask.ndim
+        place[axis] = -1
+        index -= np.arange(mask.shape[axis], dtype=index.dtype).reshape(place)
+        squared += np.square(index, dtype=np.int64)
+    return squared <= radius * radius
 
 
 def _ratio(numerator: float, denominator: float) -> float:

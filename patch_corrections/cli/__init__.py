@@ -1,14 +1,16 @@
 """The command line: one thin module per command over the workflows.
 
 A command declares its options, builds the workflow's settings, calls the workflow, and
-renders its report. User mistakes become one line on stderr and exit code 1; recoverable
-oddities are listed in the end-of-run summary.
+renders its report. User mistakes become one line on stderr: exit code 1 for input the
+workflows refuse, 2 for a command line that does not parse (click's usage-error code);
+recoverable oddities are listed in the end-of-run summary.
 """
 
 from __future__ import annotations
 
 import typer
 
+from ._common import OneLineUsageErrors
 from .demo import demo_command
 from .evaluate import evaluate_command
 from .extract import extract_patches_command
@@ -24,6 +26,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=OneLineUsageErrors,
 )
 for name, command in (
     ("extract_patches", extract_patches_command),

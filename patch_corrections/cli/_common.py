@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import functools
+import importlib
+import shlex
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
-from typing import ParamSpec
+from typing import Any, ParamSpec
 
 import typer
+from typer.core import TyperGroup
 
 from ..errors import InputError, RunInterrupted
 from ..workflows.events import Listener, Progress
@@ -17,6 +20,13 @@ from ..workflows.events import Listener, Progress
 P = ParamSpec("P")
 PROGRESS_MIN_ITEMS = 3
 """Progress bars appear from this many items on."""
+USAGE_EXIT_CODE = 2
+"""Exit code of a command line that does not parse (a bad, unknown or missing option), as
+click and argparse use it; 1 stays for bad input files and values the workflows refuse."""
+
+# Typer ships its own copy of click from 0.2x on and used click itself before: take the
+# exception classes from wherever typer.BadParameter comes from.
+_click_errors = importlib.import_module(typer.BadParameter.__module__)
 
 
 class OutputFormat(str, Enum):
@@ -48,6 +58,80 @@ def user_errors(command: Callable[P, None]) -> Callable[P, None]:
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _option_name(param: object) -> str:
+    """``--patch-size`` for an option (its first long name), ``TOMOGRAM`` for an argument."""
+    names = [str(n) for n in getattr(param, "opts", ())]
+    long = [n for n in names if n.startswith("--")]
+    if long or names:
+        return (long or names)[0]
+    return str(getattr(param, "human_readable_name", None) or getattr(param, "name", ""))
+
+
+def usage_error_line(error: Exception) -> str:
+    """One line for a command line click could not parse: ``Error: <option>: <what>``."""
+    name = ""
+    if isinstance(error, _click_errors.BadParameter):
+        if error.param is not None:
+            name = _option_name(error.param)
+        elif error.param_hint:
+            hint = error.param_hint
+            name = hint if isinstance(hint, str) else str(next(iter(hint), ""))
+    elif isinstance(error, (_click_errors.NoSuchOption, _click_errors.BadOptionUsage)):
+        name = error.option_name
+    if isinstance(error, _click_errors.MissingParameter):
+        kind = error.param_type or getattr(error.param, "param_type_name", "parameter")
+        what = f"missing; this {kind} is required"
+    elif isinstance(error, _click_errors.NoSuchOption):
+        what = "no such option"
+        if error.possibilities:
+            what += f" (did you mean {' or '.join(sorted(error.possibilities))}?)"
+    elif isinstance(error, _click_errors.BadParameter):
+        what = str(error.message).removeprefix("Value error, ")  # pydantic's wording
+        value = _rejected_value(error)
+        if name and value is not None and value not in what:
+            name = f"{name} {shlex.quote(value)}"
+    else:
+        what = error.format_message()
+    text = f"{name}: {what}" if name else what
+    return "Error: " + " ".join(text.split())  # click's messages may wrap: keep one line
+
+
+def _rejected_value(error: Exception) -> str | None:
+    """The text typed for the option, where the error's cause records it (typer's pydantic
+    validation errors do; click's own errors name it in their message)."""
+    try:
+        value = error.__cause__.errors()[0]["input"]  # type: ignore[union-attr]
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+class OneLineUsageErrors(TyperGroup):
+    """The commands' group: a command line that does not parse (a bad value, an unknown,
+    misused or missing option, an unknown command) prints one ``usage_error_line`` on
+    stderr and exits with ``USAGE_EXIT_CODE``, instead of typer's usage and error panel.
+    ``--help``, and help for a command given no arguments, are left as they are."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with _one_line_usage_errors():  # the group's own options, e.g. an unknown --flag
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: Any) -> Any:
+        with _one_line_usage_errors():  # the command's name, options and their values
+            return super().invoke(ctx)
+
+
+@contextmanager
+def _one_line_usage_errors() -> Iterator[None]:
+    try:
+        yield
+    except _click_errors.UsageError as error:
+        if isinstance(error, getattr(_click_errors, "NoArgsIsHelpError", ())):
+            raise  # a command given no arguments: its help is the answer
+        typer.echo(usage_error_line(error), err=True)
+        raise typer.Exit(USAGE_EXIT_CODE) from None
 
 
 def print_warnings(messages: list[str]) -> None:

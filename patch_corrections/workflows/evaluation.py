@@ -26,7 +26,9 @@ class EvaluateSettings:
     threshold
         Values above it are membrane (for scoremaps); default 0.5.
     tolerance
-        Radius in voxels of the distance-tolerant Dice.
+        Radius in voxels of the distance-tolerant Dice. Any size is computed (in memory
+        proportional to the volume); one longer than the compared volume's largest side is
+        warned about, since then almost every voxel counts as near.
     """
 
     threshold: float | None = None
@@ -60,7 +62,9 @@ def evaluate(
         with closing_reader(prediction) as reader:
             shape, geometry = reader.info.shape, reader.info.geometry
             total: dict[str, int] = {}
+            largest = 0
             for name, labels, start in _references(reference, shape, geometry):
+                largest = max(largest, *labels.shape)
                 stop = tuple(a + n for a, n in zip(start, labels.shape))
                 block = reader.read_block(start, stop)
                 predicted = block > (threshold if threshold is not None else 0.5)
@@ -74,6 +78,12 @@ def evaluate(
                 total = add_counts(total, counts(predicted, labels, settings.tolerance))
         if not total.get("annotated"):
             raise InputError(f"{reference}: no annotated voxel (all ignore): nothing to compare")
+        if 0 < largest < settings.tolerance:
+            warn(
+                f"--tolerance {settings.tolerance} is larger than the compared volume's "
+                f"largest side ({largest} voxels): almost every voxel counts as near; use a "
+                "few voxels"
+            )
         metrics = summarise(total, settings.tolerance)
     return EvaluateReport(metrics, settings, warned)
 

@@ -1,0 +1,210 @@
+"""Failures users meet end cleanly: a huge --tolerance, a damaged checkpoint, a command line
+that does not parse. Each gives a result or one line, never a crash, a panel or a
+misleading hint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_mrc
+
+from patch_corrections.checkpoints import read_checkpoint
+from patch_corrections.errors import InputError
+from patch_corrections.io.volumes import Geometry, write_volume
+from patch_corrections.metrics import _dilate, counts, summarise
+
+# --- evaluate --tolerance: any size, memory proportional to the volume ---------------------
+
+
+def _near_by_brute_force(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Voxels whose squared distance to some mask voxel is at most ``radius`` squared."""
+    voxels = np.indices(mask.shape).reshape(3, -1).T
+    marked = np.argwhere(mask)
+    if radius == 0 or len(marked) == 0:
+        return mask.copy()
+    squared = ((voxels[:, None, :] - marked[None, :, :]) ** 2).sum(-1).min(1)
+    return (squared <= radius**2).reshape(mask.shape)
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 5), (9, 6, 11), (1, 4, 10)])
+@pytest.mark.parametrize("radius", [0, 1, 2, 3, 4, 5, 6, 7, 13])
+def test_dilation_is_the_euclidean_ball_at_every_radius(shape, radius):
+    rng = np.random.default_rng(radius)
+    for density in (0.02, 0.2):
+        mask = rng.random(shape) < density
+        mask.flat[0] = True  # from a corner, the far corner is the last voxel reached
+        expected = _near_by_brute_force(mask, radius)
+        for slab_voxels in (1, 40, 10**9):  # slabs one plane thick, a few planes, one slab
+            assert np.array_equal(_dilate(mask, radius, slab_voxels), expected)
+
+
+def test_counts_with_a_tolerance_far_beyond_the_volume():
+    reference = np.zeros((4, 5, 6), np.uint8)
+    reference[0, 0, 0] = 1
+    reference[3, 4, 5] = 2  # the far corner is ignore
+    prediction = np.zeros(reference.shape, bool)
+    prediction[3, 4, 4] = True  # at squared distance 9 + 16 + 16 = 41 from the truth
+    for tolerance in (6, 10**5, 10**30):  # 6² = 36 < 41, then far beyond the diagonal
+        result = summarise(counts(prediction, reference, tolerance), tolerance)
+        expected = 0.0 if tolerance == 6 else 1.0
+        assert result[f"tolerant_dice_{tolerance}"] == expected
+
+
+def test_evaluate_cli_with_a_huge_tolerance(tmp_path, run_cli):
+    reference = np.zeros((2, 8, 10), np.uint8)
+    reference[0, 1, :] = 1
+    prediction = np.zeros(reference.shape, np.int8)
+    prediction[1, 6, :5] = 1  # far from the membrane for a normal tolerance
+    write_volume(tmp_path / "pred.mrc", prediction, Geometry((1.0, 1.0, 1.0)))
+    write_volume(tmp_path / "ref.nrrd", reference, Geometry((1.0, 1.0, 1.0)))
+    args = ["evaluate", "-p", tmp_path / "pred.mrc", "-r", tmp_path / "ref.nrrd", "--json"]
+    result = run_cli(*args, "--tolerance", 100000)
+    assert result.exit_code == 0, result.output
+    values = json.loads(result.stdout)
+    assert values["tolerant_dice_100000"] == 1.0 and values["dice"] == 0.0
+    assert result.stderr.strip() == (
+        "Warning: --tolerance 100000 is larger than the compared volume's largest side "
+        "(10 voxels): almost every voxel counts as near; use a few voxels"
+    )
+    result = run_cli(*args, "--tolerance", 10)  # as long as the volume: allowed, no warning
+    assert result.exit_code == 0 and result.stderr == ""
+    assert json.loads(result.stdout)["tolerant_dice_10"] == 1.0
+    result = run_cli(*args, "--tolerance", 2)
+    assert result.exit_code == 0 and result.stderr == ""
+    assert json.loads(result.stdout)["tolerant_dice_2"] == 0.0
+
+
+# --- checkpoints that are neither a torch zip nor a torch pickle ---------------------------
+
+
+def _save(path, content, legacy=False):
+    torch.save(content, path, _use_new_zipfile_serialization=not legacy)
+    return path
+
+
+def _damaged(tmp_path, kind):
+    path = tmp_path / f"{kind}.ckpt"
+    if kind == "pk_header":  # random bytes behind a zip signature
+        path.write_bytes(b"PK" + np.random.default_rng(0).bytes(300))
+    elif kind == "local_header":
+        path.write_bytes(b"PK\x03\x04" + bytes(100))
+    elif kind == "truncated":
+        whole = _save(tmp_path / "whole.ckpt", {"model": torch.zeros(100)}).read_bytes()
+        path.write_bytes(whole[: len(whole) // 2])
+    elif kind == "foreign_zip":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("notes.txt", "not a checkpoint")
+    elif kind == "damaged_data_pkl":  # torch's layout, its pickle garbled
+        whole = _save(tmp_path / "whole.ckpt", {"model": torch.zeros(3)})
+        with zipfile.ZipFile(whole) as source, zipfile.ZipFile(path, "w") as archive:
+            for name in source.namelist():
+                garbled = b"\x80\x02\xff garbled"
+                archive.writestr(name, garbled if name.endswith("data.pkl") else source.read(name))
+    elif kind == "damaged_pickle":  # a pre-zip checkpoint's protocol byte, then junk
+        path.write_bytes(b"\x80\x02" + np.random.default_rng(1).bytes(300))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "what"),
+    [
+        ("pk_header", "zip file"),
+        ("local_header", "zip file"),
+        ("truncated", "zip file"),
+        ("foreign_zip", "zip file"),
+        ("damaged_data_pkl", "zip file"),
+        ("damaged_pickle", "pickle"),
+    ],
+)
+@pytest.mark.parametrize("trust", [False, True])
+def test_a_damaged_checkpoint_is_not_called_pickled_objects(tmp_path, kind, what, trust):
+    path = _damaged(tmp_path, kind)
+    with pytest.raises(InputError) as raised:
+        read_checkpoint(path, trust=trust)
+    assert str(raised.value) == (
+        f"{path}: not a readable PyTorch checkpoint (a damaged or foreign {what})"
+    )
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_pickled_objects_still_ask_for_trust(tmp_path, legacy):
+    content = {"model": torch.ones(2), "args": argparse.Namespace(lr=1e-4)}
+    path = _save(tmp_path / "pickled.ckpt", content, legacy)
+    with pytest.raises(InputError, match="if you trust its source, pass --trust-checkpoint"):
+        read_checkpoint(path)
+    assert read_checkpoint(path, trust=True)["args"].lr == 1e-4
+    plain = _save(tmp_path / "plain.ckpt", {"model": torch.ones(2)}, legacy)
+    assert torch.equal(read_checkpoint(plain)["model"], torch.ones(2))
+
+
+def test_segment_with_a_damaged_checkpoint_says_so_in_one_line(tmp_path, run_cli):
+    write_mrc(tmp_path / "tomo.mrc", np.zeros((8, 8, 8), np.float32))
+    checkpoint = _damaged(tmp_path, "pk_header")
+    args = ["segment", "-t", tmp_path / "tomo.mrc", "--checkpoint", checkpoint]
+    result = run_cli(*args, "-o", tmp_path / "out")
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: {checkpoint}: not a readable PyTorch checkpoint (a damaged or foreign zip file)\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+# --- command lines that do not parse: one line, exit code 2 --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["extract_patches", "--patch-size", "abc"],
+            "Error: --patch-size abc: Input should be a valid integer",
+        ),
+        (
+            ["extract_patches", "--format", "png"],
+            "Error: --format: 'png' is not one of 'nrrd', 'mrc', 'nii.gz'.",
+        ),
+        (["segment", "--window", "abc"], "Error: --window abc: "),
+        (["evaluate", "-p", "a", "-r", "b", "--tolerance", "1.5"], "Error: --tolerance 1.5: "),
+        (["segment", "-o", "out"], "Error: --tomogram: missing; this option is required"),
+        (["segment", "--tomog", "t.mrc"], "Error: --tomog: no such option (did you mean --tomo"),
+        (["segment", "--bogus"], "Error: --bogus: no such option"),
+        (["evaluate", "-p"], "Error: -p: Option '-p' requires an argument."),
+        (["--bogus"], "Error: --bogus: no such option"),
+        (["segmnet", "-t", "t.mrc"], "Error: No such command 'segmnet'."),
+    ],
+)
+def test_a_bad_command_line_is_one_line(run_cli, args, line):
+    result = run_cli(*args)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith(line) and result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("args", [["--help"], [], ["segment"], ["segment", "--help"]])
+def test_help_is_unchanged(run_cli, args):
+    result = run_cli(*args)
+    assert result.exit_code == (0 if "--help" in args else 2)  # no arguments: click's 2
+    assert "Usage:" in result.output and "--help" in result.output
+    assert ("Commands" in result.output) == (args[:1] != ["segment"])
+
+
+def test_a_bad_command_line_is_one_line_in_a_shell():
+    environment = {**os.environ, "COLUMNS": "80", "TERM": "xterm-256color"}
+    done = subprocess.run(
+        [sys.executable, "-m", "patch_corrections", "extract_patches", "--patch-size", "abc"],
+        capture_output=True,
+        text=True,
+        env=environment,
+        check=False,
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("Error: --patch-size abc: ")
+    assert done.stderr.count("\n") == 1
