@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -206,3 +207,80 @@ def test_nan_never_reaches_a_patch_and_is_said(tmp_path):
     trained_image = read_volume(tmp_path / "train" / "imagesTr" / "p_0000.nii.gz")[0]
     assert np.isfinite(trained_image).all()
     assert any("p.nrrd: 1 voxel(s) are NaN or infinite" in w for w in merged.warnings)
+
+
+class _Killed(BaseException):
+    """Stands for the run being killed (nothing catches it)."""
+
+
+def _volumes_of(folder: Path) -> dict[str, np.ndarray]:
+    from patch_corrections.io.volumes import read_volume
+
+    return {
+        p.relative_to(folder).as_posix(): read_volume(p)[0]
+        for p in all_files(folder)
+        if p.suffix in (".nrrd", ".gz")
+    }
+
+
+def test_a_run_killed_at_any_rename_is_finished_or_undone_by_the_next(tmp_path, monkeypatch):
+    rng = np.random.default_rng(3)
+    write_mrc(tmp_path / "tomo.mrc", rng.normal(size=SHAPE).astype(np.float32))
+    write_mrc(tmp_path / "seg.mrc", (rng.random(SHAPE) < 0.2).astype(np.int8))
+    settings = ExtractSettings(patch_size=8, border=1)
+
+    def extract(out: Path, points) -> None:
+        extract_patches(tmp_path / "tomo.mrc", tmp_path / "seg.mrc", out, points=points,
+                        settings=settings)  # fmt: skip
+
+    def overwrite(out: Path) -> None:  # replaces the first run's patches: deletes too
+        extract_patches(tmp_path / "tomo.mrc", tmp_path / "seg.mrc", out, points=[(6, 6, 6)],
+                        settings=replace(settings, overwrite=True))  # fmt: skip
+
+    reference = tmp_path / "reference"
+    extract(reference, [(5, 5, 5), (9, 7, 6)])
+    overwrite(reference)
+    expected = _volumes_of(reference)
+    expected_manifest = json.loads((reference / "manifest.json").read_text())["patches"]
+
+    real_replace, kills = os.replace, 0
+    for run in ("first", "overwrite"):
+        for k in range(1, 40):
+            out = tmp_path / f"{run}{k}"
+            if run == "overwrite":
+                extract(out, [(5, 5, 5), (9, 7, 6)])
+            calls = 0
+
+            def killing(source, target, k=k):
+                nonlocal calls
+                calls += 1
+                if calls == k:
+                    raise _Killed
+                return real_replace(source, target)
+
+            monkeypatch.setattr(os, "replace", killing)
+            try:
+                if run == "first":
+                    extract(out, [(5, 5, 5), (9, 7, 6)])
+                else:
+                    overwrite(out)
+            except _Killed:
+                kills += 1
+            else:
+                monkeypatch.setattr(os, "replace", real_replace)
+                break  # k is past the last rename: every step has been interrupted once
+            finally:
+                monkeypatch.setattr(os, "replace", real_replace)
+            # Whatever is under a final name is whole: it reads as a complete volume.
+            _volumes_of(out)
+            if run == "first":
+                extract(out, [(5, 5, 5), (9, 7, 6)])
+            overwrite(out)  # the next run finishes or undoes the killed one's commit
+            assert _volumes_of(out) == {} or set(_volumes_of(out)) == set(expected)
+            for name, data in _volumes_of(out).items():
+                np.testing.assert_array_equal(data, expected[name])
+            manifest = json.loads((out / "manifest.json").read_text())["patches"]
+            assert [r["name"] for r in manifest] == [r["name"] for r in expected_manifest]
+            left = [p.name for p in out.rglob(".*")]
+            assert left == [], (run, k, left)
+    assert kills > 10

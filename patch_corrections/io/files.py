@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -62,10 +63,33 @@ class StagedFiles:
     def finals(self) -> list[Path]:
         return [final for _, final in self._staged]
 
-    def commit(self) -> None:
-        """Rename every staged file to its final name."""
-        for temporary, final in self._staged:
-            os.replace(temporary, final)
+    def commit(
+        self,
+        folder: Path | None = None,
+        texts: dict[Path, str] | None = None,
+        remove: Iterable[Path] = (),
+    ) -> None:
+        """Rename every staged file to its final name, then write ``texts`` (a manifest, a
+        summary; atomically each) and remove the files in ``remove``.
+
+        With ``folder`` (the run's locked output folder, holding every path named), a
+        journal there records the whole commit before it starts, so that a run killed
+        part-way is finished by the next run in that folder (see :func:`recover`).
+        """
+        texts = dict(texts or {})
+        remove = list(remove)
+        journal = Path(folder) / JOURNAL_NAME if folder is not None else None
+        if journal is not None:
+            root = Path(folder)
+            entry = {
+                "renames": [[_rel(t, root), _rel(f, root)] for t, f in self._staged],
+                "texts": {_rel(path, root): text for path, text in texts.items()},
+                "remove": [_rel(path, root) for path in remove],
+            }
+            write_text_atomic(journal, json.dumps(entry))
+        _finish(self._staged, texts, remove)
+        if journal is not None:
+            journal.unlink()
         self._staged = []
         self._created = []
 
@@ -80,6 +104,62 @@ class StagedFiles:
             except OSError:
                 pass
         self._created = []
+
+
+JOURNAL_NAME = ".patch_corrections.journal.json"
+"""Where a run's commit is recorded before it starts (removed once it is done)."""
+LEFTOVERS = (".staged-", ".partial-")
+"""What the temporary names of staged and atomically written files hold."""
+
+
+def _rel(path: Path, root: Path) -> str:
+    return Path(path).relative_to(root).as_posix()
+
+
+def _finish(renames, texts: dict[Path, str], remove: list[Path]) -> None:
+    """Carry out a commit; every step may be repeated (a rename already done is skipped)."""
+    for temporary, final in renames:
+        if Path(temporary).exists():
+            os.replace(temporary, final)
+    for path, text in texts.items():
+        write_text_atomic(Path(path), text)
+    for path in remove:
+        Path(path).unlink(missing_ok=True)
+
+
+def recover(folder: Path) -> tuple[int, int]:
+    """Finish the commit of a run that was killed in ``folder`` and remove the temporary
+    files dead runs left there. Call it holding the folder's lock (no other run can be
+    writing). Returns (steps of a commit finished, leftover files removed)."""
+    folder = Path(folder)
+    journal = folder / JOURNAL_NAME
+    finished = 0
+    if journal.exists():
+        try:
+            entry = json.loads(journal.read_text(encoding="utf-8"))
+            renames = [(folder / t, folder / f) for t, f in entry["renames"]]
+            texts = {folder / path: text for path, text in entry["texts"].items()}
+            remove = [folder / path for path in entry["remove"]]
+            named = [p for pair in entry["renames"] for p in pair]
+            named += [*entry["texts"], *entry["remove"]]
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise InputError(
+                f"{journal}: an interrupted run's record, unreadable ({exc}); move it aside"
+            ) from None
+        outside = [p for p in named if not inside(folder, p)]
+        if outside:
+            raise InputError(f"{journal}: names {outside[0]!r}, outside the folder; move it aside")
+        _finish(renames, texts, remove)
+        finished = len(renames) + len(texts) + len(remove)
+        journal.unlink()
+    leftovers = [
+        path
+        for path in (*folder.glob(".*"), *folder.glob("*/.*"))
+        if path.is_file() and any(mark in path.name for mark in LEFTOVERS)
+    ]
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return finished, len(leftovers)
 
 
 def is_plain_name(name: object) -> bool:

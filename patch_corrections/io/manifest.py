@@ -69,14 +69,19 @@ def load_manifest(folder: Path) -> list[dict]:
     return patches
 
 
-def save_manifest(folder: Path, patches: list[dict]) -> Path:
-    """Write the manifest atomically and return its path."""
-    path = manifest_path(folder)
+def manifest_text(patches: list[dict]) -> str:
+    """The manifest file's content for ``patches``."""
     content = {
         "format_version": MANIFEST_VERSION,
         "written_by": f"patch_corrections {__version__}",
         "axis_order": "x, y, z (voxel indices, 0-based); voxel_size and origin in Å",
         "patches": patches,
     }
-    write_text_atomic(path, json.dumps(content, indent=2) + "\n")
+    return json.dumps(content, indent=2) + "\n"
+
+
+def save_manifest(folder: Path, patches: list[dict]) -> Path:
+    """Write the manifest atomically and return its path."""
+    path = manifest_path(folder)
+    write_text_atomic(path, manifest_text(patches))
     return path

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..errors import InputError, PatchCorrectionsWarning
-from ..io.files import folder_lock
+from ..io.files import folder_lock, recover
 from ..io.volumes import WRITE_FORMATS
 from .events import Listener, Progress
 
@@ -66,6 +66,11 @@ def writing_into(out_dir: Path) -> Iterator[None]:
     back a folder's manifest or summary (or a training run) never interleave there."""
     check_out_dir(out_dir)
     with folder_lock(out_dir):
+        finished, removed = recover(out_dir)
+        if finished:
+            warn(f"{out_dir}: finished the commit of a run that was interrupted there")
+        if removed:
+            warn(f"{out_dir}: removed {removed} temporary file(s) that interrupted runs left")
         yield
 
 

@@ -17,7 +17,7 @@ from ..data import tomogram_statistics
 from ..errors import InputError
 from ..io.centres import Centre, read_centres
 from ..io.files import StagedFiles
-from ..io.manifest import as_xyz, load_manifest, manifest_path, save_manifest
+from ..io.manifest import as_xyz, load_manifest, manifest_path, manifest_text
 from ..io.volumes import (
     Geometry,
     closing_reader,
@@ -294,8 +294,13 @@ def _extract(
         except BaseException:
             staged.discard()
             raise
-        written = staged.finals
-        staged.commit()
+        # The patches, then the manifest, and only then the replaced files go: recorded
+        # first in a journal, so that a run killed part-way is finished by the next one.
+        staged.commit(
+            out_dir,
+            {manifest_path(out_dir): manifest_text(records)},
+            remove=sorted(replaced - set(staged.finals)),
+        )
         if nonfinite[0]:
             warn(
                 f"{tomogram}: {nonfinite[0]} voxel(s) of the patches are NaN or infinite; "
@@ -306,10 +311,6 @@ def _extract(
                 f"{segmentation}: {nonfinite[1]} voxel(s) of the patches are NaN or infinite; "
                 "ignore in the label patches"
             )
-        save_manifest(out_dir, records)
-        # Only once the new patches and manifest are in place do replaced ones go.
-        for path in replaced - set(written):
-            path.unlink(missing_ok=True)
     extracted = [
         ExtractedPatch(
             name,

@@ -18,7 +18,7 @@ from ..constants import (
 )
 from ..corrections import merge_labels, require_label_values, union_mask
 from ..errors import InputError
-from ..io.files import StagedFiles, write_text_atomic
+from ..io.files import StagedFiles
 from ..io.folders import LabelPatch, find_label_patches, scan_corrections, stray_files
 from ..io.manifest import as_xyz, padding_zyx
 from ..io.volumes import Geometry, output_path, read_info, read_volume, volume_suffix, write_volume
@@ -152,7 +152,6 @@ def merge_corrections(
         except BaseException:
             staged.discard()
             raise
-        staged.commit()
         unmatched = stray_files(corrections_dir)
         for entry in folders.values():
             unmatched.extend(entry.unmatched)
@@ -162,7 +161,11 @@ def merge_corrections(
             "folders_without_patch": orphans,
             "unmatched_files": [str(f) for f in unmatched],
         }
-        write_text_atomic(out_dir / MERGE_SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
+        # The files, then the summary, recorded first so that a killed run is finished
+        # by the next one.
+        staged.commit(
+            out_dir, {out_dir / MERGE_SUMMARY_NAME: json.dumps(summary, indent=2) + "\n"}
+        )
     return MergeReport(
         out_dir,
         out_dir / MERGE_SUMMARY_NAME,

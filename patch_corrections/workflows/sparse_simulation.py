@@ -13,7 +13,7 @@ from ..constants import IGNORE, MERGE_SUMMARY_NAME, TRAIN_IMAGES_SUBDIR, TRAIN_L
 from ..corrections import require_label_values
 from ..data import find_training_pairs
 from ..errors import InputError
-from ..io.files import StagedFiles, write_text_atomic
+from ..io.files import StagedFiles
 from ..io.volumes import Geometry, output_path, read_volume, volume_suffix, write_volume
 from ..sparse import AXES, random_boxes, slices_mask, spaced_slices, sparsify
 from ._common import (
@@ -166,11 +166,14 @@ def simulate_sparse(
         except BaseException:
             staged.discard()
             raise
-        staged.commit()
         summary = {
             "patches": merged_rows(out_dir / MERGE_SUMMARY_NAME, rows),
             "simulated_from": str(train_dir.resolve()),
             "seed": settings.seed,
         }
-        write_text_atomic(out_dir / MERGE_SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
+        # The files, then the summary, recorded first so that a killed run is finished
+        # by the next one.
+        staged.commit(
+            out_dir, {out_dir / MERGE_SUMMARY_NAME: json.dumps(summary, indent=2) + "\n"}
+        )
     return SparseReport(out_dir, out_dir / MERGE_SUMMARY_NAME, rows, settings, warned)
