@@ -28,8 +28,16 @@ def save_checkpoint(path: Path, content: dict) -> None:
     """Write ``content`` (see ``training_state``) atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_target(path) as temporary:
-        torch.save({"format": FORMAT, **content}, temporary)
+    try:
+        with atomic_target(path) as temporary:
+            torch.save({"format": FORMAT, **content}, temporary)
+    except (OSError, RuntimeError) as exc:
+        # A full disk shows up as torch's "unexpected pos" RuntimeError or as an OSError.
+        reason = " ".join(str(exc).split())[:160]
+        kept = f"; the previous {path.name} is kept" if path.exists() else ""
+        raise InputError(
+            f"{path}: cannot write the checkpoint (no space left on the disk? {reason}){kept}"
+        ) from None
 
 
 def read_checkpoint(path: Path, trust: bool = False) -> dict:

@@ -284,3 +284,37 @@ def test_a_run_killed_at_any_rename_is_finished_or_undone_by_the_next(tmp_path, 
             left = [p.name for p in out.rglob(".*")]
             assert left == [], (run, k, left)
     assert kills > 10
+
+
+def test_a_full_disk_during_training_is_one_line_and_keeps_the_last_checkpoint(
+    tmp_path, monkeypatch
+):
+    import torch
+
+    from patch_corrections import RetrainSettings, retrain
+    from patch_corrections.checkpoints import read_checkpoint
+
+    labels = np.zeros((16, 16, 16), np.uint8)
+    labels[6:9] = 1
+    for sub in ("imagesTr", "labelsTr"):
+        (tmp_path / "train" / sub).mkdir(parents=True)
+    image = np.random.default_rng(4).normal(size=labels.shape).astype(np.float32)
+    write_volume(tmp_path / "train" / "imagesTr" / "p_0000.nii.gz", image, Geometry((1.0,) * 3))
+    write_volume(tmp_path / "train" / "labelsTr" / "p.nii.gz", labels, Geometry((1.0,) * 3))
+    saves, real_save = [], torch.save
+
+    def filling_up(content, target):
+        saves.append(target)
+        if len(saves) > 1:
+            raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64")
+        return real_save(content, target)
+
+    monkeypatch.setattr(torch, "save", filling_up)
+    settings = RetrainSettings(
+        iterations=3, preset="tiny", crop_size=16, val_fraction=0, val_every=1, device="cpu"
+    )
+    with pytest.raises(InputError, match="no space left on the disk") as caught:
+        retrain(tmp_path / "train", tmp_path / "run", settings=settings)
+    assert "\n" not in str(caught.value) and "previous last.pt is kept" in str(caught.value)
+    assert read_checkpoint(tmp_path / "run" / "last.pt")["step"] == 1
+    assert [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")] == []
