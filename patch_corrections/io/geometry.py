@@ -6,10 +6,14 @@ Every array here is ``(z, y, x)`` and every per-axis tuple (voxel size, origin, 
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import io
+import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -17,6 +21,23 @@ import numpy.typing as npt
 from ..errors import InputError
 
 Triple = tuple[float, float, float]
+
+READ_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,  # UnicodeDecodeError among them
+    OSError,  # gzip.BadGzipFile among them
+    EOFError,
+    zlib.error,
+    struct.error,
+    ArithmeticError,
+    IndexError,
+    KeyError,
+    TypeError,
+    RuntimeError,
+    StopIteration,
+)
+"""What the format libraries raise on a damaged or foreign file (each adds its own)."""
+
+_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -89,7 +110,7 @@ class ArrayReader:
             return self._read(start, stop)
         except (ValueError, OSError, EOFError, zlib.error) as exc:
             # nibabel reads lazily: a truncated or corrupt file shows up only now.
-            raise InputError(f"{self.info.path}: cannot read its data ({exc})") from None
+            raise InputError(f"{self.info.path}: cannot read its data ({reason(exc)})") from None
 
     def _read(self, start: tuple[int, int, int], stop: tuple[int, int, int]) -> np.ndarray:
         (z0, y0, x0), (z1, y1, x1) = start, stop
@@ -123,4 +144,52 @@ def as_3d(path: Path, shape: tuple[int, ...]) -> tuple[int, int, int]:
         dims.remove(1)
     if len(dims) != 3:
         raise InputError(f"{path}: expected a 3D volume, found shape {tuple(shape)}")
+    if min(dims) < 1:
+        raise InputError(
+            f"{path}: the header declares shape {tuple(shape)}; every axis needs a voxel or more"
+        )
     return (dims[0], dims[1], dims[2])
+
+
+def reason(exc: BaseException) -> str:
+    """A library's message for ``exc`` on one line (its type name when it has none)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def decompressed_size(path: Path, stream: IO[bytes], encoding: str = "gzip") -> int:
+    """Read a gzip or bzip2 stream to its end, verifying it; the bytes it decompresses to.
+
+    nibabel stops reading where the data it needs ends, before the checksums, and pynrrd
+    takes a stream that lacks them; so damaged data can be read without error. Read to the
+    end here, every gzip member's CRC-32 and length and every bzip2 block's CRC are
+    checked. ``stream`` is read from its current position; memory stays at one chunk.
+
+    Raises
+    ------
+    InputError
+        If the stream is cut short or fails a check; the message names ``path``.
+    """
+    buffer = memoryview(bytearray(_CHUNK))
+    total = 0
+    try:
+        with _decompressing(stream, encoding) as decompressed:
+            while count := decompressed.readinto(buffer):
+                total += count
+    except EOFError:
+        message = f"its {encoding} data ends early; the file is truncated"
+        raise InputError(f"{path}: {message}") from None
+    except (OSError, zlib.error) as exc:
+        text = reason(exc)
+        if text.startswith("CRC check failed"):
+            text = "CRC check failed"
+        elif text.startswith("Incorrect length"):
+            text = "length check failed"
+        message = f"corrupt {encoding} data ({text}); the file is damaged"
+        raise InputError(f"{path}: {message}") from None
+    return total
+
+
+def _decompressing(stream: IO[bytes], encoding: str) -> io.BufferedIOBase:
+    if encoding == "gzip":
+        return gzip.GzipFile(fileobj=stream, mode="rb")
+    return bz2.BZ2File(stream, "rb")

@@ -3,11 +3,13 @@
 nibabel indexes NIfTI arrays ``(i, j, k) = (x, y, z)`` (the MemBrain-seg convention), so
 this module transposes them to and from ``(z, y, x)``. The affine carries spacing (its
 column lengths) and origin (its translation), both ``x, y, z``, reversed here. Data is read
-lazily through nibabel's array proxy, one block at a time.
+lazily through nibabel's array proxy, one block at a time. nibabel skips the gzip checks
+of a ``.nii.gz``, so opening one for reading verifies its whole stream first.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,16 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .geometry import ArrayReader, Geometry, VolumeInfo, basic_dtype
+from .geometry import (
+    READ_ERRORS,
+    ArrayReader,
+    Geometry,
+    VolumeInfo,
+    as_3d,
+    basic_dtype,
+    decompressed_size,
+    reason,
+)
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -40,14 +51,37 @@ class _NiftiReader(ArrayReader):
 
 
 def read_nifti_info(path: Path) -> VolumeInfo:
-    """Read only the header of a NIfTI file: shape ``(z, y, x)``, dtype and geometry."""
-    return _info(path, _load(path))
+    """Read only the header of a NIfTI file: shape ``(z, y, x)``, dtype and geometry.
+
+    The size of an uncompressed file is checked against its header; a ``.nii.gz`` is not
+    decompressed.
+    """
+    image = _load(path)
+    info = _info(path, image)
+    if not _is_gzip(path):
+        _check_size(path, image, path.stat().st_size)
+    return info
 
 
 def open_nifti(path: Path) -> ArrayReader:
-    """Open a NIfTI file for block reads ``(z, y, x)``; data is read only when asked for."""
+    """Open a NIfTI file for block reads ``(z, y, x)``; data is read only when asked for.
+
+    A ``.nii.gz`` is decompressed once here, in chunks, to verify it (CRC and length).
+
+    Raises
+    ------
+    InputError
+        If the file is unreadable, damaged or holds less data than its header declares.
+    """
     image = _load(path)
-    return _NiftiReader(_info(path, image), image.dataobj)
+    info = _info(path, image)
+    if _is_gzip(path):
+        with open(path, "rb") as stream:
+            available = decompressed_size(path, stream)
+    else:
+        available = path.stat().st_size
+    _check_size(path, image, available)
+    return _NiftiReader(info, image.dataobj)
 
 
 def write_nifti(path: Path, data: np.ndarray, geometry: Geometry) -> None:
@@ -66,11 +100,35 @@ def write_nifti(path: Path, data: np.ndarray, geometry: Geometry) -> None:
 
 def _load(path: Path) -> Any:
     import nibabel
+    from nibabel.filebasedimages import ImageFileError
+    from nibabel.spatialimages import HeaderDataError
 
     try:
         return nibabel.load(str(path))
-    except (nibabel.filebasedimages.ImageFileError, OSError, EOFError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable NIfTI file ({exc})") from None
+    except (*READ_ERRORS, ImageFileError, HeaderDataError) as exc:
+        raise InputError(f"{path}: not a readable NIfTI file ({reason(exc)})") from None
+
+
+def _is_gzip(path: Path) -> bool:
+    return path.name.lower().endswith(".gz")  # as nibabel tells them apart
+
+
+def _check_size(path: Path, image: Any, available: int) -> None:
+    """Refuse a file whose (decompressed) bytes cannot hold the data its header declares.
+
+    Checked before any data is read, so a damaged header that declares a huge volume never
+    makes nibabel allocate it.
+    """
+    proxy = image.dataobj
+    offset = int(proxy.offset)
+    needed = offset + math.prod(int(n) for n in proxy.shape) * image.get_data_dtype().itemsize
+    if offset < 0:
+        raise InputError(f"{path}: not a readable NIfTI file (data offset {offset} is negative)")
+    if available < needed:
+        raise InputError(
+            f"{path}: cannot read its data (the file is truncated: {available} bytes"
+            f"{' decompressed' if _is_gzip(path) else ''}, the header says {needed})"
+        )
 
 
 def _info(path: Path, image: Any) -> VolumeInfo:
@@ -79,6 +137,10 @@ def _info(path: Path, image: Any) -> VolumeInfo:
         shape_xyz = shape_xyz[:3]
     if len(shape_xyz) != 3:
         raise InputError(f"{path}: expected a 3D volume, found shape {shape_xyz}")
+    as_3d(path, shape_xyz)  # no empty axis
+    dtype = np.dtype(image.get_data_dtype())
+    if dtype.kind not in "biuf":
+        raise InputError(f"{path}: unsupported NIfTI data type {dtype} (not real numbers)")
     affine = np.asarray(image.affine, float)
     spacing_xyz = np.linalg.norm(affine[:3, :3], axis=0)
     origin_xyz = affine[:3, 3]
@@ -87,4 +149,4 @@ def _info(path: Path, image: Any) -> VolumeInfo:
         (float(origin_xyz[2]), float(origin_xyz[1]), float(origin_xyz[0])),
     )
     x, y, z = shape_xyz
-    return VolumeInfo(path, (z, y, x), np.dtype(image.get_data_dtype()), geometry)
+    return VolumeInfo(path, (z, y, x), dtype, geometry)

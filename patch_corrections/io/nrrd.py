@@ -9,13 +9,23 @@ whole when opened; only MRC is read block by block.
 
 from __future__ import annotations
 
-import zlib
+import math
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
 from ..errors import InputError
-from .geometry import ArrayReader, Geometry, VolumeInfo, as_3d, basic_dtype
+from .geometry import (
+    READ_ERRORS,
+    ArrayReader,
+    Geometry,
+    VolumeInfo,
+    as_3d,
+    basic_dtype,
+    decompressed_size,
+    reason,
+)
 
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
 
@@ -63,6 +73,9 @@ _TYPES = {
 }
 """NRRD ``type`` names (lower case) and the numpy dtype each one reads as."""
 
+_COMPRESSIONS = {"gzip": "gzip", "gz": "gzip", "bzip2": "bzip2", "bz2": "bzip2"}
+"""NRRD ``encoding`` names (lower case) of compressed data, and their compression."""
+
 
 def read_nrrd_info(path: Path) -> VolumeInfo:
     """Read only the header of an NRRD file: shape ``(z, y, x)``, dtype and geometry."""
@@ -70,24 +83,28 @@ def read_nrrd_info(path: Path) -> VolumeInfo:
 
 
 def open_nrrd(path: Path) -> ArrayReader:
-    """Read an NRRD file whole and return a block reader over its ``(z, y, x)`` array."""
+    """Read an NRRD file whole and return a block reader over its ``(z, y, x)`` array.
+
+    Compressed data (gzip, bzip2) is first decompressed once in chunks, to verify it and to
+    check its size against the header before pynrrd holds it in memory.
+
+    Raises
+    ------
+    InputError
+        If the file is unreadable, damaged or holds other than the data its header declares.
+    """
     import nrrd
 
-    info = _info(path, _header(path))
     try:
-        data, _ = nrrd.read(str(path), index_order="C")
-    except (
-        nrrd.NRRDError,
-        OSError,
-        ValueError,
-        EOFError,
-        StopIteration,
-        RuntimeError,
-        KeyError,
-        zlib.error,
-    ) as exc:
-        raise InputError(f"{path}: not a readable NRRD file ({exc})") from None
-    return ArrayReader(info, data.reshape(info.shape))
+        with open(path, "rb") as stream:
+            header = _header(path, stream)
+            info = _info(path, header)
+            _check_data(path, header, stream, info)
+            data = nrrd.read_data(header, stream, str(path), index_order="C")
+    except (*READ_ERRORS, nrrd.NRRDError) as exc:
+        raise InputError(f"{path}: not a readable NRRD file ({reason(exc)})") from None
+    # Native byte order: big-endian files read as '>' arrays, which torch refuses.
+    return ArrayReader(info, data.reshape(info.shape).astype(info.dtype, copy=False))
 
 
 def write_nrrd(path: Path, data: np.ndarray, geometry: Geometry) -> None:
@@ -113,24 +130,54 @@ def write_nrrd(path: Path, data: np.ndarray, geometry: Geometry) -> None:
     nrrd.write(str(path), data, header, index_order="C", compression_level=1)
 
 
-def _header(path: Path) -> dict:
+def _header(path: Path, stream: IO[bytes] | None = None) -> dict:
+    """The parsed header, read from ``stream`` (left at the data) or from ``path``."""
     import nrrd
 
     try:
-        header = nrrd.read_header(str(path))
+        header = nrrd.read_header(str(path) if stream is None else stream)
         if "sizes" not in header:
             raise nrrd.NRRDError("header has no sizes field")
         return header
-    except (
-        nrrd.NRRDError,
-        OSError,
-        UnicodeDecodeError,
-        ValueError,
-        StopIteration,
-        RuntimeError,
-        KeyError,
-    ) as exc:
-        raise InputError(f"{path}: not a readable NRRD file ({exc})") from None
+    except (*READ_ERRORS, nrrd.NRRDError) as exc:
+        raise InputError(f"{path}: not a readable NRRD file ({reason(exc)})") from None
+
+
+def _check_data(path: Path, header: dict, stream: IO[bytes], info: VolumeInfo) -> None:
+    """Check the data before pynrrd reads it whole into memory.
+
+    A detached data file must be a regular file (pynrrd would read a device or pipe
+    forever), and hold the lines the header skips (pynrrd would try to skip them all, one
+    by one). Compressed data is verified to its end and must decompress to the size the
+    header declares. Raw data needs no more: pynrrd reads no more than the file holds.
+    """
+    name = header.get("datafile", header.get("data file"))
+    where = path if name is None else path.parent / str(name)
+    if name is not None and not where.is_file():
+        raise InputError(f"{path}: its data file {where} is not a file")
+    lines = int(header.get("lineskip", header.get("line skip", 0)))
+    encoding = _COMPRESSIONS.get(str(header.get("encoding", "")).lower())
+    source = stream if name is None else open(where, "rb")
+    try:
+        start = source.tell()
+        for _ in range(lines):  # as pynrrd skips them, before decompressing
+            if not source.readline():
+                raise InputError(f"{path}: the header skips {lines} lines, more than there are")
+        size = None if encoding is None else decompressed_size(where, source, encoding)
+        source.seek(start)
+    finally:
+        if source is not stream:
+            source.close()
+    if size is None:
+        return
+    skip = int(header.get("byteskip", header.get("byte skip", 0)))
+    held = size - max(skip, 0)
+    needed = math.prod(info.shape) * info.dtype.itemsize
+    # A skip of -1 takes the data from the end; otherwise it must fill the rest exactly.
+    if held < needed or (skip >= 0 and held > needed):
+        raise InputError(
+            f"{where}: its {encoding} data holds {held} bytes, the header says {needed}"
+        )
 
 
 def _info(path: Path, header: dict) -> VolumeInfo:
@@ -160,6 +207,8 @@ def _geometry(header: dict) -> Geometry | None:
         return None
     origin = header.get("space origin")
     origin_xyz = [0.0, 0.0, 0.0] if origin is None else [float(o) for o in origin][:3]
+    if len(origin_xyz) != 3:
+        return None
     return Geometry(
         (spacing[2], spacing[1], spacing[0]), (origin_xyz[2], origin_xyz[1], origin_xyz[0])
     )
