@@ -318,3 +318,32 @@ def test_a_full_disk_during_training_is_one_line_and_keeps_the_last_checkpoint(
     assert "\n" not in str(caught.value) and "previous last.pt is kept" in str(caught.value)
     assert read_checkpoint(tmp_path / "run" / "last.pt")["step"] == 1
     assert [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")] == []
+
+
+def test_segment_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, run_cli):
+    import errno
+
+    from patch_corrections.checkpoints import save_checkpoint
+    from patch_corrections.model import PRESETS, UNet
+
+    if not hasattr(os, "posix_fallocate"):
+        pytest.skip("no posix_fallocate here")
+    write_mrc(tmp_path / "tomo.mrc", np.zeros((16, 20, 20), np.float32))
+    network = UNet(PRESETS["tiny"])
+    save_checkpoint(
+        tmp_path / "net.pt",
+        {"model_config": network.config.to_dict(), "model": network.state_dict()},
+    )
+
+    def full(descriptor, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    result = run_cli(
+        "segment", "-t", tmp_path / "tomo.mrc", "--checkpoint", tmp_path / "net.pt",
+        "-o", tmp_path / "seg", "--window", 16, "--device", "cpu",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert result.output.strip().startswith("Error: ") and "no space left" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "seg").exists() or not list((tmp_path / "seg").iterdir())

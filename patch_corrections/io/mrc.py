@@ -9,6 +9,7 @@ mrcfile; ``nxstart`` and friends are left at 0 so no reader adds a second offset
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import sys
@@ -254,6 +255,26 @@ def set_mrc_geometry(mrc: Any, geometry: Geometry) -> None:
     mrc.header.origin.x, mrc.header.origin.y, mrc.header.origin.z = ox, oy, oz
 
 
+def _reserve(path: Path) -> None:
+    """Give the (sparse) file at ``path`` its blocks on disk now: writing through a memory
+    map into a full disk kills the process (SIGBUS) instead of raising an error. A full disk
+    becomes an ``InputError``; file systems that cannot reserve are left as they are."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with open(path, "r+b") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        try:
+            os.posix_fallocate(handle.fileno(), 0, size)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise InputError(
+                    f"{path.parent}: no space left on the device for {size / 2**20:.0f} MiB "
+                    "of output"
+                ) from None
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+
+
 class MrcSlabWriter:
     """A new MRC file written slab by slab along z, for volumes too large to hold twice.
 
@@ -295,6 +316,11 @@ class MrcSlabWriter:
         mode = mrcfile.utils.mode_from_dtype(self.dtype)
         self._mrc = mrcfile.new_mmap(self.path, shape=self.shape, mrc_mode=mode, overwrite=True)
         self._closed = False
+        try:
+            _reserve(self.path)
+        except BaseException:
+            self._mrc.close()
+            raise
 
     def write(self, z0: int, slab: np.ndarray) -> None:
         """Store ``slab`` ``(n, y, x)`` as sections ``z0 .. z0 + n``, cast to ``dtype``.
