@@ -347,3 +347,27 @@ def test_segment_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monke
     assert result.output.strip().startswith("Error: ") and "no space left" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "seg").exists() or not list((tmp_path / "seg").iterdir())
+
+
+def test_segment_removes_what_a_killed_segment_of_the_same_tomogram_left(tmp_path):
+    from patch_corrections import SegmentSettings, segment
+    from patch_corrections.checkpoints import save_checkpoint
+    from patch_corrections.model import PRESETS, UNet
+
+    write_mrc(tmp_path / "tomo.mrc", np.zeros((16, 20, 20), np.float32))
+    network = UNet(PRESETS["tiny"])
+    save_checkpoint(
+        tmp_path / "net.pt",
+        {"model_config": network.config.to_dict(), "model": network.state_dict()},
+    )
+    (tmp_path / "seg").mkdir()
+    mine = tmp_path / "seg" / ".tomo_probabilities.mrc.staged-0a1b2c3d.mrc"
+    theirs = tmp_path / "seg" / ".other_probabilities.mrc.staged-0a1b2c3d.mrc"
+    for leftover in (mine, theirs):
+        leftover.write_bytes(b"\0" * 1024)
+    report = segment(
+        tmp_path / "tomo.mrc", tmp_path / "net.pt", tmp_path / "seg",
+        settings=SegmentSettings(window=16, device="cpu"),
+    )  # fmt: skip
+    assert not mine.exists() and theirs.exists()  # another run's may still be writing
+    assert any("interrupted run" in w for w in report.warnings)

@@ -162,6 +162,20 @@ def recover(folder: Path) -> tuple[int, int]:
     return finished, len(leftovers)
 
 
+def remove_leftovers_of(finals: Iterable[Path]) -> int:
+    """Remove the temporary files that killed runs left for these final paths (their
+    ``.staged-`` and ``.partial-`` names); how many. For folders several runs may write
+    into at once (``segment``), where only a run's own outputs are its business."""
+    removed = 0
+    for final in finals:
+        final = Path(final)
+        for mark in LEFTOVERS:
+            for path in final.parent.glob(f".{final.name}{mark}*"):
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
 def is_plain_name(name: object) -> bool:
     """Whether ``name`` is usable as one file name: a non-empty string without path
     separators, other than ``.`` and ``..``."""

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import InputError
-from ..io.files import StagedFiles
+from ..io.files import StagedFiles, remove_leftovers_of
 from ..io.manifest import as_xyz
 from ..io.mrc import MrcSlabWriter
 from ..io.volumes import Geometry, VolumeReader, closing_reader, read_volume, write_volume
@@ -154,6 +154,8 @@ def segment_one(
 
             windows = windows_count(shape, grid, settings.overlap)
             total = windows * (len(FLIPS) if settings.tta else 1)
+            if remove_leftovers_of(outputs):
+                warn(f"{tomogram}: removed the temporary outputs an interrupted run left")
             staged = StagedFiles()
             try:
                 staged.make_dirs(out_dir)
