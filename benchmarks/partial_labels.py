@@ -48,7 +48,8 @@ sys.path.insert(0, str(ROOT / "sample_data"))
 import make_sample_data as sample  # noqa: E402
 
 from patch_corrections.constants import BACKGROUND, IGNORE, MEMBRANE  # noqa: E402
-from patch_corrections.data import TrainingPatch, normalise  # noqa: E402
+from patch_corrections.data import TrainingPatch  # noqa: E402
+from patch_corrections.intensity import normalise  # noqa: E402
 from patch_corrections.metrics import add_counts, counts, summarise  # noqa: E402
 from patch_corrections.model import PRESETS, UNet  # noqa: E402
 from patch_corrections.relabel import relabel_candidates  # noqa: E402

@@ -160,7 +160,7 @@ def network_from_checkpoint(content: dict, path: Path) -> tuple[UNet, dict]:
 def normalisation_of(content: dict) -> str:
     """The intensity normalisation a checkpoint's network was trained with: the one ours
     record, MemBrain-seg's z-score over the whole tomogram for its checkpoints."""
-    from .data import NORMALISATION, ZSCORE
+    from .intensity import NORMALISATION, ZSCORE
 
     if content.get("format") == FORMAT:
         return content.get("normalisation", NORMALISATION)

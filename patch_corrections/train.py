@@ -25,8 +25,9 @@ import torch
 from .augment import AugmentConfig, augment
 from .checkpoints import save_checkpoint
 from .constants import DEFAULT_LOSS, IGNORE, MEMBRANE
-from .data import NORMALISATION, TrainingPatch, sample_crop
+from .data import TrainingPatch, sample_crop
 from .devices import Precision, sync, to_cpu
+from .intensity import NORMALISATION
 from .losses import bce_dice_loss, deep_supervision_loss, make_loss
 from .model import UNet
 

@@ -20,7 +20,8 @@ import torch
 from make_sample_data import synthesize
 
 from patch_corrections.checkpoints import save_checkpoint
-from patch_corrections.data import NORMALISATION, TrainingPatch
+from patch_corrections.data import TrainingPatch
+from patch_corrections.intensity import NORMALISATION
 from patch_corrections.model import PRESETS, UNet
 from patch_corrections.train import TrainConfig, train
 

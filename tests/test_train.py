@@ -579,7 +579,7 @@ def test_retrain_relabel_rounds_write_adopted_voxels_outside_the_border(
 
 
 def test_patches_are_normalised_with_their_tomograms_statistics(sample_train_dir, tmp_path):
-    from patch_corrections.data import ZSCORE, tomogram_statistics
+    from patch_corrections.intensity import ZSCORE, tomogram_statistics
     from patch_corrections.io.manifest import load_manifest
     from patch_corrections.io.volumes import closing_reader
 

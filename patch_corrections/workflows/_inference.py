@@ -3,7 +3,6 @@ window, and the output files written slab by slab. Used by :mod:`.segmentation`.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,7 +13,7 @@ from ..errors import InputError
 from ..io.files import StagedFiles, remove_leftovers_of
 from ..io.manifest import as_xyz
 from ..io.mrc import MrcSlabWriter
-from ..io.volumes import Geometry, VolumeReader, closing_reader, read_volume, write_volume
+from ..io.volumes import Geometry, closing_reader, read_volume, write_volume
 from ._common import collect_warnings, warn
 from .events import Listener, Progress
 
@@ -41,8 +40,8 @@ class LoadedNetwork:
             pixel_size_of,
             read_checkpoint,
         )
-        from ..data import NORMALISATIONS
         from ..devices import Precision, pick_device
+        from ..intensity import NORMALISATIONS
 
         try:
             target = pick_device(settings.device)
@@ -97,8 +96,14 @@ def segment_one(
     import torch
 
     from ..components import connected_components, smallest_label_dtype
-    from ..data import ZSCORE, normalise, robust_statistics, spread_sample
     from ..infer import FLIPS, sliding_window, tta_with_variance, windows_count
+    from ..intensity import (
+        ZSCORE,
+        normalise,
+        robust_statistics,
+        spread_sample,
+        volume_statistics,
+    )
     from ..rescale import grid_window, rescaled
 
     network, target, precision = loaded.network, loaded.target, loaded.precision
@@ -232,21 +237,3 @@ def segment_one(
         "component_count": component_count,
         "warnings": warned,
     }
-
-
-def volume_statistics(reader: VolumeReader) -> tuple[float, float]:
-    """Mean and standard deviation of every finite voxel, read slab by slab in float64."""
-    nz, ny, nx = reader.info.shape
-    count, total, squares = 0, 0.0, 0.0
-    step = max(1, 2**24 // max(ny * nx, 1))
-    for z0 in range(0, nz, step):
-        block = reader.read_block((z0, 0, 0), (min(z0 + step, nz), ny, nx)).astype(np.float64)
-        finite = block[np.isfinite(block)]
-        count += finite.size
-        total += float(finite.sum())
-        squares += float(np.square(finite).sum())
-    if not count:
-        return 0.0, 1.0
-    mean = total / count
-    deviation = math.sqrt(max(squares / count - mean**2, 0.0))
-    return mean, deviation if deviation > 0 else 1.0

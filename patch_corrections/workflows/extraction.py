@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from ..constants import BORDER_WIDTH, IMAGES_SUBDIR, LABELS_SUBDIR, PATCH_SIZE
-from ..data import tomogram_statistics
 from ..errors import InputError
+from ..intensity import tomogram_statistics
 from ..io.centres import Centre, read_centres
 from ..io.files import StagedFiles
 from ..io.manifest import as_xyz, load_manifest, manifest_path, manifest_text

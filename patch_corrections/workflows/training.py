@@ -169,8 +169,9 @@ def retrain(
         pixel_size_of,
         read_checkpoint,
     )
-    from ..data import NORMALISATION, NORMALISATIONS, load_split
+    from ..data import load_split
     from ..devices import pick_device
+    from ..intensity import NORMALISATION, NORMALISATIONS
     from ..losses import parse_loss
     from ..model import PRESETS, UNet
     from ..relabel_training import relabel_round_dirs, round_dir
