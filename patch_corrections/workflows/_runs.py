@@ -1,10 +1,11 @@
-"""What training runs share: metrics.csv and curves.png beside the checkpoints, and how a
-run that stops early is reported."""
+"""What training runs share: metrics.csv and curves.png beside the checkpoints, how a
+run that stops early is reported, and which settings a resumed run keeps."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
 
 from ..errors import InputError, RunInterrupted
@@ -79,3 +80,51 @@ def training_stops(
             f"out of GPU memory with --batch-size {config.batch_size} and --crop-size "
             f"{config.crop_size}{out_of_memory} (checkpoints written so far are kept)"
         ) from None
+
+
+# Settings a resumed run keeps, with the option that sets each one.
+_RESUME_FIXED = {
+    "loss": "--loss",
+    "batch_size": "--batch-size",
+    "crop_size": "--crop-size",
+    "optimizer": "--optimizer",
+    "lr": "--lr",
+    "schedule": "--schedule",
+    "warmup": "--warmup",
+    "seed": "--seed",
+    "val_every": "--val-every",
+    "save_every": "--save-every",
+    "augment": "--no-augment",
+    "compile": "--compile",
+    "channels_last": "--channels-last/--no-channels-last",
+}
+
+
+def refuse_changes_on_resume(content: dict, settings, val_dir) -> None:
+    """A resumed run keeps its settings: one given with another value (in ``settings``, a
+    ``RetrainSettings``) is an error."""
+    from ..model import PRESETS, UNetConfig
+    from ..train import TrainConfig
+
+    saved = TrainConfig.from_dict(content["train_config"])
+    defaults = {f.name: f.default for f in fields(settings)}
+    changed = []
+    for name, flag in _RESUME_FIXED.items():
+        given, stored = getattr(settings, name), getattr(saved, name)
+        if given == defaults[name] or given == stored:
+            continue
+        changed.append(f"{flag} (saved: {not stored if name == 'augment' else stored})")
+    split = content["split"]
+    fraction = settings.val_fraction
+    if fraction not in (split["val_fraction"], defaults["val_fraction"]):
+        changed.append(f"--val-fraction (saved: {split['val_fraction']})")
+    if val_dir is not None and str(Path(val_dir).resolve()) != split["val_dir"]:
+        changed.append(f"--val-dir (saved: {split['val_dir']})")
+    network = UNetConfig.from_dict(content["model_config"])
+    if settings.preset != defaults["preset"] and PRESETS[settings.preset] != network:
+        changed.append(f"--preset (the saved network has filters {network.filters})")
+    if changed:
+        raise InputError(
+            "--resume keeps the saved run's settings; drop " + ", ".join(changed) + ", or "
+            "start a new run from its weights with --checkpoint"
+        )

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 import shutil
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..constants import DEFAULT_LOSS, PATCH_SIZE
 from ..errors import InputError
 from ._common import check_out_dir, collect_warnings, warn, writing_into
-from ._runs import plot_curves, training_stops, write_metrics
+from ._runs import plot_curves, refuse_changes_on_resume, training_stops, write_metrics
 from .events import SILENT, Listener, Progress
 from .relabeling import RELABEL_REPORT, RelabelPlan, relabel_candidates_of, run_relabeling
 
@@ -122,24 +122,6 @@ class RetrainReport:
     warnings: list[str]
 
 
-# Settings a resumed run keeps, with the option that sets each one.
-_RESUME_FIXED = {
-    "loss": "--loss",
-    "batch_size": "--batch-size",
-    "crop_size": "--crop-size",
-    "optimizer": "--optimizer",
-    "lr": "--lr",
-    "schedule": "--schedule",
-    "warmup": "--warmup",
-    "seed": "--seed",
-    "val_every": "--val-every",
-    "save_every": "--save-every",
-    "augment": "--no-augment",
-    "compile": "--compile",
-    "channels_last": "--channels-last/--no-channels-last",
-}
-
-
 def retrain(
     train_dir: Path,
     out_dir: Path,
@@ -220,7 +202,7 @@ def retrain(
         if s.resume or checkpoint is not None:
             content = read_checkpoint(last if s.resume else checkpoint, s.trust_checkpoint)
         if s.resume:
-            _refuse_changes_on_resume(content, s, val_dir)
+            refuse_changes_on_resume(content, s, val_dir)
             config, split = TrainConfig.from_dict(content["train_config"]), content["split"]
         else:
             config, split = None, None
@@ -397,32 +379,3 @@ def _run(network, train_patches, val_patches, config, out_dir: Path, target, spl
         )
     plot_curves(state.history, out_dir / "curves.png")
     return state
-
-
-def _refuse_changes_on_resume(content: dict, settings: RetrainSettings, val_dir) -> None:
-    """A resumed run keeps its settings: one given with another value is an error."""
-    from ..model import PRESETS, UNetConfig
-    from ..train import TrainConfig
-
-    saved = TrainConfig.from_dict(content["train_config"])
-    defaults = {f.name: f.default for f in fields(RetrainSettings)}
-    changed = []
-    for name, flag in _RESUME_FIXED.items():
-        given, stored = getattr(settings, name), getattr(saved, name)
-        if given == defaults[name] or given == stored:
-            continue
-        changed.append(f"{flag} (saved: {not stored if name == 'augment' else stored})")
-    split = content["split"]
-    fraction = settings.val_fraction
-    if fraction not in (split["val_fraction"], defaults["val_fraction"]):
-        changed.append(f"--val-fraction (saved: {split['val_fraction']})")
-    if val_dir is not None and str(Path(val_dir).resolve()) != split["val_dir"]:
-        changed.append(f"--val-dir (saved: {split['val_dir']})")
-    network = UNetConfig.from_dict(content["model_config"])
-    if settings.preset != defaults["preset"] and PRESETS[settings.preset] != network:
-        changed.append(f"--preset (the saved network has filters {network.filters})")
-    if changed:
-        raise InputError(
-            "--resume keeps the saved run's settings; drop " + ", ".join(changed) + ", or "
-            "start a new run from its weights with --checkpoint"
-        )
