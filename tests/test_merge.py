@@ -163,14 +163,20 @@ def test_summary_lists_what_was_not_used(tmp_path, run_cli):
     assert len(all_files(tmp_path / "train" / "labelsTr")) == 3
 
 
-def test_geometry_disagreement_is_a_warning(tmp_path, run_cli):
+def test_geometry_disagreement_is_an_error_unless_told(tmp_path, run_cli):
+    # A mask painted on another patch of the same name (cut elsewhere before an
+    # extract_patches --overwrite) must not be merged silently into the new one.
     folder, _ = _extraction_folder(tmp_path)
     moved = Geometry(GEOMETRY.voxel_size, (0.0, 0.0, 0.0))
     _paint(tmp_path, "tomo_patch000", "Add1.nrrd", _mask((3, 3, 3)), geometry=moved)
     result = _merge(run_cli, tmp_path, folder)
-    assert result.exit_code == 0, result.output
-    assert "Warnings (1)" in result.output
+    assert result.exit_code == 1
     assert "Add1.nrrd: origin/spacing (spacing 4,3,2; origin 0,0,0) differ" in result.output
+    assert "--ignore-geometry" in result.output and len(result.output.splitlines()) == 1
+    assert not (tmp_path / "train").exists()
+    result = _merge(run_cli, tmp_path, folder, "--ignore-geometry")
+    assert result.exit_code == 0, result.output
+    assert "Warnings (1)" in result.output and "merged by voxel index" in result.output
 
 
 def test_mitk_style_nrrd_is_accepted(tmp_path, run_cli):

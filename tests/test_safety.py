@@ -371,3 +371,12 @@ def test_segment_removes_what_a_killed_segment_of_the_same_tomogram_left(tmp_pat
     )  # fmt: skip
     assert not mine.exists() and theirs.exists()  # another run's may still be writing
     assert any("interrupted run" in w for w in report.warnings)
+
+
+def test_overwrite_that_moves_a_patch_says_its_old_corrections_do_not_fit(extracted, tmp_path):
+    report = extract_patches(
+        tmp_path / "tomo.mrc", tmp_path / "seg.mrc", extracted, points=[(6, 6, 6)],
+        settings=ExtractSettings(patch_size=8, border=1, overwrite=True),
+    )  # fmt: skip
+    assert [p.name for p in report.patches] == ["tomo_patch000"]
+    assert any(w.startswith("tomo_patch000: now cut at other centres") for w in report.warnings)

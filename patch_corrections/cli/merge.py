@@ -78,6 +78,14 @@ def merge_corrections_command(
             "(patch voxel indices; repeat for other axes).",
         ),
     ] = None,
+    ignore_geometry: Annotated[
+        bool,
+        typer.Option(
+            "--ignore-geometry",
+            help="Merge an NRRD mask whose origin or spacing differs from its patch's by "
+            "voxel index (an error without it: the mask was likely painted on another patch).",
+        ),
+    ] = False,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace existing training pairs.")
     ] = False,
@@ -89,6 +97,7 @@ def merge_corrections_command(
         include_uncorrected=include_uncorrected,
         sparse=sparse,
         keep_slices=tuple(keep_slices or ()),
+        ignore_geometry=ignore_geometry,
         overwrite=overwrite,
     )
     with console() as listener:

@@ -358,6 +358,7 @@ def _plan_names(
         r for r in records if r["name"].startswith(prefix) and r["name"][len(prefix) :].isdigit()
     ]
     replaced: set[Path] = set()
+    earlier = {r["name"]: r.get("centre_xyz") for r in mine}
     if overwrite:
         replaced = {out_dir / r[key] for r in mine for key in ("image", "label")}
         records = [r for r in records if r not in mine]
@@ -374,4 +375,11 @@ def _plan_names(
         done.add(key)
         new.append((f"{prefix}{number:03d}", centre, index))
         number += 1
+    moved = [n for n, _, index in new if n in earlier and earlier[n] != as_xyz(index)]
+    if moved:
+        warn(
+            f"{', '.join(moved)}: now cut at other centres than before; corrections painted "
+            "on the old patches do not fit them (merge_corrections refuses NRRD masks whose "
+            "origin differs)"
+        )
     return records, new, replaced

@@ -55,6 +55,11 @@ class MergeSettings:
     keep_slices
         With ``sparse``, keep the patch's labels on these slices, e.g. ``"z=40,80,100-110"``
         (patch voxel indices; one entry per axis).
+    ignore_geometry
+        Merge an NRRD mask whose origin or spacing differs from its patch's by voxel
+        index, with a warning; without it that is an error (the mask was most likely
+        painted on another patch of the same name, e.g. before ``extract_patches
+        --overwrite`` cut a new one).
     overwrite
         Replace existing training pairs.
     """
@@ -64,6 +69,7 @@ class MergeSettings:
     include_uncorrected: bool = False
     sparse: bool = False
     keep_slices: tuple[str, ...] = ()
+    ignore_geometry: bool = False
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -240,10 +246,16 @@ def _plan_merge(
                 and path.name.lower().endswith((".nrrd", ".nhdr"))
                 and not info.geometry.agrees_with(label_info.geometry)
             ):
-                warn(
+                where = (
                     f"{path}: origin/spacing {_describe(info.geometry)} differ from its "
-                    f"patch's {_describe(label_info.geometry)}; merged by voxel index"
+                    f"patch's {_describe(label_info.geometry)}"
                 )
+                if not settings.ignore_geometry:
+                    raise InputError(
+                        f"{where}: painted on another patch? (--ignore-geometry merges it "
+                        "by voxel index)"
+                    )
+                warn(f"{where}; merged by voxel index (--ignore-geometry)")
     record = patch.record or {}
     border = settings.border
     if border is None:
