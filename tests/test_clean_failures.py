@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -208,3 +209,30 @@ def test_a_bad_command_line_is_one_line_in_a_shell():
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.startswith("Error: --patch-size abc: ")
     assert done.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", [["segment"], ["retrain"], ["demo"]])
+def test_without_pytorch_the_training_commands_say_what_to_install(tmp_path, command):
+    # A machine with `pip install -e .` alone: torch cannot be imported.
+    sample = Path(__file__).resolve().parent.parent / "sample_data"
+    arguments = {
+        "segment": ["-t", sample / "tomogram.mrc", "--checkpoint", sample / "starting_model.pt",
+                    "-o", tmp_path / "seg"],
+        "retrain": ["-t", tmp_path, "-o", tmp_path / "run", "--iterations", "1"],
+        "demo": ["--out-dir", tmp_path / "demo"],
+    }[command[0]]  # fmt: skip
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from patch_corrections.cli import main\n"
+        "sys.argv[0] = 'patch_corrections'; main()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, *command, *map(str, arguments)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("Error: this command needs torch") and "[train]" in lines[-1]
+    assert "Traceback" not in done.stderr

@@ -20,6 +20,8 @@ from ..workflows.events import Listener, Progress
 P = ParamSpec("P")
 PROGRESS_MIN_ITEMS = 3
 """Progress bars appear from this many items on."""
+TRAIN_EXTRA = ("torch", "matplotlib")
+"""What the ``train`` extra installs: commands that need them say so in one line."""
 USAGE_EXIT_CODE = 2
 """Exit code of a command line that does not parse (a bad, unknown or missing option), as
 click and argparse use it; 1 stays for bad input files and values the workflows refuse."""
@@ -52,6 +54,16 @@ def user_errors(command: Callable[P, None]) -> Callable[P, None]:
         except KeyboardInterrupt:
             typer.echo("Interrupted; this run wrote nothing.", err=True)
             raise typer.Exit(130) from None
+        except ModuleNotFoundError as exc:
+            if exc.name not in TRAIN_EXTRA:
+                raise
+            typer.echo(
+                f"Error: this command needs {exc.name}, which is not installed: "
+                'pip install "patch_corrections[train]" (or PyTorch for your CUDA, '
+                "from pytorch.org)",
+                err=True,
+            )
+            raise typer.Exit(1) from None
         except OSError as exc:  # permissions, full disk: the system's words suffice
             where = f"{exc.filename}: " if exc.filename else ""
             typer.echo(f"Error: {where}{exc.strerror or exc}", err=True)
