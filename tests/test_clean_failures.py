@@ -236,3 +236,30 @@ def test_without_pytorch_the_training_commands_say_what_to_install(tmp_path, com
     lines = done.stderr.strip().splitlines()
     assert lines[-1].startswith("Error: this command needs torch") and "[train]" in lines[-1]
     assert "Traceback" not in done.stderr
+
+
+def test_without_a_terminal_progress_is_a_line_now_and_then(tmp_path, run_cli, monkeypatch):
+    # Cluster jobs write to a log: no bar would ever be seen there.
+    from patch_corrections.cli import _common
+    from patch_corrections.workflows.events import Progress
+
+    monkeypatch.setattr(_common, "LOG_EVERY_S", 0.0)
+    sample = Path(__file__).resolve().parent.parent / "sample_data"
+    result = run_cli(
+        "segment", "-t", sample / "tomogram.mrc", "--checkpoint", sample / "starting_model.pt",
+        "-o", tmp_path / "seg", "--window", 64, "--device", "cpu",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("Segmenting: ")]
+    assert lines[0] == "Segmenting: 0/36" and lines[-1].startswith("Segmenting: 36/36, ")
+    assert any(" left" in line for line in lines[1:-1])
+
+    monkeypatch.setattr(_common, "LOG_EVERY_S", 3600.0)  # only the first and the last
+    printed = []
+    monkeypatch.setattr(_common.typer, "echo", lambda text, err=False: printed.append(text))
+    bars = _common._Bars(terminal=False)
+    for step in range(0, 11):
+        bars.update(Progress("Training", step, 10, loss=0.5 if step >= 5 else None))
+    assert printed[0] == "Training: 0/10"
+    assert printed[-1].startswith("Training: 10/10, ") and printed[-1].endswith("loss 0.5000")
+    assert len(printed) == 2

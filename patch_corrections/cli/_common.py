@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib
 import shlex
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,6 +21,8 @@ from ..workflows.events import Listener, Progress
 P = ParamSpec("P")
 PROGRESS_MIN_ITEMS = 3
 """Progress bars appear from this many items on."""
+LOG_EVERY_S = 30.0
+"""Seconds between progress lines when stderr is not a terminal (a log file)."""
 TRAIN_EXTRA = ("torch", "matplotlib")
 """What the ``train`` extra installs: commands that need them say so in one line."""
 USAGE_EXIT_CODE = 2
@@ -157,8 +160,10 @@ def print_warnings(messages: list[str]) -> None:
 class _Bars:
     """One transient progress bar on stderr at a time, for the task being reported."""
 
-    def __init__(self) -> None:
+    def __init__(self, terminal: bool | None = None) -> None:
+        self._terminal = terminal  # None: whether stderr is one, asked when a task starts
         self._bar = None
+        self._lines: _Lines | None = None
         self._task = None
         self._label: str | None = None
         self._first = 0
@@ -170,7 +175,9 @@ class _Bars:
             self._label = event.task
             if event.total >= PROGRESS_MIN_ITEMS:
                 self._start(event)
-        if self._bar is not None:
+        if self._lines is not None:
+            self._lines.update(event)
+        elif self._bar is not None:
             seconds = max(time.perf_counter() - self._started, 1e-9)
             extra = f"{(event.done - self._first) / seconds:.2f}/s"
             if event.loss is not None:  # training: the last logged loss, once there is one
@@ -180,6 +187,10 @@ class _Bars:
             self.stop()
 
     def _start(self, event: Progress) -> None:
+        terminal = sys.stderr.isatty() if self._terminal is None else self._terminal
+        if not terminal:  # a log file, a cluster job: no bar would be seen
+            self._lines = _Lines(event)
+            return
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -206,7 +217,39 @@ class _Bars:
     def stop(self) -> None:
         if self._bar is not None:
             self._bar.stop()
-        self._bar, self._task, self._label = None, None, None
+        self._bar, self._task, self._label, self._lines = None, None, None, None
+
+
+class _Lines:
+    """Progress as plain lines on stderr, for output that is not a terminal: one at the
+    start, then one every ``LOG_EVERY_S`` seconds and one at the end, each with the count,
+    the rate, the time left and (training) the last logged loss."""
+
+    def __init__(self, event: Progress) -> None:
+        self._first, self._started = event.done, time.perf_counter()
+        self._last = -float("inf")
+
+    def update(self, event: Progress) -> None:
+        now = time.perf_counter()
+        finished = event.done >= event.total
+        if now - self._last < LOG_EVERY_S and not finished:
+            return
+        self._last = now
+        rate = (event.done - self._first) / max(now - self._started, 1e-9)
+        line = f"{event.task}: {event.done}/{event.total}"
+        if event.done > self._first:
+            line += f", {rate:.2f}/s"
+            if not finished:
+                line += f", about {_duration((event.total - event.done) / rate)} left"
+        if event.loss is not None:
+            line += f", loss {event.loss:.4f}"
+        typer.echo(line, err=True)
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
 
 
 @contextmanager
