@@ -6,6 +6,9 @@ Two inputs are understood:
   ``labels/`` folder;
 - MemBrain-seg's layout: a folder of label patches, each file's stem naming its patch, with
   the images in another folder (``--images-dir``) under the same stem or ``<stem>_0000``.
+  Its extraction writes ``labelsCorr/`` beside ``imagesCorr/`` (and training folders
+  ``labelsTr/`` beside ``imagesTr/``): the sibling is found without ``--images-dir``, and
+  the folder holding both may be given instead of the labels folder.
 
 Corrections follow MemBrain-seg's tree: ``corrections_dir/<patch name>/Add*, Remove*,
 Ignore*`` in any readable format, prefixes matched case-insensitively.
@@ -42,6 +45,10 @@ class CorrectionFolder:
     folder: Path
     masks: dict[str, list[Path]] = field(default_factory=dict)
     unmatched: list[Path] = field(default_factory=list)
+
+
+LABEL_FOLDERS = {"labelsCorr": "imagesCorr", "labelsTr": "imagesTr", "labels": "images"}
+"""Label folders and the image folder beside each, as MemBrain-seg and we name them."""
 
 
 def _volume_files(folder: Path) -> list[Path]:
@@ -82,6 +89,15 @@ def find_label_patches(labels_dir: Path, images_dir: Path | None = None) -> list
         raise InputError(f"{labels_dir}: labels folder not found")
     if images_dir is not None and not Path(images_dir).is_dir():
         raise InputError(f"{images_dir}: images folder not found")
+    if not manifest_path(labels_dir).exists() and not _volume_files(labels_dir):
+        # The folder holding MemBrain-seg's labelsCorr/ (or labelsTr/): use that one.
+        inner = [labels_dir / name for name in LABEL_FOLDERS if (labels_dir / name).is_dir()]
+        if len(inner) == 1:
+            labels_dir = inner[0]
+    if images_dir is None and not manifest_path(labels_dir.parent).exists():
+        sibling = labels_dir.parent / LABEL_FOLDERS.get(labels_dir.name, "")
+        if labels_dir.name in LABEL_FOLDERS and sibling.is_dir():
+            images_dir = sibling
     if manifest_path(labels_dir).exists():
         patches = _from_manifest(labels_dir, load_manifest(labels_dir), None)
     elif manifest_path(labels_dir.parent).exists():
@@ -132,7 +148,14 @@ def scan_corrections(corrections_dir: Path) -> dict[str, CorrectionFolder]:
                 entry.unmatched.append(path)
             else:
                 entry.masks.setdefault(kind, []).append(path)
-        folders[folder.name] = entry
+        # A folder may be named after the patch file itself (``tomo_patch0.nii.gz/``).
+        name = volume_stem(folder)
+        if name in folders:
+            raise InputError(
+                f"{folder}: a second corrections folder for patch {name!r} (beside "
+                f"{folders[name].folder.name}); keep one"
+            )
+        folders[name] = entry
     return folders
 
 
