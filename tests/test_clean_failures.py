@@ -263,3 +263,20 @@ def test_without_a_terminal_progress_is_a_line_now_and_then(tmp_path, run_cli, m
     assert printed[0] == "Training: 0/10"
     assert printed[-1].startswith("Training: 10/10, ") and printed[-1].endswith("loss 0.5000")
     assert len(printed) == 2
+
+
+def test_output_cut_short_by_its_reader_is_not_an_error(tmp_path):
+    # `patch_corrections evaluate ... | head -1`: the reader goes away after what it needed.
+    sample = Path(__file__).resolve().parent.parent / "sample_data"
+    command = [
+        sys.executable, "-m", "patch_corrections", "evaluate",
+        "--prediction", sample / "prediction.mrc", "--reference", sample / "truth.mrc",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        [str(c) for c in command], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    process.stdout.close()  # before the command prints anything
+    errors = process.stderr.read().decode()
+    process.stderr.close()
+    assert process.wait(timeout=120) == 141  # as a process ended by SIGPIPE
+    assert errors == ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 import shlex
 import sys
 import time
@@ -67,6 +68,10 @@ def user_errors(command: Callable[P, None]) -> Callable[P, None]:
                 err=True,
             )
             raise typer.Exit(1) from None
+        except BrokenPipeError:  # `| head`: the reader has all it wanted; say nothing
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # nothing more fails at exit
+            raise typer.Exit(128 + 13) from None  # as a process ended by SIGPIPE
         except OSError as exc:  # permissions, full disk: the system's words suffice
             where = f"{exc.filename}: " if exc.filename else ""
             typer.echo(f"Error: {where}{exc.strerror or exc}", err=True)
