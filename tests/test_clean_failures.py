@@ -280,3 +280,22 @@ def test_output_cut_short_by_its_reader_is_not_an_error(tmp_path):
     process.stderr.close()
     assert process.wait(timeout=120) == 141  # as a process ended by SIGPIPE
     assert errors == ""
+
+
+@pytest.mark.parametrize(("threshold", "every"), [(5.0, "background"), (-1.0, "membrane")])
+def test_a_threshold_outside_the_predictions_values_is_said(threshold, every):
+    from patch_corrections import EvaluateSettings, evaluate
+
+    sample = Path(__file__).resolve().parent.parent / "sample_data"
+    report = evaluate(
+        sample / "prediction.mrc", sample / "truth.mrc",
+        settings=EvaluateSettings(threshold=threshold),
+    )  # fmt: skip
+    assert any(
+        w.startswith(f"--threshold {threshold:g} is outside") and w.endswith(every)
+        for w in report.warnings
+    ), report.warnings
+    inside = evaluate(
+        sample / "prediction.mrc", sample / "truth.mrc", settings=EvaluateSettings(threshold=0)
+    )
+    assert inside.warnings == []

@@ -62,11 +62,16 @@ def evaluate(
         with closing_reader(prediction) as reader:
             shape, geometry = reader.info.shape, reader.info.geometry
             total: dict[str, int] = {}
-            largest = 0
+            largest, low, high = 0, np.inf, -np.inf
             for name, labels, start in _references(reference, shape, geometry):
                 largest = max(largest, *labels.shape)
                 stop = tuple(a + n for a, n in zip(start, labels.shape))
                 block = reader.read_block(start, stop)
+                if block.size:
+                    low, high = (
+                        min(low, float(np.nanmin(block))),
+                        max(high, float(np.nanmax(block))),
+                    )
                 predicted = block > (threshold if threshold is not None else 0.5)
                 if (
                     threshold is None
@@ -78,6 +83,12 @@ def evaluate(
                 total = add_counts(total, counts(predicted, labels, settings.tolerance))
         if not total.get("annotated"):
             raise InputError(f"{reference}: no annotated voxel (all ignore): nothing to compare")
+        if threshold is not None and np.isfinite(high) and not low <= threshold < high:
+            warn(
+                f"--threshold {threshold:g} is outside the prediction's values "
+                f"({low:g} to {high:g}): every voxel is "
+                f"{'background' if threshold >= high else 'membrane'}"
+            )
         if 0 < largest < settings.tolerance:
             warn(
                 f"--tolerance {settings.tolerance} is larger than the compared volume's "
