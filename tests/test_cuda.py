@@ -196,6 +196,16 @@ def test_a_gpu_checkpoint_resumes_on_the_cpu(tmp_path):
 
 def test_running_out_of_gpu_memory_is_a_one_line_input_error(tmp_path):
     folder = _training_folder(tmp_path / "train", count=2)
+    # Patches 384 long in z, so that 384³ crops are not refused as larger than every patch.
+    for i in range(2):
+        image, labels = _learnable_arrays(i)
+        tall_image, tall_labels = np.tile(image, (6, 1, 1)), np.tile(labels, (6, 1, 1))
+        for path, data in (
+            (folder / "imagesTr" / f"p{i}_0000.mrc", tall_image),
+            (folder / "labelsTr" / f"p{i}.mrc", tall_labels),
+        ):
+            path.unlink()
+            write_volume(path, data, Geometry((1.0, 1.0, 1.0)))
     # 8 crops of 384³ through the full network: the first level's activations alone need
     # far more than the 80-141 GB of one H100 or H200, while each sample stays below
     # 2^31 elements per tensor (cuDNN's limit, which would be another error).

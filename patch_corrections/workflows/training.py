@@ -291,6 +291,14 @@ def retrain(
             raise InputError(
                 f"--crop-size {config.crop_size}: must be a multiple of {divisor} for this network"
             )
+        largest = max(max(p.image.shape) for p in train_patches)
+        if config.crop_size > largest:
+            fits = max(divisor, largest // divisor * divisor)
+            raise InputError(
+                f"--crop-size {config.crop_size}: larger than every training patch (the "
+                f"largest edge is {largest}), so each crop would be mostly padding; use "
+                f"--crop-size {fits}"
+            )
 
         if s.resume:
             start = "resuming at iteration {}".format(content["step"])
