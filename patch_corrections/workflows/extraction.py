@@ -37,7 +37,6 @@ from ..patches import (
 )
 from ._common import (
     check_format,
-    check_out_dir,
     collect_warnings,
     require_free,
     tracked,
@@ -193,7 +192,6 @@ def _extract(
 ) -> tuple[list[ExtractedPatch], int]:
     fmt, border, overwrite = settings.format, settings.border, settings.overwrite
     token = _check_token(settings.token) if settings.token else _safe_token(tomogram)
-    check_out_dir(out_dir)
     with closing_reader(tomogram) as image_reader, closing_reader(segmentation) as seg_reader:
         shape = image_reader.info.shape
         if seg_reader.info.shape != shape:

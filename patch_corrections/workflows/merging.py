@@ -26,7 +26,6 @@ from ..patches import fill_nonfinite
 from ..sparse import AXES, parse_slices, slices_mask
 from ._common import (
     check_format,
-    check_out_dir,
     collect_warnings,
     merged_rows,
     require_free,
@@ -147,7 +146,6 @@ def merge_corrections(
         ]
         require_free([path for plan in plans for path in plan.outputs], settings.overwrite)
 
-        check_out_dir(out_dir)
         staged = StagedFiles()
         try:
             staged.make_dirs(out_dir / TRAIN_IMAGES_SUBDIR, out_dir / TRAIN_LABELS_SUBDIR)

@@ -18,7 +18,6 @@ from ..io.volumes import Geometry, output_path, read_volume, volume_suffix, writ
 from ..sparse import AXES, random_boxes, slices_mask, spaced_slices, sparsify
 from ._common import (
     check_format,
-    check_out_dir,
     collect_warnings,
     merged_rows,
     require_free,
@@ -118,7 +117,6 @@ def simulate_sparse(
             "border, padding and intensity statistics are not carried over",
         )
 
-        check_out_dir(out_dir)
         rng = np.random.default_rng(settings.seed)
         staged = StagedFiles()
         rows = []

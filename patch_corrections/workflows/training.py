@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..constants import DEFAULT_LOSS, PATCH_SIZE
 from ..errors import InputError
-from ._common import check_out_dir, collect_warnings, warn, writing_into
+from ._common import collect_warnings, warn, writing_into
 from ._runs import plot_curves, refuse_changes_on_resume, training_stops, write_metrics
 from .events import SILENT, Listener, Progress
 from .relabeling import RELABEL_REPORT, RelabelPlan, relabel_candidates_of, run_relabeling
@@ -161,7 +161,6 @@ def retrain(
 
     train_dir, out_dir, s = Path(train_dir), Path(out_dir), settings
     with collect_warnings() as warned, writing_into(out_dir):
-        check_out_dir(out_dir)
         last = out_dir / LAST
         try:
             loss = "+".join(parse_loss(s.loss))
