@@ -27,7 +27,6 @@ from .errors import InputError, PatchCorrectionsWarning
 from .intensity import NORMALISATION, ZSCORE, normalise, statistics_of
 from .io.volumes import (
     is_volume_file,
-    read_info,
     read_volume,
     volume_stem,
 )
@@ -158,13 +157,15 @@ def load_training_pairs(
     recorded: dict[str, dict] | None = None,
     pixel_size: float | None = None,
     given_pixel_size: float | None = None,
+    resampled: list[tuple[str, tuple[int, ...]]] | None = None,
 ) -> list[TrainingPatch]:
     """Read, check and normalise training pairs: each image with its tomogram's statistics
     where ``recorded`` (see :func:`recorded_statistics`) has them, else with its own.
 
     With ``pixel_size`` (the network's, Å), a patch at another voxel size (its header's, or
     ``given_pixel_size``) is resampled to it first: the image in Fourier space, the labels
-    by nearest neighbour, ignore kept.
+    by nearest neighbour, ignore kept; each one's name and new shape are added to
+    ``resampled``.
     """
     recorded = recorded or {}
     patches = []
@@ -192,6 +193,8 @@ def load_training_pairs(
             shape = tuple(max(1, round(n * size / pixel_size)) for n in image.shape)
             image, labels = resample_image(image, shape), resample_labels(labels, shape)
             size = pixel_size
+            if resampled is not None and shape != tuple(info.shape):
+                resampled.append((name, shape))
         patch = TrainingPatch.from_arrays(name, image, labels, normalisation, statistics)
         patch.pixel_size = size
         patches.append(patch)
@@ -285,21 +288,16 @@ def load_split(
     recorded = recorded_statistics(train_dir)
     val_source = val_dir if val_dir is not None else (split or {}).get("val_dir")
     val_recorded = recorded_statistics(Path(val_source)) if val_source else recorded
-    sizes = (pixel_size, given_pixel_size)
+    moved: list[tuple[str, tuple[int, ...]]] = []
+    sizes = (pixel_size, given_pixel_size, moved)
     train_patches = load_training_pairs(train_pairs, normalisation, recorded, *sizes)
     val_patches = load_training_pairs(val_pairs, normalisation, val_recorded, *sizes)
-    if pixel_size:
-        moved = [
-            (name, p.image.shape)
-            for (name, image, _), p in zip(train_pairs + val_pairs, train_patches + val_patches)
-            if read_info(image).shape != p.image.shape
-        ]
-        if moved:
-            _warn(
-                f"{len(moved)} patch(es) (e.g. {moved[0][0]}) are at another voxel size than "
-                f"the network's {pixel_size:g} Å: resampled to it (e.g. to "
-                f"{'x'.join(map(str, moved[0][1][::-1]))} voxels, x,y,z) for training"
-            )
+    if moved:
+        _warn(
+            f"{len(moved)} patch(es) (e.g. {moved[0][0]}) are at another voxel size than "
+            f"the network's {pixel_size:g} Å: resampled to it (e.g. to "
+            f"{'x'.join(map(str, moved[0][1][::-1]))} voxels, x,y,z) for training"
+        )
     unrecorded = [p[0] for p in train_pairs if normalisation not in recorded.get(p[0], {})]
     unrecorded += [p[0] for p in val_pairs if normalisation not in val_recorded.get(p[0], {})]
     if unrecorded:
