@@ -227,6 +227,29 @@ def test_mrc_header_quirks_are_read_with_one_warning(tmp_path, patches, quirks):
     assert info.geometry == GEOMETRY
 
 
+def test_a_deprecation_inside_mrcfile_is_no_header_quirk(tmp_path, monkeypatch):
+    # NumPy 2.5 deprecates the ``header.dtype = ...`` that mrcfile runs on every header:
+    # that says nothing about the user's file, which reads without a warning.
+    import mrcfile.mrcinterpreter
+
+    original = mrcfile.mrcinterpreter.MrcInterpreter._read_header
+
+    def deprecated(self, *args, **kwargs):
+        message = "Setting the dtype on a NumPy array has been deprecated"
+        warnings.warn(message, DeprecationWarning, stacklevel=2)
+        return original(self, *args, **kwargs)
+
+    path = write_mrc(tmp_path / "clean.mrc", _image(), voxel_size=(1.5, 2.0, 3.0))
+    quirky = _patched_mrc(tmp_path, _image(), [(212, bytes(4))])
+    monkeypatch.setattr(mrcfile.mrcinterpreter.MrcInterpreter, "_read_header", deprecated)
+    data, _ = read_volume(path)  # the suite turns any warning into an error
+    np.testing.assert_array_equal(data, _image())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        read_volume(quirky)
+    assert "deprecated" not in _one_warning(caught)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.int16, np.int8])
 def test_big_endian_mrc_without_machine_stamp(tmp_path, dtype):
     data = (_image() * 20).astype(dtype)

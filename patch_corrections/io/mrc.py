@@ -141,7 +141,10 @@ def _read_header(path: Path, size: int) -> tuple[Any, list[str]]:
             raise InputError(f"{path}: not a readable MRC file ({reason(exc)})") from None
         header = mrc.header.copy()
         mrc.close()
-    quirks = list(dict.fromkeys(reason(w.message) for w in caught))  # once each, in order
+    # mrcfile reports a header's quirks as RuntimeWarnings; anything else it raises (e.g.
+    # NumPy 2.5 deprecating its own ``header.dtype = ...``) is not about the file.
+    complaints = (w.message for w in caught if issubclass(w.category, RuntimeWarning))
+    quirks = list(dict.fromkeys(reason(m) for m in complaints))  # once each, in order
     try:
         mrcfile.utils.byte_order_from_machine_stamp(header.machst)
     except ValueError:
