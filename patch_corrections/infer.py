@@ -10,7 +10,8 @@ padding and window grid follow the flip) and averages the logits, as MemBrain-se
 A pass processes one row of windows (along z) at a time: only two slabs of ``window`` z
 slices are held in float32 (the weighted logits and the weights), so a tomogram never
 needs two full float32 copies in memory; test-time augmentation adds one float32 copy to
-average the 8 passes.
+average the 8 passes (two more for the variance). On a GPU with room for them these sums
+stay in GPU memory, and only the finished probabilities come back to the host.
 
 The two slabs live where the network's logits come out: a ``predict`` that returns a torch
 tensor on a GPU has its windows blended on the GPU, and finished slices are copied back a
@@ -118,7 +119,7 @@ def sliding_window(
         for z0, logits in blended_logits(
             read_block, shape, predict, window, overlap, batch_size, (), on_window
         ):
-            yield z0, sigmoid(logits)
+            yield z0, sigmoid(_to_host(logits))
         return
     for z0, probabilities, _ in tta_with_variance(
         read_block, shape, predict, window, overlap, batch_size, on_window, variance=False
@@ -142,27 +143,31 @@ def tta_with_variance(
     variance is that of the 8 passes' probabilities, a measure of how unsure the network
     is (``None`` without ``variance``, which saves two float32 copies of the volume).
     """
-    total = np.zeros(shape, np.float32)
-    spread = (np.zeros(shape, np.float32), np.zeros(shape, np.float32)) if variance else None
+    sums = None  # the mean logit's sum, and the probabilities' sum and sum of squares
     for flip in FLIPS:
         for z0, logits in blended_logits(
             read_block, shape, predict, window, overlap, batch_size, flip, on_window
         ):
+            if sums is None:
+                sums = _tta_sums(logits, shape, 3 if variance else 1)
+            if isinstance(sums[0], np.ndarray):
+                logits = _to_host(logits)
             rows = slice(z0, z0 + len(logits))
-            total[rows] += logits
-            if spread is not None:
-                probability = sigmoid(np.array(logits, np.float32))
-                spread[0][rows] += probability
-                spread[1][rows] += probability * probability
+            sums[0][rows] += logits
+            if variance:
+                probability = _sigmoid_copy(logits)
+                sums[1][rows] += probability
+                sums[2][rows] += probability * probability
+    assert sums is not None
     passes = len(FLIPS)
     for z0 in range(0, shape[0], _YIELD_SLICES):
         rows = slice(z0, z0 + _YIELD_SLICES)
-        probabilities = sigmoid(total[rows] / passes)
-        if spread is None:
+        probabilities = sigmoid(_to_host(sums[0][rows] / passes))
+        if not variance:
             yield z0, probabilities, None
             continue
-        mean = spread[0][rows] / passes
-        yield z0, probabilities, np.maximum(spread[1][rows] / passes - mean * mean, 0)
+        mean = _to_host(sums[1][rows] / passes)
+        yield z0, probabilities, np.maximum(_to_host(sums[2][rows] / passes) - mean * mean, 0)
 
 
 def blended_logits(
@@ -177,7 +182,8 @@ def blended_logits(
 ) -> Iterator[tuple[int, np.ndarray]]:
     """One pass over the volume flipped along ``flip`` (axes of ``(z, y, x)``): the
     blended logits, flipped back, as ``(z0, slab)`` pieces that cover ``[0, z)`` once (in
-    descending z when ``flip`` holds axis 0)."""
+    descending z when ``flip`` holds axis 0); NumPy arrays, or torch tensors on the device
+    where ``predict``'s logits are."""
     if not flip:
         yield from _blended_pass(
             read_block, shape, predict, window, overlap, batch_size, on_window
@@ -200,7 +206,7 @@ def blended_logits(
     ):
         if 0 in flip:
             z0 = shape[0] - z0 - len(slab)
-        yield z0, np.flip(slab, flip)
+        yield z0, _flip(slab, flip)
 
 
 def _blended_pass(
@@ -212,7 +218,8 @@ def _blended_pass(
     batch_size: int,
     on_window: Callable[[int], None] | None,
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Blended logits of one unflipped pass, ``(z0, slab)`` in z order."""
+    """Blended logits of one unflipped pass, ``(z0, slab)`` in z order, where the logits
+    are (see :func:`blended_logits`)."""
     size = tuple(max(n, window) for n in shape)  # padded volume
     before = tuple((s - n) // 2 for s, n in zip(size, shape))
     _, sy, sx = size
@@ -271,10 +278,8 @@ def _blended_pass(
                 )
                 yield (
                     first - before[0],
-                    _to_host(
-                        numerator[rows][:, inside[0], inside[1]]
-                        / weights[rows][:, inside[0], inside[1]]
-                    ),
+                    numerator[rows][:, inside[0], inside[1]]
+                    / weights[rows][:, inside[0], inside[1]],
                 )
             done = max(done, end)
             # Shift both sums by `final` slices, slice by slice (no full-size copy).
@@ -324,6 +329,38 @@ def _blending_arrays(logits, shape: Index3, importance: np.ndarray):
         logits.new_zeros(shape),
         logits.new_tensor(importance),
     )
+
+
+TTA_DEVICE_SHARE = 0.25
+"""The test-time augmentation sums stay on the GPU when they take at most this share of its
+free memory (the rest is left to the network's activations); otherwise on the host."""
+
+
+def _tta_sums(logits, shape: Index3, count: int) -> list:
+    """``count`` zeroed float32 volumes of ``shape`` for the test-time augmentation sums: on
+    the GPU that ``logits`` are on if they fit there (see :data:`TTA_DEVICE_SHARE`), else
+    NumPy arrays on the host."""
+    if not isinstance(logits, np.ndarray) and logits.device.type == "cuda":
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(logits.device)
+        if count * 4 * int(np.prod(shape)) <= TTA_DEVICE_SHARE * free:
+            return [logits.new_zeros(shape) for _ in range(count)]
+    return [np.zeros(shape, np.float32) for _ in range(count)]
+
+
+def _sigmoid_copy(logits):
+    """The logistic function of ``logits`` as a new float32 array, NumPy or torch alike."""
+    if isinstance(logits, np.ndarray):
+        return sigmoid(np.array(logits, np.float32))
+    return logits.mul(0.5).tanh_().add_(1).mul_(0.5)
+
+
+def _flip(values, axes: tuple[int, ...]):
+    """``values`` reversed along ``axes``, NumPy or torch alike."""
+    if isinstance(values, np.ndarray):
+        return np.flip(values, axes)
+    return values.flip(axes)
 
 
 def _to_host(values) -> np.ndarray:

@@ -235,17 +235,30 @@ def tomogram_and_checkpoint(tmp_path_factory):
     return tomogram, checkpoint
 
 
-@pytest.mark.parametrize("tta", [False, True], ids=["plain", "tta"])
-def test_segment_on_cuda_equals_segment_on_the_cpu(tmp_path, tomogram_and_checkpoint, tta):
+@pytest.mark.parametrize(
+    ("tta", "uncertainty"), [(False, False), (True, False), (True, True)],
+    ids=["plain", "tta", "tta-uncertainty"],
+)  # fmt: skip
+def test_segment_on_cuda_equals_segment_on_the_cpu(
+    tmp_path, tomogram_and_checkpoint, tta, uncertainty
+):
+    # With TTA on CUDA the sums of the 8 passes stay in GPU memory.
     tomogram, checkpoint = tomogram_and_checkpoint
-    scores = {}
+    scores, spreads = {}, {}
     for device in ("cpu", "cuda"):
-        settings = SegmentSettings(window=32, batch_size=2, tta=tta, device=device)
+        settings = SegmentSettings(
+            window=32, batch_size=2, tta=tta, uncertainty=uncertainty, device=device
+        )
         report = segment(tomogram, checkpoint, tmp_path / device, settings=settings)
         assert report.device.startswith(device) and report.windows == 18
         assert (report.peak_gpu_gib is None) == (device == "cpu")
         scores[device] = read_volume(report.probabilities)[0].astype(np.float32)
+        if uncertainty:
+            spreads[device] = read_volume(report.uncertainty)[0].astype(np.float32)
     # bf16 autocast on CUDA, fp32 on the CPU; both stored as float16.
     difference = np.abs(scores["cuda"] - scores["cpu"])
     assert difference.max() < 0.03 and difference.mean() < 0.005, difference.max()
     assert scores["cpu"].std() > 1e-3  # the comparison says something
+    if uncertainty:
+        assert np.abs(spreads["cuda"] - spreads["cpu"]).max() < 0.02  # CPU: up to 0.045
+        assert spreads["cpu"].max() > 1e-4

@@ -281,3 +281,37 @@ def test_mrc_blocks_read_from_several_threads_at_once(tmp_path):
         read = list(pool.map(lambda b: reader.read_block(*b), blocks))
     for (start, stop), block in zip(blocks, read):
         np.testing.assert_array_equal(block, volume[tuple(map(slice, start, stop))])
+
+
+def test_tta_sums_kept_as_torch_tensors_give_the_host_sums(monkeypatch):
+    # On a GPU with room the TTA sums are torch tensors on it; the same code path runs here
+    # with CPU tensors, and must give what the NumPy sums give.
+    import torch
+
+    from patch_corrections import infer
+
+    volume = np.random.default_rng(7).normal(size=(13, 18, 21)).astype(np.float32)
+
+    def read(start, stop):
+        return volume[tuple(slice(a, b) for a, b in zip(start, stop))].copy()
+
+    def predict(windows):  # not flip-equivariant, so the 8 passes differ
+        return np.roll(3 * windows, 1, axis=3)
+
+    def run(predict):
+        pieces = list(infer.tta_with_variance(read, volume.shape, predict, 8, 0.5, 2))
+        return [np.concatenate([piece[i] for piece in pieces]) for i in (1, 2)]
+
+    host = run(predict)  # NumPy throughout
+    kinds = []
+
+    def torch_sums(logits, shape, count):
+        kinds.append(type(logits))
+        return [logits.new_zeros(shape) for _ in range(count)]
+
+    monkeypatch.setattr(infer, "_tta_sums", torch_sums)
+    kept = run(lambda windows: torch.from_numpy(predict(windows)))
+    assert kinds == [torch.Tensor]
+    np.testing.assert_array_equal(kept[0], host[0])  # the same float32 sums and division
+    np.testing.assert_allclose(kept[1], host[1], atol=1e-6)  # torch's tanh, not NumPy's
+    assert host[1].max() > 1e-3
