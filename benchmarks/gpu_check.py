@@ -430,7 +430,8 @@ def table(report: dict) -> str:
         lines.append(
             f"| {what} | {setting}, batch {case['batch_size']}, {case['windows']} windows | "
             f"{case['wall_s']:.1f} s, {case['voxels_per_s'] / 1e6:.2f} Mvoxel/s, peak GPU "
-            f"{_gib(case['peak_gpu_gib'])}, peak RSS {_gib(case['peak_rss_gib'])} |"
+            f"{_gib(case['peak_gpu_gib'])}, peak RSS {_gib(case['peak_rss_gib'])} "
+            f"({_gib(case.get('rss_after_gib'))} still resident after the run) |"
         )
     if "cases" not in segment and segment["status"] != "not run":
         failure("segment", segment)

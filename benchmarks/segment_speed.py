@@ -129,17 +129,31 @@ def _case(
         "wall_s": wall,
         "voxels_per_s": voxels / wall,
         "peak_rss_gib": rss_kib / 2**20,
+        # What stays resident once the run is over: the libraries (CUDA's among them), the
+        # CUDA context and the network: the part of the peak that no tomogram brings.
+        "rss_after_gib": _resident_kib() / 2**20,
         "peak_gpu_gib": report.peak_gpu_gib,
         "warnings": report.warnings,
     }
     print(json.dumps(result), flush=True)
 
 
+def _resident_kib() -> float:
+    """The process's resident memory now, in KiB (Linux; NaN elsewhere)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return float("nan")
+    line = next((x for x in status.splitlines() if x.startswith("VmRSS:")), None)
+    return float(line.split()[1]) if line else float("nan")
+
+
 def case_line(label: str, case: dict) -> str:
     x, y, z = case["shape_xyz"]
     line = (
         f"{label:10s} {x}x{y}x{z} (x,y,z), {case['windows']} windows: {case['wall_s']:8.1f} s, "
-        f"{case['voxels_per_s'] / 1e6:8.3f} Mvoxel/s, peak RSS {case['peak_rss_gib']:.1f} GiB"
+        f"{case['voxels_per_s'] / 1e6:8.3f} Mvoxel/s, peak RSS {case['peak_rss_gib']:.1f} GiB "
+        f"({case['rss_after_gib']:.1f} GiB resident after the run)"
     )
     if case["peak_gpu_gib"] is not None:
         line += f", peak GPU memory {case['peak_gpu_gib']:.1f} GiB"
