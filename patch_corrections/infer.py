@@ -37,9 +37,13 @@ ReadBlock = Callable[[Index3, Index3], np.ndarray]
 _YIELD_SLICES = 8
 READERS = max(1, min(4, os.cpu_count() or 1))
 """Threads that read and normalise windows ahead of the network."""
-Predict = Callable[[np.ndarray], Any]
-"""Maps a batch of normalised windows ``(b, w, w, w)`` float32 to logits of the same shape:
-a NumPy array, or a torch tensor on the device the windows are blended on."""
+Predict = Callable[[Any], Any]
+"""Maps a batch of normalised windows ``(b, w, w, w)`` float32 (a NumPy array, or what
+``prepare`` made of it) to logits of the same shape: a NumPy array, or a torch tensor on the
+device the windows are blended on."""
+Prepare = Callable[[np.ndarray], Any]
+"""Run by the reading threads on each batch of windows before ``predict`` gets it (e.g. to
+copy it into pinned memory, from which a GPU copies without stopping the host)."""
 SIGMA_SCALE = 0.125
 MIN_IMPORTANCE = 1e-3
 FLIPS = tuple(
@@ -91,6 +95,7 @@ def sliding_window(
     batch_size: int = 1,
     tta: bool = False,
     on_window: Callable[[int], None] | None = None,
+    prepare: Prepare | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Predict a whole volume; yields ``(z0, probabilities)`` slabs in z order.
 
@@ -109,6 +114,8 @@ def sliding_window(
         Average the logits of the 8 flipped passes (see the module's description).
     on_window
         Called with the number of windows just finished (progress).
+    prepare
+        See ``Prepare``; none by default.
 
     Yields
     ------
@@ -117,12 +124,12 @@ def sliding_window(
     """
     if not tta:
         for z0, logits in blended_logits(
-            read_block, shape, predict, window, overlap, batch_size, (), on_window
+            read_block, shape, predict, window, overlap, batch_size, (), on_window, prepare
         ):
             yield z0, sigmoid(_to_host(logits))
         return
     for z0, probabilities, _ in tta_with_variance(
-        read_block, shape, predict, window, overlap, batch_size, on_window, variance=False
+        read_block, shape, predict, window, overlap, batch_size, on_window, False, prepare
     ):
         yield z0, probabilities
 
@@ -136,6 +143,7 @@ def tta_with_variance(
     batch_size: int = 1,
     on_window: Callable[[int], None] | None = None,
     variance: bool = True,
+    prepare: Prepare | None = None,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
     """Test-time augmentation: yields ``(z0, probabilities, variance)`` slabs in z order.
 
@@ -146,7 +154,7 @@ def tta_with_variance(
     sums = None  # the mean logit's sum, and the probabilities' sum and sum of squares
     for flip in FLIPS:
         for z0, logits in blended_logits(
-            read_block, shape, predict, window, overlap, batch_size, flip, on_window
+            read_block, shape, predict, window, overlap, batch_size, flip, on_window, prepare
         ):
             if sums is None:
                 sums = _tta_sums(logits, shape, 3 if variance else 1)
@@ -179,6 +187,7 @@ def blended_logits(
     batch_size: int,
     flip: tuple[int, ...] = (),
     on_window: Callable[[int], None] | None = None,
+    prepare: Prepare | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """One pass over the volume flipped along ``flip`` (axes of ``(z, y, x)``): the
     blended logits, flipped back, as ``(z0, slab)`` pieces that cover ``[0, z)`` once (in
@@ -186,7 +195,7 @@ def blended_logits(
     where ``predict``'s logits are."""
     if not flip:
         yield from _blended_pass(
-            read_block, shape, predict, window, overlap, batch_size, on_window
+            read_block, shape, predict, window, overlap, batch_size, on_window, prepare
         )
         return
 
@@ -202,7 +211,7 @@ def blended_logits(
         )
 
     for z0, slab in _blended_pass(
-        read_flipped, shape, predict, window, overlap, batch_size, on_window
+        read_flipped, shape, predict, window, overlap, batch_size, on_window, prepare
     ):
         if 0 in flip:
             z0 = shape[0] - z0 - len(slab)
@@ -217,6 +226,7 @@ def _blended_pass(
     overlap: float,
     batch_size: int,
     on_window: Callable[[int], None] | None,
+    prepare: Prepare | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Blended logits of one unflipped pass, ``(z0, slab)`` in z order, where the logits
     are (see :func:`blended_logits`)."""
@@ -246,9 +256,12 @@ def _blended_pass(
         for z0 in z_starts
         for first in range(0, len(yx_starts), batch_size)
     ]
-    read_ahead = _prefetched(
-        lambda batch: np.stack([read_window(batch[0], y0, x0) for y0, x0 in batch[1]]), batches
-    )
+
+    def read_batch(batch: tuple[int, list]) -> Any:
+        windows = np.stack([read_window(batch[0], y0, x0) for y0, x0 in batch[1]])
+        return windows if prepare is None else prepare(windows)
+
+    read_ahead = _prefetched(read_batch, batches)
     try:
         numerator = weights = None  # made like the first logits: NumPy, or torch on their device
         done = before[0]  # padded z slices already yielded (the padding is never yielded)
@@ -292,7 +305,7 @@ def _blended_pass(
         read_ahead.close()
 
 
-def _prefetched(read: Callable[[Any], np.ndarray], items: list) -> Iterator[np.ndarray]:
+def _prefetched(read: Callable[[Any], Any], items: list) -> Iterator[Any]:
     """``read(item)`` for each of ``items`` in order, done by :data:`READERS` threads up to
     twice as many items ahead: the host reads and normalises the next windows while the
     network runs. Readers must allow reads from several threads (this package's do)."""

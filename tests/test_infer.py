@@ -315,3 +315,38 @@ def test_tta_sums_kept_as_torch_tensors_give_the_host_sums(monkeypatch):
     np.testing.assert_array_equal(kept[0], host[0])  # the same float32 sums and division
     np.testing.assert_allclose(kept[1], host[1], atol=1e-6)  # torch's tanh, not NumPy's
     assert host[1].max() > 1e-3
+
+
+@pytest.mark.parametrize("tta", [False, True], ids=["plain", "tta"])
+def test_prepare_runs_in_the_reading_threads_and_feeds_predict(tta):
+    # segment pins each batch in the reading threads, so the GPU copy never waits on them.
+    import threading
+
+    import torch
+
+    volume = np.random.default_rng(8).normal(size=(20, 30, 26)).astype(np.float32)
+
+    def read(start, stop):
+        return volume[tuple(map(slice, start, stop))].copy()
+
+    preparers, seen = set(), []
+
+    def prepare(windows):
+        preparers.add(threading.current_thread().name)
+        return torch.from_numpy(windows)
+
+    def predict(windows):
+        seen.append(type(windows))
+        return 2 * windows
+
+    prepared = np.concatenate(
+        [p for _, p in sliding_window(read, volume.shape, predict, 8, 0.5, 2, tta, None, prepare)]
+    )
+    calls = len(seen)
+    plain = np.concatenate(
+        [p for _, p in sliding_window(read, volume.shape, predict, 8, 0.5, 2, tta)]
+    )
+    np.testing.assert_allclose(prepared, plain, rtol=1e-6, atol=1e-7)
+    assert set(seen[:calls]) == {torch.Tensor} and set(seen[calls:]) == {np.ndarray}
+    assert len(seen) == 2 * calls
+    assert preparers and threading.main_thread().name not in preparers
