@@ -116,7 +116,7 @@ def test_many_tomograms_load_the_network_once_and_skip_finished_ones(tmp_path, r
     ]
     result = run_cli(*args, "-t", folder)
     assert result.exit_code == 0, result.output
-    assert "Segmented 2 tomogram(s), skipped 0." in result.output
+    assert "Segmented 2 tomogram(s), skipped 0, failed 0." in result.output
     assert (tmp_path / "out" / "b_segmented.mrc").is_file()
     (tmp_path / "out" / "b_segmented.mrc").unlink()  # as if a run stopped during b
     batch = segment_many(

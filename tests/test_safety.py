@@ -24,6 +24,7 @@ from patch_corrections import (
     extract_patches,
     merge_corrections,
 )
+from patch_corrections.errors import PatchCorrectionsWarning
 from patch_corrections.io.files import LOCK_NAME, folder_lock
 from patch_corrections.io.volumes import Geometry, write_volume
 
@@ -380,3 +381,18 @@ def test_overwrite_that_moves_a_patch_says_its_old_corrections_do_not_fit(extrac
     )  # fmt: skip
     assert [p.name for p in report.patches] == ["tomo_patch000"]
     assert any(w.startswith("tomo_patch000: now cut at other centres") for w in report.warnings)
+
+
+def test_a_folder_on_a_file_system_without_locks_is_written_with_a_warning(tmp_path, monkeypatch):
+    import errno
+
+    fcntl = pytest.importorskip("fcntl")
+
+    def no_locks(descriptor, operation):
+        raise OSError(errno.ENOLCK, "No locks available")  # NFS without its lock daemon
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.warns(PatchCorrectionsWarning, match="its file system cannot lock files"):
+        with folder_lock(tmp_path / "out"):
+            (tmp_path / "out" / "written").touch()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["written"]

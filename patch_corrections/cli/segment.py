@@ -8,7 +8,13 @@ from typing import Annotated
 import typer
 
 from ..constants import PATCH_SIZE
-from ..workflows.segmentation import SegmentReport, SegmentSettings, segment, segment_many
+from ..workflows.segmentation import (
+    BatchSegmentReport,
+    SegmentReport,
+    SegmentSettings,
+    segment,
+    segment_many,
+)
 from ._common import console, print_warnings, user_errors
 
 
@@ -97,8 +103,33 @@ def segment_command(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace earlier outputs.")
     ] = False,
+    part: Annotated[
+        int,
+        typer.Option(
+            "--part",
+            help="Which part of the tomograms to segment, counted from 0 (nnU-Net's "
+            "-part_id): every --parts-th of them sorted by name, from this one on. In a SLURM "
+            "job array with --array=0-<parts-1>, pass $SLURM_ARRAY_TASK_ID; with "
+            "--array=1-<parts>, pass $((SLURM_ARRAY_TASK_ID - 1)).",
+        ),
+    ] = 0,
+    parts: Annotated[
+        int,
+        typer.Option(
+            "--parts",
+            help="Split the tomograms into this many parts (nnU-Net's -num_parts), one per "
+            "job or GPU, all into the same --out-dir: each tomogram is segmented by exactly "
+            "one part.",
+        ),
+    ] = 1,
 ) -> None:
-    """Segment a whole tomogram: a probability scoremap and a binary segmentation (MRC)."""
+    """Segment whole tomograms: a probability scoremap and a binary segmentation (MRC).
+
+    With several tomograms, one that cannot be read or segmented is reported and the others
+    are done; the exit code is then 1. Several runs may share one --out-dir (one per GPU
+    with CUDA_VISIBLE_DEVICES, or a job array with --part/--parts): a tomogram another run
+    is segmenting is left to it.
+    """
     settings = SegmentSettings(
         window=window,
         overlap=overlap,
@@ -115,12 +146,33 @@ def segment_command(
         overwrite=overwrite,
     )
     with console() as listener:
-        if len(tomograms) == 1 and not tomograms[0].is_dir():
+        if len(tomograms) == 1 and not tomograms[0].is_dir() and (part, parts) == (0, 1):
             render(
                 segment(tomograms[0], checkpoint, out_dir, settings=settings, listener=listener)
             )
             return
-        batch = segment_many(tomograms, checkpoint, out_dir, settings=settings, listener=listener)
+        batch = segment_many(
+            tomograms,
+            checkpoint,
+            out_dir,
+            settings=settings,
+            part=part,
+            parts=parts,
+            listener=listener,
+        )
+    render_batch(batch, out_dir, part, parts)
+    if batch.failed:
+        raise typer.Exit(1)
+
+
+def render_batch(batch: BatchSegmentReport, out_dir: Path, part: int, parts: int) -> None:
+    """Each tomogram segmented, then what was skipped, left to another run, or failed."""
+    if parts > 1 and not (batch.done or batch.skipped or batch.failed or batch.busy):
+        typer.echo(
+            f"Part {part} of {parts} holds no tomogram ({batch.total} given in all); "
+            "nothing to do."
+        )
+        return
     for report in batch.done:
         render(report)
     if batch.skipped:
@@ -128,8 +180,26 @@ def segment_command(
             f"Skipped {len(batch.skipped)} tomogram(s) already segmented in {out_dir} "
             f"(--overwrite redoes them): {', '.join(p.name for p in batch.skipped)}"
         )
-    typer.echo(f"Segmented {len(batch.done)} tomogram(s), skipped {len(batch.skipped)}.")
+    if batch.busy:
+        typer.echo(
+            f"Left {len(batch.busy)} tomogram(s) to another run segmenting them into "
+            f"{out_dir}: {', '.join(p.name for p in batch.busy)}"
+        )
     print_warnings(batch.warnings)
+    if batch.failed:
+        typer.echo(
+            f"Failed {len(batch.failed)} tomogram(s); nothing of theirs was written (the "
+            "same command redoes only those still missing):",
+            err=True,
+        )
+        for _, reason in batch.failed:
+            typer.echo(f"  - {reason}", err=True)
+    busy = f", left {len(batch.busy)} to another run" if batch.busy else ""
+    which = f" (part {part} of {parts})" if parts > 1 else ""
+    typer.echo(
+        f"Segmented {len(batch.done)} tomogram(s), skipped {len(batch.skipped)}, "
+        f"failed {len(batch.failed)}{busy}{which}."
+    )
 
 
 def render(report: SegmentReport) -> None:

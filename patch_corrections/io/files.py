@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, PatchCorrectionsWarning
 
 
 @contextmanager
@@ -205,47 +207,89 @@ def folder_lock(folder: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` (created if missing) for the block; a second
     holder, in this process or another, gets an ``InputError`` at once. The operating
     system releases the lock when its holder dies, so a killed run never blocks the next.
+    On a file system that cannot lock files the block runs unlocked, with a warning.
 
-    The lock file is removed when the block ends (not on Windows, where an open file
-    cannot be). A run that locked a file another run had just removed sees that the name
-    now leads elsewhere and tries again, so two runs never both hold the folder.
+    A run that fails before writing anything leaves no folder behind.
     """
-    folder = Path(folder)
-    created = [p for p in (folder, *folder.parents) if not p.exists()]
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / LOCK_NAME
-    handle = None
-    try:
-        for _ in range(10):
-            handle = open(path, "a+b")  # held open for the whole block
-            try:
-                _lock(handle.fileno())
-            except OSError:
-                handle.close()
-                created = []  # the other run's folder
+    with new_folder(folder) as created:
+        with lock_file(Path(folder) / LOCK_NAME) as held:
+            if held is False:
+                created.clear()  # the other run's folder
                 raise InputError(
                     f"{folder}: another patch_corrections run is writing into this folder; "
                     "wait for it to finish, or choose another --out-dir"
-                ) from None
-            if _same_file(handle, path):
-                break
-            handle.close()  # locked a file its holder had just removed: again
-        else:
-            created = []
-            raise InputError(f"{folder}: cannot lock this folder (its lock file keeps changing)")
-        yield
+                )
+            if held is None:
+                warnings.warn(
+                    f"{folder}: its file system cannot lock files; make sure no other run "
+                    "writes into this folder at the same time",
+                    PatchCorrectionsWarning,
+                    stacklevel=3,
+                )
+            yield
+
+
+@contextmanager
+def new_folder(folder: Path) -> Iterator[list[Path]]:
+    """Make ``folder`` (and missing parents) for the block; yields the folders it made,
+    which are removed again if ``folder`` is empty when the block ends (clear the list to
+    keep them): a run that wrote nothing leaves no folder behind."""
+    folder = Path(folder)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield created
     finally:
-        if handle is not None and not handle.closed:  # this run holds the lock
-            if os.name != "nt":
-                path.unlink(missing_ok=True)
-            handle.close()  # releases the lock
-        # A run that wrote nothing leaves no folder behind.
         if created and not any(folder.iterdir()):
             for made in created:
                 try:
                     made.rmdir()
                 except OSError:
                     break
+
+
+HELD = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES, errno.EDEADLK})
+"""What taking a lock that another run holds fails with (EDEADLK: Windows' msvcrt)."""
+
+
+@contextmanager
+def lock_file(path: Path) -> Iterator[bool | None]:
+    """Hold an exclusive lock on the file ``path`` (created if missing) for the block,
+    without waiting. Yields ``True`` while held, ``False`` if another holder, in this
+    process or another, has it, and ``None`` if the file system cannot lock files (Lustre
+    mounted without flock, NFS without its lock daemon): then nothing is held.
+
+    The operating system releases the lock when its holder dies. The file is removed when
+    the block ends (not on Windows, where an open file cannot be); a run that locked a file
+    another run had just removed sees that the name now leads elsewhere and tries again, so
+    two runs never both hold it.
+    """
+    path = Path(path)
+    handle = None
+    try:
+        for _ in range(10):
+            handle = open(path, "a+b")  # held open for the whole block
+            try:
+                _lock(handle.fileno())
+            except OSError as exc:
+                handle.close()
+                if exc.errno in HELD:
+                    yield False
+                    return
+                path.unlink(missing_ok=True)
+                yield None
+                return
+            if _same_file(handle, path):
+                break
+            handle.close()  # locked a file its holder had just removed: again
+        else:
+            raise InputError(f"{path}: cannot lock this file (it keeps changing)")
+        yield True
+    finally:
+        if handle is not None and not handle.closed:  # this run holds the lock
+            if os.name != "nt":
+                path.unlink(missing_ok=True)
+            handle.close()  # releases the lock
 
 
 def _same_file(handle, path: Path) -> bool:

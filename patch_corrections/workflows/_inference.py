@@ -3,6 +3,7 @@ window, and the output files written slab by slab. Used by :mod:`.segmentation`.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -164,47 +165,53 @@ def segment_one(
             staged = StagedFiles()
             try:
                 staged.make_dirs(out_dir)
-                scores = MrcSlabWriter(
-                    staged.stage(probabilities_path, ".mrc"), shape, np.float16, geometry
-                )
-                labels_staged = staged.stage(labels_path, ".mrc")
-                labels = MrcSlabWriter(labels_staged, shape, np.int8, geometry)
-                spread = None
-                if extra_path["uncertainty"] is not None:
-                    spread = MrcSlabWriter(
-                        staged.stage(extra_path["uncertainty"], ".mrc"),
-                        shape,
-                        np.float16,
-                        geometry,
+                # Writers close on success and let go of their files unfinished on an
+                # error, before discard removes them: a batch goes on to the next tomogram.
+                with ExitStack() as writers:
+                    scores = writers.enter_context(
+                        MrcSlabWriter(
+                            staged.stage(probabilities_path, ".mrc"), shape, np.float16, geometry
+                        )
                     )
-                done = 0
-                listener.progress(Progress("Segmenting", done, total))
-
-                def advance(count: int) -> None:
-                    nonlocal done
-                    done += count
+                    labels_staged = staged.stage(labels_path, ".mrc")
+                    labels = writers.enter_context(
+                        MrcSlabWriter(labels_staged, shape, np.int8, geometry)
+                    )
+                    spread = None
+                    if extra_path["uncertainty"] is not None:
+                        spread = writers.enter_context(
+                            MrcSlabWriter(
+                                staged.stage(extra_path["uncertainty"], ".mrc"),
+                                shape,
+                                np.float16,
+                                geometry,
+                            )
+                        )
+                    done = 0
                     listener.progress(Progress("Segmenting", done, total))
 
-                run = (read_block, shape, predict, grid, settings.overlap, settings.batch_size)
-                if spread is not None:
-                    slabs = tta_with_variance(*run, on_window=advance)
-                else:
-                    slabs = (
-                        (z0, slab, None)
-                        for z0, slab in sliding_window(*run, settings.tta, on_window=advance)
-                    )
-                for z0, slab, variance in slabs:
-                    # Threshold the float32 probabilities, as MemBrain-seg thresholds its
-                    # float32 logits: rounding to float16 first would turn every voxel
-                    # within 2^-11 above the threshold (|logit| < 1e-3) into background.
-                    scores.write(z0, slab.astype(np.float16))
-                    labels.write(z0, (slab > threshold).astype(np.int8))
+                    def advance(count: int) -> None:
+                        nonlocal done
+                        done += count
+                        listener.progress(Progress("Segmenting", done, total))
+
+                    run = (read_block, shape, predict, grid, settings.overlap, settings.batch_size)
                     if spread is not None:
-                        spread.write(z0, variance.astype(np.float16))
-                membrane = labels.mean
-                for writer in (scores, labels, spread):
-                    if writer is not None:
-                        writer.close()
+                        slabs = tta_with_variance(*run, on_window=advance)
+                    else:
+                        slabs = (
+                            (z0, slab, None)
+                            for z0, slab in sliding_window(*run, settings.tta, on_window=advance)
+                        )
+                    for z0, slab, variance in slabs:
+                        # Threshold the float32 probabilities, as MemBrain-seg thresholds its
+                        # float32 logits: rounding to float16 first would turn every voxel
+                        # within 2^-11 above the threshold (|logit| < 1e-3) into background.
+                        scores.write(z0, slab.astype(np.float16))
+                        labels.write(z0, (slab > threshold).astype(np.int8))
+                        if spread is not None:
+                            spread.write(z0, variance.astype(np.float16))
+                    membrane = labels.mean
                 component_count = None
                 if extra_path["components"] is not None:
                     found = connected_components(
