@@ -8,6 +8,8 @@ Pure array logic; arrays are ``(z, y, x)``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .constants import IGNORE
@@ -43,11 +45,27 @@ def random_boxes(
     labels: np.ndarray, box: int, fraction: float, rng: np.random.Generator
 ) -> np.ndarray:
     """Mask of random cubes of edge ``box`` centred on annotated voxels not yet covered,
-    added until they cover ``fraction`` of the annotated voxels (or all of them)."""
+    added until they cover ``ceil(fraction * annotated)`` of the annotated voxels, exactly:
+    the last box is cut short where that count is reached (after whole ``z`` slices of it,
+    then ``y`` rows, then voxels), as an annotator stops at the budget.
+
+    Parameters
+    ----------
+    labels
+        Label patch ``(z, y, x)``; ignore voxels are not annotated.
+    box
+        Edge of the cubes, in voxels.
+    fraction
+        Share of the annotated voxels to cover, in ``(0, 1]``.
+    rng
+        The only source of randomness: the same seed gives the same boxes.
+    """
     annotated = labels != IGNORE
     total = int(np.count_nonzero(annotated))
     keep = np.zeros(labels.shape, dtype=bool)
-    covered, wanted = 0, fraction * total
+    # The tolerance keeps 0.1 * 880 (88.00000000000001 in floating point) at 88.
+    wanted = min(total, math.ceil(fraction * total - 1e-9))
+    covered = 0
     # Centres in a random order, skipping those a box already covers: each annotated
     # voxel is looked at once, however small the boxes.
     for index in rng.permutation(np.flatnonzero(annotated)):
@@ -57,9 +75,17 @@ def random_boxes(
         if keep[centre]:
             continue
         window = tuple(slice(max(0, c - box // 2), max(0, c - box // 2) + box) for c in centre)
-        before = int(np.count_nonzero(keep[window] & annotated[window]))
-        keep[window] = True
-        covered += int(np.count_nonzero(annotated[window])) - before
+        new = annotated[window] & ~keep[window]
+        count = int(np.count_nonzero(new))
+        if covered + count > wanted:  # the last box: up to its (wanted - covered)-th new voxel
+            last = np.flatnonzero(new)[wanted - covered - 1]
+            part = np.zeros(new.size, dtype=bool)
+            part[: last + 1] = True
+            keep[window] |= part.reshape(new.shape)
+            count = wanted - covered
+        else:
+            keep[window] = True
+        covered += count
     return keep
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import nrrd
@@ -66,9 +67,26 @@ def test_random_boxes_cover_the_wanted_share():
     labels[:, :, 30:] = IGNORE
     keep = random_boxes(labels, 8, 0.3, np.random.default_rng(3))
     annotated = labels != IGNORE
-    share = (keep & annotated).sum() / annotated.sum()
-    assert 0.3 <= share < 0.45
+    assert (keep & annotated).sum() == math.ceil(0.3 * annotated.sum())  # the last box cut
     assert random_boxes(labels, 8, 1.0, np.random.default_rng(3))[annotated].all()
+
+
+@pytest.mark.parametrize(("box", "fraction"), [(4, 0.2), (8, 0.2), (12, 0.05), (16, 0.5)])
+def test_random_boxes_stop_at_the_fraction(box, fraction):
+    # Few labelled voxels for the box size: a whole last box would overshoot by up to
+    # box³ voxels (simulate_sparse kept 24 % for --fraction 0.2, 30 % on one patch).
+    labels = _labels((24, 24, 24))
+    labels[:, :, 12:] = IGNORE
+    labels[:4] = IGNORE
+    annotated = labels != IGNORE
+    keep = random_boxes(labels, box, fraction, np.random.default_rng(5))
+    assert (keep & annotated).sum() == math.ceil(fraction * annotated.sum())
+    again = random_boxes(labels, box, fraction, np.random.default_rng(5))
+    np.testing.assert_array_equal(again, keep)  # the seed decides everything
+    other = random_boxes(labels, box, fraction, np.random.default_rng(6))
+    assert (other != keep).any()
+    nothing = np.full((4, 4, 4), IGNORE, np.uint8)
+    assert not random_boxes(nothing, box, 0.5, np.random.default_rng(0)).any()
 
 
 @pytest.mark.parametrize(
@@ -204,6 +222,33 @@ def test_simulate_sparse_boxes(tmp_path, run_cli):
     kept = sparse != IGNORE
     np.testing.assert_array_equal(sparse[kept], labels[kept])
     assert 0.1 <= kept.sum() / (labels != IGNORE).sum() < 0.3
+
+
+def test_simulate_sparse_boxes_keep_the_fraction_and_say_so(tmp_path, run_cli):
+    folder, labels = _dense_folder(tmp_path)
+    more = _labels((16, 16, 16), seed=3)
+    more[:, :, :4] = IGNORE
+    write_volume(folder / "labelsTr" / "q.nrrd", more, GEOMETRY)
+    write_volume(folder / "imagesTr" / "q_0000.nrrd", more.astype(np.float32), GEOMETRY)
+    out = tmp_path / "boxes"
+    args = ["simulate_sparse", "-t", folder, "-o", out, "--mode", "boxes"]
+    result = run_cli(*args, "--fraction", "0.2", "--box-size", "6", "--seed", "7")
+    assert result.exit_code == 0, result.output
+    rows = json.loads((out / "merge_summary.json").read_text())["patches"]
+    for row, dense in zip(rows, (labels, more)):
+        sparse, _ = read_volume(out / "labelsTr" / f"{row['name']}.nii.gz")
+        before = int((dense != IGNORE).sum())
+        assert row["annotated"] == int((sparse != IGNORE).sum()) == math.ceil(0.2 * before)
+        assert row["kept_fraction"] == pytest.approx(0.2, abs=1 / before)
+    after = sum(r["annotated"] for r in rows)
+    before = sum(r["annotated_before"] for r in rows)
+    assert f"Kept {after} of {before} labelled voxels (20.0%; --fraction 0.2 of the " in (
+        " ".join(result.output.split())
+    )
+    first = read_volume(out / "labelsTr" / "q.nii.gz")[0]
+    again = run_cli(*args, "--fraction", "0.2", "--box-size", "6", "--seed", "7", "--overwrite")
+    assert again.exit_code == 0 and again.output == result.output
+    np.testing.assert_array_equal(read_volume(out / "labelsTr" / "q.nii.gz")[0], first)
 
 
 @pytest.mark.parametrize(

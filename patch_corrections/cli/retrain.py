@@ -16,6 +16,10 @@ Preset = Enum("Preset", {n: n for n in ("full", "small", "tiny")}, type=str)
 Optimiser = Enum("Optimiser", {n: n for n in ("sgd", "adamw")}, type=str)
 Schedule = Enum("Schedule", {n: n for n in ("poly", "cosine")}, type=str)
 
+# The help's panels, so that 30 options read at 80 columns.
+_DATA, _OUTPUT, _NETWORK, _DEVICE = "Data", "Output", "Network", "Device"
+_OPTIMISATION, _RELABELING = "Optimisation", "Relabeling (--relabel-rounds)"
+
 
 @user_errors
 def retrain_command(
@@ -24,25 +28,32 @@ def retrain_command(
         typer.Option(
             "--train-dir",
             "-t",
+            rich_help_panel=_DATA,
             help="Training folder (imagesTr/, labelsTr/) from merge_corrections or MemBrain-seg.",
         ),
     ],
     out_dir: Annotated[
         Path,
         typer.Option(
-            "--out-dir", "-o", help="Folder for last.pt, best.pt, metrics.csv and curves.png."
+            "--out-dir",
+            "-o",
+            rich_help_panel=_OUTPUT,
+            help="Folder for last.pt, best.pt, metrics.csv and curves.png.",
         ),
     ],
     checkpoint: Annotated[
         Path | None,
         typer.Option(
-            "--checkpoint", help="Start from these weights: ours or a MemBrain-seg .ckpt."
+            "--checkpoint",
+            rich_help_panel=_NETWORK,
+            help="Start from these weights: ours or a MemBrain-seg .ckpt.",
         ),
     ] = None,
     trust_checkpoint: Annotated[
         bool,
         typer.Option(
             "--trust-checkpoint",
+            rich_help_panel=_NETWORK,
             help="Allow a checkpoint that holds pickled objects beyond weights.",
         ),
     ] = False,
@@ -50,77 +61,138 @@ def retrain_command(
         bool,
         typer.Option(
             "--resume",
+            rich_help_panel=_OUTPUT,
             help="Continue the run saved in --out-dir where it stopped, with its settings; "
             "--iterations or --epochs may extend it.",
         ),
     ] = False,
     val_dir: Annotated[
-        Path | None, typer.Option("--val-dir", help="Training folder used only for validation.")
+        Path | None,
+        typer.Option(
+            "--val-dir", rich_help_panel=_DATA, help="Training folder used only for validation."
+        ),
     ] = None,
     val_fraction: Annotated[
         float,
         typer.Option(
-            "--val-fraction", help="Share of training patches held out when there is no --val-dir."
+            "--val-fraction",
+            rich_help_panel=_DATA,
+            help="Share of training patches held out when there is no --val-dir.",
         ),
     ] = 0.2,
     preset: Annotated[
         Preset,
         typer.Option(
-            "--preset", help="Network width when training from scratch (full = MemBrain-seg's)."
+            "--preset",
+            rich_help_panel=_NETWORK,
+            help="Network width when training from scratch (full = MemBrain-seg's).",
         ),
     ] = Preset.full,
-    iterations: Annotated[int | None, typer.Option("--iterations", help="Training steps.")] = None,
-    epochs: Annotated[
-        int | None,
-        typer.Option(
-            "--epochs",
-            help="Passes over the training patches (one crop each), instead of --iterations.",
-        ),
-    ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Crops per step.")] = 2,
-    crop_size: Annotated[
-        int, typer.Option("--crop-size", help="Edge of the cubic training crops, in voxels.")
-    ] = PATCH_SIZE,
-    optimiser: Annotated[
-        Optimiser, typer.Option("--optimizer", help="SGD (Nesterov, momentum 0.99) or AdamW.")
-    ] = Optimiser.sgd,
-    lr: Annotated[
-        float | None,
-        typer.Option("--lr", help="Peak learning rate; default 1e-2 (SGD) or 3e-4 (AdamW)."),
-    ] = None,
-    schedule: Annotated[
-        Schedule, typer.Option("--schedule", help="Decay after warm-up.")
-    ] = Schedule.poly,
-    warmup: Annotated[
-        int | None, typer.Option("--warmup", help="Warm-up steps; default 5 % of the run.")
-    ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of every random choice.")] = 0,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: Annotated[
+        str, typer.Option("--device", rich_help_panel=_DEVICE, help="auto, cpu, cuda or cuda:N.")
+    ] = "auto",
     compile_network: Annotated[
         bool,
-        typer.Option("--compile", help="torch.compile the network (slow start, faster steps)."),
-    ] = False,
-    no_augment: Annotated[
-        bool, typer.Option("--no-augment", help="Train without data augmentation.")
+        typer.Option(
+            "--compile",
+            rich_help_panel=_DEVICE,
+            help="torch.compile the network (slow start, faster steps).",
+        ),
     ] = False,
     channels_last: Annotated[
         bool,
         typer.Option(
             "--channels-last/--no-channels-last",
+            rich_help_panel=_DEVICE,
             help="Channels-last 3D memory layout on CUDA.",
         ),
     ] = True,
+    iterations: Annotated[
+        int | None,
+        typer.Option(
+            "--iterations",
+            rich_help_panel=_OPTIMISATION,
+            help="Training steps. One of --iterations and --epochs is required "
+            "(with --resume: to extend the run).",
+        ),
+    ] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            "--epochs",
+            rich_help_panel=_OPTIMISATION,
+            help="Passes over the training patches (one crop each), instead of --iterations; "
+            "one of the two is required.",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", rich_help_panel=_OPTIMISATION, help="Crops per step.")
+    ] = 2,
+    crop_size: Annotated[
+        int,
+        typer.Option(
+            "--crop-size",
+            rich_help_panel=_OPTIMISATION,
+            help="Edge of the cubic training crops, in voxels.",
+        ),
+    ] = PATCH_SIZE,
+    optimiser: Annotated[
+        Optimiser,
+        typer.Option(
+            "--optimizer",
+            rich_help_panel=_OPTIMISATION,
+            help="SGD (Nesterov, momentum 0.99) or AdamW.",
+        ),
+    ] = Optimiser.sgd,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            "--lr",
+            rich_help_panel=_OPTIMISATION,
+            help="Peak learning rate; default 1e-2 (SGD) or 3e-4 (AdamW).",
+        ),
+    ] = None,
+    schedule: Annotated[
+        Schedule,
+        typer.Option("--schedule", rich_help_panel=_OPTIMISATION, help="Decay after warm-up."),
+    ] = Schedule.poly,
+    warmup: Annotated[
+        int | None,
+        typer.Option(
+            "--warmup",
+            rich_help_panel=_OPTIMISATION,
+            help="Warm-up steps; default 5 % of the run.",
+        ),
+    ] = None,
+    seed: Annotated[
+        int,
+        typer.Option("--seed", rich_help_panel=_OPTIMISATION, help="Seed of every random choice."),
+    ] = 0,
+    no_augment: Annotated[
+        bool,
+        typer.Option(
+            "--no-augment", rich_help_panel=_DATA, help="Train without data augmentation."
+        ),
+    ] = False,
     val_every: Annotated[
-        int, typer.Option("--val-every", help="Validate and log every N steps.")
+        int,
+        typer.Option(
+            "--val-every", rich_help_panel=_OUTPUT, help="Validate and log every N steps."
+        ),
     ] = 50,
     save_every: Annotated[
         int | None,
-        typer.Option("--save-every", help="Write last.pt every N steps; default: --val-every."),
+        typer.Option(
+            "--save-every",
+            rich_help_panel=_OUTPUT,
+            help="Write last.pt every N steps; default: --val-every.",
+        ),
     ] = None,
     loss: Annotated[
         str,
         typer.Option(
             "--loss",
+            rich_help_panel=_OPTIMISATION,
             help="Loss terms joined by '+': bce, dice, rrw (region-wise, Valverde & Tohka); "
             "e.g. rrw or rrw+dice.",
         ),
@@ -129,6 +201,7 @@ def retrain_command(
         int,
         typer.Option(
             "--relabel-rounds",
+            rich_help_panel=_RELABELING,
             help="After training on the sure labels, this many rounds that adopt the most "
             "confident predicted membrane of the ignore regions and train again (SMILE-style).",
         ),
@@ -137,6 +210,7 @@ def retrain_command(
         float | None,
         typer.Option(
             "--relabel-max",
+            rich_help_panel=_RELABELING,
             help="Share γ of the predicted membrane in ignore regions adopted by the last "
             "round; round t of T adopts γ·t/T. Default 0.5.",
         ),
@@ -145,6 +219,7 @@ def retrain_command(
         int | None,
         typer.Option(
             "--relabel-iterations",
+            rich_help_panel=_RELABELING,
             help="Training steps of each relabeling round; default: half of --iterations.",
         ),
     ] = None,
@@ -152,6 +227,7 @@ def retrain_command(
         bool,
         typer.Option(
             "--relabel-background",
+            rich_help_panel=_RELABELING,
             help="Also adopt the same share of the predicted background of ignore regions, "
             "as background.",
         ),
@@ -160,16 +236,24 @@ def retrain_command(
         float | None,
         typer.Option(
             "--pixel-size",
+            rich_help_panel=_DATA,
             help="Å per voxel of the training patches, when their headers lack it or are "
             "wrong. Patches at another pixel size than the starting network's (10 Å for "
             "MemBrain-seg) are resampled to it.",
         ),
     ] = None,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Start a new run in an --out-dir that holds one.")
+        bool,
+        typer.Option(
+            "--overwrite",
+            rich_help_panel=_OUTPUT,
+            help="Start a new run in an --out-dir that holds one.",
+        ),
     ] = False,
 ) -> None:
     """Fine-tune the U-Net on training pairs; ignore voxels are left out of the loss.
+
+    Give the run's length with --iterations or --epochs: one of them is required.
 
     With --relabel-rounds, the run trains in stages (round_0/ on the sure labels, then
     round_1/ ...), saves the voxels each round adopted in round_<t>/adopted/, and copies the

@@ -87,8 +87,14 @@ def render(report: SparseReport) -> None:
             f"  {r['name']:<{width}}  {r['annotated_before']:>15}  {r['annotated']:>9}  "
             f"{share:>6.1%}"
         )
+    settings = report.settings
+    asked = (
+        f"--fraction {settings.fraction:g} of the labelled voxels"
+        if settings.mode == "boxes"
+        else f"--fraction {settings.fraction:g} of the {settings.axis} slices holding labels"
+    )
     typer.echo(
-        f"Kept {after} of {before} labelled voxels ({after / max(before, 1):.1%}); the rest "
-        f"is ignore. Summary: {report.summary}"
+        f"Kept {after} of {before} labelled voxels ({report.kept_fraction:.1%}; {asked}); "
+        f"the rest is ignore. Summary: {report.summary}"
     )
     print_warnings(report.warnings)

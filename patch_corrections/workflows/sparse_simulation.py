@@ -85,6 +85,13 @@ class SparseReport:
     settings: SparseSettings
     warnings: list[str]
 
+    @property
+    def kept_fraction(self) -> float:
+        """Share of the labelled voxels of every pair that stayed labelled (boxes: the
+        ``--fraction`` asked, to a voxel per pair; slices: whatever the slices held)."""
+        before = sum(r["annotated_before"] for r in self.rows)
+        return sum(r["annotated"] for r in self.rows) / before if before else 0.0
+
 
 def simulate_sparse(
     train_dir: Path,
@@ -135,6 +142,8 @@ def simulate_sparse(
                     keep = random_boxes(labels, settings.box_size, settings.fraction, rng)
                     what = {"box_size": settings.box_size}
                 sparse_labels = sparsify(labels, keep)
+                before = int(np.count_nonzero(labels != IGNORE))
+                after = int(np.count_nonzero(sparse_labels != IGNORE))
                 write_volume(
                     staged.stage(label_out, volume_suffix(label_out)),
                     sparse_labels,
@@ -150,8 +159,9 @@ def simulate_sparse(
                         },
                         "name": name,
                         "source": str(label),
-                        "annotated_before": int(np.count_nonzero(labels != IGNORE)),
-                        "annotated": int(np.count_nonzero(sparse_labels != IGNORE)),
+                        "annotated_before": before,
+                        "annotated": after,
+                        "kept_fraction": after / before if before else 0.0,
                         "simulated": {
                             "mode": settings.mode,
                             "fraction": settings.fraction,
