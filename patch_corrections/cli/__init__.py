@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import typer
 
-from ._common import OneLineUsageErrors
+from ._common import OneLineUsageErrors, app_options
 from .demo import demo_command
 from .evaluate import evaluate_command
 from .extract import extract_patches_command
 from .merge import merge_corrections_command
+from .paste import paste_corrections_command
 from .retrain import retrain_command
 from .segment import segment_command
 from .sparse import simulate_sparse_command
@@ -27,10 +28,12 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     cls=OneLineUsageErrors,
+    callback=app_options,
 )
 for name, command in (
     ("extract_patches", extract_patches_command),
     ("merge_corrections", merge_corrections_command),
+    ("paste_corrections", paste_corrections_command),
     ("simulate_sparse", simulate_sparse_command),
     ("retrain", retrain_command),
     ("segment", segment_command),

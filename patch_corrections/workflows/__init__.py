@@ -9,6 +9,7 @@ from .evaluation import EvaluateReport, EvaluateSettings, evaluate
 from .events import Listener, Progress
 from .extraction import ExtractedPatch, ExtractReport, ExtractSettings, extract_patches
 from .merging import MergeReport, MergeSettings, merge_corrections
+from .pasting import PasteReport, PasteSettings, paste_corrections
 from .segmentation import BatchSegmentReport, SegmentReport, SegmentSettings, segment, segment_many
 from .sparse_simulation import SparseReport, SparseSettings, simulate_sparse
 from .training import RetrainReport, RetrainSettings, retrain
@@ -25,6 +26,8 @@ __all__ = [
     "Listener",
     "MergeReport",
     "MergeSettings",
+    "PasteReport",
+    "PasteSettings",
     "Progress",
     "RetrainReport",
     "RetrainSettings",
@@ -36,6 +39,7 @@ __all__ = [
     "evaluate",
     "extract_patches",
     "merge_corrections",
+    "paste_corrections",
     "retrain",
     "segment",
     "segment_many",
