@@ -2,7 +2,7 @@
 
     python benchmarks/segment_speed.py [--shape 464 928 928] [--tta-shape Z Y X]
                                        [--preset full] [--batch-size 2] [--window 160]
-                                       [--device auto]
+                                       [--device auto] [--compile] [--cases plain tta]
 
 Writes a float32 MRC tomogram (z, y, x shape as given, with the package's own
 ``write_volume``) and a checkpoint of the chosen network (random weights: speed does not
@@ -13,7 +13,8 @@ Reports the workflow's wall time (process start-up and imports excluded), voxels
 process's peak RSS (``getrusage``: mapped file pages included) and, on CUDA, peak GPU
 memory. The defaults are the 4x-binned tomogram of the targets (928 x 928 x 464, overlap
 0.5): under 15 s without TTA and under 90 s with it on one H100. :func:`measure_case`
-returns one case's numbers as a dict (used by ``gpu_check.py``).
+returns one case's numbers as a dict (used by ``gpu_check.py``). ``--compile`` runs
+``segment --compile`` (compilation inside the timed wall time); ``--cases`` picks the cases.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def measure_case(
     window: int = 160,
     device: str = "auto",
     timeout: float | None = None,
+    compile: bool = False,
 ) -> dict:
     """Segment ``tomogram`` in a fresh process (so its peak RSS is this case's alone); a
     dict of wall seconds, voxels/s, windows, peak RSS and peak GPU memory (GiB).
@@ -95,6 +97,7 @@ def measure_case(
         "--device",
         device,
         *(["--tta"] if tta else []),
+        *(["--compile"] if compile else []),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     shutil.rmtree(out, ignore_errors=True)
@@ -105,7 +108,14 @@ def measure_case(
 
 
 def _case(
-    tomogram: Path, checkpoint: Path, out: Path, tta: bool, batch: int, window: int, device: str
+    tomogram: Path,
+    checkpoint: Path,
+    out: Path,
+    tta: bool,
+    batch: int,
+    window: int,
+    device: str,
+    compile: bool = False,
 ) -> None:
     """Run one case in this process and print its numbers as one JSON line."""
     import resource
@@ -113,7 +123,9 @@ def _case(
 
     from patch_corrections import SegmentSettings, segment
 
-    settings = SegmentSettings(window=window, tta=tta, batch_size=batch, device=device)
+    settings = SegmentSettings(
+        window=window, tta=tta, batch_size=batch, device=device, compile=compile
+    )
     started = time.perf_counter()
     report = segment(tomogram, checkpoint, out, settings=settings)
     wall = time.perf_counter() - started
@@ -122,6 +134,7 @@ def _case(
     result = {
         "shape_xyz": list(report.shape_xyz),
         "tta": tta,
+        "compile": compile,
         "batch_size": batch,
         "window": window,
         "device": report.device,
@@ -173,9 +186,16 @@ def main() -> None:
     parser.add_argument("--scratch", type=Path, default=None)
     parser.add_argument("--case", nargs=3, type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--tta", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the network (segment --compile)"
+    )
+    parser.add_argument(
+        "--cases", nargs="+", choices=("plain", "tta"), default=["plain", "tta"],
+        help="which cases to run: without TTA, with 8-flip TTA",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.case:
-        _case(*args.case, args.tta, args.batch_size, args.window, args.device)
+        _case(*args.case, args.tta, args.batch_size, args.window, args.device, args.compile)
         return
     import torch
 
@@ -184,13 +204,16 @@ def main() -> None:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(
         f"device: {device}; torch {torch.__version__}; preset {args.preset}; "
-        f"batch {args.batch_size}; overlap 0.5; window {args.window}",
+        f"batch {args.batch_size}; overlap 0.5; window {args.window}"
+        f"{'; compiled' if args.compile else ''}",
         flush=True,
     )
     for label, shape, tta in (
         ("no TTA", args.shape, False),
         ("8-flip TTA", args.tta_shape or args.shape, True),
     ):
+        if ("tta" if tta else "plain") not in args.cases:
+            continue
         tomogram, checkpoint = make_inputs(scratch, tuple(shape), args.preset)
         case = measure_case(
             tomogram,
@@ -200,6 +223,7 @@ def main() -> None:
             batch_size=args.batch_size,
             window=args.window,
             device=args.device,
+            compile=args.compile,
         )
         print(case_line(label, case), flush=True)
     if args.scratch is None:

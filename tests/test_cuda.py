@@ -262,3 +262,13 @@ def test_segment_on_cuda_equals_segment_on_the_cpu(
     if uncertainty:
         assert np.abs(spreads["cuda"] - spreads["cpu"]).max() < 0.02  # CPU: up to 0.045
         assert spreads["cpu"].max() > 1e-4
+
+
+def test_segment_compiled_on_cuda_equals_segment_uncompiled(tmp_path, tomogram_and_checkpoint):
+    tomogram, checkpoint = tomogram_and_checkpoint
+    scores = []
+    for compiled in (False, True):
+        settings = SegmentSettings(window=32, batch_size=2, device="cuda", compile=compiled)
+        report = segment(tomogram, checkpoint, tmp_path / str(compiled), settings=settings)
+        scores.append(read_volume(report.probabilities)[0].astype(np.float32))
+    assert np.abs(scores[1] - scores[0]).max() < 0.02

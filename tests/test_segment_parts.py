@@ -218,3 +218,28 @@ def test_a_file_system_that_cannot_lock_segments_anyway_and_says_so(
         "must split the tomograms with --part/--parts"
     ]
     assert _hidden(tmp_path / "out") == []
+
+
+def test_compile_compiles_the_network_once_per_run(tmp_path, checkpoint, monkeypatch, run_cli):
+    # torch.compile itself is exercised on CUDA (tests/test_cuda.py); here, that --compile
+    # reaches it, once for all the tomograms of a run, and the outputs stay the same.
+    compiled = []
+
+    def spy(function, *args, **kwargs):
+        compiled.append(function.__name__)
+        return function
+
+    monkeypatch.setattr(torch, "compile", spy)
+    tomograms = _tomograms(tmp_path / "tomograms", ["a", "b"])
+    result = run_cli(
+        "segment", "-t", str(tmp_path / "tomograms"), "--checkpoint", str(checkpoint),
+        "-o", str(tmp_path / "compiled"), "--window", "16", "--device", "cpu", "--compile",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert compiled == ["forward_zyx"]
+    segment_many(tomograms, checkpoint, tmp_path / "plain", settings=SETTINGS)
+    for name in ("a", "b"):
+        for kind in ("probabilities", "segmented"):
+            assert (tmp_path / "compiled" / f"{name}_{kind}.mrc").read_bytes() == (
+                tmp_path / "plain" / f"{name}_{kind}.mrc"
+            ).read_bytes()

@@ -100,6 +100,14 @@ def segment_command(
             "--min-component-size", help="With --components, drop smaller ones (voxels)."
         ),
     ] = 1,
+    compile_network: Annotated[
+        bool,
+        typer.Option(
+            "--compile",
+            help="torch.compile the network: tens of seconds before the first window, "
+            "faster windows after (for large tomograms, --tta, or many tomograms).",
+        ),
+    ] = False,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace earlier outputs.")
     ] = False,
@@ -144,6 +152,7 @@ def segment_command(
         components=components,
         min_component_size=min_component_size,
         overwrite=overwrite,
+        compile=compile_network,
     )
     with console() as listener:
         if len(tomograms) == 1 and not tomograms[0].is_dir() and (part, parts) == (0, 1):

@@ -3,6 +3,7 @@ window, and the output files written slab by slab. Used by :mod:`.segmentation`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,8 @@ class LoadedNetwork:
     normalisation: str
     pixel_size: float | None
     """The pixel size (Å) to resample windows to, with ``rescale``."""
+    forward_zyx: Callable
+    """The network's ``forward_zyx``, compiled with ``settings.compile`` (once per run)."""
 
     @classmethod
     def load(cls, checkpoint: Path, settings: SegmentSettings) -> LoadedNetwork:
@@ -82,7 +85,14 @@ class LoadedNetwork:
             # the fastest; channels-last is the layout its bf16 convolutions work in.
             torch.backends.cudnn.benchmark = True
             network.to(memory_format=torch.channels_last_3d)
-        return cls(network, target, Precision.for_device(target), normalisation, pixel_size)
+        forward = network.forward_zyx
+        if settings.compile:
+            import torch
+
+            forward = torch.compile(forward)
+        return cls(
+            network, target, Precision.for_device(target), normalisation, pixel_size, forward
+        )
 
 
 def segment_one(
@@ -107,7 +117,7 @@ def segment_one(
     )
     from ..rescale import grid_window, rescaled
 
-    network, target, precision = loaded.network, loaded.target, loaded.precision
+    target, precision = loaded.target, loaded.precision
     window, threshold = settings.window, settings.threshold
     with collect_warnings() as warned:
         probabilities_path, labels_path, *extra = outputs
@@ -135,13 +145,22 @@ def segment_one(
                     pixel_sizes = (pixel_size, network_pixel_size)
                     grid = grid_window(window, pixel_size, network_pixel_size)
             forward = (
-                network.forward_zyx if grid == window else rescaled(network.forward_zyx, window)
+                loaded.forward_zyx if grid == window else rescaled(loaded.forward_zyx, window)
             )
+            prepare = None
+            if target.type == "cuda":
+
+                def prepare(windows: np.ndarray) -> torch.Tensor:
+                    # In the reading threads: a GPU copies from pinned memory without
+                    # making the host wait for the work queued before it.
+                    return torch.from_numpy(windows).pin_memory()
 
             @torch.inference_mode()
-            def predict(windows: np.ndarray) -> torch.Tensor:
+            def predict(windows) -> torch.Tensor:
                 # The logits stay on the device: the sliding window blends them there.
-                x = torch.from_numpy(windows)[:, None].to(target)
+                if isinstance(windows, np.ndarray):
+                    windows = torch.from_numpy(windows)
+                x = windows[:, None].to(target, non_blocking=True)
                 with precision.autocast():
                     logits = forward(x)
                 return logits[:, 0].float()
@@ -197,11 +216,13 @@ def segment_one(
 
                     run = (read_block, shape, predict, grid, settings.overlap, settings.batch_size)
                     if spread is not None:
-                        slabs = tta_with_variance(*run, on_window=advance)
+                        slabs = tta_with_variance(*run, on_window=advance, prepare=prepare)
                     else:
                         slabs = (
                             (z0, slab, None)
-                            for z0, slab in sliding_window(*run, settings.tta, on_window=advance)
+                            for z0, slab in sliding_window(
+                                *run, settings.tta, on_window=advance, prepare=prepare
+                            )
                         )
                     for z0, slab, variance in slabs:
                         # Threshold the float32 probabilities, as MemBrain-seg thresholds its

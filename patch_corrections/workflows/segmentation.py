@@ -54,6 +54,9 @@ class SegmentSettings:
         With ``components``, drop components of fewer voxels.
     overwrite
         Replace earlier outputs.
+    compile
+        ``torch.compile`` the network (fuses its norms and activations): a slow first
+        window, faster ones after; for large tomograms, TTA or many tomograms per run.
     """
 
     window: int = PATCH_SIZE
@@ -69,6 +72,7 @@ class SegmentSettings:
     components: bool = False
     min_component_size: int = 1
     overwrite: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.pixel_size is not None and not (
