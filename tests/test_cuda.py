@@ -264,6 +264,7 @@ def test_segment_on_cuda_equals_segment_on_the_cpu(
         assert spreads["cpu"].max() > 1e-4
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_segment_compiled_on_cuda_equals_segment_uncompiled(tmp_path, tomogram_and_checkpoint):
     tomogram, checkpoint = tomogram_and_checkpoint
     scores = []
