@@ -79,6 +79,14 @@ def extract_patches_command(
             "--overwrite", help="Replace this token's patches instead of adding to them."
         ),
     ] = False,
+    preview: Annotated[
+        bool,
+        typer.Option(
+            "--preview",
+            help="Also write previews/<patch>.png: xy, xz and yz slices through each patch's "
+            "centre, image and network labels (needs matplotlib).",
+        ),
+    ] = False,
 ) -> None:
     """Cut image and label patches around centres, ready to be corrected."""
     given = [v is not None for v in (x, y, z)]
@@ -93,6 +101,7 @@ def extract_patches_command(
         token=token,
         angstrom=angstrom,
         overwrite=overwrite,
+        preview=preview,
     )
     with console() as listener:
         report = extract_patches(
@@ -120,6 +129,8 @@ def render(report: ExtractReport) -> None:
             f"Next: paint corrections as <corrections-dir>/{report.patches[0].name}/Add1.nrrd, "
             "Remove1.nrrd, Ignore1.nrrd, then run merge_corrections."
         )
+    if report.previews:
+        typer.echo(f"Previews: {report.previews[0].parent} ({len(report.previews)} PNG)")
     if report.skipped:
         typer.echo(
             f"Skipped {report.skipped} centre(s) already extracted from {report.tomogram.name} "

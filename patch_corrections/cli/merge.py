@@ -89,6 +89,15 @@ def merge_corrections_command(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace existing training pairs.")
     ] = False,
+    preview: Annotated[
+        bool,
+        typer.Option(
+            "--preview",
+            help="Also write previews/<patch>.png: xy, xz and yz slices through each patch's "
+            "centre, image, network labels and merged labels with Add (green), Remove (red) "
+            "and Ignore (blue) (needs matplotlib).",
+        ),
+    ] = False,
 ) -> None:
     """Merge Add/Remove/Ignore masks into label patches: training pairs for retrain."""
     settings = MergeSettings(
@@ -99,6 +108,7 @@ def merge_corrections_command(
         keep_slices=tuple(keep_slices or ()),
         ignore_geometry=ignore_geometry,
         overwrite=overwrite,
+        preview=preview,
     )
     with console() as listener:
         report = merge_corrections(
@@ -151,4 +161,6 @@ def render(report: MergeReport) -> None:
             )
         )
     typer.echo(f"Summary: {report.summary}")
+    if report.previews:
+        typer.echo(f"Previews: {report.previews[0].parent} ({len(report.previews)} PNG)")
     print_warnings(report.warnings)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,7 @@ from ..patches import (
     image_patch,
     label_patch,
 )
+from ..previews import PREVIEWS_SUBDIR, extraction_preview, require_matplotlib
 from ._common import (
     check_format,
     collect_warnings,
@@ -89,6 +90,9 @@ class ExtractSettings:
         Centres are in Å from the first voxel, not in voxels.
     overwrite
         Replace this token's patches instead of adding to them.
+    preview
+        Also draw each new patch as ``previews/<name>.png``: the xy, xz and yz slices
+        through its centre, image and network labels (needs matplotlib).
     """
 
     patch_size: int = PATCH_SIZE
@@ -98,12 +102,15 @@ class ExtractSettings:
     token: str | None = None
     angstrom: bool = False
     overwrite: bool = False
+    preview: bool = False
 
     def __post_init__(self) -> None:
         check_patch_size(self.patch_size, self.border)
         check_format(self.format)
         if self.token is not None:
             _check_token(self.token)
+        if self.preview:
+            require_matplotlib()
 
 
 @dataclass(frozen=True)
@@ -127,6 +134,8 @@ class ExtractReport:
     """Centres already extracted from this tomogram (kept as they were)."""
     settings: ExtractSettings
     warnings: list[str]
+    previews: list[Path] = field(default_factory=list)
+    """The PNG previews written (``settings.preview``), one per new patch."""
 
 
 def extract_patches(
@@ -151,7 +160,8 @@ def extract_patches(
     Returns
     -------
     ExtractReport
-        The patches written (``images/``, ``labels/``) and recorded in the manifest.
+        The patches written (``images/``, ``labels/``) and recorded in the manifest; with
+        ``settings.preview`` their previews (``previews/<name>.png``, not in the manifest).
     """
     tomogram, segmentation, out_dir = Path(tomogram), Path(segmentation), Path(out_dir)
     with collect_warnings() as warned:
@@ -160,9 +170,15 @@ def extract_patches(
             patches, skipped = _extract(
                 tomogram, segmentation, out_dir, requested, settings, listener
             )
+    previews = [preview_path(out_dir, p.name) for p in patches] if settings.preview else []
     return ExtractReport(
-        tomogram, out_dir, manifest_path(out_dir), patches, skipped, settings, warned
+        tomogram, out_dir, manifest_path(out_dir), patches, skipped, settings, warned, previews
     )
+
+
+def preview_path(out_dir: Path, name: str) -> Path:
+    """Where the preview of patch ``name`` of an extraction folder goes."""
+    return Path(out_dir) / PREVIEWS_SUBDIR / f"{name}.png"
 
 
 def _requested_centres(
@@ -237,7 +253,12 @@ def _extract(
             )
             for name in boxes
         }
-        require_free([p for pair in paths.values() for p in pair], overwrite)
+        previews = (
+            {name: preview_path(out_dir, name) for name in boxes} if settings.preview else {}
+        )
+        require_free(
+            [*(p for pair in paths.values() for p in pair), *previews.values()], overwrite
+        )
         # One rule for the whole segmentation, from the values of every patch.
         blocks = [b.inside(shape) for b in boxes.values()]
         survey = _Survey.of(seg_reader, blocks)
@@ -258,6 +279,8 @@ def _extract(
         staged = StagedFiles()
         try:
             staged.make_dirs(out_dir / IMAGES_SUBDIR, out_dir / LABELS_SUBDIR)
+            if previews:
+                staged.make_dirs(out_dir / PREVIEWS_SUBDIR)
             for name, centre, index in tracked(new, "Extracting patches", listener):
                 box = boxes[name]
                 start, stop = box.inside(shape)
@@ -272,6 +295,15 @@ def _extract(
                 patch_geometry = geometry.shifted(box.offset)
                 for final, data in zip(paths[name], (image, labels)):
                     write_volume(staged.stage(final, volume_suffix(final)), data, patch_geometry)
+                if previews:
+                    cx, cy, cz = as_xyz(index)
+                    png = extraction_preview(
+                        image,
+                        labels,
+                        title=f"{name}: centre x={cx} y={cy} z={cz} in {tomogram.name}",
+                        offset=box.offset,
+                    )
+                    staged.stage(previews[name], ".png").write_bytes(png)
                 records.append(
                     {
                         "name": name,
@@ -454,7 +486,8 @@ def _plan_names(
     Without ``overwrite``, numbering continues after this token's last patch and a centre
     already extracted from the same tomogram with the same size is skipped. With it, this
     token's patches are dropped from the manifest and re-extracted from number 000; their
-    files are returned, to be deleted once the new ones are written.
+    files are returned, to be deleted once the new ones are written, with their previews
+    (which would show the old patches).
     """
     records = load_manifest(out_dir)
     prefix = f"{token}_patch"
@@ -465,6 +498,7 @@ def _plan_names(
     earlier = {r["name"]: r.get("centre_xyz") for r in mine}
     if overwrite:
         replaced = {out_dir / r[key] for r in mine for key in ("image", "label")}
+        replaced |= {p for r in mine if (p := preview_path(out_dir, r["name"])).exists()}
         records = [r for r in records if r not in mine]
         mine = []
     done = {

@@ -23,6 +23,7 @@ from ..io.folders import LabelPatch, find_label_patches, scan_corrections, stray
 from ..io.manifest import as_xyz, padding_zyx
 from ..io.volumes import Geometry, output_path, read_info, read_volume, volume_suffix, write_volume
 from ..patches import fill_nonfinite
+from ..previews import PREVIEWS_SUBDIR, merge_preview, require_matplotlib
 from ..sparse import AXES, parse_slices, slices_mask
 from ._common import (
     check_format,
@@ -34,6 +35,7 @@ from ._common import (
     writing_into,
 )
 from .events import SILENT, Listener
+from .extraction import preview_path
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,11 @@ class MergeSettings:
         painted on another patch of the same name, e.g. before ``extract_patches
         --overwrite`` cut a new one).
     overwrite
-        Replace existing training pairs.
+        Replace existing training pairs (and their previews).
+    preview
+        Also draw each merged patch as ``previews/<name>.png``: the xy, xz and yz slices
+        through its centre, image, network labels and merged labels with the painted Add,
+        Remove and Ignore voxels in their own colours (needs matplotlib).
     """
 
     border: int | None = None
@@ -70,6 +76,7 @@ class MergeSettings:
     keep_slices: tuple[str, ...] = ()
     ignore_geometry: bool = False
     overwrite: bool = False
+    preview: bool = False
 
     def __post_init__(self) -> None:
         if self.border is not None and self.border < 0:
@@ -80,6 +87,8 @@ class MergeSettings:
                 "it every slice is kept)"
             )
         check_format(self.format)
+        if self.preview:
+            require_matplotlib()
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,8 @@ class MergeReport:
     corrections_dir: Path
     settings: MergeSettings
     warnings: list[str]
+    previews: list[Path] = field(default_factory=list)
+    """The PNG previews written (``settings.preview``), one per patch merged."""
 
 
 def merge_corrections(
@@ -123,7 +134,8 @@ def merge_corrections(
     -------
     MergeReport
         Training pairs in ``out_dir/imagesTr`` and ``labelsTr``, summed up in
-        ``merge_summary.json``.
+        ``merge_summary.json``; with ``settings.preview`` their previews
+        (``previews/<name>.png``, not in the summary).
     """
     labels_dir, corrections_dir, out_dir = Path(labels_dir), Path(corrections_dir), Path(out_dir)
     with collect_warnings() as warned, writing_into(out_dir):
@@ -144,11 +156,22 @@ def merge_corrections(
         plans = [
             _plan_merge(p, folders.get(p.name), out_dir, settings, images_dir) for p in chosen
         ]
-        require_free([path for plan in plans for path in plan.outputs], settings.overwrite)
+        require_free(
+            [path for plan in plans for path in (*plan.outputs, *plan.previews)],
+            settings.overwrite,
+        )
+        # An --overwrite run without --preview leaves no preview of an earlier merge that
+        # would show other labels than the ones it writes.
+        stale = []
+        if settings.overwrite and not settings.preview:
+            stale = [preview_path(out_dir, plan.patch.name) for plan in plans]
+            stale = [path for path in stale if path.exists()]
 
         staged = StagedFiles()
         try:
             staged.make_dirs(out_dir / TRAIN_IMAGES_SUBDIR, out_dir / TRAIN_LABELS_SUBDIR)
+            if settings.preview:
+                staged.make_dirs(out_dir / PREVIEWS_SUBDIR)
             rows = [
                 _merge_one(plan, staged)
                 for plan in tracked(plans, "Merging corrections", listener)
@@ -168,7 +191,9 @@ def merge_corrections(
         # The files, then the summary, recorded first so that a killed run is finished
         # by the next one.
         staged.commit(
-            out_dir, {out_dir / MERGE_SUMMARY_NAME: json.dumps(summary, indent=2) + "\n"}
+            out_dir,
+            {out_dir / MERGE_SUMMARY_NAME: json.dumps(summary, indent=2) + "\n"},
+            remove=stale,
         )
     return MergeReport(
         out_dir,
@@ -180,6 +205,7 @@ def merge_corrections(
         corrections_dir,
         settings,
         warned,
+        [path for plan in plans for path in plan.previews],
     )
 
 
@@ -197,6 +223,8 @@ class _MergePlan:
     sparse: bool = False
     keep_slices: dict[str, list[int]] = field(default_factory=dict)
     """Axis name -> slice indices kept by a sparse merge."""
+    previews: tuple[Path, ...] = ()
+    """Where this patch's preview goes (none without ``settings.preview``)."""
 
 
 def _keep_slices(specs: tuple[str, ...], shape, source: Path) -> dict[str, list[int]]:
@@ -277,6 +305,7 @@ def _plan_merge(
         shape=label_info.shape,
         sparse=settings.sparse,
         keep_slices=_keep_slices(settings.keep_slices, label_info.shape, patch.label),
+        previews=(preview_path(out_dir, patch.name),) if settings.preview else (),
     )
 
 
@@ -321,6 +350,8 @@ def _merge_one(plan: _MergePlan, staged: StagedFiles) -> dict:
         staged.stage(image_out, volume_suffix(image_out)), image, image_info.geometry or geometry
     )
     write_volume(staged.stage(label_out, volume_suffix(label_out)), merged, geometry)
+    for preview in plan.previews:
+        staged.stage(preview, ".png").write_bytes(_preview(plan, image, base, merged, masks))
     return {
         "name": patch.name,
         "corrected": plan.corrected,
@@ -339,3 +370,29 @@ def _merge_one(plan: _MergePlan, staged: StagedFiles) -> dict:
         # this patch as segment normalises the whole tomogram.
         "intensity_statistics": (patch.record or {}).get("intensity_statistics"),
     }
+
+
+def _preview(plan: _MergePlan, image, base, merged, masks: dict[str, np.ndarray]) -> bytes:
+    """The patch's preview PNG: image, network labels, merged labels and what was painted."""
+    offset = (plan.patch.record or {}).get("offset_xyz")
+    try:  # the manifest's; a hand-edited one may hold anything: then patch indices only
+        offset_zyx = tuple(int(v) for v in offset[::-1]) if len(offset) == 3 else None
+    except (TypeError, ValueError):
+        offset_zyx = None
+    painted = ", ".join(
+        f"{kind.capitalize()} {int(np.count_nonzero(masks[kind]))}"
+        for kind in ("add", "remove", "ignore")
+    )
+    title = f"{plan.patch.name}: voxels painted {painted}"
+    if plan.sparse:
+        title += " (sparse: unpainted voxels are ignore)"
+    return merge_preview(
+        image,
+        base,
+        merged,
+        masks["add"],
+        masks["remove"],
+        masks["ignore"],
+        title=title,
+        offset=offset_zyx,
+    )
