@@ -225,6 +225,18 @@ def sample_crop(
     rare class; otherwise any annotated voxel, background included. Parts of the crop
     outside the patch are padded: image 0 (the normalised mean), labels ignore.
     """
+    return cut_crop(patch, crop_start(patch, size, rng, membrane_share), size)
+
+
+def crop_start(
+    patch: TrainingPatch,
+    size: tuple[int, int, int],
+    rng: np.random.Generator,
+    membrane_share: float = 1 / 3,
+) -> np.ndarray:
+    """The first voxel ``(z, y, x)`` of the crop :func:`sample_crop` cuts, drawing from
+    ``rng`` exactly what it draws: a caller may skip crops of a seeded stream (another
+    process's share of a batch) without cutting them."""
     if len(patch.membrane) and rng.random() < membrane_share:
         centre = patch.voxel_in(patch.membrane, rng, lambda labels: labels == MEMBRANE)
     elif len(patch.annotated):
@@ -232,10 +244,17 @@ def sample_crop(
     else:
         centre = np.array([rng.integers(0, n) for n in patch.labels.shape])
     shape = np.array(patch.labels.shape)
-    size_arr = np.array(size)
     # Keep the crop inside the patch where the patch is big enough.
-    start = np.clip(centre - size_arr // 2, 0, np.maximum(shape - size_arr, 0))
-    stop = np.minimum(start + size_arr, shape)
+    return np.clip(centre - np.array(size) // 2, 0, np.maximum(shape - np.array(size), 0))
+
+
+def cut_crop(
+    patch: TrainingPatch, start: np.ndarray, size: tuple[int, int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Image (float32) and labels (uint8) ``size`` ``(z, y, x)`` from ``start`` on; what
+    lies outside the patch is padded with 0 and ignore."""
+    shape = np.array(patch.labels.shape)
+    stop = np.minimum(start + np.array(size), shape)
     window = tuple(slice(a, b) for a, b in zip(start, stop))
     image = np.zeros(size, np.float32)
     labels = np.full(size, IGNORE, np.uint8)

@@ -8,9 +8,29 @@ from dataclasses import dataclass
 import torch
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, local_rank: int | None = None) -> torch.device:
     """``auto`` is the first GPU when there is one, else the CPU; ``cpu``, ``cuda`` and
-    ``cuda:N`` are checked against what this machine has."""
+    ``cuda:N`` are checked against what this machine has.
+
+    With ``local_rank`` (one of several processes on this machine, started by torchrun),
+    ``auto`` and ``cuda`` are GPU ``local_rank``, and ``cuda:N`` is refused: each process
+    takes its own GPU."""
+    if local_rank is not None and name in ("auto", "cuda"):
+        if not torch.cuda.is_available():
+            if name == "cuda":
+                raise ValueError("no CUDA device is available")
+            return torch.device("cpu")
+        if local_rank >= torch.cuda.device_count():
+            raise ValueError(
+                f"process {local_rank} of this machine has no GPU of its own: this machine "
+                f"has {torch.cuda.device_count()}; start at most that many per node"
+            )
+        return torch.device("cuda", local_rank)
+    if local_rank is not None and name.startswith("cuda:"):
+        raise ValueError(
+            "under torchrun each process uses the GPU of its LOCAL_RANK; give --device cuda "
+            "(or auto), and CUDA_VISIBLE_DEVICES to choose the GPUs"
+        )
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

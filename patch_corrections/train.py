@@ -4,6 +4,12 @@ Every random choice of step ``s`` (which patches, where to crop, how to augment)
 generators seeded with ``(seed, s)``, so a resumed run repeats exactly what an uninterrupted
 one would have done, and the next batch can be prepared while the current one trains.
 
+Under torchrun (see :mod:`patch_corrections.distributed`) each of N processes takes its
+share of the same seeded stream: with ``batch_size`` B per process, step ``s`` of the run
+trains on the crops one process with batch N·B would cut, rank ``r`` taking crops
+``r·B … r·B + B - 1``. Gradients are averaged over the processes, validation patches are
+shared out and their results gathered, and only rank 0 writes files and reports.
+
 The device and its precision are chosen in :mod:`patch_corrections.devices`; the staged
 relabeling run built on :func:`train` is :mod:`patch_corrections.relabel_training`.
 """
@@ -22,11 +28,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import distributed
 from .augment import AugmentConfig, augment
 from .checkpoints import save_checkpoint
 from .constants import DEFAULT_LOSS, IGNORE, MEMBRANE
-from .data import TrainingPatch, sample_crop
+from .data import TrainingPatch, crop_start, cut_crop
 from .devices import Precision, sync, to_cpu
+from .distributed import SINGLE, Ranks
 from .intensity import NORMALISATION
 from .losses import bce_dice_loss, deep_supervision_loss, make_loss
 from .model import UNet
@@ -101,15 +109,20 @@ def make_optimizer(network: torch.nn.Module, config: TrainConfig) -> torch.optim
 
 
 def batch_for_step(
-    patches: list[TrainingPatch], step: int, config: TrainConfig
+    patches: list[TrainingPatch], step: int, config: TrainConfig, ranks: Ranks = SINGLE
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The crops of step ``step``: image ``(b, 1, z, y, x)`` float32, labels uint8."""
+    """This rank's crops of step ``step``: image ``(b, 1, z, y, x)`` float32, labels uint8.
+
+    The step's stream holds ``b · ranks.size`` crops, the batch of one process with all
+    ranks' samples; rank ``r`` draws (without cutting) the ``r · b`` crops before its own.
+    """
     rng = np.random.default_rng([config.seed, step])
     size = (config.crop_size,) * 3
-    crops = [
-        sample_crop(patches[rng.integers(len(patches))], size, rng)
-        for _ in range(config.batch_size)
-    ]
+    windows = []
+    for _ in range((ranks.rank + 1) * config.batch_size):
+        patch = patches[rng.integers(len(patches))]
+        windows.append((patch, crop_start(patch, size, rng)))
+    crops = [cut_crop(patch, start, size) for patch, start in windows[-config.batch_size :]]
     return (np.stack([c[0] for c in crops])[:, None], np.stack([c[1] for c in crops])[:, None])
 
 
@@ -140,27 +153,32 @@ def predict_patch(
 
 @torch.no_grad()
 def evaluate(
-    network: UNet, patches: list[TrainingPatch], device: torch.device, precision: Precision
+    network: UNet,
+    patches: list[TrainingPatch],
+    device: torch.device,
+    precision: Precision,
+    ranks: Ranks = SINGLE,
 ) -> dict[str, float]:
     """Loss and Dice (ignore voxels excluded, pooled over patches) on whole patches.
 
     The loss is BCE + Dice whatever the training loss, so runs with different losses
-    compare on the same scale."""
+    compare on the same scale. Under torchrun each rank scores its share of the patches
+    and every rank gets the result of all, the same as one process would compute."""
     network.eval()
-    losses, overlap, predicted, actual = [], 0.0, 0.0, 0.0
-    for patch in patches:
+    scores = []  # per patch: loss, voxels predicted membrane and right, predicted, true
+    for patch in ranks.share(patches):
         logits = _patch_logits(network, patch.image, device, precision)[None, None]
         y = torch.from_numpy(patch.labels)[None, None].to(device)
-        losses.append(float(bce_dice_loss(logits, y)))
         annotated = y != IGNORE
         hit = (logits > 0) & annotated
         truth = (y == MEMBRANE) & annotated
-        overlap += float((hit & truth).sum())
-        predicted += float(hit.sum())
-        actual += float(truth.sum())
+        counts = torch.stack([(hit & truth).sum(), hit.sum(), truth.sum()]).tolist()
+        scores.append((float(bce_dice_loss(logits, y)), *map(float, counts)))
     network.train()
+    scores = distributed.gather(scores, ranks)
+    overlap, predicted, actual = (sum(s[i] for s in scores) for i in (1, 2, 3))
     dice = 2 * overlap / (predicted + actual) if predicted + actual else 1.0
-    return {"val_loss": float(np.mean(losses)), "val_dice": dice}
+    return {"val_loss": float(np.mean([s[0] for s in scores])), "val_dice": dice}
 
 
 @dataclass
@@ -192,6 +210,7 @@ def train(
     on_step: Callable[[int, float | None], None] | None = None,
     on_metrics: Callable[[list[dict]], None] | None = None,
     split: dict | None = None,
+    ranks: Ranks | None = None,
 ) -> RunState:
     """Train ``network`` for ``config.iterations`` steps; write checkpoints to ``out_dir``.
 
@@ -208,7 +227,11 @@ def train(
     split
         Which patches train and which validate (names), saved in checkpoints so that a
         resumed run uses the same ones.
+    ranks
+        This process's place in a torchrun run (default: the process group it has joined,
+        if any). Only rank 0 writes checkpoints and calls ``on_step`` and ``on_metrics``.
     """
+    ranks = ranks or distributed.current()
     torch.manual_seed(config.seed)
     network.to(device)
     channels_last = device.type == "cuda" and config.channels_last
@@ -232,7 +255,10 @@ def train(
         torch.set_rng_state(resume["rng"]["torch"])
         if precision.scaler is not None and resume.get("grad_scaler"):
             precision.scaler.load_state_dict(resume["grad_scaler"])
-    forward = _heads_function(network, config.compile)
+    forward = _heads_function(
+        distributed.replicate(network, device) if ranks.distributed else network,
+        config.compile,
+    )
     loss_function = make_loss(config.loss)
     augmenter = torch.Generator(device=device)
     augment_config = AugmentConfig()
@@ -244,6 +270,8 @@ def train(
 
     def checkpoint(name: str) -> Path:
         path = Path(out_dir) / name
+        if not ranks.main:
+            return path
         save_checkpoint(
             path,
             {
@@ -261,6 +289,7 @@ def train(
                 "elapsed": time.perf_counter() - started,
                 "rng": {"torch": torch.get_rng_state()},
                 "grad_scaler": precision.scaler.state_dict() if precision.scaler else None,
+                "processes": ranks.size,
             },
         )
         return path
@@ -270,15 +299,18 @@ def train(
     prefetch = ThreadPoolExecutor(max_workers=1)
 
     def fetch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, labels = batch_for_step(train_patches, step, config)
+        image, labels = batch_for_step(train_patches, step, config, ranks)
         x, y = torch.from_numpy(image), torch.from_numpy(labels)
         return (x.pin_memory(), y.pin_memory()) if pin else (x, y)
 
     upcoming = prefetch.submit(fetch, state.step)
-    stop = _StopFlag()
+    # torchrun passes a terminal's Ctrl-C on to its workers, which get it twice at once.
+    stop = _StopFlag(same_request=2.0 if ranks.distributed else 0.0)
+    agreed = False  # whether all ranks stop at this step (and can still talk)
     try:
         while state.step < config.iterations:
-            if stop.requested:
+            if distributed.any_rank(stop.requested, ranks):
+                agreed = True
                 raise KeyboardInterrupt
             step = state.step
             waited = time.perf_counter()
@@ -288,7 +320,8 @@ def train(
             if step + 1 < config.iterations:
                 upcoming = prefetch.submit(fetch, step + 1)
             if config.augment:
-                augmenter.manual_seed(config.seed * 1_000_003 + step)
+                # Rank 0 augments as one process does; the others draw other streams.
+                augmenter.manual_seed(config.seed * 1_000_003 + step + (ranks.rank << 40))
                 x, y = augment(x, y, augmenter, augment_config)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
@@ -320,7 +353,7 @@ def train(
             if logging or saving:
                 sync(device)
                 paused = time.perf_counter()
-                state.pending_losses += _read_losses(unread)
+                state.pending_losses += _read_losses(unread, ranks)
             if logging:
                 row = {
                     "step": state.step,
@@ -331,21 +364,22 @@ def train(
                 state.pending_losses = []
                 latest = row["train_loss"]
                 if val_patches:
-                    row.update(evaluate(network, val_patches, device, precision))
+                    row.update(evaluate(network, val_patches, device, precision, ranks))
                     if row["val_dice"] > state.best_dice:
                         state.best_dice = row["val_dice"]
                         checkpoint(BEST)
                 state.history.append(row)
-                if on_metrics is not None:
+                if on_metrics is not None and ranks.main:
                     on_metrics(state.history)
             if saving:
                 checkpoint(LAST)
             if logging or saving:
                 state.io_seconds += time.perf_counter() - paused
-            if on_step is not None:
+            if on_step is not None and ranks.main:
                 on_step(state.step, latest)
     except KeyboardInterrupt:
-        state.pending_losses += _read_losses(unread)
+        # A second Ctrl-C may have stopped the ranks at different places: no collective.
+        state.pending_losses += _read_losses(unread, ranks if agreed else SINGLE)
         raise Interrupted(state.step, checkpoint(LAST)) from None
     finally:
         stop.release()
@@ -353,31 +387,39 @@ def train(
     return state
 
 
-def _read_losses(losses: list[torch.Tensor]) -> list[float]:
+def _read_losses(losses: list[torch.Tensor], ranks: Ranks = SINGLE) -> list[float]:
     """The 0-d step losses as floats, read from the device in one transfer; empties
     ``losses``. Each float equals ``float()`` of its tensor, so metrics and checkpoints
-    are the same as if every step had been read on its own."""
+    are the same as if every step had been read on its own. Under torchrun, each is the
+    mean of the ranks' losses of that step."""
     if not losses:
         return []
-    values = torch.stack(losses).tolist()
+    values = distributed.average(torch.stack(losses), ranks).tolist()
     losses.clear()
     return values
 
 
 class _StopFlag:
     """Turns Ctrl-C (SIGINT) into a request honoured between steps, so ``last.pt`` never
-    holds weights updated by a step it does not count. A second Ctrl-C stops at once."""
+    holds weights updated by a step it does not count. A second Ctrl-C stops at once,
+    unless it comes within ``same_request`` seconds of the first (the same one, passed on
+    by torchrun)."""
 
-    def __init__(self) -> None:
+    def __init__(self, same_request: float = 0.0) -> None:
         self.requested = False
+        self._first = 0.0
+        self._same_request = same_request
         self._previous = None
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
-            raise KeyboardInterrupt
+            if time.monotonic() - self._first >= self._same_request:
+                raise KeyboardInterrupt
+            return
         self.requested = True
+        self._first = time.monotonic()
 
     def release(self) -> None:
         if self._previous is not None:
@@ -385,7 +427,9 @@ class _StopFlag:
             self._previous = None
 
 
-def _heads_function(network: UNet, compile_it: bool) -> Callable[[torch.Tensor], list]:
-    if not compile_it:
-        return network.forward_heads_zyx
-    return torch.compile(network.forward_heads_zyx)
+def _heads_function(network: torch.nn.Module, compile_it: bool) -> Callable[[torch.Tensor], list]:
+    """The network's deep-supervision heads as a function of a ``(b, 1, z, y, x)`` batch;
+    ``network`` is a :class:`UNet`, or one wrapped by :func:`distributed.replicate`
+    (whose ``forward`` gives the heads)."""
+    heads = network.forward_heads_zyx if isinstance(network, UNet) else network
+    return torch.compile(heads) if compile_it else heads
