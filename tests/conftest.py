@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import mrcfile
@@ -10,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from patch_corrections.cli import app
+from patch_corrections.cli._common import usable_cores
 
 
 def write_mrc(path: Path, data: np.ndarray, voxel_size=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)):
@@ -19,6 +21,14 @@ def write_mrc(path: Path, data: np.ndarray, voxel_size=(1.0, 1.0, 1.0), origin=(
         mrc.voxel_size = voxel_size
         mrc.header.origin.x, mrc.header.origin.y, mrc.header.origin.z = origin
     return path
+
+
+@pytest.fixture(autouse=True)
+def _threads_as_chosen(monkeypatch):
+    """Commands pick PyTorch's threads from the machine's load unless OMP_NUM_THREADS says;
+    the suite says, so what they print does not depend on what else the machine runs."""
+    if not os.environ.get("OMP_NUM_THREADS"):
+        monkeypatch.setenv("OMP_NUM_THREADS", str(usable_cores()))
 
 
 @pytest.fixture

@@ -184,3 +184,41 @@ def test_demo_refuses_no_iterations_before_any_work(tmp_path, iterations):
     assert done.returncode == 1
     assert done.stderr == f"Error: --iterations must be at least 1, got {iterations}\n"
     assert done.stdout == "" and not out.exists()
+
+
+def test_threads_follow_the_load_unless_chosen(monkeypatch, capsys):
+    # Under load, PyTorch's default of every core ran a demo 3x slower than one thread.
+    import torch
+
+    from patch_corrections.cli import _common
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(_common, "usable_cores", lambda: 4)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        monkeypatch.setattr(_common.os, "getloadavg", lambda: (2.6, 1.0, 1.0))
+        _common.use_threads(None)
+        assert torch.get_num_threads() == 1
+        assert capsys.readouterr().err == (
+            "Using 1 of 4 CPU cores for PyTorch: other programs keep the others busy "
+            "(load 2.6); --threads chooses.\n"
+        )
+        monkeypatch.setattr(_common.os, "getloadavg", lambda: (0.2, 1.0, 1.0))
+        _common.use_threads(None)
+        assert torch.get_num_threads() == 4 and capsys.readouterr().err == ""
+        _common.use_threads(3)  # chosen: no second guess
+        assert torch.get_num_threads() == 3 and capsys.readouterr().err == ""
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        _common.use_threads(None)
+        assert torch.get_num_threads() == 2
+        with pytest.raises(_common.InputError, match="--threads must be at least 1, got 0"):
+            _common.use_threads(0)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_usable_cores_counts_what_this_process_may_use():
+    from patch_corrections.cli._common import usable_cores
+
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    assert 1 <= usable_cores() <= (allowed or os.cpu_count() or 1)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Any, ParamSpec
 
 import typer
@@ -206,6 +207,71 @@ def _one_line_usage_errors() -> Iterator[None]:
             raise  # a command given no arguments: its help is the answer
         typer.echo(usage_error_line(error), err=True)
         raise typer.Exit(USAGE_EXIT_CODE) from None
+
+
+THREADS_HELP = (
+    "CPU threads for PyTorch; default: $OMP_NUM_THREADS if set, else the cores this run may "
+    "use, fewer while other programs keep them busy (their load average)."
+)
+ThreadsOption = Annotated[int | None, typer.Option("--threads", help=THREADS_HELP)]
+
+
+def use_threads(requested: int | None) -> None:
+    """Set PyTorch's CPU threads for this command: ``requested``; else ``$OMP_NUM_THREADS``
+    (a choice already made, by the user or the cluster); else the cores the process may use
+    less the machine's load. PyTorch's own default (every core) makes a run several times
+    slower when other programs already use the cores: its threads wait on each other.
+    Says so on stderr when the load leaves fewer threads than cores."""
+    if requested is not None and requested < 1:
+        raise InputError(f"--threads must be at least 1, got {requested}")
+    try:
+        import torch
+    except ImportError:
+        return  # the workflow says what to install
+    if requested is None:
+        given = os.environ.get("OMP_NUM_THREADS", "").strip()
+        requested = int(given) if given.isdigit() and int(given) > 0 else None
+    if requested is not None:
+        torch.set_num_threads(requested)
+        return
+    cores = usable_cores()
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not on every platform
+        load = 0.0
+    threads = max(1, min(cores, round(cores - load)))
+    torch.set_num_threads(threads)
+    if threads < cores:
+        typer.echo(
+            f"Using {threads} of {cores} CPU cores for PyTorch: other programs keep the "
+            f"others busy (load {load:.1f}); --threads chooses.",
+            err=True,
+        )
+
+
+def usable_cores() -> int:
+    """Physical CPU cores this process may use: its CPU affinity (what taskset or a SLURM
+    allocation grant), hyperthreads of one core counted once (Linux), capped by a cgroup
+    CPU quota (a container's ``--cpus``)."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+    cores = set()
+    for cpu in cpus:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+        try:
+            cores.add(topology.read_text().strip())
+        except OSError:
+            cores.add(str(cpu))
+    count = len(cores)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
 
 
 def print_warnings(messages: list[str]) -> None:

@@ -15,7 +15,7 @@ from ..workflows import (
 )
 from ..workflows.demo import METRICS, SAMPLE_DIR, DemoSettings, demo
 from . import extract, merge, retrain, segment
-from ._common import console, user_errors
+from ._common import ThreadsOption, console, use_threads, user_errors
 
 _RENDERERS = {
     SegmentReport: segment.render,
@@ -37,9 +37,11 @@ def demo_command(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an earlier demo run.")
     ] = False,
+    threads: ThreadsOption = None,
 ) -> None:
     """Run the whole loop on the sample data: segment, correct, retrain, segment, evaluate."""
     settings = DemoSettings(iterations=iterations, overwrite=overwrite)
+    use_threads(threads)
     with console(step_done=lambda report: _RENDERERS[type(report)](report)) as listener:
         report = demo(
             out_dir,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -10,7 +11,7 @@ import typer
 
 from ..constants import DEFAULT_LOSS, PATCH_SIZE, RELABEL_DIR
 from ..workflows.training import RetrainReport, RetrainSettings, retrain
-from ._common import console, print_warnings, user_errors
+from ._common import THREADS_HELP, console, print_warnings, use_threads, user_errors
 
 Preset = Enum("Preset", {n: n for n in ("full", "small", "tiny")}, type=str)
 Optimiser = Enum("Optimiser", {n: n for n in ("sgd", "adamw")}, type=str)
@@ -91,6 +92,9 @@ def retrain_command(
     device: Annotated[
         str, typer.Option("--device", rich_help_panel=_DEVICE, help="auto, cpu, cuda or cuda:N.")
     ] = "auto",
+    threads: Annotated[
+        int | None, typer.Option("--threads", rich_help_panel=_DEVICE, help=THREADS_HELP)
+    ] = None,
     compile_network: Annotated[
         bool,
         typer.Option(
@@ -288,11 +292,13 @@ def retrain_command(
         pixel_size=pixel_size,
         overwrite=overwrite,
     )
+    use_threads(threads)
     with console() as listener:
         report = retrain(
             train_dir, out_dir, checkpoint, val_dir, settings=settings, listener=listener
         )
-    render(report)
+    if os.environ.get("RANK", "0") in ("", "0"):  # under torchrun, the first process reports
+        render(report)
 
 
 def render(report: RetrainReport) -> None:

@@ -15,7 +15,7 @@ from ..workflows.segmentation import (
     segment,
     segment_many,
 )
-from ._common import console, print_warnings, user_errors
+from ._common import ThreadsOption, console, print_warnings, use_threads, user_errors
 
 
 @user_errors
@@ -58,6 +58,7 @@ def segment_command(
         float, typer.Option("--threshold", help="Probability above which a voxel is membrane.")
     ] = 0.5,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    threads: ThreadsOption = None,
     trust_checkpoint: Annotated[
         bool,
         typer.Option(
@@ -154,6 +155,7 @@ def segment_command(
         overwrite=overwrite,
         compile=compile_network,
     )
+    use_threads(threads)
     with console() as listener:
         if len(tomograms) == 1 and not tomograms[0].is_dir() and (part, parts) == (0, 1):
             render(
