@@ -1,0 +1,77 @@
+"""napari readers for MRC, NRRD and NIfTI volumes, through the package's own I/O.
+
+Each file opens as one layer whose ``scale`` is the voxel size and whose ``translate`` is
+the origin, both ``(z, y, x)`` in Å, so patches overlay on their tomogram. Label volumes
+(files in a ``labels`` folder, correction masks, or integer volumes holding only 0, 1 and
+2) open as labels layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..constants import IGNORE
+from ..errors import InputError
+from ..io.folders import LABEL_FOLDERS, correction_kind
+from ..io.geometry import Geometry
+from ..io.volumes import is_volume_file, read_info, read_volume, volume_stem
+
+LayerData = tuple[np.ndarray, dict, str]
+"""napari's layer-data tuple: array ``(z, y, x)``, layer keyword arguments, layer type."""
+
+
+def geometry_kwargs(geometry: Geometry | None) -> dict:
+    """``scale`` and ``translate`` ``(z, y, x)`` of a layer; unit voxels without geometry."""
+    if geometry is None:
+        return {"scale": (1.0, 1.0, 1.0), "translate": (0.0, 0.0, 0.0)}
+    return {"scale": tuple(geometry.voxel_size), "translate": tuple(geometry.origin)}
+
+
+def is_label_volume(path: Path, data: np.ndarray) -> bool:
+    """Whether ``data`` read from ``path`` is a label volume or a correction mask."""
+    if path.parent.name in LABEL_FOLDERS or correction_kind(path) is not None:
+        return True
+    if data.dtype.kind not in "biu" or data.size == 0:
+        return False
+    return bool(data.min() >= 0 and data.max() <= IGNORE)
+
+
+def layer_data(path: Path) -> LayerData:
+    """One volume file as a napari layer-data tuple, with its geometry.
+
+    Raises
+    ------
+    InputError
+        If the file cannot be read (the message names it).
+    """
+    path = Path(path)
+    data, info = read_volume(path)
+    kwargs = {"name": volume_stem(path), **geometry_kwargs(info.geometry)}
+    if is_label_volume(path, data):
+        if data.dtype.kind == "b":
+            data = data.astype(np.uint8)
+        return data, kwargs, "labels"
+    return data, kwargs, "image"
+
+
+def read_layers(paths: str | list[str]) -> list[LayerData]:
+    """The napari reader function: one layer per file."""
+    if isinstance(paths, str):
+        paths = [paths]
+    return [layer_data(Path(p)) for p in paths]
+
+
+def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
+    """The reader for ``path`` when every file is a volume this package reads, else ``None``."""
+    paths = [path] if isinstance(path, str) else list(path)
+    if not paths or not all(is_volume_file(Path(p)) for p in paths):
+        return None
+    try:  # a header that does not parse is left to other readers
+        for p in paths:
+            read_info(Path(p))
+    except InputError:
+        return None
+    return read_layers

@@ -1,0 +1,287 @@
+"""The napari plugin: readers, and the widget's round (open, paint, save, merge, reopen).
+
+Needs the ``napari-test`` extra (napari, a Qt binding, pytest-qt); skipped without it.
+Runs offscreen. The widget's round runs on a viewer model (layers, dims; no canvas), which
+needs no OpenGL; the tests on a whole napari window (``make_napari_viewer``: dock widget,
+opening files) need an OpenGL context, e.g. ``xvfb-run`` on a machine without a display,
+and are skipped without one.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ["QT_QPA_PLATFORM"] = "offscreen"  # before any QApplication exists
+
+with warnings.catch_warnings():
+    # napari and npe2 import with pydantic deprecation warnings, errors under this suite.
+    warnings.simplefilter("ignore")
+    napari = pytest.importorskip("napari")
+    pytest.importorskip("pytestqt")
+    import npe2
+    from napari.components import ViewerModel
+    from napari.utils.notifications import notification_manager
+
+    from patch_corrections.napari_plugin import get_reader, layer_data
+    from patch_corrections.napari_plugin._widget import CorrectionsWidget
+
+import patch_corrections as pc
+from patch_corrections.constants import BORDER_WIDTH, IGNORE
+from patch_corrections.io.geometry import Geometry
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:System theme detection:UserWarning"),
+]
+
+SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
+
+
+@pytest.fixture(scope="module")
+def extraction(tmp_path_factory) -> Path:
+    """The sample extraction: four 96³ patches cut by the real workflow (read only)."""
+    out = tmp_path_factory.mktemp("napari") / "patches"
+    pc.extract_patches(
+        SAMPLE / "tomogram.mrc",
+        SAMPLE / "prediction.mrc",
+        out,
+        SAMPLE / "centres.csv",
+        settings=pc.ExtractSettings(patch_size=96),
+    )
+    return out
+
+
+@functools.cache
+def _has_opengl() -> bool:
+    """Whether Qt makes a working OpenGL context here (a display, Xvfb or a GPU; Qt's
+    offscreen platform alone has none)."""
+    from qtpy.QtGui import QOffscreenSurface, QOpenGLContext
+    from vispy.gloo import gl
+
+    context, surface = QOpenGLContext(), QOffscreenSurface()
+    surface.create()
+    if not (context.create() and context.makeCurrent(surface)):
+        return False
+    try:
+        return bool(gl.glGetParameter(gl.GL_EXTENSIONS))
+    except AttributeError:  # glGetString gave nothing: no GL behind the context
+        return False
+    finally:
+        context.doneCurrent()
+
+
+@pytest.fixture
+def napari_window(qapp, request):
+    """A whole napari window (canvas and docks), where OpenGL works."""
+    if not _has_opengl():
+        pytest.skip("no OpenGL context: run under xvfb-run (or a display) for napari's window")
+    # Asked for only now: its teardown expects the test to have run.
+    return request.getfixturevalue("make_napari_viewer")()
+
+
+@pytest.fixture
+def widget(qtbot, extraction, tmp_path):
+    """The widget on a viewer model: everything but drawing."""
+    widget = CorrectionsWidget(ViewerModel())
+    qtbot.addWidget(widget)
+    widget.corrections_edit.setText(str(tmp_path / "corrections"))
+    widget.out_edit.setText(str(tmp_path / "train"))
+    assert widget.open_folder(extraction)
+    return widget
+
+
+def _record(extraction: Path, name: str) -> dict:
+    return next(r for r in pc.io.load_manifest(extraction) if r["name"] == name)
+
+
+def _expected(base, add, remove, record) -> np.ndarray:
+    """base − Remove + Add, then the 16-voxel band and the padding as ignore, by hand."""
+    expected = base.copy()
+    expected[remove] = 0
+    expected[add] = 1
+    b = BORDER_WIDTH
+    expected[:b], expected[-b:] = IGNORE, IGNORE
+    expected[:, :b], expected[:, -b:] = IGNORE, IGNORE
+    expected[:, :, :b], expected[:, :, -b:] = IGNORE, IGNORE
+    for axis, (before, after) in enumerate(record["padding_xyz"][::-1]):
+        index = [slice(None)] * 3
+        index[axis] = slice(0, before)
+        expected[tuple(index)] = IGNORE
+        index[axis] = slice(expected.shape[axis] - after, None)
+        expected[tuple(index)] = IGNORE
+    return expected
+
+
+def _strokes(base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An Add stroke on background (crossing into the border band) and a Remove stroke on
+    membrane, ``(z, y, x)``."""
+    add = np.zeros(base.shape, dtype=np.uint8)
+    add[40:44, 5:60, 50:53] = 1
+    remove = np.zeros(base.shape, dtype=np.uint8)
+    centre = np.zeros(base.shape, dtype=bool)
+    centre[30:66, 30:66, 30:66] = True
+    remove[centre & (base == 1)] = 1
+    assert remove.any() and (add.astype(bool) & (base == 0)).any()
+    return add, remove
+
+
+def test_paint_save_merge_gives_the_expected_voxels(widget, extraction, tmp_path, qtbot):
+    assert widget.patch_list.count() == 4
+    name = widget.patches[1].name
+    assert widget.select_patch(name)
+    viewer = widget.viewer
+    record = _record(extraction, name)
+    names = [layer.name for layer in viewer.layers]
+    assert {"Add", "Remove", "Ignore", "merged preview", f"{name} image"} <= set(names)
+    zyx_size = tuple(record["voxel_size_xyz"][::-1])
+    for kind in ("add", "remove", "ignore", "image", "preview"):
+        assert tuple(widget.layer(kind).scale) == pytest.approx(zyx_size)
+        assert tuple(widget.layer(kind).translate) == pytest.approx(record["origin_xyz"][::-1])
+    colours = {tuple(widget.layer(k).colormap.map([1])[0]) for k in ("add", "remove", "ignore")}
+    assert len(colours) == 3
+
+    base, label_info = pc.read_volume(extraction / record["label"])
+    add, remove = _strokes(base)
+    widget.layer("add").data = add
+    widget.layer("remove").data = remove
+    expected = _expected(base, add.astype(bool), remove.astype(bool), record)
+    qtbot.waitUntil(lambda: np.array_equal(widget.layer("preview").data, expected), timeout=3000)
+
+    written = widget.save()
+    folder = tmp_path / "corrections" / name
+    assert written == [folder / "Remove1.nrrd", folder / "Add1.nrrd"]
+    for path, painted in zip(written, (remove, add)):
+        data, info = pc.read_volume(path)
+        np.testing.assert_array_equal(data != 0, painted != 0)
+        assert info.geometry.agrees_with(label_info.geometry)
+    assert "✔ corrected" in widget.patch_list.item(1).text()
+    assert widget.save() == []  # nothing new: nothing written
+
+    worker = widget.merge()
+    assert worker is not None and widget.merging
+    qtbot.waitUntil(lambda: not widget.merging, timeout=30000)
+    assert widget.merge_report is not None, widget.status.text()
+    assert [r["name"] for r in widget.merge_report.rows] == [name]
+    merged, _ = pc.read_volume(tmp_path / "train" / "labelsTr" / f"{name}.nii.gz")
+    np.testing.assert_array_equal(merged, expected)
+    assert "Merged 1 patch" in widget.status.text()
+    assert not widget.progress.isVisible()
+
+
+def test_reopen_shows_saved_masks_and_saves_the_next_number(widget, extraction, tmp_path):
+    name = widget.patches[0].name
+    record = _record(extraction, name)
+    base, info = pc.read_volume(extraction / record["label"])
+    add, remove = _strokes(base)
+    folder = tmp_path / "corrections" / name
+    folder.mkdir(parents=True)
+    pc.write_volume(folder / "add1.nrrd", add * 255, info.geometry)  # 0/255, lower case
+    pc.write_volume(folder / "Remove1.nrrd", remove, info.geometry)
+    widget.refresh_list()
+    assert "✔ corrected" in widget.patch_list.item(0).text()
+
+    assert widget.select_patch(name)
+    np.testing.assert_array_equal(widget.layer("add").data != 0, add != 0)
+    np.testing.assert_array_equal(widget.layer("remove").data != 0, remove != 0)
+    assert not widget.layer("ignore").data.any()
+    np.testing.assert_array_equal(
+        widget.layer("preview").data, _expected(base, add != 0, remove != 0, record)
+    )
+
+    more = widget.layer("add").data.copy()
+    more[60:62, 40:50, 40:50] = 1
+    widget.layer("add").data = more
+    assert widget.save() == [folder / "Add2.nrrd"]
+    assert sorted(p.name for p in folder.iterdir()) == ["Add2.nrrd", "Remove1.nrrd", "add1.nrrd"]
+
+
+def test_wrong_geometry_is_a_message_not_a_traceback(widget, extraction, tmp_path, qtbot):
+    name = widget.patches[2].name
+    record = _record(extraction, name)
+    base, info = pc.read_volume(extraction / record["label"])
+    folder = tmp_path / "corrections" / name
+    folder.mkdir(parents=True)
+    pc.write_volume(folder / "Add1.nrrd", np.ones((8, 8, 8), np.uint8), info.geometry)
+    shifted = Geometry(info.geometry.voxel_size, tuple(o + 500.0 for o in info.geometry.origin))
+    pc.write_volume(folder / "Remove1.nrrd", np.ones(base.shape, np.uint8), shifted)
+    seen = len(notification_manager.records)
+
+    assert widget.select_patch(name)  # opens, without the masks that do not fit
+    text = widget.status.text()
+    assert "Add1.nrrd: shape x,y,z=(8, 8, 8) differs" in text
+    assert "Remove1.nrrd: origin/spacing differ" in text
+    assert any("Add1.nrrd" in str(n.message) for n in notification_manager.records[seen:])
+    assert not widget.layer("add").data.any() and not widget.layer("remove").data.any()
+
+    widget.merge()  # merge_corrections refuses the folder: a message again
+    qtbot.waitUntil(lambda: not widget.merging, timeout=30000)
+    assert widget.merge_report is None
+    assert widget.status.text().startswith("Not merged: ")
+    assert not (tmp_path / "train" / "labelsTr").exists()
+
+    assert not widget.open_folder(tmp_path / "nowhere")
+    assert "labels folder not found" in widget.status.text()
+
+
+def test_readers_give_scale_translate_and_layer_type(extraction, tmp_path):
+    record = _record(extraction, pc.io.load_manifest(extraction)[3]["name"])
+    size, origin = record["voxel_size_xyz"][::-1], record["origin_xyz"][::-1]
+
+    data, kwargs, kind = layer_data(extraction / record["label"])
+    assert kind == "labels" and data.shape == (96, 96, 96)
+    assert kwargs["scale"] == pytest.approx(size) and kwargs["translate"] == pytest.approx(origin)
+    assert layer_data(extraction / record["image"])[2] == "image"
+
+    geometry = Geometry((2.0, 3.0, 4.0), (10.0, 20.0, 30.0))
+    volume = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    for suffix in (".mrc", ".nii.gz", ".nrrd"):
+        path = tmp_path / f"volume{suffix}"
+        pc.write_volume(path, volume, geometry)
+        reader = get_reader(str(path))
+        assert reader is not None
+        [(data, kwargs, kind)] = reader(str(path))
+        np.testing.assert_array_equal(data, volume)
+        assert kind == "image"
+        assert kwargs["scale"] == pytest.approx((2.0, 3.0, 4.0))
+        assert kwargs["translate"] == pytest.approx((10.0, 20.0, 30.0))
+    (tmp_path / "notes.txt").write_text("x")
+    assert get_reader(str(tmp_path / "notes.txt")) is None
+
+    # Through napari and the installed manifest, as a user opens a file.
+    assert "patch_corrections" in {e.name for e in entry_points(group="napari.manifest")}
+    plugins = npe2.PluginManager.instance()
+    plugins.discover(include_npe1=False)  # napari's window does this on start
+    assert plugins.get_manifest("patch_corrections").display_name == "Patch corrections"
+    viewer = ViewerModel()
+    [layer] = viewer.open(str(extraction / record["label"]), plugin="patch_corrections")
+    assert layer.__class__.__name__ == "Labels"
+    assert tuple(layer.scale) == pytest.approx(size)
+    assert tuple(layer.translate) == pytest.approx(origin)
+
+
+def test_the_widget_docks_in_a_napari_window(napari_window, extraction, tmp_path):
+    widget = CorrectionsWidget(napari_window)
+    napari_window.window.add_dock_widget(widget, name="Patch corrections")
+    widget.corrections_edit.setText(str(tmp_path / "corrections"))
+    assert widget.open_folder(extraction)
+    assert widget.select_patch(widget.patches[0].name)
+    assert napari_window.layers.selection.active is widget.layer("add")
+    assert {"Add", "Remove", "Ignore", "merged preview"} <= {x.name for x in napari_window.layers}
+    assert widget.isVisibleTo(napari_window.window._qt_window)
+
+
+def test_the_package_does_not_import_napari(tmp_path):
+    """The plugin is a caller: importing the package and its workflows never pulls napari."""
+    import subprocess
+    import sys
+
+    code = "import sys, patch_corrections, patch_corrections.cli; print('napari' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
