@@ -165,8 +165,8 @@ def test_paint_save_merge_gives_the_expected_voxels(widget, extraction, tmp_path
     assert widget.save() == []  # nothing new: nothing written
 
     worker = widget.merge()
-    assert worker is not None and widget.merging
-    qtbot.waitUntil(lambda: not widget.merging, timeout=30000)
+    assert worker is not None and widget.busy
+    qtbot.waitUntil(lambda: not widget.busy, timeout=30000)
     assert widget.merge_report is not None, widget.status.text()
     assert [r["name"] for r in widget.merge_report.rows] == [name]
     merged, _ = pc.read_volume(tmp_path / "train" / "labelsTr" / f"{name}.nii.gz")
@@ -221,7 +221,7 @@ def test_wrong_geometry_is_a_message_not_a_traceback(widget, extraction, tmp_pat
     assert not widget.layer("add").data.any() and not widget.layer("remove").data.any()
 
     widget.merge()  # merge_corrections refuses the folder: a message again
-    qtbot.waitUntil(lambda: not widget.merging, timeout=30000)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=30000)
     assert widget.merge_report is None
     assert widget.status.text().startswith("Not merged: ")
     assert not (tmp_path / "train" / "labelsTr").exists()
@@ -285,3 +285,77 @@ def test_the_package_does_not_import_napari(tmp_path):
     code = "import sys, patch_corrections, patch_corrections.cli; print('napari' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_extract_at_clicked_points_and_at_loaded_centres(qtbot, tmp_path, extraction):
+    widget = CorrectionsWidget(ViewerModel())
+    qtbot.addWidget(widget)
+    tomogram = SAMPLE / "tomogram.mrc"
+    geometry = pc.read_info(tomogram).geometry
+    folder = tmp_path / "patches"
+    widget.folder_edit.setText(str(folder))
+    widget.tomogram_edit.setText(str(tomogram))
+    widget.segmentation_edit.setText(str(SAMPLE / "prediction.mrc"))
+    assert widget.extract_at_points() is None  # no points layer yet: a message
+    assert "points layer" in widget.status.text()
+
+    # A point clicked on the tomogram's layer lies in its world (Å) coordinates.
+    clicked = widget.viewer.add_points(
+        [[35, 83, 104]], scale=geometry.voxel_size, translate=geometry.origin
+    )
+    widget.viewer.layers.selection.active = clicked
+    assert widget.extract_at_points() is not None
+    qtbot.waitUntil(lambda: not widget.busy, timeout=30000)
+    report = widget.extract_report
+    assert report is not None, widget.status.text()
+    assert [p.centre_xyz for p in report.patches] == [(104, 83, 35)]
+    assert widget.folder == folder and widget.patch_list.count() == 1
+    assert "Cut 1 patch(es)" in widget.status.text()
+
+    # suggest's (or any) centres file, as a points layer on the tomogram: the same patches
+    # as extract_patches --centres cuts (the folder's size, 160, is kept).
+    layer = widget.load_centres(SAMPLE / "centres.csv")
+    assert layer.name == "centres" and len(layer.data) == 4
+    assert tuple(layer.scale) == pytest.approx(geometry.voxel_size)
+    widget.extract_at_points()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=30000)
+    cut = {p.centre_xyz for p in widget.extract_report.patches}
+    expected = {tuple(r["centre_xyz"]) for r in pc.io.load_manifest(extraction)}
+    # (104, 83, 35) was cut above: a centre already extracted is skipped, as the CLI does.
+    assert cut == expected - {(104, 83, 35)} and widget.patch_list.count() == 4
+    assert {r["size_xyz"][0] for r in pc.io.load_manifest(folder)} == {160}
+
+    assert widget.load_centres(tmp_path / "missing.csv") is None
+    assert "centres file not found" in widget.status.text()
+
+
+def test_retrain_fine_tunes_on_the_merged_patches(qtbot, tmp_path, monkeypatch):
+    from patch_corrections.napari_plugin import _widget
+
+    monkeypatch.setattr(_widget, "PATCH_SIZE", 32)  # crops of 32³ rather than the patches' 96³
+    folder = tmp_path / "patches"
+    pc.extract_patches(
+        SAMPLE / "tomogram.mrc", SAMPLE / "prediction.mrc", folder, SAMPLE / "centres.csv",
+        settings=pc.ExtractSettings(patch_size=96),
+    )  # fmt: skip
+    widget = CorrectionsWidget(ViewerModel())
+    qtbot.addWidget(widget)
+    assert widget.open_folder(folder)
+    assert widget.tomogram_edit.text() == str(SAMPLE / "tomogram.mrc")  # from the manifest
+    widget.retrain()  # nothing merged yet: the workflow's one line, no traceback
+    qtbot.waitUntil(lambda: not widget.busy, timeout=30000)
+    assert widget.retrain_report is None
+    assert widget.status.text().startswith("Not retrained: ")
+
+    widget.corrections_edit.setText(str(SAMPLE / "corrections"))
+    widget.merge()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=30000)
+    assert widget.merge_report is not None, widget.status.text()
+    widget.checkpoint_edit.setText(str(SAMPLE / "starting_model.pt"))
+    widget.steps_box.setValue(2)
+    widget.retrain()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60000)
+    report = widget.retrain_report
+    assert report is not None, widget.status.text()
+    assert report.step == 2 and report.last == tmp_path / "model" / "last.pt"
+    assert report.last.exists() and "Retrained 2 steps" in widget.status.text()

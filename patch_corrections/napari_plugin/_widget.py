@@ -1,9 +1,11 @@
 """The "Patch corrections" dock widget: one correction round inside napari.
 
-Open an extraction folder (``extract_patches`` output), pick a patch, paint Add / Remove /
-Ignore, watch the merged labels update, save the masks where ``merge_corrections`` looks
-for them, and merge, all through the same functions the command line calls. Every layer
-it opens carries the patch's voxel size and origin, so it overlays on the full tomogram.
+Cut patches at the points of a points layer (clicked, or ``suggest``'s centres loaded
+into one), open an extraction folder (``extract_patches`` output), pick a patch, paint
+Add / Remove / Ignore, watch the merged labels update, save the masks where
+``merge_corrections`` looks for them, merge, and retrain, all through the same functions
+the command line calls, the long ones in a worker thread. Every layer it opens carries
+its volume's voxel size and origin, so patches overlay on the full tomogram.
 """
 
 from __future__ import annotations
@@ -28,18 +30,32 @@ from qtpy.QtWidgets import (
     QListWidgetItem,
     QProgressBar,
     QPushButton,
+    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
-from ..constants import BORDER_WIDTH, CORRECTION_KINDS, IGNORE, MEMBRANE
+from ..constants import BORDER_WIDTH, CORRECTION_KINDS, IGNORE, MEMBRANE, PATCH_SIZE
 from ..corrections import merge_labels, union_mask
 from ..errors import InputError
+from ..io.centres import read_centres
 from ..io.folders import LabelPatch, find_label_patches, scan_corrections
 from ..io.geometry import Geometry
 from ..io.manifest import as_xyz, padding_zyx
 from ..io.volumes import read_info, read_volume, write_volume
-from ..workflows import Listener, MergeReport, MergeSettings, Progress, merge_corrections
+from ..workflows import (
+    ExtractReport,
+    ExtractSettings,
+    Listener,
+    MergeReport,
+    MergeSettings,
+    Progress,
+    RetrainReport,
+    RetrainSettings,
+    extract_patches,
+    merge_corrections,
+    retrain,
+)
 from ._reader import geometry_kwargs
 
 KIND_NAMES = {"add": "Add", "remove": "Remove", "ignore": "Ignore"}
@@ -48,6 +64,8 @@ KIND_COLOURS = {"add": "lime", "remove": "magenta", "ignore": "yellow"}
 MASK_FORMAT = ".nrrd"
 """Masks are saved as NRRD: MITK reads them, and merging checks their geometry."""
 PREVIEW_NAME = "merged preview"
+CENTRES_NAME = "centres"
+"""The points layer that ``load_centres`` makes."""
 _LABEL_COLOURS = {None: "transparent", 0: "transparent", MEMBRANE: "cyan", IGNORE: "gray"}
 _PREVIEW_COLOURS = {None: "transparent", 0: "transparent", MEMBRANE: "orange", IGNORE: "gray"}
 _PREVIEW_DELAY_MS = 150
@@ -90,7 +108,10 @@ class CorrectionsWidget(QWidget):
         self.patches: list[LabelPatch] = []
         self.current: OpenPatch | None = None
         self.merge_report: MergeReport | None = None
-        self.merging = False
+        self.extract_report: ExtractReport | None = None
+        self.retrain_report: RetrainReport | None = None
+        self.busy = False
+        """A workflow runs in the worker thread (one at a time)."""
         self._layers: dict[str, object] = {}
         self._relay = _Relay()
         self._relay.progress.connect(self._on_progress)
@@ -126,6 +147,29 @@ class CorrectionsWidget(QWidget):
         paths.addWidget(QLabel("Merge into"), 2, 0)
         paths.addWidget(self.out_edit, 2, 1, 1, 2)
 
+        self.tomogram_edit = QLineEdit()
+        self.tomogram_edit.setPlaceholderText("tomogram to cut patches from (the manifest's)")
+        self.segmentation_edit = QLineEdit()
+        self.segmentation_edit.setPlaceholderText("its segmentation (the manifest's)")
+        paths.addWidget(QLabel("Tomogram"), 3, 0)
+        paths.addWidget(self.tomogram_edit, 3, 1, 1, 2)
+        paths.addWidget(QLabel("Segmentation"), 4, 0)
+        paths.addWidget(self.segmentation_edit, 4, 1, 1, 2)
+        self.centres_button = QPushButton("Load centres…")
+        self.centres_button.setToolTip(
+            "A centres file (suggest's, or x, y, z rows) as a points layer on the tomogram"
+        )
+        self.centres_button.clicked.connect(self._browse_centres)
+        self.extract_button = QPushButton("Extract at points")
+        self.extract_button.setToolTip(
+            "Cut patches of the tomogram at the points of the selected points layer into the "
+            "Patches folder (added to it, as extract_patches does)"
+        )
+        self.extract_button.clicked.connect(self.extract_at_points)
+        cutting = QHBoxLayout()
+        cutting.addWidget(self.centres_button)
+        cutting.addWidget(self.extract_button)
+
         self.patch_list = QListWidget()
         self.patch_list.currentItemChanged.connect(self._on_patch_chosen)
 
@@ -144,6 +188,23 @@ class CorrectionsWidget(QWidget):
         actions.addWidget(self.merge_button)
         actions.addWidget(self.overwrite_box)
 
+        self.checkpoint_edit = QLineEdit()
+        self.checkpoint_edit.setPlaceholderText("starting weights (.pt, MemBrain-seg .ckpt)")
+        self.steps_box = QSpinBox()
+        self.steps_box.setRange(1, 10_000_000)
+        self.steps_box.setValue(300)
+        self.steps_box.setToolTip("Fine-tuning steps")
+        self.retrain_button = QPushButton("Retrain")
+        self.retrain_button.setToolTip(
+            "Fine-tune the starting weights on the merged patches into model/ beside the "
+            "Patches folder (retrain's defaults; crops no larger than the patches)"
+        )
+        self.retrain_button.clicked.connect(self.retrain)
+        training = QHBoxLayout()
+        training.addWidget(self.checkpoint_edit)
+        training.addWidget(self.steps_box)
+        training.addWidget(self.retrain_button)
+
         self.progress = QProgressBar()
         self.progress.setVisible(False)
         self.status = QLabel("Open an extraction folder.")
@@ -151,8 +212,10 @@ class CorrectionsWidget(QWidget):
 
         layout = QVBoxLayout(self)
         layout.addLayout(paths)
+        layout.addLayout(cutting)
         layout.addWidget(self.patch_list)
         layout.addLayout(actions)
+        layout.addLayout(training)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         self._enable_actions()
@@ -163,9 +226,16 @@ class CorrectionsWidget(QWidget):
             self.folder_edit.setText(folder)
             self.open_folder(folder)
 
+    def _browse_centres(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Centres file")
+        if path:
+            self.load_centres(path)
+
     def _enable_actions(self) -> None:
-        self.save_button.setEnabled(self.current is not None and not self.merging)
-        self.merge_button.setEnabled(self.folder is not None and not self.merging)
+        self.save_button.setEnabled(self.current is not None and not self.busy)
+        self.merge_button.setEnabled(self.folder is not None and not self.busy)
+        self.extract_button.setEnabled(not self.busy)
+        self.retrain_button.setEnabled(self.folder is not None and not self.busy)
 
     # ----------------------------------------------------------------- messages
     def show_message(self, text: str, *, problem: bool = False) -> None:
@@ -209,6 +279,11 @@ class CorrectionsWidget(QWidget):
         self.folder = Path(folder)
         self.folder_edit.setText(str(folder))
         self.patches = patches
+        record = patches[0].record or {}
+        fields = ((self.tomogram_edit, "tomogram"), (self.segmentation_edit, "segmentation"))
+        for edit, key in fields:
+            if not edit.text().strip() and record.get(key):
+                edit.setText(str(record[key]))
         self.refresh_list()
         self._enable_actions()
         self.show_message(f"{len(patches)} patches in {folder}; choose one to paint.")
@@ -441,25 +516,150 @@ class CorrectionsWidget(QWidget):
         except InputError as exc:
             self.show_message(str(exc), problem=True)
             return None
+        self.merge_report = None
+        return self._run(merge_corrections, args, {"settings": settings}, self._on_merged,
+                         f"Merging into {self.out_dir}…")  # fmt: skip
+
+    # ----------------------------------------------------------------- extract
+    def tomogram_geometry(self) -> tuple[Path, Geometry]:
+        """The tomogram of the Tomogram field and its geometry."""
+        text = self.tomogram_edit.text().strip()
+        if not text:
+            raise InputError("give the tomogram to cut patches from (Tomogram field)")
+        info = read_info(Path(text))
+        return Path(text), info.geometry or Geometry((1.0, 1.0, 1.0))
+
+    def load_centres(self, path: str | Path):
+        """Read a centres file (``suggest``'s, or any ``extract_patches`` reads, in voxels)
+        into a points layer on the tomogram's grid; the layer, or ``None`` if refused."""
+        try:
+            centres = read_centres(Path(path))
+            _, geometry = self.tomogram_geometry()
+        except InputError as exc:
+            self.show_message(str(exc), problem=True)
+            return None
+        zyx = np.array([c.xyz[::-1] for c in centres], dtype=float).reshape(-1, 3)
+        layer = self.viewer.add_points(
+            zyx, name=CENTRES_NAME, size=8, face_color="cyan", **geometry_kwargs(geometry)
+        )
+        self.viewer.layers.selection.active = layer
+        self.show_message(f"{len(centres)} centre(s) from {path}: Extract at points cuts them.")
+        return layer
+
+    def points_layer(self):
+        """The points to cut at: the selected layer if it is a points layer, else the last
+        points layer added."""
+        active = self.viewer.layers.selection.active
+        if active is not None and active.__class__.__name__ == "Points":
+            return active
+        layers = [x for x in self.viewer.layers if x.__class__.__name__ == "Points"]
+        return layers[-1] if layers else None
+
+    def extract_at_points(self):
+        """Cut patches at the points of :meth:`points_layer` with ``extract_patches`` into
+        the Patches folder, in a worker thread; returns the worker (``None`` if refused).
+        A point's world position becomes the tomogram's voxel index; patches keep the
+        folder's size and border (160 and 16 for a new folder)."""
+        layer = self.points_layer()
+        try:
+            if layer is None or not len(layer.data):
+                raise InputError("add a points layer and click the centres (or Load centres…)")
+            folder_text = self.folder_edit.text().strip()
+            if not folder_text:
+                raise InputError("give the folder to cut patches into (Patches field)")
+            tomogram, geometry = self.tomogram_geometry()
+            segmentation = self.segmentation_edit.text().strip()
+            if not segmentation:
+                raise InputError("give the tomogram's segmentation (Segmentation field)")
+            points = []
+            for point in np.asarray(layer.data, dtype=float):
+                world = np.asarray(layer.data_to_world(point), dtype=float)[-3:]
+                index = (world - np.array(geometry.origin)) / np.array(geometry.voxel_size)
+                points.append(tuple(float(v) for v in np.round(index)[::-1]))  # x, y, z
+            record = self.patches[0].record if self.patches else None
+            size = (record or {}).get("size_xyz", [PATCH_SIZE])[0]
+            border = (record or {}).get("border", BORDER_WIDTH)
+            settings = ExtractSettings(patch_size=int(size), border=int(border))
+        except InputError as exc:
+            self.show_message(str(exc), problem=True)
+            return None
+        self.extract_report = None
+        args = (tomogram, Path(segmentation), Path(folder_text))
+        return self._run(extract_patches, args, {"points": points, "settings": settings},
+                         self._on_extracted, f"Cutting {len(points)} patch(es)…")  # fmt: skip
+
+    def _on_extracted(self, outcome: ExtractReport | str) -> None:
+        if isinstance(outcome, str):
+            self.show_message(f"Not extracted: {outcome}", problem=True)
+            return
+        self.extract_report = outcome
+        self.open_folder(outcome.out_dir)
+        text = f"Cut {len(outcome.patches)} patch(es) into {outcome.out_dir}."
+        if outcome.warnings:
+            text += " Warnings: " + " ".join(outcome.warnings)
+        self.show_message(text, problem=bool(outcome.warnings))
+
+    # ----------------------------------------------------------------- retrain
+    @property
+    def model_dir(self) -> Path:
+        """Where Retrain writes its run: ``model/`` beside the extraction folder."""
+        if self.folder is None:
+            raise InputError("open an extraction folder first")
+        return self.folder.parent / "model"
+
+    def retrain(self):
+        """Fine-tune the Checkpoint field's weights on the merged patches (``retrain``'s
+        defaults, crops no larger than the patches) into ``model_dir``, in a worker thread;
+        returns the worker (``None`` if refused)."""
+        try:
+            checkpoint = self.checkpoint_edit.text().strip()
+            sizes = [min((p.record or {}).get("size_xyz", [PATCH_SIZE])) for p in self.patches]
+            settings = RetrainSettings(
+                iterations=self.steps_box.value(),
+                crop_size=min([PATCH_SIZE, *sizes]),
+                overwrite=self.overwrite_box.isChecked(),
+            )
+            args = (self.out_dir, self.model_dir, Path(checkpoint) if checkpoint else None)
+        except InputError as exc:
+            self.show_message(str(exc), problem=True)
+            return None
+        self.retrain_report = None
+        return self._run(retrain, args, {"settings": settings}, self._on_retrained,
+                         f"Retraining into {self.model_dir}…")  # fmt: skip
+
+    def _on_retrained(self, outcome: RetrainReport | str) -> None:
+        if isinstance(outcome, str):
+            self.show_message(f"Not retrained: {outcome}", problem=True)
+            return
+        self.retrain_report = outcome
+        loss = outcome.final.get("train_loss")
+        text = f"Retrained {outcome.step} steps into {outcome.last}"
+        text += f" (train loss {loss:.4f})." if loss is not None else "."
+        self.show_message(text)
+
+    # ----------------------------------------------------------------- worker
+    def _run(self, function, args: tuple, kwargs: dict, on_done, status: str):
+        """Run a workflow in a worker thread with the progress bar; ``on_done`` gets its
+        report, or the one-line message of an input it refused."""
         listener = Listener(progress=self._relay_progress)
         worker = create_worker(
-            _merge_or_refuse,
+            _or_refusal,
+            function,
             *args,
-            settings=settings,
+            **kwargs,
             listener=listener,
             _start_thread=False,
             _connect={
-                "returned": self._on_merged,
-                "errored": self._on_merge_failed,
-                "finished": self._on_merge_finished,
+                "returned": on_done,
+                "errored": self._on_failed,
+                "finished": self._on_finished,
             },
         )
-        self.merging = True
-        self.merge_report = None
+        self.busy = True
         self.progress.setRange(0, 0)
         self.progress.setVisible(True)
         self._enable_actions()
-        self.status.setText(f"Merging into {self.out_dir}…")
+        self.status.setText(status)
         worker.start()
         return worker
 
@@ -486,21 +686,21 @@ class CorrectionsWidget(QWidget):
             text += " Warnings: " + " ".join(report.warnings)
         self.show_message(text, problem=bool(report.warnings))
 
-    def _on_merge_failed(self, exc: Exception) -> None:
+    def _on_failed(self, exc: Exception) -> None:
         # Not a refusal of the input but a defect: napari also keeps its traceback.
-        self.status.setText(f"Merge failed: {type(exc).__name__}: {exc}")
+        self.status.setText(f"Failed: {type(exc).__name__}: {exc}")
 
-    def _on_merge_finished(self) -> None:
-        self.merging = False
+    def _on_finished(self) -> None:
+        self.busy = False
         self.progress.setVisible(False)
         self._enable_actions()
 
 
-def _merge_or_refuse(*args, **kwargs) -> MergeReport | str:
-    """``merge_corrections``, with a refused input returned as its one-line message: the
-    worker's errors reach napari as tracebacks, a user's mistake must not."""
+def _or_refusal(function, *args, **kwargs):
+    """``function(*args, **kwargs)``, with a refused input returned as its one-line
+    message: the worker's errors reach napari as tracebacks, a user's mistake must not."""
     try:
-        return merge_corrections(*args, **kwargs)
+        return function(*args, **kwargs)
     except (InputError, OSError) as exc:
         return str(exc)
 
