@@ -222,3 +222,15 @@ def test_usable_cores_counts_what_this_process_may_use():
 
     allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     assert 1 <= usable_cores() <= (allowed or os.cpu_count() or 1)
+
+
+def test_the_load_of_a_shared_node_is_not_on_a_job_s_own_cores(monkeypatch):
+    # A SLURM job given 8 of a node's 64 cores keeps them while other jobs load the rest.
+    from patch_corrections.cli import _common
+
+    monkeypatch.setattr(_common.os, "getloadavg", lambda: (56.0, 56.0, 56.0))
+    monkeypatch.setattr(_common.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(_common.os, "cpu_count", lambda: 64)
+    assert _common._load_on_our_cores() == 0.0
+    monkeypatch.setattr(_common.os, "cpu_count", lambda: 8)  # the whole machine: shared
+    assert _common._load_on_our_cores() == 56.0

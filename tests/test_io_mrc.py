@@ -104,3 +104,29 @@ def test_slab_writer_keeps_no_written_slab_in_memory(tmp_path):
     with mrcfile.mmap(tmp_path / "big.mrc") as mrc:
         assert mrc.data.shape == (320, 1024, 1024)
         assert mrc.data[::40, ::100, ::100].min() == 1 and mrc.header.dmean == 1
+
+
+def test_slab_writer_without_pwrite_seeks_and_writes(tmp_path, monkeypatch):
+    # Windows has no os.pwrite.
+    import os
+
+    monkeypatch.delattr(os, "pwrite")
+    data = np.arange(np.prod(SHAPE), dtype=np.float32).reshape(SHAPE)
+    with MrcSlabWriter(tmp_path / "w.mrc", SHAPE, np.float32, GEOMETRY) as writer:
+        writer.write(2, data[2:])
+        writer.write(0, data[:2])
+    np.testing.assert_array_equal(read_volume(tmp_path / "w.mrc")[0], data)
+
+
+def test_slab_writer_releases_its_file_when_the_header_cannot_be_finished(tmp_path, monkeypatch):
+    from patch_corrections.io import mrc
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    writer = MrcSlabWriter(tmp_path / "v.mrc", SHAPE, np.int8, GEOMETRY)
+    monkeypatch.setattr(mrc, "set_mrc_geometry", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        writer.close()
+    assert writer._mrc._iostream.closed and writer._handle.closed
+    writer.close()  # closed once: nothing more to do

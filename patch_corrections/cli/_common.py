@@ -235,10 +235,7 @@ def use_threads(requested: int | None) -> None:
         torch.set_num_threads(requested)
         return
     cores = usable_cores()
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):  # not on every platform
-        load = 0.0
+    load = _load_on_our_cores()
     threads = max(1, min(cores, round(cores - load)))
     torch.set_num_threads(threads)
     if threads < cores:
@@ -247,6 +244,18 @@ def use_threads(requested: int | None) -> None:
             f"others busy (load {load:.1f}); --threads chooses.",
             err=True,
         )
+
+
+def _load_on_our_cores() -> float:
+    """The load average, when it falls on the cores this process may use: only when they
+    are all the machine has. A job given some cores of a shared node (taskset, a SLURM
+    allocation) does not share them with the node's other jobs, whatever their load."""
+    try:
+        load = os.getloadavg()[0]
+        mine = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on every platform
+        return 0.0
+    return load if mine >= (os.cpu_count() or mine) else 0.0
 
 
 def usable_cores() -> int:

@@ -268,7 +268,11 @@ def lock_file(path: Path) -> Iterator[bool | None]:
     handle = None
     try:
         for _ in range(10):
-            handle = open(path, "a+b")  # held open for the whole block
+            try:
+                handle = open(path, "a+b")  # held open for the whole block
+            except FileNotFoundError:  # a run that wrote nothing just removed the folder
+                path.parent.mkdir(parents=True, exist_ok=True)
+                continue
             try:
                 _lock(handle.fileno())
             except OSError as exc:
@@ -276,6 +280,8 @@ def lock_file(path: Path) -> Iterator[bool | None]:
                 if exc.errno in HELD:
                     yield False
                     return
+                # The file system cannot lock: runs go unlocked (with a warning), so the file
+                # would only be left behind.
                 path.unlink(missing_ok=True)
                 yield None
                 return

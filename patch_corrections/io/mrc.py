@@ -281,6 +281,10 @@ def _reserve(path: Path) -> None:
 def _write_at(handle: Any, offset: int, values: np.ndarray) -> None:
     """Write the bytes of contiguous ``values`` at ``offset`` of an open file."""
     data = memoryview(values).cast("B")
+    if not hasattr(os, "pwrite"):  # Windows: one writer per file, so seek and write
+        handle.seek(offset)
+        handle.write(data)
+        return
     while data:
         written = os.pwrite(handle.fileno(), data, offset)
         data, offset = data[written:], offset + written
@@ -376,14 +380,16 @@ class MrcSlabWriter:
         """Write geometry and the slabs' statistics into the header and close the file."""
         if self._closed:
             return
-        self._handle.close()
-        set_mrc_geometry(self._mrc, self.geometry)
-        header = self._mrc.header
-        header.dmin, header.dmax, header.dmean = self._low, self._high, self.mean
-        variance = max(self._squares / max(self._count, 1) - self.mean**2, 0.0)
-        header.rms = math.sqrt(variance)
-        self._mrc.close()
         self._closed = True
+        try:
+            self._handle.close()
+            set_mrc_geometry(self._mrc, self.geometry)
+            header = self._mrc.header
+            header.dmin, header.dmax, header.dmean = self._low, self._high, self.mean
+            variance = max(self._squares / max(self._count, 1) - self.mean**2, 0.0)
+            header.rms = math.sqrt(variance)
+        finally:
+            self._mrc.close()  # released even when the header cannot be finished
 
     def __enter__(self) -> MrcSlabWriter:
         return self

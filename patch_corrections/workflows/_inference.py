@@ -103,7 +103,33 @@ def segment_one(
     listener: Listener,
 ) -> dict:
     """Segment one tomogram with a loaded network; the fields of its report (see
-    :class:`.segmentation.SegmentReport`), warnings included."""
+    :class:`.segmentation.SegmentReport`), warnings included.
+
+    Running out of GPU or host memory is an ``InputError`` that names the tomogram and
+    what to change, so a run over many tomograms goes on with the others."""
+    import torch
+
+    try:
+        return _segment_one(tomogram, loaded, outputs, settings, listener)
+    except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
+        where = "GPU" if isinstance(exc, torch.cuda.OutOfMemoryError) else "host"
+        if where == "GPU":
+            torch.cuda.empty_cache()
+        extra = " or without --uncertainty" if settings.uncertainty else ""
+        raise InputError(
+            f"{tomogram}: out of {where} memory with {settings.window}³ windows, batch "
+            f"{settings.batch_size}{', TTA' if settings.tta else ''}; try a smaller "
+            f"--batch-size{extra}"
+        ) from None
+
+
+def _segment_one(
+    tomogram: Path,
+    loaded: LoadedNetwork,
+    outputs: list[Path],
+    settings: SegmentSettings,
+    listener: Listener,
+) -> dict:
     import torch
 
     from ..components import connected_components, smallest_label_dtype
