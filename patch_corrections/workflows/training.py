@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..constants import DEFAULT_LOSS, PATCH_SIZE
-from ..errors import InputError
+from ..errors import InputError, RunInterrupted
 from ._common import collect_warnings, warn, writing_into
 from ._runs import plot_curves, refuse_changes_on_resume, training_stops, write_metrics
 from .events import SILENT, Listener, Progress
@@ -176,11 +176,27 @@ def retrain(
     if not ranks.main:
         listener = SILENT
     joined = distributed.join(ranks, target)
+    failed = True
     try:
         with collect_warnings() as warned, _run_folder(out_dir, ranks):
             report = _retrain(train_dir, out_dir, checkpoint, val_dir, s, listener, target, ranks)
+        failed = False
+    except (InputError, RunInterrupted):
+        raise
+    except Exception as exc:
+        if ranks.main or not ranks.distributed:
+            raise
+        # Most often the first process failed (its error is printed once, by it) and this
+        # one lost it in a collective operation: one line, not a second traceback.
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise InputError(
+            f"process {ranks.rank} of {ranks.size} stopped ({type(exc).__name__}: {first}); "
+            "the first process's error says why"
+        ) from None
     finally:
-        if joined:
+        # After a failure the others may never reach the shutdown; waiting for them there
+        # could hang (NCCL), and the process ends anyway.
+        if joined and not failed:
             distributed.leave()
     return replace(report, warnings=warned if ranks.main else [])
 
