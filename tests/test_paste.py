@@ -411,3 +411,20 @@ def test_patches_of_several_tomograms_are_pasted_one_tomogram_at_a_time(tmp_path
     )
     assert [r["name"] for r in report.rows] == [A, B]
     np.testing.assert_array_equal(_read(tmp_path / "b.mrc"), _expected(segmentation))
+
+
+def test_a_voxel_three_patches_disagree_on_is_one_conflict():
+    from patch_corrections.workflows.pasting import PasteSettings, _composite, _Placement
+
+    shape = (2, 4, 4)
+    placements = [
+        _Placement(f"p{i}", Path(f"p{i}.mrc"), shape, (0, 0, 0), "header") for i in range(3)
+    ]
+    loaded = {i: np.full(shape, value, np.int8) for i, value in enumerate((1, 0, 1))}
+    extents = [placement.inside(shape) for placement in placements]
+    totals = dict.fromkeys(("decided", "added", "removed", "marked", "conflicts"), 0)
+    pairs: dict = {}
+    slab = np.zeros(shape, np.int8)
+    _composite(slab, 0, [0, 1, 2], placements, extents, loaded, PasteSettings(), totals, pairs)
+    assert totals["conflicts"] == slab.size  # each voxel once, not once per clashing pair
+    assert sum(pairs.values()) == 2 * slab.size

@@ -540,6 +540,7 @@ def _composite(
     won = np.full(slab.shape, -1, np.int16 if len(placements) < 2**15 else np.int32)
     best = np.full(slab.shape, -1, np.int32)  # depth of the winning voxel
     covered = np.zeros(slab.shape, bool) if settings.mark_ignore is not None else None
+    clashed = np.zeros(slab.shape, bool)  # a voxel counts once, however many patches clash
     for i in indices:
         placement = placements[i]
         if i not in loaded:
@@ -558,13 +559,14 @@ def _composite(
         if clash.any():
             for other, voxels in zip(*np.unique(previous[clash], return_counts=True)):
                 pairs[(int(other), i)] = pairs.get((int(other), i), 0) + int(voxels)
-            totals["conflicts"] += int(np.count_nonzero(clash))
+            clashed[region] |= clash
         take = decided & (depth >= there)
         value[take] = labels[take]
         there[take] = depth[take]
         previous[take] = i
         if covered is not None:
             covered[region] = True
+    totals["conflicts"] += int(np.count_nonzero(clashed))
     if covered is not None:
         marked = covered & (won < 0)
         slab[marked] = settings.mark_ignore
