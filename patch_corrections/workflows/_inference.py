@@ -186,10 +186,16 @@ def _segment_one(
                 # The logits stay on the device: the sliding window blends them there.
                 if isinstance(windows, np.ndarray):
                     windows = torch.from_numpy(windows)
+                count = len(windows)
+                if settings.compile and count < settings.batch_size:
+                    # A row's last, smaller batch is padded: a new batch size would make
+                    # the compiled network compile again, for every shape.
+                    padding = windows.new_zeros((settings.batch_size - count, *windows.shape[1:]))
+                    windows = torch.cat([windows, padding])
                 x = windows[:, None].to(target, non_blocking=True)
                 with precision.autocast():
                     logits = forward(x)
-                return logits[:, 0].float()
+                return logits[:count, 0].float()
 
             sample = spread_sample(reader)
             if sample.dtype.kind == "f" and not np.isfinite(sample).all():
