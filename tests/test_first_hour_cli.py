@@ -196,14 +196,15 @@ def test_threads_follow_the_load_unless_chosen(monkeypatch, capsys):
     monkeypatch.setattr(_common, "usable_cores", lambda: 4)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     try:
-        monkeypatch.setattr(_common.os, "getloadavg", lambda: (2.6, 1.0, 1.0))
+        monkeypatch.setattr(_common.os, "getloadavg", lambda: (3.2, 1.0, 1.0))
         _common.use_threads(None)
         assert torch.get_num_threads() == 1
         assert capsys.readouterr().err == (
             "Using 1 of 4 CPU cores for PyTorch: other programs keep the others busy "
-            "(load 2.6); --threads chooses.\n"
+            "(load 3.2); --threads chooses.\n"
         )
-        monkeypatch.setattr(_common.os, "getloadavg", lambda: (0.2, 1.0, 1.0))
+        # Whole cores only: a program that just ended still weighs in the average.
+        monkeypatch.setattr(_common.os, "getloadavg", lambda: (0.9, 1.0, 1.0))
         _common.use_threads(None)
         assert torch.get_num_threads() == 4 and capsys.readouterr().err == ""
         _common.use_threads(3)  # chosen: no second guess

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import math
 import os
 import shlex
 import sys
@@ -236,7 +237,9 @@ def use_threads(requested: int | None) -> None:
         return
     cores = usable_cores()
     load = _load_on_our_cores()
-    threads = max(1, min(cores, round(cores - load)))
+    # Whole cores only: the one-minute average still carries a program that ended a
+    # minute ago at a third of its load.
+    threads = max(1, min(cores, cores - math.floor(load)))
     torch.set_num_threads(threads)
     if threads < cores:
         typer.echo(
