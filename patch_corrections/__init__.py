@@ -2,8 +2,9 @@
 training pairs, and fine-tune the network on them.
 
 Arrays are ``(z, y, x)``; users give coordinates as ``x, y, z``. The workflows
-(``extract_patches``, ``merge_corrections``, ``retrain``, ``segment``, ``evaluate``,
-``simulate_sparse``, ``demo``) are the public Python API; the command line calls them.
+(``suggest``, ``extract_patches``, ``merge_corrections``, ``paste_corrections``,
+``retrain``, ``segment``, ``segment_many``, ``evaluate``, ``simulate_sparse``, ``demo``)
+are the public Python API; the command line and the napari widget call them.
 """
 
 from ._version import __version__
@@ -44,6 +45,9 @@ from .workflows import (
     SegmentSettings,
     SparseReport,
     SparseSettings,
+    Suggestion,
+    SuggestReport,
+    SuggestSettings,
     demo,
     evaluate,
     extract_patches,
@@ -53,6 +57,7 @@ from .workflows import (
     segment,
     segment_many,
     simulate_sparse,
+    suggest,
 )
 
 __all__ = [
@@ -88,6 +93,9 @@ __all__ = [
     "SegmentSettings",
     "SparseReport",
     "SparseSettings",
+    "SuggestReport",
+    "SuggestSettings",
+    "Suggestion",
     "ValueRange",
     "__version__",
     "add_border_band",
@@ -116,6 +124,7 @@ __all__ = [
     "slices_mask",
     "spaced_slices",
     "sparsify",
+    "suggest",
     "union_mask",
     "with_adopted",
     "write_volume",

@@ -53,6 +53,22 @@ def run_cli():
     return run
 
 
+def save_tiny_checkpoint(path: Path, normalisation: str | None = "robust_z") -> Path:
+    """A tiny network with seeded random weights saved as our checkpoint at ``path``."""
+    import torch
+
+    from patch_corrections.checkpoints import save_checkpoint
+    from patch_corrections.model import PRESETS, UNet
+
+    torch.manual_seed(0)
+    network = UNet(PRESETS["tiny"])
+    content = {"model_config": network.config.to_dict(), "model": network.state_dict()}
+    if normalisation is not None:
+        content["normalisation"] = normalisation
+    save_checkpoint(path, content)
+    return path
+
+
 def all_files(folder: Path) -> list[Path]:
     """Every file below ``folder`` (empty if it does not exist)."""
     return sorted(p for p in Path(folder).rglob("*") if p.is_file()) if folder.exists() else []

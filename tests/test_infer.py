@@ -6,7 +6,7 @@ import mrcfile
 import numpy as np
 import pytest
 import torch
-from conftest import write_mrc
+from conftest import save_tiny_checkpoint, write_mrc
 
 from patch_corrections.infer import sliding_window, window_starts
 from patch_corrections.model import PRESETS, UNet
@@ -101,20 +101,7 @@ def test_tta_equals_plain_for_a_flip_equivariant_network():
 
 @pytest.fixture
 def tiny_checkpoint(tmp_path):
-    from patch_corrections.checkpoints import save_checkpoint
-
-    torch.manual_seed(0)
-    network = UNet(PRESETS["tiny"])
-    path = tmp_path / "tiny.pt"
-    save_checkpoint(
-        path,
-        {
-            "model_config": network.config.to_dict(),
-            "model": network.state_dict(),
-            "normalisation": "robust_z",
-        },
-    )
-    return path
+    return save_tiny_checkpoint(tmp_path / "tiny.pt")
 
 
 def test_segment_writes_scoremap_and_segmentation(tmp_path, run_cli, tiny_checkpoint):

@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import save_tiny_checkpoint
 
 from patch_corrections import InputError, SegmentSettings, segment, segment_many
-from patch_corrections.checkpoints import save_checkpoint
 from patch_corrections.io.volumes import Geometry, read_volume, write_volume
-from patch_corrections.model import PRESETS, UNet
 from patch_corrections.workflows.events import Listener, Progress
 
 SETTINGS = SegmentSettings(window=16, device="cpu")
@@ -23,13 +22,7 @@ NAMES = ["a", "b", "c", "d", "e", "g"]
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    network = UNet(PRESETS["tiny"])
-    path = tmp_path_factory.mktemp("net") / "tiny.pt"
-    save_checkpoint(
-        path, {"model_config": network.config.to_dict(), "model": network.state_dict()}
-    )
-    return path
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("net") / "tiny.pt", normalisation=None)
 
 
 def _tomograms(folder: Path, names) -> list[Path]:

@@ -19,6 +19,7 @@ from .paste import paste_corrections_command
 from .retrain import retrain_command
 from .segment import segment_command
 from .sparse import simulate_sparse_command
+from .suggest import suggest_command
 
 app = typer.Typer(
     name="patch_corrections",
@@ -37,6 +38,7 @@ for name, command in (
     ("simulate_sparse", simulate_sparse_command),
     ("retrain", retrain_command),
     ("segment", segment_command),
+    ("suggest", suggest_command),
     ("evaluate", evaluate_command),
 ):
     app.command(name=name, no_args_is_help=True)(command)

@@ -12,6 +12,7 @@ from .merging import MergeReport, MergeSettings, merge_corrections
 from .pasting import PasteReport, PasteSettings, paste_corrections
 from .segmentation import BatchSegmentReport, SegmentReport, SegmentSettings, segment, segment_many
 from .sparse_simulation import SparseReport, SparseSettings, simulate_sparse
+from .suggestion import Suggestion, SuggestReport, SuggestSettings, suggest
 from .training import RetrainReport, RetrainSettings, retrain
 
 __all__ = [
@@ -35,6 +36,9 @@ __all__ = [
     "SegmentSettings",
     "SparseReport",
     "SparseSettings",
+    "SuggestReport",
+    "SuggestSettings",
+    "Suggestion",
     "demo",
     "evaluate",
     "extract_patches",
@@ -44,4 +48,5 @@ __all__ = [
     "segment",
     "segment_many",
     "simulate_sparse",
+    "suggest",
 ]
