@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -22,16 +21,6 @@ def write_mrc(path: Path, data: np.ndarray, voxel_size=(1.0, 1.0, 1.0), origin=(
         mrc.voxel_size = voxel_size
         mrc.header.origin.x, mrc.header.origin.y, mrc.header.origin.z = origin
     return path
-
-
-def pytest_configure(config):
-    # napari's pytest plugin (installed with the napari extra) imports napari before every
-    # test, whose pydantic models pydantic itself calls deprecated; without pydantic there
-    # is nothing to ignore (and the filter could not name its category).
-    if importlib.util.find_spec("pydantic") is not None:
-        config.addinivalue_line(
-            "filterwarnings", "ignore::pydantic.warnings.PydanticDeprecatedSince20"
-        )
 
 
 @pytest.fixture(autouse=True)

@@ -2,9 +2,8 @@
 
 Needs the ``napari-test`` extra (napari, a Qt binding, pytest-qt); skipped without it.
 Runs offscreen. The widget's round runs on a viewer model (layers, dims; no canvas), which
-needs no OpenGL; the tests on a whole napari window (``make_napari_viewer``: dock widget,
-opening files) need an OpenGL context, e.g. ``xvfb-run`` on a machine without a display,
-and are skipped without one.
+needs no OpenGL; the test on a whole napari window (dock widget) needs an OpenGL context,
+e.g. ``xvfb-run`` on a machine without a display, and is skipped without one.
 """
 
 from __future__ import annotations
@@ -78,12 +77,14 @@ def _has_opengl() -> bool:
 
 
 @pytest.fixture
-def napari_window(qapp, request):
-    """A whole napari window (canvas and docks), where OpenGL works."""
+def napari_window(qapp):
+    """A whole napari window (canvas and docks), where OpenGL works. Made here: napari's
+    own pytest plugin (``make_napari_viewer``) stays off, see pyproject.toml."""
     if not _has_opengl():
         pytest.skip("no OpenGL context: run under xvfb-run (or a display) for napari's window")
-    # Asked for only now: its teardown expects the test to have run.
-    return request.getfixturevalue("make_napari_viewer")()
+    viewer = napari.Viewer(show=False)
+    yield viewer
+    viewer.close()
 
 
 @pytest.fixture
