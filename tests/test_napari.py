@@ -217,7 +217,7 @@ def test_wrong_geometry_is_a_message_not_a_traceback(widget, extraction, tmp_pat
     assert widget.select_patch(name)  # opens, without the masks that do not fit
     text = widget.status.text()
     assert "Add1.nrrd: shape x,y,z=(8, 8, 8) differs" in text
-    assert "Remove1.nrrd: origin/spacing differ" in text
+    assert "Remove1.nrrd: origin/spacing" in text and "differ from its patch's" in text
     assert any("Add1.nrrd" in str(n.message) for n in notification_manager.records[seen:])
     assert not widget.layer("add").data.any() and not widget.layer("remove").data.any()
 

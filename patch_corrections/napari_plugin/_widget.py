@@ -56,6 +56,7 @@ from ..workflows import (
     merge_corrections,
     retrain,
 )
+from ..workflows.merging import geometry_mismatch
 from ._reader import geometry_kwargs
 
 KIND_NAMES = {"add": "Add", "remove": "Remove", "ignore": "Ignore"}
@@ -725,14 +726,5 @@ def _mask_problem(path: Path, shape, geometry: Geometry | None) -> str | None:
             f"{path}: shape x,y,z={tuple(as_xyz(info.shape))} differs from its patch's "
             f"x,y,z={tuple(as_xyz(shape))}; not loaded (painted on another patch?)."
         )
-    if (
-        path.name.lower().endswith((".nrrd", ".nhdr"))
-        and info.geometry is not None
-        and geometry is not None
-        and not info.geometry.agrees_with(geometry)
-    ):
-        return (
-            f"{path}: origin/spacing differ from its patch's; not loaded (painted on another "
-            "patch?)."
-        )
-    return None
+    mismatch = geometry_mismatch(path, info.geometry, geometry)
+    return None if mismatch is None else f"{mismatch}; not loaded (painted on another patch?)."

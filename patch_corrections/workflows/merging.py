@@ -21,7 +21,14 @@ from ..errors import InputError
 from ..io.files import StagedFiles
 from ..io.folders import LabelPatch, find_label_patches, scan_corrections, stray_files
 from ..io.manifest import as_xyz, padding_zyx
-from ..io.volumes import Geometry, output_path, read_info, read_volume, volume_suffix, write_volume
+from ..io.volumes import (
+    Geometry,
+    output_path,
+    read_info,
+    read_volume,
+    volume_suffix,
+    write_volume,
+)
 from ..patches import fill_nonfinite
 from ..previews import PREVIEWS_SUBDIR, merge_preview, require_matplotlib
 from ..sparse import AXES, parse_slices, slices_mask
@@ -264,18 +271,8 @@ def _plan_merge(
         for path in masks.get(kind, []):
             info = read_info(path)
             _check_same_shape(path, patch.label, info.shape, label_info.shape)
-            # Only NRRD masks are checked: painting tools write their geometry faithfully,
-            # while NIfTI/MRC masks from other tools often carry a default one.
-            if (
-                info.geometry is not None
-                and label_info.geometry is not None
-                and path.name.lower().endswith((".nrrd", ".nhdr"))
-                and not info.geometry.agrees_with(label_info.geometry)
-            ):
-                where = (
-                    f"{path}: origin/spacing {_describe(info.geometry)} differ from its "
-                    f"patch's {_describe(label_info.geometry)}"
-                )
+            where = geometry_mismatch(path, info.geometry, label_info.geometry)
+            if where is not None:
                 if not settings.ignore_geometry:
                     raise InputError(
                         f"{where}: painted on another patch? (--ignore-geometry merges it "
@@ -306,6 +303,26 @@ def _plan_merge(
         sparse=settings.sparse,
         keep_slices=_keep_slices(settings.keep_slices, label_info.shape, patch.label),
         previews=(preview_path(out_dir, patch.name),) if settings.preview else (),
+    )
+
+
+def geometry_mismatch(
+    path: Path, geometry: Geometry | None, patch_geometry: Geometry | None
+) -> str | None:
+    """``"<path>: origin/spacing … differ from its patch's …"`` when the correction mask
+    ``path`` (of header ``geometry``) does not lie where its patch does; ``None`` when it
+    does or cannot tell. Only NRRD masks are checked: painting tools write their geometry
+    faithfully, while NIfTI/MRC masks from other tools often carry a default one."""
+    if (
+        geometry is None
+        or patch_geometry is None
+        or not path.name.lower().endswith((".nrrd", ".nhdr"))
+        or geometry.agrees_with(patch_geometry)
+    ):
+        return None
+    return (
+        f"{path}: origin/spacing {_describe(geometry)} differ from its patch's "
+        f"{_describe(patch_geometry)}"
     )
 
 
