@@ -19,6 +19,7 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,6 @@ import make_sample_data as sample  # noqa: E402
 
 from patch_corrections import (  # noqa: E402
     ExtractSettings,
-    RetrainSettings,
     extract_patches,
     merge_corrections,
     retrain,
@@ -38,7 +38,11 @@ from patch_corrections import (  # noqa: E402
 )
 from patch_corrections.io.volumes import Geometry, read_volume, write_volume  # noqa: E402
 from patch_corrections.metrics import add_counts, counts, summarise  # noqa: E402
-from patch_corrections.workflows.demo import DEMO_PATCH_SIZE, DEMO_SEGMENT  # noqa: E402
+from patch_corrections.workflows.demo import (  # noqa: E402
+    DEMO_FINE_TUNING,
+    DEMO_PATCH_SIZE,
+    DEMO_SEGMENT,
+)
 
 CORRECTED_SEED = 20
 TEST_SEEDS = (30, 31)
@@ -106,14 +110,8 @@ def main() -> None:
                 run / "train",
                 run / "model",
                 STARTING,
-                settings=RetrainSettings(
-                    iterations=args.iterations,
-                    crop_size=48,
-                    optimizer="adamw",
-                    lr=1e-3,
-                    val_fraction=0.0,
-                    val_every=args.iterations,
-                    device="cpu",
+                settings=replace(
+                    DEMO_FINE_TUNING, iterations=args.iterations, val_every=args.iterations
                 ),
             )
             after = test_dice(run / "model" / "last.pt", tests, scratch, f"n{n}")

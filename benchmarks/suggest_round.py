@@ -31,6 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
@@ -48,7 +49,6 @@ from correction_round import (
 
 from patch_corrections import (
     ExtractSettings,
-    RetrainSettings,
     SegmentSettings,
     extract_patches,
     merge_corrections,
@@ -68,7 +68,7 @@ from patch_corrections.suggest import (
     choose,
     voxel_terms,
 )
-from patch_corrections.workflows.demo import DEMO_PATCH_SIZE, DEMO_SEGMENT
+from patch_corrections.workflows.demo import DEMO_FINE_TUNING, DEMO_PATCH_SIZE, DEMO_SEGMENT
 from patch_corrections.workflows.suggestion import SuggestSettings, suggest
 
 BORDER = sample.BORDER
@@ -161,16 +161,7 @@ def one_round(run: Path, corrected: Path, centres, prediction, volume, iteration
         run / "train",
         run / "model",
         STARTING,
-        settings=RetrainSettings(
-            iterations=iterations,
-            crop_size=48,
-            optimizer="adamw",
-            lr=1e-3,
-            val_fraction=0.0,
-            val_every=iterations,
-            device="cpu",
-            seed=seed,
-        ),
+        settings=replace(DEMO_FINE_TUNING, iterations=iterations, val_every=iterations, seed=seed),
     )
     return test_dice(run / "model" / "last.pt", tests, run, run.name)
 
