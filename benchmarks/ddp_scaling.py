@@ -85,11 +85,23 @@ def _run(processes: int, batch: int, args: argparse.Namespace, root: Path) -> fl
         command += ["-m", "torch.distributed.run", "--nproc-per-node", str(processes)]
         command += ["--master-addr", "127.0.0.1", "--master-port", str(_free_port())]
     command += [
-        str(HERE), "--worker", "--train", str(root / "train"),
-        "--out", str(root / f"model_{processes}"), "--batch", str(batch),
-        "--preset", args.preset, "--crop", str(args.crop), "--steps", str(args.steps),
-        "--device", args.device,
-    ]  # fmt: skip
+        str(HERE),
+        "--worker",
+        "--train",
+        str(root / "train"),
+        "--out",
+        str(root / f"model_{processes}"),
+        "--batch",
+        str(batch),
+        "--preset",
+        args.preset,
+        "--crop",
+        str(args.crop),
+        "--steps",
+        str(args.steps),
+        "--device",
+        args.device,
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode:
         sys.exit(result.stdout + result.stderr)

@@ -50,22 +50,57 @@ ROOT = HERE.parent
 # on one H100) and the smoke test.
 FULL = {
     "pytest": {"budget_s": 200, "args": ["tests"]},
-    "train": {"budget_s": 100, "preset": "full", "crop": 160, "batch": 2, "steps": 20,
-              "warmup": 5},
-    "segment": {"budget_s": 170, "preset": "full", "shape": (464, 928, 928),
-                "tta_shape": (464, 928, 928), "window": 160, "batch_size": 2},
-    "profile": {"budget_s": 60, "preset": "full", "crop": 160, "batch": 2, "steps": 3,
-                "warmup": 3, "shape": (160, 464, 464), "window": 160, "batch_size": 2},
-}  # fmt: skip
+    "train": {
+        "budget_s": 100,
+        "preset": "full",
+        "crop": 160,
+        "batch": 2,
+        "steps": 20,
+        "warmup": 5,
+    },
+    "segment": {
+        "budget_s": 170,
+        "preset": "full",
+        "shape": (464, 928, 928),
+        "tta_shape": (464, 928, 928),
+        "window": 160,
+        "batch_size": 2,
+    },
+    "profile": {
+        "budget_s": 60,
+        "preset": "full",
+        "crop": 160,
+        "batch": 2,
+        "steps": 3,
+        "warmup": 3,
+        "shape": (160, 464, 464),
+        "window": 160,
+        "batch_size": 2,
+    },
+}
 SMOKE = {
     "pytest": {"budget_s": 60, "args": ["tests/test_cuda.py"]},
-    "train": {"budget_s": 60, "preset": "tiny", "crop": 32, "batch": 2, "steps": 2,
-              "warmup": 1},
-    "segment": {"budget_s": 60, "preset": "tiny", "shape": (48, 64, 64),
-                "tta_shape": (32, 48, 48), "window": 32, "batch_size": 2},
-    "profile": {"budget_s": 60, "preset": "tiny", "crop": 32, "batch": 2, "steps": 2,
-                "warmup": 1, "shape": (32, 64, 64), "window": 32, "batch_size": 2},
-}  # fmt: skip
+    "train": {"budget_s": 60, "preset": "tiny", "crop": 32, "batch": 2, "steps": 2, "warmup": 1},
+    "segment": {
+        "budget_s": 60,
+        "preset": "tiny",
+        "shape": (48, 64, 64),
+        "tta_shape": (32, 48, 48),
+        "window": 32,
+        "batch_size": 2,
+    },
+    "profile": {
+        "budget_s": 60,
+        "preset": "tiny",
+        "crop": 32,
+        "batch": 2,
+        "steps": 2,
+        "warmup": 1,
+        "shape": (32, 64, 64),
+        "window": 32,
+        "batch_size": 2,
+    },
+}
 
 
 def run_pytest(settings: dict, env: dict) -> dict:
@@ -195,11 +230,15 @@ def _profile_summary(profiler, wall: float, units: int, gpu: bool, top: int = 8)
         "device_to_host_per_unit": copies / units,
         "host_waits_per_unit": waits / units,
         "top": [
-            {"name": e.key[:80], "seconds": own(e) / 1e6, "share": own(e) / 1e6 / wall,
-             "calls": e.count}
+            {
+                "name": e.key[:80],
+                "seconds": own(e) / 1e6,
+                "share": own(e) / 1e6 / wall,
+                "calls": e.count,
+            }
             for e in costly
         ],
-    }  # fmt: skip
+    }
 
 
 def run_profile(settings: dict) -> dict:
@@ -212,10 +251,11 @@ def run_profile(settings: dict) -> dict:
     from train_speed import synthetic_patches
 
     from patch_corrections import SegmentSettings, segment
-    from patch_corrections.devices import pick_device, sync
-    from patch_corrections.infer import windows_count
-    from patch_corrections.model import PRESETS, UNet
-    from patch_corrections.train import TrainConfig, train
+    from patch_corrections.inference.sliding_window import windows_count
+    from patch_corrections.network.devices import pick_device, sync
+    from patch_corrections.network.unet import PRESETS, UNet
+    from patch_corrections.training.config import TrainConfig
+    from patch_corrections.training.loop import train
     from patch_corrections.workflows.events import Listener, Progress
 
     target = pick_device("auto")
@@ -271,8 +311,9 @@ def run_profile(settings: dict) -> dict:
                 profiler.stop()
 
         listener = Listener(progress=windows_only)
-        segment(tomogram, checkpoint, Path(tmp) / "out", settings=segment_settings,
-                listener=listener)  # fmt: skip
+        segment(
+            tomogram, checkpoint, Path(tmp) / "out", settings=segment_settings, listener=listener
+        )
         windows = windows_count(shape, settings["window"], 0.5)
         result["segment"] = _profile_summary(profiler, marks["wall"], windows, gpu)
         result["segment"]["shape_xyz"] = list(shape[::-1])
@@ -509,8 +550,10 @@ def main() -> None:
         print(f"[gpu_check] {name} ...", flush=True)
         result = run_section(name, args.smoke, env)
         report["sections"][name] = result
-        print(f"[gpu_check] {name}: {result['status']} in {result['seconds_total']:.0f} s",
-              flush=True)  # fmt: skip
+        print(
+            f"[gpu_check] {name}: {result['status']} in {result['seconds_total']:.0f} s",
+            flush=True,
+        )
         if result["status"] != "ok":
             cases = [case["error"] for case in result.get("cases", []) if "error" in case]
             print(result.get("error") or "\n".join(result.get("tail", []) or cases), flush=True)

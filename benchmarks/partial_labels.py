@@ -48,14 +48,16 @@ sys.path.insert(0, str(ROOT / "sample_data"))
 import make_sample_data as sample  # noqa: E402
 
 from patch_corrections.constants import BACKGROUND, IGNORE, MEMBRANE  # noqa: E402
-from patch_corrections.data import TrainingPatch  # noqa: E402
-from patch_corrections.intensity import normalise  # noqa: E402
+from patch_corrections.inference.intensity import normalise  # noqa: E402
+from patch_corrections.labels.relabel import relabel_candidates  # noqa: E402
+from patch_corrections.labels.sparse import slices_mask, spaced_slices, sparsify  # noqa: E402
 from patch_corrections.metrics import add_counts, counts, summarise  # noqa: E402
-from patch_corrections.model import PRESETS, UNet  # noqa: E402
-from patch_corrections.relabel import relabel_candidates  # noqa: E402
-from patch_corrections.relabel_training import train_with_relabeling  # noqa: E402
-from patch_corrections.sparse import slices_mask, spaced_slices, sparsify  # noqa: E402
-from patch_corrections.train import TrainConfig, predict_patch, train  # noqa: E402
+from patch_corrections.network.unet import PRESETS, UNet  # noqa: E402
+from patch_corrections.training.config import TrainConfig  # noqa: E402
+from patch_corrections.training.data import TrainingPatch  # noqa: E402
+from patch_corrections.training.loop import train  # noqa: E402
+from patch_corrections.training.relabel_rounds import train_with_relabeling  # noqa: E402
+from patch_corrections.training.validation import predict_patch  # noqa: E402
 
 TRAIN_SEEDS = (40, 41)
 TEST_SEEDS = (30, 31)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from patch_corrections.model import PRESETS
+from patch_corrections.network.unet import PRESETS
 
 VOXEL_SIZE = 14.08
 """Å; a 4x-binned tomogram's."""
@@ -40,9 +40,9 @@ def make_inputs(folder: Path, shape: tuple[int, int, int], preset: str) -> tuple
     ``preset`` in ``folder`` (kept when they exist already)."""
     import torch
 
-    from patch_corrections.checkpoints import save_checkpoint
     from patch_corrections.io.volumes import Geometry, write_volume
-    from patch_corrections.model import UNet
+    from patch_corrections.network.checkpoints import save_checkpoint
+    from patch_corrections.network.unet import UNet
 
     tomogram = folder / f"tomo_{'x'.join(map(str, shape))}.mrc"
     if not tomogram.exists():
@@ -190,9 +190,12 @@ def main() -> None:
         "--compile", action="store_true", help="torch.compile the network (segment --compile)"
     )
     parser.add_argument(
-        "--cases", nargs="+", choices=("plain", "tta"), default=["plain", "tta"],
+        "--cases",
+        nargs="+",
+        choices=("plain", "tta"),
+        default=["plain", "tta"],
         help="which cases to run: without TTA, with 8-flip TTA",
-    )  # fmt: skip
+    )
     args = parser.parse_args()
     if args.case:
         _case(*args.case, args.tta, args.batch_size, args.window, args.device, args.compile)

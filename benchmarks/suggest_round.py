@@ -55,8 +55,8 @@ from patch_corrections import (
     retrain,
     segment,
 )
-from patch_corrections.io.volumes import read_volume
-from patch_corrections.suggest import (
+from patch_corrections.inference.box_choice import choose
+from patch_corrections.inference.box_scores import (
     MAX_OVERLAP,
     MEMBRANE_SATURATION,
     BoxScores,
@@ -65,9 +65,9 @@ from patch_corrections.suggest import (
     box_scores,
     box_sums,
     cell_size,
-    choose,
     voxel_terms,
 )
+from patch_corrections.io.volumes import read_volume
 from patch_corrections.workflows.demo import DEMO_FINE_TUNING, DEMO_PATCH_SIZE, DEMO_SEGMENT
 from patch_corrections.workflows.suggestion import SuggestSettings, suggest
 
@@ -207,9 +207,15 @@ def main() -> None:
                     clock = time.perf_counter()
                     run = scratch / f"s{seed}_{arm}_n{n}"
                     after = one_round(
-                        run, corrected, centres[:n], prediction, volume, args.iterations, seed,
+                        run,
+                        corrected,
+                        centres[:n],
+                        prediction,
+                        volume,
+                        args.iterations,
+                        seed,
                         tests,
-                    )  # fmt: skip
+                    )
                     row = {
                         "seed": seed,
                         "arm": arm,
@@ -264,9 +270,11 @@ def report(results: list[dict], before: float, args, seconds: float) -> None:
                 a["gain"] - b["gain"]
                 for a in results
                 for b in results
-                if a["arm"] == rule and b["arm"] == "random" and a["n"] == b["n"] == n
+                if a["arm"] == rule
+                and b["arm"] == "random"
+                and a["n"] == b["n"] == n
                 and a["seed"] == b["seed"]
-            ]  # fmt: skip
+            ]
             margin = max(sd_mine, sd_rand)
             share = mine / oracle if oracle > 0 else float("nan")
             beats = mine - rand > margin

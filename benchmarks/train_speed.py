@@ -6,7 +6,7 @@
 Both runs train the same network on the same synthetic patches, one after the other, in
 one process:
 
-- ``ours``: ``patch_corrections.train.train`` as ``retrain`` runs it: bf16 autocast on
+- ``ours``: ``patch_corrections.training.loop.train`` as ``retrain`` runs it: bf16 autocast on
   CUDA, channels-last 3D, cuDNN autotuning, augmentation on the GPU, crops cut by a
   background thread while the previous step trains;
 - ``membrain-style``: fp16 autocast with a grad scaler, augmentation on the CPU before the
@@ -35,12 +35,17 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from patch_corrections.augment import AugmentConfig, augment
-from patch_corrections.data import TrainingPatch
-from patch_corrections.devices import pick_device, sync
-from patch_corrections.losses import deep_supervision_loss, downsample_labels, region_wise_maps
-from patch_corrections.model import PRESETS, UNet
-from patch_corrections.train import TrainConfig, batch_for_step, make_optimizer, train
+from patch_corrections.network.devices import pick_device, sync
+from patch_corrections.network.unet import PRESETS, UNet
+from patch_corrections.training.augment import AugmentConfig, augment
+from patch_corrections.training.config import TrainConfig, make_optimizer
+from patch_corrections.training.data import TrainingPatch, batch_for_step
+from patch_corrections.training.loop import train
+from patch_corrections.training.losses import (
+    deep_supervision_loss,
+    downsample_labels,
+    region_wise_maps,
+)
 
 DENSE_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
 

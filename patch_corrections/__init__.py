@@ -9,21 +9,30 @@ are the public Python API; the command line and the napari widget call them.
 
 from ._version import __version__
 from .constants import BACKGROUND, BORDER_WIDTH, IGNORE, MEMBRANE, PATCH_SIZE
-from .corrections import MergeCounts, merge_labels, union_mask
 from .errors import InputError, PatchCorrectionsWarning, RunInterrupted
 from .io import Geometry, read_centres, read_info, read_volume, write_volume
-from .patches import (
+from .labels import (
     Binarisation,
+    MergeCounts,
     PatchBox,
     ValueRange,
     add_border_band,
+    adopt,
     centre_index,
     choose_binarisation,
+    curriculum_share,
     image_patch,
     label_patch,
+    merge_labels,
+    parse_slices,
+    random_boxes,
+    relabel_candidates,
+    slices_mask,
+    spaced_slices,
+    sparsify,
+    union_mask,
+    with_adopted,
 )
-from .relabel import adopt, curriculum_share, relabel_candidates, with_adopted
-from .sparse import parse_slices, random_boxes, slices_mask, spaced_slices, sparsify
 from .workflows import (
     BatchSegmentReport,
     DemoReport,

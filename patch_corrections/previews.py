@@ -1,5 +1,7 @@
-"""Preview figures of patches: three orthogonal mid-slices of a patch's image, its labels
-and its corrections drawn over it, as PNG bytes, so a whole round is checked at a glance.
+"""Every figure the package draws, as PNG bytes: a patch's three orthogonal mid-slices
+with its labels and corrections over them (so a whole round is checked at a glance), a
+suggestion's slices with the network's membrane and disagreement, and a training run's
+curves.
 
 Arrays in, PNG bytes out; the workflows stage and write them beside their other outputs.
 Matplotlib (the ``train`` extra) is imported only when a figure is drawn, with the Agg
@@ -15,9 +17,6 @@ import numpy as np
 
 from .constants import BACKGROUND, IGNORE, MEMBRANE
 from .errors import InputError
-
-PREVIEWS_SUBDIR = "previews"
-"""Folder of an output folder that holds one ``<patch name>.png`` per patch."""
 
 # What a voxel of a preview's overlay shows.
 NOTHING = 0
@@ -179,8 +178,6 @@ def merge_preview(
 def _render(image, rows, legend: Sequence[int], title: str, offset) -> bytes:
     """One figure: a row per entry of ``rows`` (name, overlay codes: a volume, the three
     slices' codes, or ``None``), a column per slice; the legend of ``legend``'s codes."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
     pictures = mid_slices(image)
@@ -188,8 +185,7 @@ def _render(image, rows, legend: Sequence[int], title: str, offset) -> bytes:
     centre = mid_indices(image.shape)
     top, bottom = 0.55, 0.3 + 0.2 * -(-len(legend) // 3)  # inches: titles; axis names, legend
     height = len(rows) * PANEL_INCHES + top + bottom
-    figure = Figure(figsize=(3 * PANEL_INCHES + 0.5, height), dpi=DPI)
-    FigureCanvasAgg(figure)
+    figure = _figure(figsize=(3 * PANEL_INCHES + 0.5, height), dpi=DPI)
     axes = figure.subplots(len(rows), 3, squeeze=False)
     for row, (name, codes) in enumerate(rows):
         slices = mid_slices(codes) if isinstance(codes, np.ndarray) else codes
@@ -208,11 +204,7 @@ def _render(image, rows, legend: Sequence[int], title: str, offset) -> bytes:
                 axis.set_xlabel(("x", "x", "y")[column], fontsize=8, labelpad=2)
             axis.set_ylabel(("y", "z", "z")[column], fontsize=8, labelpad=2)
             if column == 0:
-                axis.annotate(
-                    name, (0, 0.5), xytext=(-20, 0), xycoords="axes fraction",
-                    textcoords="offset points", rotation=90, ha="right", va="center",
-                    fontsize=10,
-                )  # fmt: skip
+                axis.annotate(name, (0, 0.5), xytext=(-20, 0), **_ROW_NAME)
     handles = [
         Patch(facecolor=_swatch(code), edgecolor="0.3", label=PALETTE[code][2]) for code in legend
     ]
@@ -221,12 +213,35 @@ def _render(image, rows, legend: Sequence[int], title: str, offset) -> bytes:
     )
     if title:
         figure.suptitle(title, fontsize=10)
-    figure.subplots_adjust(
-        left=0.08, right=0.99, top=1 - top / height, bottom=bottom / height,
-        wspace=0.12, hspace=0.06,
-    )  # fmt: skip
+    margins = {"left": 0.08, "right": 0.99, "wspace": 0.12, "hspace": 0.06}
+    figure.subplots_adjust(top=1 - top / height, bottom=bottom / height, **margins)
+    return _png(figure, dpi=DPI)
+
+
+_ROW_NAME = {
+    "xycoords": "axes fraction",
+    "textcoords": "offset points",
+    "rotation": 90,
+    "ha": "right",
+    "va": "center",
+    "fontsize": 10,
+}
+"""How a row's name is written left of its first slice."""
+
+
+def _figure(**options):
+    """A bare matplotlib ``Figure`` on the Agg canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(**options)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _png(figure, **options) -> bytes:
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI)
+    figure.savefig(buffer, format="png", **options)
     figure.clear()
     return buffer.getvalue()
 
@@ -245,3 +260,110 @@ def _swatch(code: int) -> tuple[float, float, float]:
     """A legend swatch: the overlay's colour as it looks over a mid-grey voxel."""
     colour, alpha, _ = PALETTE[code]
     return tuple(float((1 - alpha) * 0.5 + alpha * c) for c in colour)  # type: ignore[return-value]
+
+
+def training_curves(rows: list[dict]) -> bytes:
+    """PNG of a training run's metrics rows (``step``, ``train_loss``, ``lr`` and, with
+    validation, ``val_loss`` and ``val_dice``): the losses, validation Dice and learning
+    rate against the iteration."""
+    figure = _figure(figsize=(10, 4))
+    left, right = figure.subplots(1, 2)
+    steps = [r["step"] for r in rows]
+    left.plot(steps, [r["train_loss"] for r in rows], label="train loss")
+    if "val_loss" in rows[0]:
+        left.plot(steps, [r["val_loss"] for r in rows], label="val loss")
+        right.plot(steps, [r["val_dice"] for r in rows], label="val Dice (ignore excluded)")
+    highest = max(r["lr"] for r in rows)
+    right.plot(steps, [r["lr"] / highest for r in rows], "--", label="learning rate (relative)")
+    for axis in (left, right):
+        axis.set_xlabel("iteration")
+        axis.legend()
+    figure.tight_layout()
+    return _png(figure, dpi=100)
+
+
+SuggestionPlanes = tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]
+"""The tomogram's, the probabilities' and the variance's x-y, x-z and y-z planes through a
+suggestion's centre: ``(y, x)``, ``(z, x)``, ``(z, y)`` each."""
+
+
+def suggestion_preview(
+    planes: SuggestionPlanes,
+    low: Sequence[int],
+    centre: Sequence[int],
+    size: int,
+    border: int,
+    threshold: float,
+    title: str,
+) -> bytes:
+    """PNG of three orthogonal slices through a suggestion's centre: the tomogram, the
+    membrane the network sees (cyan), the disagreement of its flipped passes (their
+    standard deviation, orange), and the patch drawn as a box with its scored part (inside
+    the ignore band ``border``) dashed.
+
+    Parameters
+    ----------
+    planes
+        See :data:`SuggestionPlanes`; ``low`` ``(z, y, x)`` is the tomogram index of their
+        first voxel.
+    centre
+        The suggestion's centre ``(z, y, x)``; the patch is ``size`` voxels around it.
+    threshold
+        Probability above which a voxel is membrane.
+    """
+    from matplotlib.patches import Rectangle
+
+    figure = _figure(figsize=(13, 4.6), layout="constrained")
+    half = size // 2
+    views = (("x", "y", 2, 1), ("x", "z", 2, 0), ("y", "z", 1, 0))
+    for ax, (across, down, a, b), *maps in zip(figure.subplots(1, 3), views, *planes):
+        t, p, v = maps
+        high = (low[a] + t.shape[1], low[b] + t.shape[0])
+        extent = (low[a] - 0.5, high[0] - 0.5, high[1] - 0.5, low[b] - 0.5)
+        ax.imshow(t.astype(np.float32), cmap="gray", extent=extent, **_grey_limits(t))
+        for overlay in (_membrane_overlay(p, threshold), _disagreement_overlay(v)):
+            ax.imshow(overlay, extent=extent, interpolation="nearest")
+        start = (centre[a] - half - 0.5, centre[b] - half - 0.5)
+        ax.add_patch(Rectangle(start, size, size, fill=False, color="yellow", lw=1.5))
+        inner = (start[0] + border, start[1] + border)
+        box = {"fill": False, "color": "yellow", "lw": 0.8, "ls": "--"}
+        ax.add_patch(Rectangle(inner, size - 2 * border, size - 2 * border, **box))
+        ax.plot([centre[a]], [centre[b]], "+", color="yellow", ms=10)
+        ax.set_xlim(extent[0], extent[1])
+        ax.set_ylim(extent[2], extent[3])
+        plane = ({"x", "y", "z"} - {across, down}).pop()
+        level = centre["zyx".index(plane)]
+        ax.set_title(f"{across}-{down} plane at {plane} = {level}", fontsize=10)
+        ax.set_xlabel(across)
+        ax.set_ylabel(down)
+    figure.suptitle(
+        f"{title}\ncyan: segmentation  orange: TTA disagreement (standard deviation)  "
+        "yellow: patch, dashed: its part outside the ignore band (scored)",
+        fontsize=9,
+    )
+    return _png(figure, dpi=80, bbox_inches="tight")
+
+
+def _grey_limits(values: np.ndarray) -> dict[str, float]:
+    """``vmin`` and ``vmax`` of a tomogram slice: its 1st and 99th percentiles."""
+    finite = values[np.isfinite(values)].astype(np.float32)
+    low, high = np.percentile(finite, (1, 99)) if finite.size else (0.0, 1.0)
+    return {"vmin": float(low), "vmax": float(high if high > low else low + 1)}
+
+
+def _membrane_overlay(p: np.ndarray, threshold: float) -> np.ndarray:
+    """RGBA ``(h, w, 4)``: membrane (``p`` above ``threshold``) in translucent cyan."""
+    membrane = np.nan_to_num(p.astype(np.float32)) > threshold
+    rgba = np.zeros((*membrane.shape, 4), np.float32)
+    rgba[membrane] = (0.0, 0.9, 1.0, 0.35)
+    return rgba
+
+
+def _disagreement_overlay(v: np.ndarray) -> np.ndarray:
+    """RGBA ``(h, w, 4)``: orange, as opaque as the flipped passes' standard deviation
+    (from their variance ``v``) is large, fully (0.8) from 0.25."""
+    deviation = np.sqrt(np.clip(np.nan_to_num(v.astype(np.float32)), 0, None))
+    rgba = np.zeros((*deviation.shape, 4), np.float32)
+    rgba[..., 0], rgba[..., 1] = 1.0, 0.35
+    rgba[..., 3] = np.clip(deviation / 0.25, 0, 1) * 0.8
+    return rgba

@@ -30,7 +30,7 @@ import numpy as np
 from patch_corrections.constants import MEMBRANE
 from patch_corrections.io.centres import parse_centres
 from patch_corrections.io.volumes import Geometry, write_volume
-from patch_corrections.patches import (
+from patch_corrections.labels.patches import (
     Binarisation,
     PatchBox,
     centre_index,

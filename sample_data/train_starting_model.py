@@ -19,11 +19,12 @@ import numpy as np
 import torch
 from make_sample_data import synthesize
 
-from patch_corrections.checkpoints import save_checkpoint
-from patch_corrections.data import TrainingPatch
-from patch_corrections.intensity import NORMALISATION
-from patch_corrections.model import PRESETS, UNet
-from patch_corrections.train import TrainConfig, train
+from patch_corrections.constants import NORMALISATION
+from patch_corrections.network.checkpoints import save_checkpoint
+from patch_corrections.network.unet import PRESETS, UNet
+from patch_corrections.training.config import TrainConfig
+from patch_corrections.training.data import TrainingPatch
+from patch_corrections.training.loop import train
 
 TRAINING_SEEDS = (1, 2, 3)
 

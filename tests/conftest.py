@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from patch_corrections.cli import app
-from patch_corrections.cli._common import usable_cores
+from patch_corrections.network.threads import usable_cores
 
 
 def write_mrc(path: Path, data: np.ndarray, voxel_size=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)):
@@ -46,8 +46,8 @@ def save_tiny_checkpoint(path: Path, normalisation: str | None = "robust_z") -> 
     """A tiny network with seeded random weights saved as our checkpoint at ``path``."""
     import torch
 
-    from patch_corrections.checkpoints import save_checkpoint
-    from patch_corrections.model import PRESETS, UNet
+    from patch_corrections.network.checkpoints import save_checkpoint
+    from patch_corrections.network.unet import PRESETS, UNet
 
     torch.manual_seed(0)
     network = UNet(PRESETS["tiny"])

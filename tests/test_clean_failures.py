@@ -17,10 +17,10 @@ import pytest
 import torch
 from conftest import write_mrc
 
-from patch_corrections.checkpoints import read_checkpoint
 from patch_corrections.errors import InputError
 from patch_corrections.io.volumes import Geometry, write_volume
 from patch_corrections.metrics import _dilate, counts, summarise
+from patch_corrections.network.checkpoints import read_checkpoint
 
 # --- evaluate --tolerance: any size, memory proportional to the volume ---------------------
 
@@ -216,11 +216,17 @@ def test_without_pytorch_the_training_commands_say_what_to_install(tmp_path, com
     # A machine with `pip install -e .` alone: torch cannot be imported.
     sample = Path(__file__).resolve().parent.parent / "sample_data"
     arguments = {
-        "segment": ["-t", sample / "tomogram.mrc", "--checkpoint", sample / "starting_model.pt",
-                    "-o", tmp_path / "seg"],
+        "segment": [
+            "-t",
+            sample / "tomogram.mrc",
+            "--checkpoint",
+            sample / "starting_model.pt",
+            "-o",
+            tmp_path / "seg",
+        ],
         "retrain": ["-t", tmp_path, "-o", tmp_path / "run", "--iterations", "1"],
         "demo": ["--out-dir", tmp_path / "demo"],
-    }[command[0]]  # fmt: skip
+    }[command[0]]
     code = (
         "import sys; sys.modules['torch'] = None\n"
         "from patch_corrections.cli import main\n"
@@ -240,24 +246,33 @@ def test_without_pytorch_the_training_commands_say_what_to_install(tmp_path, com
 
 def test_without_a_terminal_progress_is_a_line_now_and_then(tmp_path, run_cli, monkeypatch):
     # Cluster jobs write to a log: no bar would ever be seen there.
-    from patch_corrections.cli import _common
+    from patch_corrections.cli import _console
     from patch_corrections.workflows.events import Progress
 
-    monkeypatch.setattr(_common, "LOG_EVERY_S", 0.0)
+    monkeypatch.setattr(_console, "LOG_EVERY_S", 0.0)
     sample = Path(__file__).resolve().parent.parent / "sample_data"
     result = run_cli(
-        "segment", "-t", sample / "tomogram.mrc", "--checkpoint", sample / "starting_model.pt",
-        "-o", tmp_path / "seg", "--window", 64, "--device", "cpu",
-    )  # fmt: skip
+        "segment",
+        "-t",
+        sample / "tomogram.mrc",
+        "--checkpoint",
+        sample / "starting_model.pt",
+        "-o",
+        tmp_path / "seg",
+        "--window",
+        64,
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if line.startswith("Segmenting: ")]
     assert lines[0] == "Segmenting: 0/36" and lines[-1].startswith("Segmenting: 36/36, ")
     assert any(" left" in line for line in lines[1:-1])
 
-    monkeypatch.setattr(_common, "LOG_EVERY_S", 3600.0)  # only the first and the last
+    monkeypatch.setattr(_console, "LOG_EVERY_S", 3600.0)  # only the first and the last
     printed = []
-    monkeypatch.setattr(_common.typer, "echo", lambda text, err=False: printed.append(text))
-    bars = _common._Bars(terminal=False)
+    monkeypatch.setattr(_console.typer, "echo", lambda text, err=False: printed.append(text))
+    bars = _console._Bars(terminal=False)
     for step in range(0, 11):
         bars.update(Progress("Training", step, 10, loss=0.5 if step >= 5 else None))
     assert printed[0] == "Training: 0/10"
@@ -269,9 +284,15 @@ def test_output_cut_short_by_its_reader_is_not_an_error(tmp_path):
     # `patch_corrections evaluate ... | head -1`: the reader goes away after what it needed.
     sample = Path(__file__).resolve().parent.parent / "sample_data"
     command = [
-        sys.executable, "-m", "patch_corrections", "evaluate",
-        "--prediction", sample / "prediction.mrc", "--reference", sample / "truth.mrc",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "patch_corrections",
+        "evaluate",
+        "--prediction",
+        sample / "prediction.mrc",
+        "--reference",
+        sample / "truth.mrc",
+    ]
     process = subprocess.Popen(
         [str(c) for c in command], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -288,9 +309,10 @@ def test_a_threshold_outside_the_predictions_values_is_said(threshold, every):
 
     sample = Path(__file__).resolve().parent.parent / "sample_data"
     report = evaluate(
-        sample / "prediction.mrc", sample / "truth.mrc",
+        sample / "prediction.mrc",
+        sample / "truth.mrc",
         settings=EvaluateSettings(threshold=threshold),
-    )  # fmt: skip
+    )
     assert any(
         w.startswith(f"--threshold {threshold:g} is outside") and w.endswith(every)
         for w in report.warnings

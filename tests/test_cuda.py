@@ -23,13 +23,14 @@ from patch_corrections import (
     segment,
     write_volume,
 )
-from patch_corrections.checkpoints import read_checkpoint
 from patch_corrections.constants import IGNORE, MEMBRANE
-from patch_corrections.data import TrainingPatch
-from patch_corrections.devices import Precision
 from patch_corrections.io.volumes import Geometry
-from patch_corrections.model import PRESETS, UNet
-from patch_corrections.train import TrainConfig, train
+from patch_corrections.network.checkpoints import read_checkpoint
+from patch_corrections.network.devices import Precision
+from patch_corrections.network.unet import PRESETS, UNet
+from patch_corrections.training.config import TrainConfig
+from patch_corrections.training.data import TrainingPatch
+from patch_corrections.training.loop import train
 
 pytestmark = [
     pytest.mark.cuda,
@@ -141,7 +142,7 @@ def test_compiled_training_runs_and_saves_plain_weights(tmp_path):
 def test_instance_norm_on_cuda_matches_the_cpu(dtype):
     # The model's InstanceNorm takes its own path on CUDA (float32 statistics, channels-last
     # kept); under bf16 autocast it must stay as close to float32 as torch's own kernel.
-    from patch_corrections.model import InstanceNorm
+    from patch_corrections.network.unet import InstanceNorm
 
     torch.manual_seed(0)
     norm = InstanceNorm(16, affine=True)
@@ -236,9 +237,10 @@ def tomogram_and_checkpoint(tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    ("tta", "uncertainty"), [(False, False), (True, False), (True, True)],
+    ("tta", "uncertainty"),
+    [(False, False), (True, False), (True, True)],
     ids=["plain", "tta", "tta-uncertainty"],
-)  # fmt: skip
+)
 def test_segment_on_cuda_equals_segment_on_the_cpu(
     tmp_path, tomogram_and_checkpoint, tta, uncertainty
 ):

@@ -19,11 +19,11 @@ import pytest
 import torch
 from conftest import all_files
 
-from patch_corrections.checkpoints import read_checkpoint
-from patch_corrections.data import TrainingPatch
-from patch_corrections.distributed import Ranks
 from patch_corrections.io.volumes import Geometry, write_volume
-from patch_corrections.train import TrainConfig, batch_for_step
+from patch_corrections.network.checkpoints import read_checkpoint
+from patch_corrections.network.distributed import Ranks
+from patch_corrections.training.config import TrainConfig
+from patch_corrections.training.data import TrainingPatch, batch_for_step
 from patch_corrections.workflows.training import RetrainSettings, retrain
 
 pytestmark = pytest.mark.skipif(
@@ -65,10 +65,20 @@ def _torchrun(*args, run=subprocess.run, **options):
     """``torchrun --nproc-per-node 2 -m patch_corrections retrain ARGS`` on the CPU, by
     ``run``; a ``subprocess.run`` must succeed."""
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-        "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-        "-m", "patch_corrections", "retrain", *map(str, args),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        "-m",
+        "patch_corrections",
+        "retrain",
+        *map(str, args),
+    ]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     kwargs = {"cwd": ROOT, "env": environment, "text": True, **options}
     if run is not subprocess.run:
@@ -132,9 +142,21 @@ def test_two_processes_train_as_one_with_the_whole_batch(tmp_path):
     ddp = tmp_path / "two"
     common = ["-t", train_dir, "-o", ddp, "--preset", "tiny", "--crop-size", 32]
     result = _torchrun(
-        *common, "--checkpoint", start, "--val-dir", val_dir, "--iterations", 4,
-        "--batch-size", 1, "--val-every", 2, "--no-augment", "--device", "cpu",
-    )  # fmt: skip
+        *common,
+        "--checkpoint",
+        start,
+        "--val-dir",
+        val_dir,
+        "--iterations",
+        4,
+        "--batch-size",
+        1,
+        "--val-every",
+        2,
+        "--no-augment",
+        "--device",
+        "cpu",
+    )
     assert result.stdout.count("Training ") == 1  # rank 0 alone tells
     assert "2 processes (cpu, gloo)" in result.stdout and "2 x 1 x 32³" in result.stdout
     _assert_same_run(ddp, tmp_path / "one", 4)
@@ -159,10 +181,27 @@ def test_ctrl_c_stops_every_rank_at_the_same_step_and_saves(tmp_path):
     train_dir = _folder(tmp_path / "train", 2, seed=0, ignore=False)
     out = tmp_path / "model"
     process = _torchrun(
-        "-t", train_dir, "-o", out, "--preset", "tiny", "--crop-size", 32, "--iterations",
-        10_000, "--val-every", 2, "--val-fraction", 0, "--batch-size", 1, "--device", "cpu",
-        run=subprocess.Popen, start_new_session=True,
-    )  # fmt: skip
+        "-t",
+        train_dir,
+        "-o",
+        out,
+        "--preset",
+        "tiny",
+        "--crop-size",
+        32,
+        "--iterations",
+        10_000,
+        "--val-every",
+        2,
+        "--val-fraction",
+        0,
+        "--batch-size",
+        1,
+        "--device",
+        "cpu",
+        run=subprocess.Popen,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not (out / "metrics.csv").exists() and process.poll() is None:

@@ -145,6 +145,26 @@ def test_rerun_adds_patches_and_overwrite_replaces(tmp_path, volumes, run_cli):
     assert [p.name for p in all_files(tmp_path / "out" / "images")] == ["tomo_patch000.nrrd"]
 
 
+@pytest.mark.parametrize("linked", [False, True])
+def test_overwrite_through_a_relative_or_linked_out_dir(
+    tmp_path, volumes, run_cli, monkeypatch, linked
+):
+    (tmp_path / "real").mkdir()
+    if linked:
+        (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    out = "link" if linked else "real"
+    common = ["-t", "tomo.mrc", "-s", "seg.mrc", "-o", out, "--patch-size", SIZE, "--border", 1]
+    assert run_cli("extract_patches", *common, "--x", 7, "--y", 6, "--z", 5).exit_code == 0
+    result = run_cli("extract_patches", *common, "--x", 2, "--y", 2, "--z", 2, "--overwrite")
+    assert result.exit_code == 0, result.output
+    records = json.loads((tmp_path / "real" / "manifest.json").read_text())["patches"]
+    assert [(r["name"], r["centre_xyz"]) for r in records] == [("tomo_patch000", [2, 2, 2])]
+    image, _ = read_volume(tmp_path / "real" / "images" / "tomo_patch000.nrrd")
+    expected, _ = _expected(*volumes, (2, 2, 2))
+    np.testing.assert_array_equal(image, expected)
+
+
 def test_stray_file_is_not_overwritten(tmp_path, volumes, run_cli):
     (tmp_path / "out" / "labels").mkdir(parents=True)
     (tmp_path / "out" / "labels" / "tomo_patch000.nrrd").write_text("mine")

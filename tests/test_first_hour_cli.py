@@ -90,10 +90,21 @@ def tomogram(tmp_path):
 
 def _extract(run_cli, tmp_path, segmentation, *extra):
     return run_cli(
-        "extract_patches", "-t", tmp_path / "tomo.mrc", "-s", segmentation,
-        "-c", tmp_path / "c.csv", "-o", tmp_path / "out", "--patch-size", 16, "--border", 2,
+        "extract_patches",
+        "-t",
+        tmp_path / "tomo.mrc",
+        "-s",
+        segmentation,
+        "-c",
+        tmp_path / "c.csv",
+        "-o",
+        tmp_path / "out",
+        "--patch-size",
+        16,
+        "--border",
+        2,
         *extra,
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize(
@@ -156,15 +167,33 @@ def test_segmentations_of_many_kinds_are_still_accepted(tmp_path, run_cli, tomog
 def test_the_sample_tomogram_as_the_segmentation(tmp_path, run_cli):
     # The mistake as a user makes it with the README's data (int8 densities).
     result = run_cli(
-        "extract_patches", "-t", SAMPLE / "tomogram.mrc", "-s", SAMPLE / "tomogram.mrc",
-        "-c", SAMPLE / "centres.csv", "-o", tmp_path / "out", "--patch-size", 96,
-    )  # fmt: skip
+        "extract_patches",
+        "-t",
+        SAMPLE / "tomogram.mrc",
+        "-s",
+        SAMPLE / "tomogram.mrc",
+        "-c",
+        SAMPLE / "centres.csv",
+        "-o",
+        tmp_path / "out",
+        "--patch-size",
+        96,
+    )
     assert result.exit_code == 1
     assert "tomogram.mrc: looks like a tomogram (density values)" in result.output
     ok = run_cli(
-        "extract_patches", "-t", SAMPLE / "tomogram.mrc", "-s", SAMPLE / "prediction.mrc",
-        "-c", SAMPLE / "centres.csv", "-o", tmp_path / "out", "--patch-size", 96,
-    )  # fmt: skip
+        "extract_patches",
+        "-t",
+        SAMPLE / "tomogram.mrc",
+        "-s",
+        SAMPLE / "prediction.mrc",
+        "-c",
+        SAMPLE / "centres.csv",
+        "-o",
+        tmp_path / "out",
+        "--patch-size",
+        96,
+    )
     assert ok.exit_code == 0, ok.output
 
 
@@ -190,36 +219,38 @@ def test_threads_follow_the_load_unless_chosen(monkeypatch, capsys):
     # Under load, PyTorch's default of every core ran a demo 3x slower than one thread.
     import torch
 
-    from patch_corrections.cli import _common
+    from patch_corrections.cli.options import use_threads
+    from patch_corrections.errors import InputError
+    from patch_corrections.network import threads
 
     before = torch.get_num_threads()
-    monkeypatch.setattr(_common, "usable_cores", lambda: 4)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 4)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     try:
-        monkeypatch.setattr(_common.os, "getloadavg", lambda: (3.2, 1.0, 1.0))
-        _common.use_threads(None)
+        monkeypatch.setattr(threads.os, "getloadavg", lambda: (3.2, 1.0, 1.0))
+        use_threads(None)
         assert torch.get_num_threads() == 1
         assert capsys.readouterr().err == (
             "Using 1 of 4 CPU cores for PyTorch: other programs keep the others busy "
             "(load 3.2); --threads chooses.\n"
         )
         # Whole cores only: a program that just ended still weighs in the average.
-        monkeypatch.setattr(_common.os, "getloadavg", lambda: (0.9, 1.0, 1.0))
-        _common.use_threads(None)
+        monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.9, 1.0, 1.0))
+        use_threads(None)
         assert torch.get_num_threads() == 4 and capsys.readouterr().err == ""
-        _common.use_threads(3)  # chosen: no second guess
+        use_threads(3)  # chosen: no second guess
         assert torch.get_num_threads() == 3 and capsys.readouterr().err == ""
         monkeypatch.setenv("OMP_NUM_THREADS", "2")
-        _common.use_threads(None)
+        use_threads(None)
         assert torch.get_num_threads() == 2
-        with pytest.raises(_common.InputError, match="--threads must be at least 1, got 0"):
-            _common.use_threads(0)
+        with pytest.raises(InputError, match="--threads must be at least 1, got 0"):
+            use_threads(0)
     finally:
         torch.set_num_threads(before)
 
 
 def test_usable_cores_counts_what_this_process_may_use():
-    from patch_corrections.cli._common import usable_cores
+    from patch_corrections.network.threads import usable_cores
 
     allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     assert 1 <= usable_cores() <= (allowed or os.cpu_count() or 1)
@@ -227,11 +258,11 @@ def test_usable_cores_counts_what_this_process_may_use():
 
 def test_the_load_of_a_shared_node_is_not_on_a_job_s_own_cores(monkeypatch):
     # A SLURM job given 8 of a node's 64 cores keeps them while other jobs load the rest.
-    from patch_corrections.cli import _common
+    from patch_corrections.network import threads
 
-    monkeypatch.setattr(_common.os, "getloadavg", lambda: (56.0, 56.0, 56.0))
-    monkeypatch.setattr(_common.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
-    monkeypatch.setattr(_common.os, "cpu_count", lambda: 64)
-    assert _common._load_on_our_cores() == 0.0
-    monkeypatch.setattr(_common.os, "cpu_count", lambda: 8)  # the whole machine: shared
-    assert _common._load_on_our_cores() == 56.0
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (56.0, 56.0, 56.0))
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 64)
+    assert threads.load_on_our_cores() == 0.0
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 8)  # the whole machine: shared
+    assert threads.load_on_our_cores() == 56.0

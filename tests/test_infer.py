@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import save_tiny_checkpoint, write_mrc
 
-from patch_corrections.infer import sliding_window, window_starts
-from patch_corrections.model import PRESETS, UNet
+from patch_corrections.inference.sliding_window import sliding_window, window_starts
+from patch_corrections.network.unet import PRESETS, UNet
 
 
 def _run(volume, predict, window, overlap=0.5, batch_size=1, tta=False):
@@ -262,8 +262,12 @@ def test_mrc_blocks_read_from_several_threads_at_once(tmp_path):
 
     volume = np.random.default_rng(7).normal(size=(30, 50, 40)).astype(np.float32)
     write_mrc(tmp_path / "tomo.mrc", volume)
-    blocks = [((z, y, x), (z + 9, y + 17, x + 13)) for z in range(0, 21, 3) for y in (0, 33)
-              for x in (0, 27)]  # fmt: skip
+    blocks = [
+        ((z, y, x), (z + 9, y + 17, x + 13))
+        for z in range(0, 21, 3)
+        for y in (0, 33)
+        for x in (0, 27)
+    ]
     with closing_reader(tmp_path / "tomo.mrc") as reader, ThreadPoolExecutor(4) as pool:
         read = list(pool.map(lambda b: reader.read_block(*b), blocks))
     for (start, stop), block in zip(blocks, read):
@@ -275,7 +279,7 @@ def test_tta_sums_kept_as_torch_tensors_give_the_host_sums(monkeypatch):
     # with CPU tensors, and must give what the NumPy sums give.
     import torch
 
-    from patch_corrections import infer
+    from patch_corrections.inference import sliding_window as infer
 
     volume = np.random.default_rng(7).normal(size=(13, 18, 21)).astype(np.float32)
 

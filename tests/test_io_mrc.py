@@ -119,13 +119,13 @@ def test_slab_writer_without_pwrite_seeks_and_writes(tmp_path, monkeypatch):
 
 
 def test_slab_writer_releases_its_file_when_the_header_cannot_be_finished(tmp_path, monkeypatch):
-    from patch_corrections.io import mrc
+    from patch_corrections.io import mrc_writer
 
     def full_disk(*args):
         raise OSError(28, "No space left on device")
 
     writer = MrcSlabWriter(tmp_path / "v.mrc", SHAPE, np.int8, GEOMETRY)
-    monkeypatch.setattr(mrc, "set_mrc_geometry", full_disk)
+    monkeypatch.setattr(mrc_writer, "set_mrc_geometry", full_disk)
     with pytest.raises(OSError, match="No space left"):
         writer.close()
     assert writer._mrc._iostream.closed and writer._handle.closed

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from patch_corrections.losses import (
+from patch_corrections.training.losses import (
     bce_dice_loss,
     deep_supervision_loss,
     downsample_labels,

@@ -44,10 +44,13 @@ def test_the_guides_merge_command_runs_as_written(membrain_folders, tmp_path, ru
     _paint(corrections / f"{NAMES[1]}.nii.gz")  # named after the file: matched too
     result = run_cli(
         "merge_corrections",
-        "--labels-dir", membrain_folders / labels,
-        "--corrections-dir", corrections,
-        "--out-dir", tmp_path / "out",
-    )  # fmt: skip
+        "--labels-dir",
+        membrain_folders / labels,
+        "--corrections-dir",
+        corrections,
+        "--out-dir",
+        tmp_path / "out",
+    )
     assert result.exit_code == 0, result.output
     assert "Merged 2 patch(es)" in result.output
     for name in NAMES:
@@ -63,8 +66,13 @@ def test_two_corrections_folders_for_one_patch_are_refused(membrain_folders, tmp
     _paint(corrections / NAMES[0])
     _paint(corrections / f"{NAMES[0]}.nii.gz")
     result = run_cli(
-        "merge_corrections", "--labels-dir", membrain_folders / "labelsCorr",
-        "--corrections-dir", corrections, "--out-dir", tmp_path / "out",
-    )  # fmt: skip
+        "merge_corrections",
+        "--labels-dir",
+        membrain_folders / "labelsCorr",
+        "--corrections-dir",
+        corrections,
+        "--out-dir",
+        tmp_path / "out",
+    )
     assert result.exit_code == 1
     assert "a second corrections folder for patch 'other_tomo_patch0'" in result.output

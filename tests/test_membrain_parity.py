@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from patch_corrections import SegmentSettings, segment
-from patch_corrections.components import connected_components
+from patch_corrections.inference.components import connected_components
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "membrain"
 

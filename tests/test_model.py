@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from patch_corrections.errors import InputError
-from patch_corrections.model import (
+from patch_corrections.network.unet import (
     PRESETS,
     InstanceNorm,
     UNet,

@@ -331,14 +331,17 @@ def test_extract_at_clicked_points_and_at_loaded_centres(qtbot, tmp_path, extrac
 
 
 def test_retrain_fine_tunes_on_the_merged_patches(qtbot, tmp_path, monkeypatch):
-    from patch_corrections.napari_plugin import _widget
+    from patch_corrections.napari_plugin import _state
 
-    monkeypatch.setattr(_widget, "PATCH_SIZE", 32)  # crops of 32³ rather than the patches' 96³
+    monkeypatch.setattr(_state, "PATCH_SIZE", 32)  # crops of 32³ rather than the patches' 96³
     folder = tmp_path / "patches"
     pc.extract_patches(
-        SAMPLE / "tomogram.mrc", SAMPLE / "prediction.mrc", folder, SAMPLE / "centres.csv",
+        SAMPLE / "tomogram.mrc",
+        SAMPLE / "prediction.mrc",
+        folder,
+        SAMPLE / "centres.csv",
         settings=pc.ExtractSettings(patch_size=96),
-    )  # fmt: skip
+    )
     widget = CorrectionsWidget(ViewerModel())
     qtbot.addWidget(widget)
     assert widget.open_folder(folder)

@@ -121,11 +121,15 @@ def test_pasted_voxels_are_the_merged_labels_and_ignore_keeps_the_network(tmp_pa
     out = tmp_path / "result" / "tomo_corrected.mrc"
     result = run_cli(
         "paste_corrections",
-        "--merged-dir", tmp_path / "train",
-        "--segmentation", tmp_path / "tomo_segmented.mrc",
-        "--out", out,
-        "--patches-dir", tmp_path / "patches",
-    )  # fmt: skip
+        "--merged-dir",
+        tmp_path / "train",
+        "--segmentation",
+        tmp_path / "tomo_segmented.mrc",
+        "--out",
+        out,
+        "--patches-dir",
+        tmp_path / "patches",
+    )
     assert result.exit_code == 0, result.output
     pasted = _read(out)
     expected = _expected(segmentation)
@@ -414,17 +418,15 @@ def test_patches_of_several_tomograms_are_pasted_one_tomogram_at_a_time(tmp_path
 
 
 def test_a_voxel_three_patches_disagree_on_is_one_conflict():
-    from patch_corrections.workflows.pasting import PasteSettings, _composite, _Placement
+    from patch_corrections.io.geometry import PatchBox
+    from patch_corrections.labels.compositing import Tally, composite
 
     shape = (2, 4, 4)
-    placements = [
-        _Placement(f"p{i}", Path(f"p{i}.mrc"), shape, (0, 0, 0), "header") for i in range(3)
-    ]
+    boxes = [PatchBox((0, 0, 0), shape) for _ in range(3)]
     loaded = {i: np.full(shape, value, np.int8) for i, value in enumerate((1, 0, 1))}
-    extents = [placement.inside(shape) for placement in placements]
-    totals = dict.fromkeys(("decided", "added", "removed", "marked", "conflicts"), 0)
-    pairs: dict = {}
+    tally = Tally()
     slab = np.zeros(shape, np.int8)
-    _composite(slab, 0, [0, 1, 2], placements, extents, loaded, PasteSettings(), totals, pairs)
+    composite(slab, 0, shape, boxes, [0, 1, 2], loaded.__getitem__, tally)
+    totals, pairs = {"conflicts": tally.conflicts}, tally.pairs
     assert totals["conflicts"] == slab.size  # each voxel once, not once per clashing pair
     assert sum(pairs.values()) == 2 * slab.size

@@ -40,17 +40,34 @@ def tomogram(tmp_path):
 
 def _extract(run_cli, folder, *args, centres="c.csv"):
     return run_cli(
-        "extract_patches", "-t", folder / "tomo.mrc", "-s", folder / "seg.mrc",
-        "-c", folder / centres, "-o", folder / "patches", "--patch-size", SIZE,
-        "--border", BORDER, *args,
-    )  # fmt: skip
+        "extract_patches",
+        "-t",
+        folder / "tomo.mrc",
+        "-s",
+        folder / "seg.mrc",
+        "-c",
+        folder / centres,
+        "-o",
+        folder / "patches",
+        "--patch-size",
+        SIZE,
+        "--border",
+        BORDER,
+        *args,
+    )
 
 
 def _merge(run_cli, folder, *args):
     return run_cli(
-        "merge_corrections", "--labels-dir", folder / "patches", "--corrections-dir",
-        folder / "corr", "--out-dir", folder / "train", *args,
-    )  # fmt: skip
+        "merge_corrections",
+        "--labels-dir",
+        folder / "patches",
+        "--corrections-dir",
+        folder / "corr",
+        "--out-dir",
+        folder / "train",
+        *args,
+    )
 
 
 def _paint(folder, patch, filename, mask):

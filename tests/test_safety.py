@@ -25,7 +25,7 @@ from patch_corrections import (
     merge_corrections,
 )
 from patch_corrections.errors import PatchCorrectionsWarning
-from patch_corrections.io.files import LOCK_NAME, folder_lock
+from patch_corrections.io.locks import LOCK_NAME, folder_lock
 from patch_corrections.io.volumes import Geometry, write_volume
 
 SHAPE = (12, 14, 16)  # z, y, x
@@ -59,6 +59,18 @@ def _edit_manifest(folder: Path, **changes) -> None:
     path.write_text(json.dumps(content))
 
 
+def _extract_into(extracted: Path, point, **settings) -> None:
+    """Extract one more patch of the fixture's tomogram into ``extracted``."""
+    tomogram = extracted.parent / "tomo.mrc"
+    extract_patches(
+        tomogram,
+        extracted.parent / "seg.mrc",
+        extracted,
+        points=[point],
+        settings=ExtractSettings(patch_size=8, border=1, **settings),
+    )
+
+
 @pytest.mark.parametrize("name", ["../../../escaped", "/tmp/escaped_abs", "a/b", "..", ""])
 def test_a_patch_name_from_a_manifest_must_be_a_plain_file_name(extracted, tmp_path, name):
     _edit_manifest(extracted, name=name)
@@ -66,6 +78,16 @@ def test_a_patch_name_from_a_manifest_must_be_a_plain_file_name(extracted, tmp_p
         merge_corrections(extracted, tmp_path / "corr", tmp_path / "train")
     assert "\n" not in str(caught.value) and "manifest.json: patch entry 0" in str(caught.value)
     assert not (tmp_path / "train").exists() and not list(tmp_path.parent.glob("escaped*"))
+
+
+@pytest.mark.parametrize("field", ["centre_xyz", "voxel_size_xyz", "border"])
+def test_a_malformed_manifest_field_is_named_and_nothing_is_written(extracted, tmp_path, field):
+    _edit_manifest(extracted, **{field: ["x", 1]})
+    before = {p: p.read_bytes() for p in all_files(extracted)}
+    with pytest.raises(InputError) as caught:
+        _extract_into(extracted, (3, 3, 3))
+    assert f"patch 'tomo_patch000' has an unreadable {field!r}" in str(caught.value)
+    assert {p: p.read_bytes() for p in all_files(extracted)} == before
 
 
 @pytest.mark.parametrize("where", ["../victim.txt", "{absolute}", "images/link.nrrd"])
@@ -80,13 +102,7 @@ def test_overwrite_never_deletes_what_a_manifest_names_outside_its_folder(
     _edit_manifest(extracted, image=where)
     before = {p: p.read_bytes() for p in all_files(extracted)}
     with pytest.raises(InputError, match="outside the folder"):
-        extract_patches(
-            tmp_path / "tomo.mrc",
-            tmp_path / "seg.mrc",
-            extracted,
-            points=[(5, 5, 5)],
-            settings=ExtractSettings(patch_size=8, border=1, overwrite=True),
-        )
+        _extract_into(extracted, (5, 5, 5), overwrite=True)
     assert victim.read_text() == "keep me"
     assert {p: p.read_bytes() for p in all_files(extracted)} == before
 
@@ -94,18 +110,18 @@ def test_overwrite_never_deletes_what_a_manifest_names_outside_its_folder(
 def test_a_folder_takes_one_run_at_a_time(extracted, tmp_path):
     with folder_lock(extracted):
         with pytest.raises(InputError, match="another patch_corrections run is writing"):
-            extract_patches(
-                tmp_path / "tomo.mrc", tmp_path / "seg.mrc", extracted, points=[(3, 3, 3)],
-                settings=ExtractSettings(patch_size=8, border=1),
-            )  # fmt: skip
+            _extract_into(extracted, (3, 3, 3))
         with pytest.raises(InputError, match="another patch_corrections run"):
             merge_corrections(extracted, tmp_path / "corr", extracted)
         assert (extracted / LOCK_NAME).exists()
     assert not (extracted / LOCK_NAME).exists()  # released and removed
     report = extract_patches(
-        tmp_path / "tomo.mrc", tmp_path / "seg.mrc", extracted, points=[(3, 3, 3)],
+        tmp_path / "tomo.mrc",
+        tmp_path / "seg.mrc",
+        extracted,
+        points=[(3, 3, 3)],
         settings=ExtractSettings(patch_size=8, border=1),
-    )  # fmt: skip
+    )
     assert [p.name for p in report.patches] == ["tomo_patch002"]
 
 
@@ -114,7 +130,7 @@ def test_a_killed_run_does_not_keep_its_lock(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, time; from patch_corrections.io.files import folder_lock\n"
+            "import sys, time; from patch_corrections.io.locks import folder_lock\n"
             "with folder_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)",
             str(tmp_path / "out"),
         ],
@@ -152,9 +168,12 @@ def test_an_odd_tomogram_name_becomes_a_safe_token(tmp_path):
     write_mrc(odd, rng.normal(size=SHAPE).astype(np.float32))
     write_mrc(tmp_path / "seg.mrc", (rng.random(SHAPE) < 0.2).astype(np.int8))
     report = extract_patches(
-        odd, tmp_path / "seg.mrc", tmp_path / "out", points=[(5, 5, 5)],
+        odd,
+        tmp_path / "seg.mrc",
+        tmp_path / "out",
+        points=[(5, 5, 5)],
         settings=ExtractSettings(patch_size=8, border=1),
-    )  # fmt: skip
+    )
     assert [p.name for p in report.patches] == ["my_tomo___1_patch000"]
     assert any("named my_tomo___1_patchNNN" in w for w in report.warnings)
     with pytest.raises(InputError, match="--token 'a b'"):
@@ -174,9 +193,12 @@ def test_nan_never_reaches_a_patch_and_is_said(tmp_path):
         write_mrc(tmp_path / "tomo.mrc", tomogram)
         write_mrc(tmp_path / "seg.mrc", segmentation)
     report = extract_patches(
-        tmp_path / "tomo.mrc", tmp_path / "seg.mrc", tmp_path / "out", points=[(5, 5, 5)],
+        tmp_path / "tomo.mrc",
+        tmp_path / "seg.mrc",
+        tmp_path / "out",
+        points=[(5, 5, 5)],
         settings=ExtractSettings(patch_size=8, border=1),
-    )  # fmt: skip
+    )
     image = read_volume(tmp_path / "out" / "images" / "tomo_patch000.nrrd")[0]
     labels = read_volume(tmp_path / "out" / "labels" / "tomo_patch000.nrrd")[0]
     assert np.isfinite(image).all()
@@ -193,18 +215,23 @@ def test_nan_never_reaches_a_patch_and_is_said(tmp_path):
     (tmp_path / "other" / "labels").mkdir()
     write_volume(tmp_path / "other" / "images" / "p.nrrd", image, Geometry((1.0, 1.0, 1.0)))
     write_volume(
-        tmp_path / "other" / "labels" / "p.nrrd", np.zeros((8, 8, 8), np.uint8),
+        tmp_path / "other" / "labels" / "p.nrrd",
+        np.zeros((8, 8, 8), np.uint8),
         Geometry((1.0, 1.0, 1.0)),
-    )  # fmt: skip
+    )
     (tmp_path / "corr" / "p").mkdir(parents=True)
     write_volume(
-        tmp_path / "corr" / "p" / "Add1.nrrd", np.ones((8, 8, 8), np.uint8),
+        tmp_path / "corr" / "p" / "Add1.nrrd",
+        np.ones((8, 8, 8), np.uint8),
         Geometry((1.0, 1.0, 1.0)),
-    )  # fmt: skip
+    )
     merged = merge_corrections(
-        tmp_path / "other" / "labels", tmp_path / "corr", tmp_path / "train",
-        tmp_path / "other" / "images", settings=MergeSettings(border=1),
-    )  # fmt: skip
+        tmp_path / "other" / "labels",
+        tmp_path / "corr",
+        tmp_path / "train",
+        tmp_path / "other" / "images",
+        settings=MergeSettings(border=1),
+    )
     trained_image = read_volume(tmp_path / "train" / "imagesTr" / "p_0000.nii.gz")[0]
     assert np.isfinite(trained_image).all()
     assert any("p.nrrd: 1 voxel(s) are NaN or infinite" in w for w in merged.warnings)
@@ -231,12 +258,18 @@ def test_a_run_killed_at_any_rename_is_finished_or_undone_by_the_next(tmp_path, 
     settings = ExtractSettings(patch_size=8, border=1)
 
     def extract(out: Path, points) -> None:
-        extract_patches(tmp_path / "tomo.mrc", tmp_path / "seg.mrc", out, points=points,
-                        settings=settings)  # fmt: skip
+        extract_patches(
+            tmp_path / "tomo.mrc", tmp_path / "seg.mrc", out, points=points, settings=settings
+        )
 
     def overwrite(out: Path) -> None:  # replaces the first run's patches: deletes too
-        extract_patches(tmp_path / "tomo.mrc", tmp_path / "seg.mrc", out, points=[(6, 6, 6)],
-                        settings=replace(settings, overwrite=True))  # fmt: skip
+        extract_patches(
+            tmp_path / "tomo.mrc",
+            tmp_path / "seg.mrc",
+            out,
+            points=[(6, 6, 6)],
+            settings=replace(settings, overwrite=True),
+        )
 
     reference = tmp_path / "reference"
     extract(reference, [(5, 5, 5), (9, 7, 6)])
@@ -293,7 +326,7 @@ def test_a_full_disk_during_training_is_one_line_and_keeps_the_last_checkpoint(
     import torch
 
     from patch_corrections import RetrainSettings, retrain
-    from patch_corrections.checkpoints import read_checkpoint
+    from patch_corrections.network.checkpoints import read_checkpoint
 
     labels = np.zeros((16, 16, 16), np.uint8)
     labels[6:9] = 1
@@ -324,8 +357,8 @@ def test_a_full_disk_during_training_is_one_line_and_keeps_the_last_checkpoint(
 def test_segment_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, run_cli):
     import errno
 
-    from patch_corrections.checkpoints import save_checkpoint
-    from patch_corrections.model import PRESETS, UNet
+    from patch_corrections.network.checkpoints import save_checkpoint
+    from patch_corrections.network.unet import PRESETS, UNet
 
     if not hasattr(os, "posix_fallocate"):
         pytest.skip("no posix_fallocate here")
@@ -341,9 +374,18 @@ def test_segment_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monke
 
     monkeypatch.setattr(os, "posix_fallocate", full)
     result = run_cli(
-        "segment", "-t", tmp_path / "tomo.mrc", "--checkpoint", tmp_path / "net.pt",
-        "-o", tmp_path / "seg", "--window", 16, "--device", "cpu",
-    )  # fmt: skip
+        "segment",
+        "-t",
+        tmp_path / "tomo.mrc",
+        "--checkpoint",
+        tmp_path / "net.pt",
+        "-o",
+        tmp_path / "seg",
+        "--window",
+        16,
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 1
     assert result.output.strip().startswith("Error: ") and "no space left" in result.output
     assert len(result.output.strip().splitlines()) == 1
@@ -352,8 +394,8 @@ def test_segment_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monke
 
 def test_segment_removes_what_a_killed_segment_of_the_same_tomogram_left(tmp_path):
     from patch_corrections import SegmentSettings, segment
-    from patch_corrections.checkpoints import save_checkpoint
-    from patch_corrections.model import PRESETS, UNet
+    from patch_corrections.network.checkpoints import save_checkpoint
+    from patch_corrections.network.unet import PRESETS, UNet
 
     write_mrc(tmp_path / "tomo.mrc", np.zeros((16, 20, 20), np.float32))
     network = UNet(PRESETS["tiny"])
@@ -367,18 +409,23 @@ def test_segment_removes_what_a_killed_segment_of_the_same_tomogram_left(tmp_pat
     for leftover in (mine, theirs):
         leftover.write_bytes(b"\0" * 1024)
     report = segment(
-        tmp_path / "tomo.mrc", tmp_path / "net.pt", tmp_path / "seg",
+        tmp_path / "tomo.mrc",
+        tmp_path / "net.pt",
+        tmp_path / "seg",
         settings=SegmentSettings(window=16, device="cpu"),
-    )  # fmt: skip
+    )
     assert not mine.exists() and theirs.exists()  # another run's may still be writing
     assert any("interrupted run" in w for w in report.warnings)
 
 
 def test_overwrite_that_moves_a_patch_says_its_old_corrections_do_not_fit(extracted, tmp_path):
     report = extract_patches(
-        tmp_path / "tomo.mrc", tmp_path / "seg.mrc", extracted, points=[(6, 6, 6)],
+        tmp_path / "tomo.mrc",
+        tmp_path / "seg.mrc",
+        extracted,
+        points=[(6, 6, 6)],
         settings=ExtractSettings(patch_size=8, border=1, overwrite=True),
-    )  # fmt: skip
+    )
     assert [p.name for p in report.patches] == ["tomo_patch000"]
     assert any(w.startswith("tomo_patch000: now cut at other centres") for w in report.warnings)
 

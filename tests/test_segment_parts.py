@@ -186,9 +186,18 @@ def test_a_part_without_tomograms_says_so(tmp_path, run_cli):
     folder = tmp_path / "tomograms"
     _tomograms(folder, ["a", "b"])
     result = run_cli(
-        "segment", "-t", folder, "--checkpoint", tmp_path / "no.pt", "-o", tmp_path / "out",
-        "--part", 2, "--parts", 3,
-    )  # fmt: skip
+        "segment",
+        "-t",
+        folder,
+        "--checkpoint",
+        tmp_path / "no.pt",
+        "-o",
+        tmp_path / "out",
+        "--part",
+        2,
+        "--parts",
+        3,
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout == "Part 2 of 3 holds no tomogram (2 given in all); nothing to do.\n"
     assert not (tmp_path / "out").exists()
@@ -230,10 +239,21 @@ def test_compile_compiles_the_network_once_per_run(tmp_path, checkpoint, monkeyp
     monkeypatch.setattr(torch, "compile", spy)
     tomograms = _tomograms(tmp_path / "tomograms", ["a", "b"])
     result = run_cli(
-        "segment", "-t", str(tmp_path / "tomograms"), "--checkpoint", str(checkpoint),
-        "-o", str(tmp_path / "compiled"), "--window", "16", "--device", "cpu", "--compile",
-        "--batch-size", "3",
-    )  # fmt: skip
+        "segment",
+        "-t",
+        str(tmp_path / "tomograms"),
+        "--checkpoint",
+        str(checkpoint),
+        "-o",
+        str(tmp_path / "compiled"),
+        "--window",
+        "16",
+        "--device",
+        "cpu",
+        "--compile",
+        "--batch-size",
+        "3",
+    )
     assert result.exit_code == 0, result.output
     assert compiled == ["forward_zyx"]
     assert batches == {3}  # a row's last batch (2 windows of 8 per row) padded: one shape
@@ -247,16 +267,16 @@ def test_compile_compiles_the_network_once_per_run(tmp_path, checkpoint, monkeyp
 
 
 def test_running_out_of_memory_on_one_tomogram_fails_it_alone(tmp_path, checkpoint, monkeypatch):
-    from patch_corrections.workflows import _inference
+    from patch_corrections.workflows import segmentation
 
-    real = _inference._segment_one
+    real = segmentation._segment_one
 
     def hungry(tomogram, *args):
         if tomogram.stem == "b":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9 GiB")
         return real(tomogram, *args)
 
-    monkeypatch.setattr(_inference, "_segment_one", hungry)
+    monkeypatch.setattr(segmentation, "_segment_one", hungry)
     tomograms = _tomograms(tmp_path / "tomograms", ["a", "b", "c"])
     report = segment_many(tomograms, checkpoint, tmp_path / "out", settings=SETTINGS)
     assert _names(r.tomogram for r in report.done) == ["a", "c"]

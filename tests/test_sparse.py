@@ -12,14 +12,14 @@ import pytest
 
 from patch_corrections.constants import BACKGROUND, IGNORE, MEMBRANE
 from patch_corrections.io.volumes import Geometry, read_volume, write_volume
-from patch_corrections.relabel import (
+from patch_corrections.labels.relabel import (
     adopt,
     adopted_labels,
     curriculum_share,
     relabel_candidates,
     with_adopted,
 )
-from patch_corrections.sparse import (
+from patch_corrections.labels.sparse import (
     parse_slices,
     random_boxes,
     slices_mask,

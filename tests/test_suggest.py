@@ -13,17 +13,16 @@ from conftest import save_tiny_checkpoint
 
 from patch_corrections import ExtractSettings, extract_patches, read_centres
 from patch_corrections.errors import InputError
-from patch_corrections.io.volumes import Geometry, read_volume, write_volume
-from patch_corrections.suggest import (
+from patch_corrections.inference.box_choice import choose, overlap_share
+from patch_corrections.inference.box_scores import (
     BoxScores,
     CellSums,
     axis_candidates,
     box_scores,
     box_sums,
-    choose,
-    overlap_share,
     voxel_terms,
 )
+from patch_corrections.io.volumes import Geometry, read_volume, write_volume
 from patch_corrections.workflows import Listener, SegmentSettings
 from patch_corrections.workflows.suggestion import SuggestSettings, suggest
 
@@ -150,7 +149,7 @@ def test_overlap_share_is_of_the_smaller_box():
 
 
 def _scores(values: np.ndarray, centres) -> BoxScores:
-    from patch_corrections.suggest import AxisCandidates
+    from patch_corrections.inference.box_scores import AxisCandidates
 
     axes = tuple(AxisCandidates(np.asarray(c), np.asarray(c), np.asarray(c)) for c in centres)
     return BoxScores(axes, values, values, values, values)
@@ -348,9 +347,24 @@ def test_command_runs_the_network_and_writes_everything(tmp_path, run_cli, check
     write_volume(tmp_path / "tomo.mrc", volume, Geometry((10.0,) * 3))
     out = tmp_path / "out"
     result = run_cli(
-        "suggest", "-t", tmp_path / "tomo.mrc", "--checkpoint", checkpoint, "-o", out,
-        "--count", 2, "--patch-size", 16, "--border", 2, "--window", 16, "--device", "cpu",
-    )  # fmt: skip
+        "suggest",
+        "-t",
+        tmp_path / "tomo.mrc",
+        "--checkpoint",
+        checkpoint,
+        "-o",
+        out,
+        "--count",
+        2,
+        "--patch-size",
+        16,
+        "--border",
+        2,
+        "--window",
+        16,
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 0, result.output
     assert "suggestion(s), best first" in result.output
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
@@ -381,6 +395,33 @@ def test_command_runs_the_network_and_writes_everything(tmp_path, run_cli, check
     # The segment pass's settings reach it: TTA and its variance always.
     settings = SuggestSettings(network=SegmentSettings(window=16))
     assert settings.network.tta is False  # forced on inside suggest
+
+
+def test_command_takes_segment_s_threads_and_compile(tmp_path, run_cli, checkpoint, monkeypatch):
+    import torch
+
+    volume = np.random.default_rng(5).normal(size=(16, 24, 24)).astype(np.float32)
+    write_volume(tmp_path / "tomo.mrc", volume, Geometry((10.0,) * 3))
+    compiled = []
+
+    def spy(function, *args, **kwargs):
+        compiled.append(function)
+        return function  # compiling itself is segment's test; here: that it is asked for
+
+    monkeypatch.setattr(torch, "compile", spy)
+    before = torch.get_num_threads()
+    common = ("suggest", "-t", tmp_path / "tomo.mrc", "--checkpoint", checkpoint)
+    small = ("--count", 1, "--patch-size", 16, "--border", 2, "--window", 16, "--device", "cpu")
+    try:
+        result = run_cli(*common, "-o", tmp_path / "out", *small, "--threads", 1, "--compile")
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == 1 and len(compiled) == 1
+        refused = run_cli(*common, "-o", tmp_path / "other", *small, "--threads", 0)
+        assert refused.exit_code == 1
+        assert refused.output == "Error: --threads must be at least 1, got 0\n"
+        assert not (tmp_path / "other").exists()
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_command_errors_are_one_line(tmp_path, run_cli, maps):

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from patch_corrections.data import TrainingPatch
-from patch_corrections.losses import deep_supervision_loss, downsample_labels, make_loss
-from patch_corrections.model import PRESETS, UNet
-from patch_corrections.train import TrainConfig, train
+from patch_corrections.network.unet import PRESETS, UNet
+from patch_corrections.training.config import TrainConfig
+from patch_corrections.training.data import TrainingPatch
+from patch_corrections.training.loop import train
+from patch_corrections.training.losses import deep_supervision_loss, downsample_labels, make_loss
 
 HOST_READS = ("item", "tolist", "__float__", "__int__", "__index__", "__bool__")
 """Tensor methods that hand a value to Python: on a GPU, each one waits for the device."""
@@ -136,7 +137,7 @@ def test_training_steps_never_synchronise_the_gpu(loss, tmp_path):
 
 def test_augmentation_reads_nothing_back():
     # Every transform on: the choices that shape the work are drawn on the host.
-    from patch_corrections.augment import AugmentConfig, augment
+    from patch_corrections.training.augment import AugmentConfig, augment
 
     generator = torch.Generator().manual_seed(1)
     labels = torch.randint(0, 3, (3, 1, 16, 16, 16), generator=generator, dtype=torch.uint8)

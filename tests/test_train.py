@@ -16,29 +16,21 @@ import pytest
 import torch
 from conftest import all_files
 
-from patch_corrections.augment import AugmentConfig, augment
-from patch_corrections.checkpoints import network_from_checkpoint, read_checkpoint
 from patch_corrections.constants import IGNORE
-from patch_corrections.data import (
-    TrainingPatch,
-    find_training_pairs,
-    load_split,
-    load_training_pairs,
-    normalise,
-    sample_crop,
-)
 from patch_corrections.errors import PatchCorrectionsWarning
+from patch_corrections.inference.intensity import normalise
+from patch_corrections.io.patch_folders import find_training_pairs
 from patch_corrections.io.volumes import Geometry, read_volume, write_volume
-from patch_corrections.model import PRESETS, UNet
-from patch_corrections.relabel import relabel_candidates
-from patch_corrections.relabel_training import train_with_relabeling
-from patch_corrections.train import (
-    Interrupted,
-    TrainConfig,
-    learning_rate,
-    predict_patch,
-    train,
-)
+from patch_corrections.labels.relabel import relabel_candidates
+from patch_corrections.network.checkpoints import network_from_checkpoint, read_checkpoint
+from patch_corrections.network.unet import PRESETS, UNet
+from patch_corrections.training.augment import AugmentConfig, augment
+from patch_corrections.training.config import TrainConfig, learning_rate
+from patch_corrections.training.data import TrainingPatch, sample_crop
+from patch_corrections.training.datasets import load_split, load_training_pairs
+from patch_corrections.training.loop import Interrupted, train
+from patch_corrections.training.relabel_rounds import train_with_relabeling
+from patch_corrections.training.validation import predict_patch
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
 
@@ -580,7 +572,8 @@ def test_retrain_relabel_rounds_write_adopted_voxels_outside_the_border(
 
 
 def test_patches_are_normalised_with_their_tomograms_statistics(sample_train_dir, tmp_path):
-    from patch_corrections.intensity import ZSCORE, tomogram_statistics
+    from patch_corrections.constants import ZSCORE
+    from patch_corrections.inference.intensity import tomogram_statistics
     from patch_corrections.io.manifest import load_manifest
     from patch_corrections.io.volumes import closing_reader
 
@@ -609,14 +602,15 @@ def test_patches_are_normalised_with_their_tomograms_statistics(sample_train_dir
     (bare / "merge_summary.json").unlink()
     with pytest.warns(PatchCorrectionsWarning) as caught:
         patches, _, _ = load_split(bare, None, 0.0, 0, None)
-    assert any("4 of 4 patch(es)" in str(w.message) and "no record" in str(w.message)
-               for w in caught)  # fmt: skip
+    assert any(
+        "4 of 4 patch(es)" in str(w.message) and "no record" in str(w.message) for w in caught
+    )
     raw = read_volume(bare / "imagesTr" / f"{patches[0].name}_0000.nii.gz")[0]
     np.testing.assert_array_equal(patches[0].image, normalise(raw))
 
 
 def test_resampling_keeps_smooth_images_and_label_values():
-    from patch_corrections.rescale import resample_image, resample_labels
+    from patch_corrections.inference.rescale import resample_image, resample_labels
 
     z = np.arange(40) * 2 * np.pi / 40
     image = (np.sin(z)[:, None, None] + np.zeros((40, 12, 10))).astype(np.float32) + 3
@@ -668,7 +662,9 @@ def test_a_new_network_records_the_pixel_size_it_was_trained_at(tmp_path):
     tomogram = tmp_path / "tomo.mrc"
     write_volume(tomogram, np.zeros((20, 40, 40), np.float32), Geometry((25.0, 25.0, 25.0)))
     segmented = segment(
-        tomogram, report.last, tmp_path / "seg",
+        tomogram,
+        report.last,
+        tmp_path / "seg",
         settings=SegmentSettings(window=16, rescale=True, device="cpu"),
-    )  # fmt: skip
+    )
     assert segmented.pixel_sizes == (25.0, 12.5)

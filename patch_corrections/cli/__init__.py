@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from ._common import OneLineUsageErrors, app_options
+from ._group import OneLineUsageErrors, app_options
 from .demo import demo_command
 from .evaluate import evaluate_command
 from .extract import extract_patches_command

@@ -7,15 +7,11 @@ from typing import Annotated
 
 import typer
 
-from ..workflows import (
-    ExtractReport,
-    MergeReport,
-    RetrainReport,
-    SegmentReport,
-)
-from ..workflows.demo import METRICS, SAMPLE_DIR, DemoSettings, demo
-from . import extract, merge, retrain, segment
-from ._common import ThreadsOption, console, use_threads, user_errors
+from ..workflows import ExtractReport, MergeReport, RetrainReport, SegmentReport
+from ..workflows.demo import DEMO_OUT_DIR, METRICS, SAMPLE_DIR, DemoSettings, demo
+from . import extract, merge, options, retrain, segment
+from ._console import console
+from ._errors import user_errors
 
 _RENDERERS = {
     SegmentReport: segment.render,
@@ -23,25 +19,22 @@ _RENDERERS = {
     MergeReport: merge.render,
     RetrainReport: retrain.render,
 }
+_OUT_DIR = "Folder for every step's output."
+_SAMPLE_DIR = typer.Option("--sample-dir", help="The bundled sample data.")
+_ITERATIONS = typer.Option("--iterations", help="Fine-tuning steps.")
 
 
 @user_errors
 def demo_command(
-    out_dir: Annotated[
-        Path, typer.Option("--out-dir", "-o", help="Folder for every step's output.")
-    ] = Path("work/demo"),
-    sample_dir: Annotated[
-        Path, typer.Option("--sample-dir", help="The bundled sample data.")
-    ] = SAMPLE_DIR,
-    iterations: Annotated[int, typer.Option("--iterations", help="Fine-tuning steps.")] = 300,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an earlier demo run.")
-    ] = False,
-    threads: ThreadsOption = None,
+    out_dir: Annotated[Path, options.out_dir(_OUT_DIR)] = DEMO_OUT_DIR,
+    sample_dir: Annotated[Path, _SAMPLE_DIR] = SAMPLE_DIR,
+    iterations: Annotated[int, _ITERATIONS] = DemoSettings.iterations,
+    overwrite: Annotated[bool, options.overwrite("an earlier demo run")] = DemoSettings.overwrite,
+    threads: Annotated[int | None, options.threads()] = None,
 ) -> None:
     """Run the whole loop on the sample data: segment, correct, retrain, segment, evaluate."""
     settings = DemoSettings(iterations=iterations, overwrite=overwrite)
-    use_threads(threads)
+    options.use_threads(threads)
     with console(step_done=lambda report: _RENDERERS[type(report)](report)) as listener:
         report = demo(
             out_dir,

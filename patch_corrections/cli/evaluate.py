@@ -10,36 +10,32 @@ from typing import Annotated
 import typer
 
 from ..workflows.evaluation import EvaluateReport, EvaluateSettings, evaluate
-from ._common import print_warnings, user_errors
+from . import options
+from ._console import print_warnings
+from ._errors import user_errors
+
+_PREDICTION = typer.Option(
+    "--prediction", "-p", help="Segmentation, or a scoremap with --threshold."
+)
+_REFERENCE = typer.Option(
+    "--reference",
+    "-r",
+    help="Reference labels (0, 1, 2 = ignore): a volume of the same shape, or a folder of "
+    "label patches placed by their headers.",
+)
+_TOLERANCE = typer.Option("--tolerance", help="Radius in voxels of the distance-tolerant Dice.")
+_JSON = typer.Option("--json", help="Print JSON instead of a table.")
 
 
 @user_errors
 def evaluate_command(
-    prediction: Annotated[
-        Path,
-        typer.Option("--prediction", "-p", help="Segmentation, or a scoremap with --threshold."),
-    ],
-    reference: Annotated[
-        Path,
-        typer.Option(
-            "--reference",
-            "-r",
-            help="Reference labels "
-            "(0, 1, 2 = ignore): a volume of the same "
-            "shape, or a folder of label patches placed "
-            "by their headers.",
-        ),
-    ],
+    prediction: Annotated[Path, _PREDICTION],
+    reference: Annotated[Path, _REFERENCE],
     threshold: Annotated[
-        float | None,
-        typer.Option("--threshold", help="Values above it are membrane (for scoremaps)."),
-    ] = None,
-    tolerance: Annotated[
-        int, typer.Option("--tolerance", help="Radius in voxels of the distance-tolerant Dice.")
-    ] = 2,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print JSON instead of a table.")
-    ] = False,
+        float | None, options.threshold("a scoremap --prediction")
+    ] = EvaluateSettings.threshold,
+    tolerance: Annotated[int, _TOLERANCE] = EvaluateSettings.tolerance,
+    as_json: Annotated[bool, _JSON] = False,
 ) -> None:
     """Dice, IoU, precision, recall and tolerant Dice of a segmentation, ignore excluded."""
     settings = EvaluateSettings(threshold=threshold, tolerance=tolerance)

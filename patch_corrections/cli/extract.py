@@ -7,86 +7,54 @@ from typing import Annotated
 
 import typer
 
-from ..constants import BORDER_WIDTH, PATCH_SIZE
 from ..errors import InputError
 from ..io.centres import Centre
 from ..workflows.extraction import ExtractReport, ExtractSettings, extract_patches
-from ._common import OutputFormat, console, print_warnings, user_errors
+from . import options
+from ._console import console, print_warnings
+from ._errors import user_errors
+from .options import OutputFormat
+
+_SEGMENTATION = "The network's segmentation of the tomogram, same shape."
+_OUT_DIR = "Folder for images/, labels/ and manifest.json; created if missing."
+_CENTRES = typer.Option(
+    "--centres",
+    "-c",
+    help="CSV/TXT of x,y,z rows, or a napari points CSV (axis-0..2 = z,y,x).",
+)
+_X = typer.Option("--x", help="Centre x of a single patch.")
+_Y = typer.Option("--y", help="Centre y of a single patch.")
+_Z = typer.Option("--z", help="Centre z of a single patch.")
+_ANGSTROM = typer.Option(
+    "--angstrom", help="Centres are in Å from the first voxel, not in voxels."
+)
+_TOKEN = typer.Option("--token", help="Patch name prefix; default: the tomogram's file name stem.")
+_OVERWRITE = "this token's patches instead of adding to them"
 
 
 @user_errors
 def extract_patches_command(
-    tomogram: Annotated[
-        Path,
-        typer.Option(
-            "--tomogram", "-t", help="Tomogram (.mrc .rec .map .st .nrrd .nhdr .nii .nii.gz)."
-        ),
-    ],
-    segmentation: Annotated[
-        Path,
-        typer.Option(
-            "--segmentation", "-s", help="The network's segmentation of the tomogram, same shape."
-        ),
-    ],
-    out_dir: Annotated[
-        Path,
-        typer.Option(
-            "--out-dir",
-            "-o",
-            help="Folder for images/, labels/ and manifest.json; created if missing.",
-        ),
-    ],
-    centres: Annotated[
-        Path | None,
-        typer.Option(
-            "--centres",
-            "-c",
-            help="CSV/TXT of x,y,z rows, or a napari points CSV (axis-0..2 = z,y,x).",
-        ),
-    ] = None,
-    x: Annotated[float | None, typer.Option("--x", help="Centre x of a single patch.")] = None,
-    y: Annotated[float | None, typer.Option("--y", help="Centre y of a single patch.")] = None,
-    z: Annotated[float | None, typer.Option("--z", help="Centre z of a single patch.")] = None,
-    angstrom: Annotated[
-        bool,
-        typer.Option("--angstrom", help="Centres are in Å from the first voxel, not in voxels."),
-    ] = False,
-    patch_size: Annotated[
-        int, typer.Option("--patch-size", help="Edge length of the cubic patches, in voxels.")
-    ] = PATCH_SIZE,
-    border: Annotated[
-        int,
-        typer.Option(
-            "--border", help="Width of the ignore band along every face of a label patch."
-        ),
-    ] = BORDER_WIDTH,
+    tomogram: Annotated[Path, options.tomogram()],
+    segmentation: Annotated[Path, options.segmentation(_SEGMENTATION)],
+    out_dir: Annotated[Path, options.out_dir(_OUT_DIR)],
+    centres: Annotated[Path | None, _CENTRES] = None,
+    x: Annotated[float | None, _X] = None,
+    y: Annotated[float | None, _Y] = None,
+    z: Annotated[float | None, _Z] = None,
+    angstrom: Annotated[bool, _ANGSTROM] = ExtractSettings.angstrom,
+    patch_size: Annotated[int, options.patch_size()] = ExtractSettings.patch_size,
+    border: Annotated[int, options.border()] = ExtractSettings.border,
     threshold: Annotated[
-        float | None,
-        typer.Option(
-            "--threshold", help="Binarise the segmentation: values above it are membrane."
-        ),
-    ] = None,
-    output_format: Annotated[
-        OutputFormat, typer.Option("--format", help="File format of the patches.")
-    ] = OutputFormat.nrrd,
-    token: Annotated[
-        str | None,
-        typer.Option("--token", help="Patch name prefix; default: the tomogram's file name stem."),
-    ] = None,
-    overwrite: Annotated[
-        bool,
-        typer.Option(
-            "--overwrite", help="Replace this token's patches instead of adding to them."
-        ),
-    ] = False,
+        float | None, options.threshold("the segmentation")
+    ] = ExtractSettings.threshold,
+    output_format: Annotated[OutputFormat, options.output_format("patches")] = OutputFormat(
+        ExtractSettings.format
+    ),
+    token: Annotated[str | None, _TOKEN] = ExtractSettings.token,
+    overwrite: Annotated[bool, options.overwrite(_OVERWRITE)] = ExtractSettings.overwrite,
     preview: Annotated[
-        bool,
-        typer.Option(
-            "--preview",
-            help="Also write previews/<patch>.png: xy, xz and yz slices through each patch's "
-            "centre, image and network labels (needs matplotlib).",
-        ),
-    ] = False,
+        bool, options.preview("image and network labels")
+    ] = ExtractSettings.preview,
 ) -> None:
     """Cut image and label patches around centres, ready to be corrected."""
     given = [v is not None for v in (x, y, z)]
@@ -105,9 +73,14 @@ def extract_patches_command(
     )
     with console() as listener:
         report = extract_patches(
-            tomogram, segmentation, out_dir, centres, points=points, settings=settings,
+            tomogram,
+            segmentation,
+            out_dir,
+            centres,
+            points=points,
+            settings=settings,
             listener=listener,
-        )  # fmt: skip
+        )
     render(report)
 
 

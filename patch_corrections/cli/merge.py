@@ -7,97 +7,72 @@ from typing import Annotated
 
 import typer
 
+from ..constants import BORDER_WIDTH
 from ..workflows.merging import MergeReport, MergeSettings, merge_corrections
-from ._common import OutputFormat, console, print_warnings, user_errors
+from . import options
+from ._console import console, print_warnings
+from ._errors import user_errors
+from .options import OutputFormat
+
+_LABELS_DIR = typer.Option(
+    "--labels-dir",
+    "-l",
+    help="Label patches: an extract_patches output folder, its labels/, or any folder of "
+    "label files.",
+)
+_CORRECTIONS_DIR = typer.Option(
+    "--corrections-dir",
+    "-c",
+    help="One folder per patch holding Add*, Remove*, Ignore* masks.",
+)
+_OUT_DIR = "Training folder to write (imagesTr/, labelsTr/); created if missing."
+_IMAGES_DIR = typer.Option(
+    "--images-dir",
+    help="Image patches, named like the labels (or <name>_0000); default: from the manifest.",
+)
+_BORDER_DEFAULT = f"the manifest's, else {BORDER_WIDTH}"
+_INCLUDE_UNCORRECTED = typer.Option(
+    "--include-uncorrected",
+    help="Also write patches that have no corrections folder, as they are.",
+)
+_SPARSE = typer.Option(
+    "--sparse",
+    help="Sparse annotation: start every patch as all ignore, so only the Add (membrane) and "
+    "Remove (background) strokes, and --keep-slices, are labels.",
+)
+_KEEP_SLICES = typer.Option(
+    "--keep-slices",
+    help="With --sparse, keep the patch's labels on these slices, e.g. z=40,80,100-110 (patch "
+    "voxel indices; repeat for other axes).",
+)
+_IGNORE_GEOMETRY = typer.Option(
+    "--ignore-geometry",
+    help="Merge an NRRD mask whose origin or spacing differs from its patch's by voxel index "
+    "(an error without it: the mask was likely painted on another patch).",
+)
+_PREVIEW_SHOWS = (
+    "image, network labels and merged labels with Add (green), Remove (red) and Ignore (blue)"
+)
 
 
 @user_errors
 def merge_corrections_command(
-    labels_dir: Annotated[
-        Path,
-        typer.Option(
-            "--labels-dir",
-            "-l",
-            help="Label patches: an "
-            "extract_patches output folder, its labels/, "
-            "or any folder of label files.",
-        ),
-    ],
-    corrections_dir: Annotated[
-        Path,
-        typer.Option(
-            "--corrections-dir",
-            "-c",
-            help="One folder per patch holding Add*, Remove*, Ignore* masks.",
-        ),
-    ],
-    out_dir: Annotated[
-        Path,
-        typer.Option(
-            "--out-dir",
-            "-o",
-            help="Training folder to write (imagesTr/, labelsTr/); created if missing.",
-        ),
-    ],
-    images_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--images-dir",
-            help="Image patches, "
-            "named like the labels (or <name>_0000); "
-            "default: from the manifest.",
-        ),
-    ] = None,
-    border: Annotated[
-        int | None,
-        typer.Option("--border", help="Ignore band width; default: the manifest's, else 16."),
-    ] = None,
-    output_format: Annotated[
-        OutputFormat, typer.Option("--format", help="File format of the training pairs.")
-    ] = OutputFormat.nii_gz,
-    include_uncorrected: Annotated[
-        bool,
-        typer.Option(
-            "--include-uncorrected",
-            help="Also write patches that have no corrections folder, as they are.",
-        ),
-    ] = False,
-    sparse: Annotated[
-        bool,
-        typer.Option(
-            "--sparse",
-            help="Sparse annotation: start every patch as all ignore, so only the Add "
-            "(membrane) and Remove (background) strokes, and --keep-slices, are labels.",
-        ),
-    ] = False,
-    keep_slices: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--keep-slices",
-            help="With --sparse, keep the patch's labels on these slices, e.g. z=40,80,100-110 "
-            "(patch voxel indices; repeat for other axes).",
-        ),
-    ] = None,
-    ignore_geometry: Annotated[
-        bool,
-        typer.Option(
-            "--ignore-geometry",
-            help="Merge an NRRD mask whose origin or spacing differs from its patch's by "
-            "voxel index (an error without it: the mask was likely painted on another patch).",
-        ),
-    ] = False,
+    labels_dir: Annotated[Path, _LABELS_DIR],
+    corrections_dir: Annotated[Path, _CORRECTIONS_DIR],
+    out_dir: Annotated[Path, options.out_dir(_OUT_DIR)],
+    images_dir: Annotated[Path | None, _IMAGES_DIR] = None,
+    border: Annotated[int | None, options.border(default=_BORDER_DEFAULT)] = MergeSettings.border,
+    output_format: Annotated[OutputFormat, options.output_format("training pairs")] = OutputFormat(
+        MergeSettings.format
+    ),
+    include_uncorrected: Annotated[bool, _INCLUDE_UNCORRECTED] = MergeSettings.include_uncorrected,
+    sparse: Annotated[bool, _SPARSE] = MergeSettings.sparse,
+    keep_slices: Annotated[list[str] | None, _KEEP_SLICES] = None,
+    ignore_geometry: Annotated[bool, _IGNORE_GEOMETRY] = MergeSettings.ignore_geometry,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace existing training pairs.")
-    ] = False,
-    preview: Annotated[
-        bool,
-        typer.Option(
-            "--preview",
-            help="Also write previews/<patch>.png: xy, xz and yz slices through each patch's "
-            "centre, image, network labels and merged labels with Add (green), Remove (red) "
-            "and Ignore (blue) (needs matplotlib).",
-        ),
-    ] = False,
+        bool, options.overwrite("existing training pairs")
+    ] = MergeSettings.overwrite,
+    preview: Annotated[bool, options.preview(_PREVIEW_SHOWS)] = MergeSettings.preview,
 ) -> None:
     """Merge Add/Remove/Ignore masks into label patches: training pairs for retrain."""
     settings = MergeSettings(

@@ -8,64 +8,52 @@ from typing import Annotated
 import typer
 
 from ..workflows.pasting import PasteReport, PasteSettings, paste_corrections
-from ._common import console, print_warnings, user_errors
+from . import options
+from ._console import console, print_warnings
+from ._errors import user_errors
+
+_MERGED_DIR = typer.Option(
+    "--merged-dir",
+    "-m",
+    help="The corrected patches: merge_corrections' --out-dir (or its labelsTr/).",
+)
+_SEGMENTATION = (
+    "The full-size segmentation to correct: segment's <stem>_segmented.mrc, or the one given "
+    "to extract_patches."
+)
+_OUT = typer.Option(
+    "--out",
+    "-o",
+    help="MRC file to write, with the segmentation's shape, voxel size and origin.",
+)
+_PATCHES_DIR = typer.Option(
+    "--patches-dir",
+    "-p",
+    help="The extract_patches --out-dir: its manifest's voxel offsets are checked against the "
+    "patches' headers (and place patches whose headers lack geometry).",
+)
+_MARK_IGNORE = typer.Option(
+    "--mark-ignore",
+    help="Write this value (e.g. 2) where patches lie but leave the voxel ignore (border band, "
+    "painted Ignore), to see what nobody decided; default: those voxels keep the "
+    "segmentation's value.",
+)
+_TOKEN = typer.Option(
+    "--token", help="Paste only the patches named <token>_patchNNN (one tomogram's)."
+)
 
 
 @user_errors
 def paste_corrections_command(
-    merged_dir: Annotated[
-        Path,
-        typer.Option(
-            "--merged-dir",
-            "-m",
-            help="The corrected patches: merge_corrections' --out-dir (or its labelsTr/).",
-        ),
-    ],
-    segmentation: Annotated[
-        Path,
-        typer.Option(
-            "--segmentation",
-            "-s",
-            help="The full-size segmentation to correct: segment's <stem>_segmented.mrc, or "
-            "the one given to extract_patches.",
-        ),
-    ],
-    out: Annotated[
-        Path,
-        typer.Option(
-            "--out",
-            "-o",
-            help="MRC file to write, with the segmentation's shape, voxel size and origin.",
-        ),
-    ],
-    patches_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--patches-dir",
-            "-p",
-            help="The extract_patches --out-dir: its manifest's voxel offsets are checked "
-            "against the patches' headers (and place patches whose headers lack geometry).",
-        ),
-    ] = None,
-    mark_ignore: Annotated[
-        int | None,
-        typer.Option(
-            "--mark-ignore",
-            help="Write this value (e.g. 2) where patches lie but leave the voxel ignore "
-            "(border band, painted Ignore), to see what nobody decided; default: those "
-            "voxels keep the segmentation's value.",
-        ),
-    ] = None,
-    token: Annotated[
-        str | None,
-        typer.Option(
-            "--token",
-            help="Paste only the patches named <token>_patchNNN (one tomogram's).",
-        ),
-    ] = None,
+    merged_dir: Annotated[Path, _MERGED_DIR],
+    segmentation: Annotated[Path, options.segmentation(_SEGMENTATION)],
+    out: Annotated[Path, _OUT],
+    patches_dir: Annotated[Path | None, _PATCHES_DIR] = None,
+    mark_ignore: Annotated[int | None, _MARK_IGNORE] = PasteSettings.mark_ignore,
+    token: Annotated[str | None, _TOKEN] = PasteSettings.token,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an existing --out file.")
-    ] = False,
+        bool, options.overwrite("an existing --out file")
+    ] = PasteSettings.overwrite,
 ) -> None:
     """Paste corrected patches back into a full segmentation; ignore keeps its values.
 

@@ -2,259 +2,190 @@
 
 from __future__ import annotations
 
-import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 
-from ..constants import DEFAULT_LOSS, PATCH_SIZE, RELABEL_DIR
+from ..constants import (
+    MEMBRAIN_PIXEL_SIZE,
+    PRESET_NAMES,
+    RELABEL_DIR,
+    RELABEL_MAX,
+    WARMUP_SHARE,
+)
+from ..training.config import DEFAULT_LR, SCHEDULES
 from ..workflows.training import RetrainReport, RetrainSettings, retrain
-from ._common import THREADS_HELP, console, print_warnings, use_threads, user_errors
+from . import options
+from ._console import console, print_warnings
+from ._errors import user_errors
 
-Preset = Enum("Preset", {n: n for n in ("full", "small", "tiny")}, type=str)
-Optimiser = Enum("Optimiser", {n: n for n in ("sgd", "adamw")}, type=str)
-Schedule = Enum("Schedule", {n: n for n in ("poly", "cosine")}, type=str)
+Preset = Enum("Preset", {n: n for n in PRESET_NAMES}, type=str)
+Optimiser = Enum("Optimiser", {n: n for n in DEFAULT_LR}, type=str)
+Schedule = Enum("Schedule", {n: n for n in SCHEDULES}, type=str)
 
 # The help's panels, so that 30 options read at 80 columns.
 _DATA, _OUTPUT, _NETWORK, _DEVICE = "Data", "Output", "Network", "Device"
 _OPTIMISATION, _RELABELING = "Optimisation", "Relabeling (--relabel-rounds)"
 
 
+def _lr(value: float) -> str:
+    """``1e-2`` for 0.01: a learning rate as the help gives it."""
+    return np.format_float_scientific(value, trim="-", exp_digits=1)
+
+
+_TRAIN_SOURCE = "from merge_corrections or MemBrain-seg"
+_OUT_DIR = "Folder for last.pt, best.pt, metrics.csv and curves.png."
+_CHECKPOINT = "Start from these weights"
+_OVERWRITE = "the run in --out-dir with a new one"
+_VAL_DIR = typer.Option(
+    "--val-dir", rich_help_panel=_DATA, help="Training folder used only for validation."
+)
+_VAL_FRACTION = typer.Option(
+    "--val-fraction",
+    rich_help_panel=_DATA,
+    help="Share of training patches held out when there is no --val-dir.",
+)
+_NO_AUGMENT = typer.Option(
+    "--no-augment", rich_help_panel=_DATA, help="Train without data augmentation."
+)
+_PIXEL_SIZE = typer.Option(
+    "--pixel-size",
+    rich_help_panel=_DATA,
+    help="Å per voxel of the training patches, when their headers lack it or are wrong. "
+    "Patches at another pixel size than the starting network's "
+    f"({MEMBRAIN_PIXEL_SIZE:g} Å for MemBrain-seg) are resampled to it.",
+)
+_RESUME = typer.Option(
+    "--resume",
+    rich_help_panel=_OUTPUT,
+    help="Continue the run saved in --out-dir where it stopped, with its settings; "
+    "--iterations or --epochs may extend it.",
+)
+_VAL_EVERY = typer.Option(
+    "--val-every", rich_help_panel=_OUTPUT, help="Validate and log every N steps."
+)
+_SAVE_EVERY = typer.Option(
+    "--save-every",
+    rich_help_panel=_OUTPUT,
+    help="Write last.pt every N steps; default: --val-every.",
+)
+_PRESET = typer.Option(
+    "--preset",
+    rich_help_panel=_NETWORK,
+    help="Network width when training from scratch (full = MemBrain-seg's).",
+)
+_CHANNELS_LAST = typer.Option(
+    "--channels-last/--no-channels-last",
+    rich_help_panel=_DEVICE,
+    help="Channels-last 3D memory layout on CUDA.",
+)
+_ITERATIONS = typer.Option(
+    "--iterations",
+    rich_help_panel=_OPTIMISATION,
+    help="Training steps. One of --iterations and --epochs is required (with --resume: to "
+    "extend the run).",
+)
+_EPOCHS = typer.Option(
+    "--epochs",
+    rich_help_panel=_OPTIMISATION,
+    help="Passes over the training patches (one crop each), instead of --iterations; one of "
+    "the two is required.",
+)
+_BATCH_SIZE = typer.Option("--batch-size", rich_help_panel=_OPTIMISATION, help="Crops per step.")
+_CROP_SIZE = typer.Option(
+    "--crop-size",
+    rich_help_panel=_OPTIMISATION,
+    help="Edge of the cubic training crops, in voxels.",
+)
+_OPTIMISER = typer.Option(
+    "--optimizer",
+    rich_help_panel=_OPTIMISATION,
+    help="SGD (Nesterov, momentum 0.99) or AdamW.",
+)
+_LR = typer.Option(
+    "--lr",
+    rich_help_panel=_OPTIMISATION,
+    help=f"Peak learning rate; default {_lr(DEFAULT_LR['sgd'])} (SGD) or "
+    f"{_lr(DEFAULT_LR['adamw'])} (AdamW).",
+)
+_SCHEDULE = typer.Option("--schedule", rich_help_panel=_OPTIMISATION, help="Decay after warm-up.")
+_WARMUP = typer.Option(
+    "--warmup",
+    rich_help_panel=_OPTIMISATION,
+    help=f"Warm-up steps; default {WARMUP_SHARE:.0%} of the run.",
+)
+_LOSS = typer.Option(
+    "--loss",
+    rich_help_panel=_OPTIMISATION,
+    help="Loss terms joined by '+': bce, dice, rrw (region-wise, Valverde & Tohka); e.g. rrw "
+    "or rrw+dice.",
+)
+_RELABEL_ROUNDS = typer.Option(
+    "--relabel-rounds",
+    rich_help_panel=_RELABELING,
+    help="After training on the sure labels, this many rounds that adopt the most confident "
+    "predicted membrane of the ignore regions and train again (SMILE-style).",
+)
+_RELABEL_MAX = typer.Option(
+    "--relabel-max",
+    rich_help_panel=_RELABELING,
+    help="Share γ of the predicted membrane in ignore regions adopted by the last round; "
+    f"round t of T adopts γ·t/T. Default {RELABEL_MAX:g}.",
+)
+_RELABEL_ITERATIONS = typer.Option(
+    "--relabel-iterations",
+    rich_help_panel=_RELABELING,
+    help="Training steps of each relabeling round; default: half of --iterations.",
+)
+_RELABEL_BACKGROUND = typer.Option(
+    "--relabel-background",
+    rich_help_panel=_RELABELING,
+    help="Also adopt the same share of the predicted background of ignore regions, as background.",
+)
+
+
 @user_errors
 def retrain_command(
-    train_dir: Annotated[
-        Path,
-        typer.Option(
-            "--train-dir",
-            "-t",
-            rich_help_panel=_DATA,
-            help="Training folder (imagesTr/, labelsTr/) from merge_corrections or MemBrain-seg.",
-        ),
-    ],
-    out_dir: Annotated[
-        Path,
-        typer.Option(
-            "--out-dir",
-            "-o",
-            rich_help_panel=_OUTPUT,
-            help="Folder for last.pt, best.pt, metrics.csv and curves.png.",
-        ),
-    ],
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option(
-            "--checkpoint",
-            rich_help_panel=_NETWORK,
-            help="Start from these weights: ours or a MemBrain-seg .ckpt.",
-        ),
-    ] = None,
+    train_dir: Annotated[Path, options.train_dir(_TRAIN_SOURCE, _DATA)],
+    out_dir: Annotated[Path, options.out_dir(_OUT_DIR, _OUTPUT)],
+    checkpoint: Annotated[Path | None, options.checkpoint(_CHECKPOINT, _NETWORK)] = None,
     trust_checkpoint: Annotated[
-        bool,
-        typer.Option(
-            "--trust-checkpoint",
-            rich_help_panel=_NETWORK,
-            help="Allow a checkpoint that holds pickled objects beyond weights.",
-        ),
-    ] = False,
-    resume: Annotated[
-        bool,
-        typer.Option(
-            "--resume",
-            rich_help_panel=_OUTPUT,
-            help="Continue the run saved in --out-dir where it stopped, with its settings; "
-            "--iterations or --epochs may extend it.",
-        ),
-    ] = False,
-    val_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--val-dir", rich_help_panel=_DATA, help="Training folder used only for validation."
-        ),
-    ] = None,
-    val_fraction: Annotated[
-        float,
-        typer.Option(
-            "--val-fraction",
-            rich_help_panel=_DATA,
-            help="Share of training patches held out when there is no --val-dir.",
-        ),
-    ] = 0.2,
-    preset: Annotated[
-        Preset,
-        typer.Option(
-            "--preset",
-            rich_help_panel=_NETWORK,
-            help="Network width when training from scratch (full = MemBrain-seg's).",
-        ),
-    ] = Preset.full,
-    device: Annotated[
-        str, typer.Option("--device", rich_help_panel=_DEVICE, help="auto, cpu, cuda or cuda:N.")
-    ] = "auto",
-    threads: Annotated[
-        int | None, typer.Option("--threads", rich_help_panel=_DEVICE, help=THREADS_HELP)
-    ] = None,
+        bool, options.trust_checkpoint(_NETWORK)
+    ] = RetrainSettings.trust_checkpoint,
+    resume: Annotated[bool, _RESUME] = RetrainSettings.resume,
+    val_dir: Annotated[Path | None, _VAL_DIR] = None,
+    val_fraction: Annotated[float, _VAL_FRACTION] = RetrainSettings.val_fraction,
+    preset: Annotated[Preset, _PRESET] = Preset(RetrainSettings.preset),
+    device: Annotated[str, options.device(_DEVICE)] = RetrainSettings.device,
+    threads: Annotated[int | None, options.threads(_DEVICE)] = None,
     compile_network: Annotated[
-        bool,
-        typer.Option(
-            "--compile",
-            rich_help_panel=_DEVICE,
-            help="torch.compile the network: on a GPU about twice the steps per second "
-            "(measured on an H200), after tens of seconds of compiling.",
-        ),
-    ] = False,
-    channels_last: Annotated[
-        bool,
-        typer.Option(
-            "--channels-last/--no-channels-last",
-            rich_help_panel=_DEVICE,
-            help="Channels-last 3D memory layout on CUDA.",
-        ),
-    ] = True,
-    iterations: Annotated[
-        int | None,
-        typer.Option(
-            "--iterations",
-            rich_help_panel=_OPTIMISATION,
-            help="Training steps. One of --iterations and --epochs is required "
-            "(with --resume: to extend the run).",
-        ),
-    ] = None,
-    epochs: Annotated[
-        int | None,
-        typer.Option(
-            "--epochs",
-            rich_help_panel=_OPTIMISATION,
-            help="Passes over the training patches (one crop each), instead of --iterations; "
-            "one of the two is required.",
-        ),
-    ] = None,
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", rich_help_panel=_OPTIMISATION, help="Crops per step.")
-    ] = 2,
-    crop_size: Annotated[
-        int,
-        typer.Option(
-            "--crop-size",
-            rich_help_panel=_OPTIMISATION,
-            help="Edge of the cubic training crops, in voxels.",
-        ),
-    ] = PATCH_SIZE,
-    optimiser: Annotated[
-        Optimiser,
-        typer.Option(
-            "--optimizer",
-            rich_help_panel=_OPTIMISATION,
-            help="SGD (Nesterov, momentum 0.99) or AdamW.",
-        ),
-    ] = Optimiser.sgd,
-    lr: Annotated[
-        float | None,
-        typer.Option(
-            "--lr",
-            rich_help_panel=_OPTIMISATION,
-            help="Peak learning rate; default 1e-2 (SGD) or 3e-4 (AdamW).",
-        ),
-    ] = None,
-    schedule: Annotated[
-        Schedule,
-        typer.Option("--schedule", rich_help_panel=_OPTIMISATION, help="Decay after warm-up."),
-    ] = Schedule.poly,
-    warmup: Annotated[
-        int | None,
-        typer.Option(
-            "--warmup",
-            rich_help_panel=_OPTIMISATION,
-            help="Warm-up steps; default 5 % of the run.",
-        ),
-    ] = None,
-    seed: Annotated[
-        int,
-        typer.Option("--seed", rich_help_panel=_OPTIMISATION, help="Seed of every random choice."),
-    ] = 0,
-    no_augment: Annotated[
-        bool,
-        typer.Option(
-            "--no-augment", rich_help_panel=_DATA, help="Train without data augmentation."
-        ),
-    ] = False,
-    val_every: Annotated[
-        int,
-        typer.Option(
-            "--val-every", rich_help_panel=_OUTPUT, help="Validate and log every N steps."
-        ),
-    ] = 50,
-    save_every: Annotated[
-        int | None,
-        typer.Option(
-            "--save-every",
-            rich_help_panel=_OUTPUT,
-            help="Write last.pt every N steps; default: --val-every.",
-        ),
-    ] = None,
-    loss: Annotated[
-        str,
-        typer.Option(
-            "--loss",
-            rich_help_panel=_OPTIMISATION,
-            help="Loss terms joined by '+': bce, dice, rrw (region-wise, Valverde & Tohka); "
-            "e.g. rrw or rrw+dice.",
-        ),
-    ] = DEFAULT_LOSS,
-    relabel_rounds: Annotated[
-        int,
-        typer.Option(
-            "--relabel-rounds",
-            rich_help_panel=_RELABELING,
-            help="After training on the sure labels, this many rounds that adopt the most "
-            "confident predicted membrane of the ignore regions and train again (SMILE-style).",
-        ),
-    ] = 0,
-    relabel_max: Annotated[
-        float | None,
-        typer.Option(
-            "--relabel-max",
-            rich_help_panel=_RELABELING,
-            help="Share γ of the predicted membrane in ignore regions adopted by the last "
-            "round; round t of T adopts γ·t/T. Default 0.5.",
-        ),
-    ] = None,
+        bool, options.compile_network(_DEVICE, training=True)
+    ] = RetrainSettings.compile,
+    channels_last: Annotated[bool, _CHANNELS_LAST] = RetrainSettings.channels_last,
+    iterations: Annotated[int | None, _ITERATIONS] = RetrainSettings.iterations,
+    epochs: Annotated[int | None, _EPOCHS] = RetrainSettings.epochs,
+    batch_size: Annotated[int, _BATCH_SIZE] = RetrainSettings.batch_size,
+    crop_size: Annotated[int, _CROP_SIZE] = RetrainSettings.crop_size,
+    optimiser: Annotated[Optimiser, _OPTIMISER] = Optimiser(RetrainSettings.optimizer),
+    lr: Annotated[float | None, _LR] = RetrainSettings.lr,
+    schedule: Annotated[Schedule, _SCHEDULE] = Schedule(RetrainSettings.schedule),
+    warmup: Annotated[int | None, _WARMUP] = RetrainSettings.warmup,
+    seed: Annotated[int, options.seed(_OPTIMISATION)] = RetrainSettings.seed,
+    no_augment: Annotated[bool, _NO_AUGMENT] = not RetrainSettings.augment,
+    val_every: Annotated[int, _VAL_EVERY] = RetrainSettings.val_every,
+    save_every: Annotated[int | None, _SAVE_EVERY] = RetrainSettings.save_every,
+    loss: Annotated[str, _LOSS] = RetrainSettings.loss,
+    relabel_rounds: Annotated[int, _RELABEL_ROUNDS] = RetrainSettings.relabel_rounds,
+    relabel_max: Annotated[float | None, _RELABEL_MAX] = RetrainSettings.relabel_max,
     relabel_iterations: Annotated[
-        int | None,
-        typer.Option(
-            "--relabel-iterations",
-            rich_help_panel=_RELABELING,
-            help="Training steps of each relabeling round; default: half of --iterations.",
-        ),
-    ] = None,
-    relabel_background: Annotated[
-        bool,
-        typer.Option(
-            "--relabel-background",
-            rich_help_panel=_RELABELING,
-            help="Also adopt the same share of the predicted background of ignore regions, "
-            "as background.",
-        ),
-    ] = False,
-    pixel_size: Annotated[
-        float | None,
-        typer.Option(
-            "--pixel-size",
-            rich_help_panel=_DATA,
-            help="Å per voxel of the training patches, when their headers lack it or are "
-            "wrong. Patches at another pixel size than the starting network's (10 Å for "
-            "MemBrain-seg) are resampled to it.",
-        ),
-    ] = None,
-    overwrite: Annotated[
-        bool,
-        typer.Option(
-            "--overwrite",
-            rich_help_panel=_OUTPUT,
-            help="Start a new run in an --out-dir that holds one.",
-        ),
-    ] = False,
+        int | None, _RELABEL_ITERATIONS
+    ] = RetrainSettings.relabel_iterations,
+    relabel_background: Annotated[bool, _RELABEL_BACKGROUND] = RetrainSettings.relabel_background,
+    pixel_size: Annotated[float | None, _PIXEL_SIZE] = RetrainSettings.pixel_size,
+    overwrite: Annotated[bool, options.overwrite(_OVERWRITE, _OUTPUT)] = RetrainSettings.overwrite,
 ) -> None:
     """Fine-tune the U-Net on training pairs; ignore voxels are left out of the loss.
 
@@ -292,12 +223,12 @@ def retrain_command(
         pixel_size=pixel_size,
         overwrite=overwrite,
     )
-    use_threads(threads)
+    options.use_threads(threads)
     with console() as listener:
         report = retrain(
             train_dir, out_dir, checkpoint, val_dir, settings=settings, listener=listener
         )
-    if os.environ.get("RANK", "0") in ("", "0"):  # under torchrun, the first process reports
+    if report.reporting:  # under torchrun, the first process reports
         render(report)
 
 

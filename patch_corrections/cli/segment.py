@@ -7,130 +7,76 @@ from typing import Annotated
 
 import typer
 
-from ..constants import PATCH_SIZE
-from ..workflows.segmentation import (
-    BatchSegmentReport,
-    SegmentReport,
-    SegmentSettings,
-    segment,
-    segment_many,
+from ..workflows.batch_segmentation import BatchSegmentReport, segment_many
+from ..workflows.segmentation import SegmentReport, SegmentSettings, segment
+from . import options
+from ._console import console, print_warnings
+from ._errors import user_errors
+
+_TOMOGRAMS = typer.Option(
+    "--tomogram",
+    "-t",
+    help="Tomogram to segment, or a folder of them; repeat for several (the network is loaded "
+    "once; those already segmented are skipped unless --overwrite).",
 )
-from ._common import ThreadsOption, console, print_warnings, use_threads, user_errors
+_TTA = typer.Option(
+    "--tta", help="Average the logits of 8 passes over the flipped tomogram (8x slower)."
+)
+_UNCERTAINTY = typer.Option(
+    "--uncertainty",
+    help="With --tta, also write <stem>_uncertainty.mrc: the variance of the 8 flipped "
+    "passes' probabilities.",
+)
+_COMPONENTS = typer.Option(
+    "--components",
+    help="Also write <stem>_components.mrc: 26-connected membranes labelled 1…N.",
+)
+_MIN_COMPONENT_SIZE = typer.Option(
+    "--min-component-size", help="With --components, drop smaller ones (voxels)."
+)
+_PART = typer.Option(
+    "--part",
+    help="Which part of the tomograms to segment, counted from 0 (nnU-Net's -part_id): every "
+    "--parts-th of them sorted by name, from this one on. In a SLURM job array with "
+    "--array=0-<parts-1>, pass $SLURM_ARRAY_TASK_ID; with --array=1-<parts>, pass "
+    "$((SLURM_ARRAY_TASK_ID - 1)).",
+)
+_PARTS = typer.Option(
+    "--parts",
+    help="Split the tomograms into this many parts (nnU-Net's -num_parts), one per job or GPU, "
+    "all into the same --out-dir: each tomogram is segmented by exactly one part.",
+)
+_WHOLE = (0, 1)
+"""``--part`` and ``--parts`` when the tomograms are not split: all of them in one part."""
 
 
 @user_errors
 def segment_command(
-    tomograms: Annotated[
-        list[Path],
-        typer.Option(
-            "--tomogram",
-            "-t",
-            help="Tomogram to segment, or a folder of them; repeat for several (the network "
-            "is loaded once; those already segmented are skipped unless --overwrite).",
-        ),
-    ],
-    checkpoint: Annotated[
-        Path,
-        typer.Option(
-            "--checkpoint", help="Weights: ours (best.pt, last.pt) or a MemBrain-seg .ckpt."
-        ),
-    ],
+    tomograms: Annotated[list[Path], _TOMOGRAMS],
+    checkpoint: Annotated[Path, options.checkpoint("Weights")],
     out_dir: Annotated[
         Path,
-        typer.Option(
-            "--out-dir", "-o", help="Folder for <stem>_probabilities.mrc and <stem>_segmented.mrc."
-        ),
+        options.out_dir("Folder for <stem>_probabilities.mrc and <stem>_segmented.mrc."),
     ],
-    window: Annotated[
-        int, typer.Option("--window", help="Edge of the sliding windows, in voxels.")
-    ] = PATCH_SIZE,
-    overlap: Annotated[
-        float, typer.Option("--overlap", help="Fraction by which neighbouring windows overlap.")
-    ] = 0.5,
-    tta: Annotated[
-        bool,
-        typer.Option(
-            "--tta", help="Average the logits of 8 passes over the flipped tomogram (8x slower)."
-        ),
-    ] = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Windows per forward pass.")] = 1,
-    threshold: Annotated[
-        float, typer.Option("--threshold", help="Probability above which a voxel is membrane.")
-    ] = 0.5,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
-    threads: ThreadsOption = None,
+    window: Annotated[int, options.window()] = SegmentSettings.window,
+    overlap: Annotated[float, options.overlap()] = SegmentSettings.overlap,
+    tta: Annotated[bool, _TTA] = SegmentSettings.tta,
+    batch_size: Annotated[int, options.window_batch_size()] = SegmentSettings.batch_size,
+    threshold: Annotated[float, options.probability_threshold()] = SegmentSettings.threshold,
+    device: Annotated[str, options.device()] = SegmentSettings.device,
+    threads: Annotated[int | None, options.threads()] = None,
     trust_checkpoint: Annotated[
-        bool,
-        typer.Option(
-            "--trust-checkpoint", help="Allow a checkpoint that pickles objects beyond weights."
-        ),
-    ] = False,
-    rescale: Annotated[
-        bool,
-        typer.Option(
-            "--rescale",
-            help="Resample windows to the pixel size the network was trained at (10 Å for "
-            "MemBrain-seg's); outputs stay on the tomogram's grid.",
-        ),
-    ] = False,
-    pixel_size: Annotated[
-        float | None,
-        typer.Option(
-            "--pixel-size",
-            help="The tomogram's pixel size in Å for --rescale; default: its header's.",
-        ),
-    ] = None,
-    uncertainty: Annotated[
-        bool,
-        typer.Option(
-            "--uncertainty",
-            help="With --tta, also write <stem>_uncertainty.mrc: the variance of the 8 "
-            "flipped passes' probabilities.",
-        ),
-    ] = False,
-    components: Annotated[
-        bool,
-        typer.Option(
-            "--components",
-            help="Also write <stem>_components.mrc: 26-connected membranes labelled 1…N.",
-        ),
-    ] = False,
-    min_component_size: Annotated[
-        int,
-        typer.Option(
-            "--min-component-size", help="With --components, drop smaller ones (voxels)."
-        ),
-    ] = 1,
-    compile_network: Annotated[
-        bool,
-        typer.Option(
-            "--compile",
-            help="torch.compile the network: tens of seconds before the first window, "
-            "faster windows after (for large tomograms, --tta, or many tomograms).",
-        ),
-    ] = False,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace earlier outputs.")
-    ] = False,
-    part: Annotated[
-        int,
-        typer.Option(
-            "--part",
-            help="Which part of the tomograms to segment, counted from 0 (nnU-Net's "
-            "-part_id): every --parts-th of them sorted by name, from this one on. In a SLURM "
-            "job array with --array=0-<parts-1>, pass $SLURM_ARRAY_TASK_ID; with "
-            "--array=1-<parts>, pass $((SLURM_ARRAY_TASK_ID - 1)).",
-        ),
-    ] = 0,
-    parts: Annotated[
-        int,
-        typer.Option(
-            "--parts",
-            help="Split the tomograms into this many parts (nnU-Net's -num_parts), one per "
-            "job or GPU, all into the same --out-dir: each tomogram is segmented by exactly "
-            "one part.",
-        ),
-    ] = 1,
+        bool, options.trust_checkpoint()
+    ] = SegmentSettings.trust_checkpoint,
+    rescale: Annotated[bool, options.rescale()] = SegmentSettings.rescale,
+    pixel_size: Annotated[float | None, options.pixel_size()] = SegmentSettings.pixel_size,
+    uncertainty: Annotated[bool, _UNCERTAINTY] = SegmentSettings.uncertainty,
+    components: Annotated[bool, _COMPONENTS] = SegmentSettings.components,
+    min_component_size: Annotated[int, _MIN_COMPONENT_SIZE] = SegmentSettings.min_component_size,
+    compile_network: Annotated[bool, options.compile_network()] = SegmentSettings.compile,
+    overwrite: Annotated[bool, options.overwrite("earlier outputs")] = SegmentSettings.overwrite,
+    part: Annotated[int, _PART] = _WHOLE[0],
+    parts: Annotated[int, _PARTS] = _WHOLE[1],
 ) -> None:
     """Segment whole tomograms: a probability scoremap and a binary segmentation (MRC).
 
@@ -155,9 +101,9 @@ def segment_command(
         overwrite=overwrite,
         compile=compile_network,
     )
-    use_threads(threads)
+    options.use_threads(threads)
     with console() as listener:
-        if len(tomograms) == 1 and not tomograms[0].is_dir() and (part, parts) == (0, 1):
+        if len(tomograms) == 1 and not tomograms[0].is_dir() and (part, parts) == _WHOLE:
             render(
                 segment(tomograms[0], checkpoint, out_dir, settings=settings, listener=listener)
             )

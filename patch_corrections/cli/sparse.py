@@ -8,52 +8,46 @@ from typing import Annotated
 
 import typer
 
-from ..workflows.sparse_simulation import SparseReport, SparseSettings, simulate_sparse
-from ._common import OutputFormat, console, print_warnings, user_errors
+from ..workflows.sparse_simulation import (
+    SPARSE_MODES,
+    SparseReport,
+    SparseSettings,
+    simulate_sparse,
+)
+from . import options
+from ._console import console, print_warnings
+from ._errors import user_errors
+from .options import OutputFormat
 
+SparseMode = Enum("SparseMode", {n: n for n in SPARSE_MODES}, type=str)
 
-class SparseMode(str, Enum):
-    slices = "slices"
-    boxes = "boxes"
+_OUT_DIR = "Training folder to write, labels made sparse."
+_MODE = typer.Option(
+    "--mode", help="Keep evenly spaced slices, or random boxes around labelled voxels."
+)
+_FRACTION = typer.Option(
+    "--fraction",
+    help="Share kept: of the slices holding labels (slices), or of the labelled voxels (boxes).",
+)
+_AXIS = typer.Option("--axis", help="Slice axis for --mode slices: x, y or z.")
+_BOX_SIZE = typer.Option("--box-size", help="Edge of the cubic boxes, in voxels.")
 
 
 @user_errors
 def simulate_sparse_command(
-    train_dir: Annotated[
-        Path,
-        typer.Option("--train-dir", "-t", help="Training folder with dense labels."),
-    ],
-    out_dir: Annotated[
-        Path,
-        typer.Option("--out-dir", "-o", help="Training folder to write, labels made sparse."),
-    ],
-    mode: Annotated[
-        SparseMode,
-        typer.Option(
-            "--mode", help="Keep evenly spaced slices, or random boxes around labelled voxels."
-        ),
-    ] = SparseMode.slices,
-    fraction: Annotated[
-        float,
-        typer.Option(
-            "--fraction",
-            help="Share kept: of the slices holding labels (slices), or of the labelled "
-            "voxels (boxes).",
-        ),
-    ] = 0.1,
-    axis: Annotated[
-        str, typer.Option("--axis", help="Slice axis for --mode slices: x, y or z.")
-    ] = "z",
-    box_size: Annotated[
-        int, typer.Option("--box-size", help="Edge of the cubic boxes, in voxels.")
-    ] = 32,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the slice phase or boxes.")] = 0,
-    output_format: Annotated[
-        OutputFormat, typer.Option("--format", help="File format of the sparse labels.")
-    ] = OutputFormat.nii_gz,
+    train_dir: Annotated[Path, options.train_dir("with dense labels")],
+    out_dir: Annotated[Path, options.out_dir(_OUT_DIR)],
+    mode: Annotated[SparseMode, _MODE] = SparseMode(SparseSettings.mode),
+    fraction: Annotated[float, _FRACTION] = SparseSettings.fraction,
+    axis: Annotated[str, _AXIS] = SparseSettings.axis,
+    box_size: Annotated[int, _BOX_SIZE] = SparseSettings.box_size,
+    seed: Annotated[int, options.seed()] = SparseSettings.seed,
+    output_format: Annotated[OutputFormat, options.output_format("sparse labels")] = OutputFormat(
+        SparseSettings.format
+    ),
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace existing training pairs.")
-    ] = False,
+        bool, options.overwrite("existing training pairs")
+    ] = SparseSettings.overwrite,
 ) -> None:
     """Make dense training labels sparse, as an annotator would leave them, for experiments.
 

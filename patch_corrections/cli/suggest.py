@@ -7,190 +7,95 @@ from typing import Annotated
 
 import typer
 
-from ..constants import BORDER_WIDTH, PATCH_SIZE
-from ..suggest import MAX_OVERLAP
+from ..io.names import segmentation_beside
+from ..network.threads import check_threads
 from ..workflows.segmentation import SegmentSettings
 from ..workflows.suggestion import SuggestReport, SuggestSettings, suggest
-from ._common import console, print_warnings, user_errors
+from . import options
+from ._console import console, print_warnings
+from ._errors import user_errors
 
+# The help's panels, so that 24 options read at 80 columns.
 _INPUT = "Input"
 _RANKING = "Ranking"
 _OUTPUT = "Output"
 _NETWORK = "Network (with --checkpoint)"
 
+_CHECKPOINT = "Run this network (8-flip TTA) for the probabilities and their variance"
+_PROBABILITIES = typer.Option(
+    "--probabilities",
+    help="Or the probabilities that segment --tta --uncertainty wrote (no network run).",
+    rich_help_panel=_INPUT,
+)
+_UNCERTAINTY = typer.Option(
+    "--uncertainty",
+    help="With --probabilities: the uncertainty segment wrote.",
+    rich_help_panel=_INPUT,
+)
+_OUT_DIR = (
+    "Folder for the centres (<stem>_suggestions.csv), napari points and previews/; with "
+    "--checkpoint, segment's outputs too."
+)
+_COUNT = typer.Option(
+    "--count", "-n", help="How many patch centres to suggest.", rich_help_panel=_RANKING
+)
+_MAX_OVERLAP = typer.Option(
+    "--max-overlap",
+    help="Largest share of a patch that may lie inside another suggestion or an excluded patch.",
+    rich_help_panel=_RANKING,
+)
+_EXCLUDE_MANIFEST = typer.Option(
+    "--exclude-manifest",
+    help="An extract_patches output folder: skip its patches of this tomogram.",
+    rich_help_panel=_RANKING,
+)
+_MASK = typer.Option(
+    "--mask",
+    help="Region of interest, the tomogram's shape: non-zero voxels count and hold the centres.",
+    rich_help_panel=_RANKING,
+)
+_ALLOW_BORDER = typer.Option(
+    "--allow-border",
+    help="Let patches cross the tomogram's border (default: they lie inside it).",
+    rich_help_panel=_RANKING,
+)
+_NO_PREVIEWS = typer.Option(
+    "--no-previews", help="Write no preview PNGs.", rich_help_panel=_OUTPUT
+)
+
 
 @user_errors
 def suggest_command(
-    tomogram: Annotated[
-        Path,
-        typer.Option(
-            "--tomogram",
-            "-t",
-            help="Tomogram (.mrc .rec .map .st .nrrd .nhdr .nii .nii.gz).",
-            rich_help_panel=_INPUT,
-        ),
-    ],
-    out_dir: Annotated[
-        Path,
-        typer.Option(
-            "--out-dir",
-            "-o",
-            help="Folder for the centres (<stem>_suggestions.csv), napari points and "
-            "previews/; with --checkpoint, segment's outputs too.",
-            rich_help_panel=_OUTPUT,
-        ),
-    ],
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option(
-            "--checkpoint",
-            help="Run this network (8-flip TTA) for the probabilities and their variance.",
-            rich_help_panel=_INPUT,
-        ),
-    ] = None,
-    probabilities: Annotated[
-        Path | None,
-        typer.Option(
-            "--probabilities",
-            help="Or the probabilities that segment --tta --uncertainty wrote (no network run).",
-            rich_help_panel=_INPUT,
-        ),
-    ] = None,
-    uncertainty: Annotated[
-        Path | None,
-        typer.Option(
-            "--uncertainty",
-            help="With --probabilities: the uncertainty segment wrote.",
-            rich_help_panel=_INPUT,
-        ),
-    ] = None,
-    count: Annotated[
-        int,
-        typer.Option(
-            "--count", "-n", help="How many patch centres to suggest.", rich_help_panel=_RANKING
-        ),
-    ] = 5,
-    patch_size: Annotated[
-        int,
-        typer.Option(
-            "--patch-size",
-            help="Edge of the patches you will extract, in voxels.",
-            rich_help_panel=_RANKING,
-        ),
-    ] = PATCH_SIZE,
-    border: Annotated[
-        int,
-        typer.Option(
-            "--border",
-            help="Their ignore band (as extract_patches): not scored, only context.",
-            rich_help_panel=_RANKING,
-        ),
-    ] = BORDER_WIDTH,
-    max_overlap: Annotated[
-        float,
-        typer.Option(
-            "--max-overlap",
-            help="Largest share of a patch that may lie inside another suggestion or an "
-            "excluded patch.",
-            rich_help_panel=_RANKING,
-        ),
-    ] = MAX_OVERLAP,
-    exclude_manifest: Annotated[
-        Path | None,
-        typer.Option(
-            "--exclude-manifest",
-            help="An extract_patches output folder: skip its patches of this tomogram.",
-            rich_help_panel=_RANKING,
-        ),
-    ] = None,
-    mask: Annotated[
-        Path | None,
-        typer.Option(
-            "--mask",
-            help="Region of interest, the tomogram's shape: non-zero voxels count and hold "
-            "the centres.",
-            rich_help_panel=_RANKING,
-        ),
-    ] = None,
-    allow_border: Annotated[
-        bool,
-        typer.Option(
-            "--allow-border",
-            help="Let patches cross the tomogram's border (default: they lie inside it).",
-            rich_help_panel=_RANKING,
-        ),
-    ] = False,
+    tomogram: Annotated[Path, options.tomogram(_INPUT)],
+    out_dir: Annotated[Path, options.out_dir(_OUT_DIR, _OUTPUT)],
+    checkpoint: Annotated[Path | None, options.checkpoint(_CHECKPOINT, _INPUT)] = None,
+    probabilities: Annotated[Path | None, _PROBABILITIES] = None,
+    uncertainty: Annotated[Path | None, _UNCERTAINTY] = None,
+    count: Annotated[int, _COUNT] = SuggestSettings.count,
+    patch_size: Annotated[int, options.patch_size(_RANKING)] = SuggestSettings.patch_size,
+    border: Annotated[int, options.border(_RANKING, scored=False)] = SuggestSettings.border,
+    max_overlap: Annotated[float, _MAX_OVERLAP] = SuggestSettings.max_overlap,
+    exclude_manifest: Annotated[Path | None, _EXCLUDE_MANIFEST] = None,
+    mask: Annotated[Path | None, _MASK] = None,
+    allow_border: Annotated[bool, _ALLOW_BORDER] = SuggestSettings.allow_border,
     threshold: Annotated[
-        float,
-        typer.Option(
-            "--threshold",
-            help="Probability above which a voxel is membrane.",
-            rich_help_panel=_RANKING,
-        ),
-    ] = 0.5,
-    no_previews: Annotated[
-        bool,
-        typer.Option("--no-previews", help="Write no preview PNGs.", rich_help_panel=_OUTPUT),
-    ] = False,
-    window: Annotated[
-        int,
-        typer.Option(
-            "--window",
-            help="Edge of the sliding windows, in voxels.",
-            rich_help_panel=_NETWORK,
-        ),
-    ] = PATCH_SIZE,
-    overlap: Annotated[
-        float,
-        typer.Option(
-            "--overlap",
-            help="Fraction by which neighbouring windows overlap.",
-            rich_help_panel=_NETWORK,
-        ),
-    ] = 0.5,
-    batch_size: Annotated[
-        int,
-        typer.Option(
-            "--batch-size",
-            help="Windows per forward pass.",
-            rich_help_panel=_NETWORK,
-        ),
-    ] = 1,
-    device: Annotated[
-        str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.", rich_help_panel=_NETWORK)
-    ] = "auto",
+        float, options.probability_threshold(_RANKING)
+    ] = SuggestSettings.threshold,
+    no_previews: Annotated[bool, _NO_PREVIEWS] = not SuggestSettings.previews,
+    window: Annotated[int, options.window(_NETWORK)] = SegmentSettings.window,
+    overlap: Annotated[float, options.overlap(_NETWORK)] = SegmentSettings.overlap,
+    batch_size: Annotated[int, options.window_batch_size(_NETWORK)] = SegmentSettings.batch_size,
+    device: Annotated[str, options.device(_NETWORK)] = SegmentSettings.device,
+    threads: Annotated[int | None, options.threads(_NETWORK)] = None,
+    compile_network: Annotated[bool, options.compile_network(_NETWORK)] = SegmentSettings.compile,
     trust_checkpoint: Annotated[
-        bool,
-        typer.Option(
-            "--trust-checkpoint",
-            help="Allow a checkpoint that pickles objects beyond weights.",
-            rich_help_panel=_NETWORK,
-        ),
-    ] = False,
-    rescale: Annotated[
-        bool,
-        typer.Option(
-            "--rescale",
-            help="Resample windows to the pixel size the network was trained at.",
-            rich_help_panel=_NETWORK,
-        ),
-    ] = False,
-    pixel_size: Annotated[
-        float | None,
-        typer.Option(
-            "--pixel-size",
-            help="The tomogram's pixel size in Å for --rescale; default: header.",
-            rich_help_panel=_NETWORK,
-        ),
-    ] = None,
+        bool, options.trust_checkpoint(_NETWORK)
+    ] = SegmentSettings.trust_checkpoint,
+    rescale: Annotated[bool, options.rescale(_NETWORK)] = SegmentSettings.rescale,
+    pixel_size: Annotated[float | None, options.pixel_size(_NETWORK)] = SegmentSettings.pixel_size,
     overwrite: Annotated[
-        bool,
-        typer.Option(
-            "--overwrite",
-            help="Replace this tomogram's earlier outputs in --out-dir.",
-            rich_help_panel=_OUTPUT,
-        ),
-    ] = False,
+        bool, options.overwrite("this tomogram's earlier outputs in --out-dir", _OUTPUT)
+    ] = SuggestSettings.overwrite,
 ) -> None:
     """Suggest patch centres where a correction would teach the network most.
 
@@ -216,8 +121,13 @@ def suggest_command(
             trust_checkpoint=trust_checkpoint,
             rescale=rescale,
             pixel_size=pixel_size,
+            compile=compile_network,
         ),
     )
+    if checkpoint is not None:  # only the network needs PyTorch
+        options.use_threads(threads)
+    else:
+        check_threads(threads)
     with console() as listener:
         report = suggest(
             tomogram,
@@ -254,21 +164,11 @@ def render(report: SuggestReport) -> None:
             f"{report.uncertainty.name}"
         )
     if report.suggestions:
-        segmentation = report.segmentation or _beside(report.probabilities)
+        segmentation = (
+            report.segmentation or segmentation_beside(report.probabilities) or "<segmentation>"
+        )
         typer.echo(
             f"Next: patch_corrections extract_patches -t {report.tomogram} -s {segmentation} "
             f"-c {report.centres} --patch-size {s.patch_size} -o <patches-dir>"
         )
     print_warnings(report.warnings)
-
-
-def _beside(probabilities: Path) -> Path | str:
-    """The segmentation segment wrote beside ``probabilities``, if it is there."""
-    name = probabilities.name
-    if name.endswith("_probabilities.mrc"):
-        segmented = probabilities.with_name(
-            name.removesuffix("_probabilities.mrc") + "_segmented.mrc"
-        )
-        if segmented.exists():
-            return segmented
-    return "<segmentation>"

@@ -1,4 +1,5 @@
-"""Reading patch centres from text files.
+"""Patch centres in text files: read (any layout below), and written as ``suggest`` writes
+them.
 
 Accepted layouts, one centre per row:
 
@@ -118,3 +119,16 @@ def read_centres(path: Path) -> list[Centre]:
     except UnicodeDecodeError:
         raise InputError(f"{path}: not a text file of x, y, z rows") from None
     return parse_centres(text, path)
+
+
+def centres_tables(rows: list[tuple[tuple[int, int, int], float, str]]) -> tuple[str, str]:
+    """A centres file and a napari points CSV of ranked centres ``(x, y, z)``, each with
+    its score and reason (no commas in it), best first: ``x,y,z,score,reason`` rows, which
+    :func:`read_centres` reads, and napari's ``index,axis-0,axis-1,axis-2,score`` (``axis-0``
+    is ``z``)."""
+    centres = ["x,y,z,score,reason"]
+    points = ["index,axis-0,axis-1,axis-2,score"]
+    for index, ((x, y, z), score, reason) in enumerate(rows):
+        centres.append(f"{x},{y},{z},{score:.5g},{reason}")
+        points.append(f"{index},{z},{y},{x},{score:.5g}")
+    return "\n".join(centres) + "\n", "\n".join(points) + "\n"

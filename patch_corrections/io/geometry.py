@@ -1,43 +1,46 @@
-"""What every volume format shares: geometry, header information and the reader protocol.
+"""Where voxels sit in space, and the one place axis orders are turned.
 
-Every array here is ``(z, y, x)`` and every per-axis tuple (voxel size, origin, offsets) is
-``(z, y, x)`` too; the format modules convert to and from their files' order.
+In memory every per-axis tuple (shape, index, voxel size, origin, offset) is ``(z, y, x)``,
+as arrays are; users, manifests and file headers speak ``x, y, z``. :func:`as_xyz` and
+:func:`from_xyz` turn one into the other; world positions (Å) and voxel indices are
+related by :meth:`Geometry.index_of` and :meth:`Geometry.position_of`.
 """
 
 from __future__ import annotations
 
-import bz2
-import gzip
-import io
-import struct
-import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
 
 import numpy as np
-import numpy.typing as npt
 
-from ..errors import InputError
+from ..errors import warn
 
+Index3 = tuple[int, int, int]
+"""A voxel index or a shape, ``(z, y, x)``."""
 Triple = tuple[float, float, float]
+"""A per-axis float triple (voxel size, origin, a position in Å), ``(z, y, x)``."""
 
-READ_ERRORS: tuple[type[Exception], ...] = (
-    ValueError,  # UnicodeDecodeError among them
-    OSError,  # gzip.BadGzipFile among them
-    EOFError,
-    zlib.error,
-    struct.error,
-    ArithmeticError,
-    IndexError,
-    KeyError,
-    TypeError,
-    RuntimeError,
-    StopIteration,
-)
-"""What the format libraries raise on a damaged or foreign file (each adds its own)."""
 
-_CHUNK = 1 << 20
+def as_xyz(zyx) -> list:
+    """A per-axis ``(z, y, x)`` triple as the ``[x, y, z]`` list users and manifests speak."""
+    z, y, x = zyx
+    return [x, y, z]
+
+
+def xyz_text(zyx, spec: str = "g") -> str:
+    """A per-axis ``(z, y, x)`` triple written ``x,y,z`` for messages, each value in
+    ``spec`` format."""
+    return ",".join(f"{v:{spec}}" for v in as_xyz(zyx))
+
+
+def from_xyz(xyz: Sequence, kind: type = int) -> tuple:
+    """An ``x, y, z`` triple (a manifest's, a user's) as a ``(z, y, x)`` tuple of ``kind``;
+    ``ValueError`` or ``TypeError`` when it holds no three such values."""
+    values = tuple(kind(v) for v in xyz)
+    if len(values) != 3:
+        raise ValueError(f"expected three values x, y, z, got {len(values)}")
+    return values[::-1]
 
 
 @dataclass(frozen=True)
@@ -55,10 +58,9 @@ class Geometry:
     voxel_size: Triple
     origin: Triple = (0.0, 0.0, 0.0)
 
-    def shifted(self, offset: tuple[int, int, int]) -> Geometry:
+    def shifted(self, offset: Index3) -> Geometry:
         """Geometry of a sub-volume whose first voxel is at index ``offset`` ``(z, y, x)``."""
-        origin = tuple(o + i * v for o, i, v in zip(self.origin, offset, self.voxel_size))
-        return Geometry(self.voxel_size, origin)  # type: ignore[arg-type]
+        return Geometry(self.voxel_size, self.position_of(offset))
 
     def agrees_with(self, other: Geometry, tolerance: float = 1e-3) -> bool:
         """Whether spacing and origin match to ``tolerance`` Å."""
@@ -67,129 +69,65 @@ class Geometry:
             and np.allclose(self.origin, other.origin, rtol=1e-5, atol=tolerance)
         )
 
+    def index_of(self, position: Sequence[float]) -> Triple:
+        """The (fractional) voxel index ``(z, y, x)`` of a world ``position`` in Å
+        ``(z, y, x)``: 0 at the first voxel's centre."""
+        return tuple(  # type: ignore[return-value]
+            (float(p) - o) / v for p, o, v in zip(position, self.origin, self.voxel_size)
+        )
+
+    def position_of(self, index: Sequence[float]) -> Triple:
+        """The world position in Å ``(z, y, x)`` of voxel ``index`` ``(z, y, x)``."""
+        return tuple(  # type: ignore[return-value]
+            o + float(i) * v for i, o, v in zip(index, self.origin, self.voxel_size)
+        )
+
 
 @dataclass(frozen=True)
-class VolumeInfo:
-    """What a volume file's header says.
+class PatchBox:
+    """A patch's place in its tomogram.
 
-    ``shape`` is ``(z, y, x)``. ``geometry`` is ``None`` when the file carries no spacing
-    (an MRC voxel size of 0, an NRRD without ``space directions`` or ``spacings``).
+    Attributes
+    ----------
+    offset
+        Tomogram index ``(z, y, x)`` of the patch's first voxel; negative where the patch
+        starts before the tomogram.
+    size
+        Patch shape ``(z, y, x)``.
     """
 
-    path: Path
-    shape: tuple[int, int, int]
-    dtype: np.dtype
-    geometry: Geometry | None
+    offset: Index3
+    size: Index3
 
+    @classmethod
+    def around(cls, centre: Index3, size: Index3) -> PatchBox:
+        """The box of ``size`` whose local index ``size // 2`` is tomogram index ``centre``."""
+        return cls(tuple(c - s // 2 for c, s in zip(centre, size)), size)  # type: ignore[arg-type]
 
-class VolumeReader(Protocol):
-    """A volume opened for reading blocks of it, without loading it whole."""
+    def inside(self, shape: Index3) -> tuple[Index3, Index3]:
+        """Tomogram ``(start, stop)`` of the part of the box inside a volume of ``shape``."""
+        start = tuple(min(max(o, 0), n) for o, n in zip(self.offset, shape))
+        stop = tuple(min(max(o + s, 0), n) for o, s, n in zip(self.offset, self.size, shape))
+        return start, stop  # type: ignore[return-value]
 
-    info: VolumeInfo
-
-    def read_block(self, start: tuple[int, int, int], stop: tuple[int, int, int]) -> np.ndarray:
-        """Return the in-bounds block ``[start, stop)``, ``(z, y, x)``, as a new array."""
-        ...
-
-    def close(self) -> None: ...
-
-
-class ArrayReader:
-    """A reader over an array already read (NRRD) or a lazy array proxy (NIfTI).
-
-    ``data`` is indexed ``(z, y, x)``; a format whose array is in another order overrides
-    ``_read``.
-    """
-
-    def __init__(self, info: VolumeInfo, data: Any):
-        self.info = info
-        self._data = data
-
-    def read_block(self, start: tuple[int, int, int], stop: tuple[int, int, int]) -> np.ndarray:
-        try:
-            return self._read(start, stop)
-        except (ValueError, OSError, EOFError, zlib.error) as exc:
-            # nibabel reads lazily: a truncated or corrupt file shows up only now.
-            raise InputError(f"{self.info.path}: cannot read its data ({reason(exc)})") from None
-
-    def _read(self, start: tuple[int, int, int], stop: tuple[int, int, int]) -> np.ndarray:
-        (z0, y0, x0), (z1, y1, x1) = start, stop
-        return np.array(self._data[z0:z1, y0:y1, x0:x1])
-
-    def close(self) -> None:
-        self._data = None
-
-
-def basic_dtype(dtype: npt.DTypeLike) -> np.dtype:
-    """``dtype`` as formats without bool or float16 store it (NRRD by pynrrd, NIfTI by nibabel).
-
-    bool becomes uint8 and float16 becomes float32; every other dtype is kept.
-    """
-    dtype = np.dtype(dtype)
-    if dtype.kind == "b":
-        return np.dtype(np.uint8)
-    return np.dtype(np.float32) if dtype == np.float16 else dtype
-
-
-def as_3d(path: Path, shape: tuple[int, ...]) -> tuple[int, int, int]:
-    """Drop singleton axes beyond three (MITK and others save 4D with one channel).
-
-    Raises
-    ------
-    InputError
-        If ``shape`` does not come down to three axes; the message names ``path``.
-    """
-    dims = list(shape)
-    while len(dims) > 3 and 1 in dims:
-        dims.remove(1)
-    if len(dims) != 3:
-        raise InputError(f"{path}: expected a 3D volume, found shape {tuple(shape)}")
-    if min(dims) < 1:
-        raise InputError(
-            f"{path}: the header declares shape {tuple(shape)}; every axis needs a voxel or more"
+    def padding(self, shape: Index3) -> tuple[tuple[int, int], ...]:
+        """Voxels padded ``(before, after)`` on each axis ``(z, y, x)``."""
+        start, stop = self.inside(shape)
+        return tuple(
+            (a - o, o + s - b) if b > a else (s, 0)
+            for o, s, a, b in zip(self.offset, self.size, start, stop)
         )
-    return (dims[0], dims[1], dims[2])
 
 
-def reason(exc: BaseException) -> str:
-    """A library's message for ``exc`` on one line (its type name when it has none)."""
-    return " ".join(str(exc).split()) or type(exc).__name__
+UNIT = Geometry((1.0, 1.0, 1.0))
+"""What a volume whose header has no voxel size is written and placed with: 1 Å voxels
+from the origin."""
 
 
-def decompressed_size(path: Path, stream: IO[bytes], encoding: str = "gzip") -> int:
-    """Read a gzip or bzip2 stream to its end, verifying it; the bytes it decompresses to.
-
-    nibabel stops reading where the data it needs ends, before the checksums, and pynrrd
-    takes a stream that lacks them; so damaged data can be read without error. Read to the
-    end here, every gzip member's CRC-32 and length and every bzip2 block's CRC are
-    checked. ``stream`` is read from its current position; memory stays at one chunk.
-
-    Raises
-    ------
-    InputError
-        If the stream is cut short or fails a check; the message names ``path``.
-    """
-    buffer = memoryview(bytearray(_CHUNK))
-    total = 0
-    try:
-        with _decompressing(stream, encoding) as decompressed:
-            while count := decompressed.readinto(buffer):
-                total += count
-    except EOFError:
-        message = f"its {encoding} data ends early; the file is truncated"
-        raise InputError(f"{path}: {message}") from None
-    except (OSError, zlib.error) as exc:
-        text = reason(exc)
-        if text.startswith("CRC check failed"):
-            text = "CRC check failed"
-        elif text.startswith("Incorrect length"):
-            text = "length check failed"
-        message = f"corrupt {encoding} data ({text}); the file is damaged"
-        raise InputError(f"{path}: {message}") from None
-    return total
-
-
-def _decompressing(stream: IO[bytes], encoding: str) -> io.BufferedIOBase:
-    if encoding == "gzip":
-        return gzip.GzipFile(fileobj=stream, mode="rb")
-    return bz2.BZ2File(stream, "rb")
+def geometry_or_unit(geometry: Geometry | None, path: Path, what: str) -> Geometry:
+    """``geometry``, or :data:`UNIT` with a warning that ``path``'s header has no voxel size
+    and ``what`` (e.g. "patches are written") with 1 Å."""
+    if geometry is not None:
+        return geometry
+    warn(f"{path}: header has no voxel size; {what} with 1 Å")
+    return UNIT

@@ -16,10 +16,10 @@ from typing import IO
 import numpy as np
 
 from ..errors import InputError
-from .geometry import (
+from .geometry import Geometry
+from .readers import (
     READ_ERRORS,
     ArrayReader,
-    Geometry,
     VolumeInfo,
     as_3d,
     basic_dtype,

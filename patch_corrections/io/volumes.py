@@ -22,11 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .files import atomic_target, is_plain_name
-from .geometry import Geometry, Triple, VolumeInfo, VolumeReader, basic_dtype
-from .mrc import MRC_SUFFIXES, MrcReader, mrc_dtype, read_mrc_info, set_mrc_geometry, write_mrc
+from .geometry import Geometry, Triple
+from .mrc import MRC_SUFFIXES, MrcReader, read_mrc_info
+from .mrc_writer import mrc_dtype, set_mrc_geometry, write_mrc
+from .names import is_plain_name
 from .nifti import NIFTI_SUFFIXES, open_nifti, read_nifti_info, write_nifti
 from .nrrd import NRRD_SUFFIXES, open_nrrd, read_nrrd_info, write_nrrd
+from .readers import VolumeInfo, VolumeReader, basic_dtype
+from .staging import atomic_target
 
 __all__ = [
     "MRC_SUFFIXES",

@@ -15,8 +15,9 @@ import numpy as np
 
 from ..constants import IGNORE
 from ..errors import InputError
-from ..io.folders import LABEL_FOLDERS, correction_kind
+from ..io.correction_folders import correction_kind
 from ..io.geometry import Geometry
+from ..io.patch_folders import LABEL_FOLDERS
 from ..io.volumes import is_volume_file, read_info, read_volume, volume_stem
 
 LayerData = tuple[np.ndarray, dict, str]

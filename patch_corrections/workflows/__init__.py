@@ -4,13 +4,14 @@ cluster job) calls these; they validate once, never print, and report progress t
 :class:`Listener` and warnings in their report.
 """
 
+from .batch_segmentation import BatchSegmentReport, segment_many
 from .demo import DemoReport, DemoSettings, demo
 from .evaluation import EvaluateReport, EvaluateSettings, evaluate
 from .events import Listener, Progress
 from .extraction import ExtractedPatch, ExtractReport, ExtractSettings, extract_patches
 from .merging import MergeReport, MergeSettings, merge_corrections
 from .pasting import PasteReport, PasteSettings, paste_corrections
-from .segmentation import BatchSegmentReport, SegmentReport, SegmentSettings, segment, segment_many
+from .segmentation import SegmentReport, SegmentSettings, segment
 from .sparse_simulation import SparseReport, SparseSettings, simulate_sparse
 from .suggestion import Suggestion, SuggestReport, SuggestSettings, suggest
 from .training import RetrainReport, RetrainSettings, retrain

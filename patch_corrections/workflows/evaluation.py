@@ -9,12 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..corrections import require_label_values
-from ..errors import InputError
-from ..io.manifest import as_xyz
+from ..errors import InputError, collect_warnings, warn
+from ..io.geometry import as_xyz
 from ..io.volumes import Geometry, closing_reader, is_volume_file, read_volume
+from ..labels.corrections import require_label_values
 from ..metrics import add_counts, counts, summarise
-from ._common import collect_warnings, warn
 
 
 @dataclass(frozen=True)
@@ -123,10 +122,7 @@ def _references(
                     f"{path}: voxel size {tuple(as_xyz(info.geometry.voxel_size))} Å differs "
                     f"from the prediction's {tuple(as_xyz(geometry.voxel_size))} Å"
                 )
-            exact = [
-                (o - p) / v
-                for o, p, v in zip(info.geometry.origin, geometry.origin, geometry.voxel_size)
-            ]
+            exact = geometry.index_of(info.geometry.origin)
             offset = [round(e) for e in exact]
             if any(abs(e - o) > 0.1 for e, o in zip(exact, offset)):
                 raise InputError(f"{path}: its origin is not on the prediction's voxel grid")

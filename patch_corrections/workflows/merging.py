@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,38 +10,26 @@ import numpy as np
 from ..constants import (
     BORDER_WIDTH,
     CORRECTION_KINDS,
-    MERGE_SUMMARY_NAME,
+    PREVIEWS_SUBDIR,
     TRAIN_IMAGE_SUFFIX,
     TRAIN_IMAGES_SUBDIR,
     TRAIN_LABELS_SUBDIR,
 )
-from ..corrections import merge_labels, require_label_values, union_mask
-from ..errors import InputError
-from ..io.files import StagedFiles
-from ..io.folders import LabelPatch, find_label_patches, scan_corrections, stray_files
-from ..io.manifest import as_xyz, padding_zyx
-from ..io.volumes import (
-    Geometry,
-    output_path,
-    read_info,
-    read_volume,
-    volume_suffix,
-    write_volume,
-)
-from ..patches import fill_nonfinite
-from ..previews import PREVIEWS_SUBDIR, merge_preview, require_matplotlib
-from ..sparse import AXES, parse_slices, slices_mask
-from ._common import (
-    check_format,
-    collect_warnings,
-    merged_rows,
-    require_free,
-    tracked,
-    warn,
-    writing_into,
-)
+from ..errors import InputError, collect_warnings, warn
+from ..io.correction_folders import CorrectionFolder, mask_misfit, scan_corrections, stray_files
+from ..io.geometry import as_xyz, geometry_or_unit
+from ..io.manifest import Padding
+from ..io.names import preview_path
+from ..io.patch_folders import LabelPatch, find_label_patches
+from ..io.staging import StagedFiles, staged
+from ..io.summary import merged_rows, summary_path, summary_text
+from ..io.volumes import output_path, read_info, read_volume, volume_suffix, write_volume
+from ..labels.corrections import merge_labels, require_label_values, union_mask
+from ..labels.patches import fill_nonfinite
+from ..labels.sparse import AXES, parse_slices, slices_mask
+from ..previews import merge_preview, require_matplotlib
+from ._common import check_format, require_free, tracked, writing_into
 from .events import SILENT, Listener
-from .extraction import preview_path
 
 
 @dataclass(frozen=True)
@@ -150,70 +137,68 @@ def merge_corrections(
         if not patches:
             raise InputError(f"{labels_dir}: no label patches found")
         folders = scan_corrections(corrections_dir)
-        names = {p.name for p in patches}
-        orphans = sorted(set(folders) - names)
-        uncorrected = [p.name for p in patches if p.name not in folders]
-        chosen = [p for p in patches if p.name in folders or settings.include_uncorrected]
         if not any(p.name in folders for p in patches) and not settings.include_uncorrected:
-            example = patches[0].name
             raise InputError(
                 f"{corrections_dir}: no folder matches a patch of {labels_dir}; name each "
-                f"folder after its patch, e.g. {corrections_dir / example}"
+                f"folder after its patch, e.g. {corrections_dir / patches[0].name}"
             )
+        chosen = [p for p in patches if p.name in folders or settings.include_uncorrected]
         plans = [
             _plan_merge(p, folders.get(p.name), out_dir, settings, images_dir) for p in chosen
         ]
-        require_free(
-            [path for plan in plans for path in (*plan.outputs, *plan.previews)],
-            settings.overwrite,
-        )
-        # An --overwrite run without --preview leaves no preview of an earlier merge that
-        # would show other labels than the ones it writes.
-        stale = []
-        if settings.overwrite and not settings.preview:
-            stale = [preview_path(out_dir, plan.patch.name) for plan in plans]
-            stale = [path for path in stale if path.exists()]
-
-        staged = StagedFiles()
-        try:
-            staged.make_dirs(out_dir / TRAIN_IMAGES_SUBDIR, out_dir / TRAIN_LABELS_SUBDIR)
-            if settings.preview:
-                staged.make_dirs(out_dir / PREVIEWS_SUBDIR)
-            rows = [
-                _merge_one(plan, staged)
-                for plan in tracked(plans, "Merging corrections", listener)
-            ]
-        except BaseException:
-            staged.discard()
-            raise
-        unmatched = stray_files(corrections_dir)
-        for entry in folders.values():
-            unmatched.extend(entry.unmatched)
-        summary = {
-            "patches": merged_rows(out_dir / MERGE_SUMMARY_NAME, rows),
-            "uncorrected": uncorrected,
-            "folders_without_patch": orphans,
-            "unmatched_files": [str(f) for f in unmatched],
-        }
+        outputs = [path for plan in plans for path in (*plan.outputs, *plan.previews)]
+        require_free(outputs, settings.overwrite)
         # The files, then the summary, recorded first so that a killed run is finished
         # by the next one.
-        staged.commit(
-            out_dir,
-            {out_dir / MERGE_SUMMARY_NAME: json.dumps(summary, indent=2) + "\n"},
-            remove=stale,
-        )
+        with staged(out_dir) as files:
+            files.make_dirs(out_dir / TRAIN_IMAGES_SUBDIR, out_dir / TRAIN_LABELS_SUBDIR)
+            if settings.preview:
+                files.make_dirs(out_dir / PREVIEWS_SUBDIR)
+            rows = [
+                _merge_one(plan, files) for plan in tracked(plans, "Merging corrections", listener)
+            ]
+            found = _found(patches, folders, corrections_dir)
+            files.write_text(
+                summary_path(out_dir),
+                summary_text(merged_rows(summary_path(out_dir), rows), **found),
+            )
+            files.remove(_stale_previews(out_dir, plans, settings))
     return MergeReport(
         out_dir,
-        out_dir / MERGE_SUMMARY_NAME,
+        summary_path(out_dir),
         rows,
-        uncorrected,
-        orphans,
-        unmatched,
+        found["uncorrected"],
+        found["folders_without_patch"],
+        [Path(f) for f in found["unmatched_files"]],
         corrections_dir,
         settings,
         warned,
         [path for plan in plans for path in plan.previews],
     )
+
+
+def _found(
+    patches: list[LabelPatch], folders: dict[str, CorrectionFolder], corrections_dir: Path
+) -> dict:
+    """What the merge found but did not use, as the summary records it: patches without
+    corrections, correction folders without a patch, files that are no mask."""
+    unmatched = stray_files(corrections_dir)
+    for entry in folders.values():
+        unmatched.extend(entry.unmatched)
+    return {
+        "uncorrected": [p.name for p in patches if p.name not in folders],
+        "folders_without_patch": sorted(set(folders) - {p.name for p in patches}),
+        "unmatched_files": [str(f) for f in unmatched],
+    }
+
+
+def _stale_previews(out_dir: Path, plans: list, settings: MergeSettings) -> list[Path]:
+    """An --overwrite run without --preview leaves no preview of an earlier merge that
+    would show other labels than the ones it writes."""
+    if not settings.overwrite or settings.preview:
+        return []
+    stale = [preview_path(out_dir, plan.patch.name) for plan in plans]
+    return [path for path in stale if path.exists()]
 
 
 @dataclass
@@ -223,7 +208,7 @@ class _MergePlan:
     patch: LabelPatch
     masks: dict[str, list[Path]]
     border: int
-    padding: tuple[tuple[int, int], ...] | None
+    padding: Padding | None
     outputs: tuple[Path, Path]
     corrected: bool
     shape: tuple[int, int, int]
@@ -269,20 +254,21 @@ def _plan_merge(
     masks: dict[str, list[Path]] = folder.masks if folder is not None else {}
     for kind in CORRECTION_KINDS:
         for path in masks.get(kind, []):
-            info = read_info(path)
-            _check_same_shape(path, patch.label, info.shape, label_info.shape)
-            where = geometry_mismatch(path, info.geometry, label_info.geometry)
-            if where is not None:
-                if not settings.ignore_geometry:
-                    raise InputError(
-                        f"{where}: painted on another patch? (--ignore-geometry merges it "
-                        "by voxel index)"
-                    )
-                warn(f"{where}; merged by voxel index (--ignore-geometry)")
-    record = patch.record or {}
+            misfit = mask_misfit(path, read_info(path), label_info)
+            if misfit is None:
+                continue
+            if not misfit.geometry_only:
+                raise InputError(misfit.message)
+            if not settings.ignore_geometry:
+                raise InputError(
+                    f"{misfit.message}: painted on another patch? (--ignore-geometry merges "
+                    "it by voxel index)"
+                )
+            warn(f"{misfit.message}; merged by voxel index (--ignore-geometry)")
+    record = patch.record
     border = settings.border
     if border is None:
-        border = int(record.get("border", BORDER_WIDTH))
+        border = record.border if record and record.border is not None else BORDER_WIDTH
     if 2 * border >= min(label_info.shape):
         raise InputError(
             f"{patch.label}: a border of {border} leaves no voxel of its "
@@ -293,7 +279,7 @@ def _plan_merge(
         patch=patch,
         masks=masks,
         border=border,
-        padding=padding_zyx(record),
+        padding=record.padding if record else None,
         outputs=(
             output_path(out_dir / TRAIN_IMAGES_SUBDIR, patch.name + TRAIN_IMAGE_SUFFIX, fmt),
             output_path(out_dir / TRAIN_LABELS_SUBDIR, patch.name, fmt),
@@ -306,33 +292,7 @@ def _plan_merge(
     )
 
 
-def geometry_mismatch(
-    path: Path, geometry: Geometry | None, patch_geometry: Geometry | None
-) -> str | None:
-    """``"<path>: origin/spacing … differ from its patch's …"`` when the correction mask
-    ``path`` (of header ``geometry``) does not lie where its patch does; ``None`` when it
-    does or cannot tell. Only NRRD masks are checked: painting tools write their geometry
-    faithfully, while NIfTI/MRC masks from other tools often carry a default one."""
-    if (
-        geometry is None
-        or patch_geometry is None
-        or not path.name.lower().endswith((".nrrd", ".nhdr"))
-        or geometry.agrees_with(patch_geometry)
-    ):
-        return None
-    return (
-        f"{path}: origin/spacing {_describe(geometry)} differ from its patch's "
-        f"{_describe(patch_geometry)}"
-    )
-
-
-def _describe(geometry: Geometry) -> str:
-    spacing = ",".join(f"{v:g}" for v in as_xyz(geometry.voxel_size))
-    origin = ",".join(f"{v:g}" for v in as_xyz(geometry.origin))
-    return f"(spacing {spacing}; origin {origin})"
-
-
-def _merge_one(plan: _MergePlan, staged: StagedFiles) -> dict:
+def _merge_one(plan: _MergePlan, files: StagedFiles) -> dict:
     patch = plan.patch
     base, label_info = read_volume(patch.label)
     require_label_values(base, patch.label)
@@ -361,14 +321,16 @@ def _merge_one(plan: _MergePlan, staged: StagedFiles) -> dict:
             f"{patch.image}: {replaced} voxel(s) are NaN or infinite; written to the training "
             "image as the mean of the finite ones"
         )
-    geometry = label_info.geometry or image_info.geometry or Geometry((1.0, 1.0, 1.0))
+    geometry = geometry_or_unit(
+        label_info.geometry or image_info.geometry, patch.label, "training pairs are written"
+    )
     image_out, label_out = plan.outputs
     write_volume(
-        staged.stage(image_out, volume_suffix(image_out)), image, image_info.geometry or geometry
+        files.stage(image_out, volume_suffix(image_out)), image, image_info.geometry or geometry
     )
-    write_volume(staged.stage(label_out, volume_suffix(label_out)), merged, geometry)
+    write_volume(files.stage(label_out, volume_suffix(label_out)), merged, geometry)
     for preview in plan.previews:
-        staged.stage(preview, ".png").write_bytes(_preview(plan, image, base, merged, masks))
+        files.stage(preview, ".png").write_bytes(_preview(plan, image, base, merged, masks))
     return {
         "name": patch.name,
         "corrected": plan.corrected,
@@ -385,17 +347,13 @@ def _merge_one(plan: _MergePlan, staged: StagedFiles) -> dict:
         "label": str(label_out),
         # The tomogram's statistics from the extraction manifest, for retrain to normalise
         # this patch as segment normalises the whole tomogram.
-        "intensity_statistics": (patch.record or {}).get("intensity_statistics"),
+        "intensity_statistics": patch.record.intensity_statistics if patch.record else None,
     }
 
 
 def _preview(plan: _MergePlan, image, base, merged, masks: dict[str, np.ndarray]) -> bytes:
     """The patch's preview PNG: image, network labels, merged labels and what was painted."""
-    offset = (plan.patch.record or {}).get("offset_xyz")
-    try:  # the manifest's; a hand-edited one may hold anything: then patch indices only
-        offset_zyx = tuple(int(v) for v in offset[::-1]) if len(offset) == 3 else None
-    except (TypeError, ValueError):
-        offset_zyx = None
+    offset_zyx = plan.patch.record.offset if plan.patch.record else None
     painted = ", ".join(
         f"{kind.capitalize()} {int(np.count_nonzero(masks[kind]))}"
         for kind in ("add", "remove", "ignore")

@@ -19,39 +19,24 @@ from pathlib import Path
 
 import numpy as np
 
-from ..constants import (
-    IGNORE,
-    LABEL_VALUES,
-    LABELS_SUBDIR,
-    MEMBRANE,
-    MERGE_SUMMARY_NAME,
-    TRAIN_LABELS_SUBDIR,
-)
-from ..corrections import require_label_values
-from ..errors import InputError
-from ..io.files import StagedFiles, folder_lock, remove_leftovers_of
-from ..io.folders import find_label_patches
-from ..io.manifest import as_xyz, load_manifest, manifest_path
-from ..io.mrc import MrcSlabWriter, mrc_dtype
-from ..io.volumes import (
-    MRC_SUFFIXES,
-    Geometry,
-    VolumeInfo,
-    closing_reader,
-    read_info,
-    read_volume,
-)
-from ._common import check_out_dir, collect_warnings, require_free, summary_rows, warn
+from ..constants import IGNORE, LABEL_VALUES, LABELS_SUBDIR, MEMBRANE, TRAIN_LABELS_SUBDIR
+from ..errors import InputError, collect_warnings, warn
+from ..io.geometry import Geometry, as_xyz, xyz_text
+from ..io.locks import folder_lock
+from ..io.manifest import PatchRecord, manifest_path, padding_zyx, read_records
+from ..io.mrc_writer import MrcSlabWriter, mrc_dtype
+from ..io.patch_folders import find_label_patches
+from ..io.placement import Placement, place_patch
+from ..io.staging import remove_leftovers_of, staged
+from ..io.summary import summary_path, summary_rows
+from ..io.volumes import MRC_SUFFIXES, VolumeInfo, closing_reader, read_volume
+from ..labels.compositing import Tally, composite
+from ..labels.corrections import require_label_values
+from ._common import check_out_dir, require_free
 from .events import SILENT, Listener, Progress
 
 SLAB_VOXELS = 1 << 24
 """Voxels of the target read (and written) at once: whole z sections, at least one."""
-
-_GRID_TOLERANCE = 0.05
-"""How far (in voxels) a patch origin may sit from the target's voxel grid: headers store
-origins as float32."""
-
-Index3 = tuple[int, int, int]
 
 
 @dataclass(frozen=True)
@@ -114,24 +99,6 @@ class PasteReport:
     warnings: list[str]
 
 
-@dataclass
-class _Placement:
-    """One patch and where it lies in the target: ``offset`` ``(z, y, x)`` of its first voxel
-    (negative where it starts before the target)."""
-
-    name: str
-    label: Path
-    shape: Index3
-    offset: Index3
-    placed_by: str
-
-    def inside(self, shape: Index3) -> tuple[Index3, Index3]:
-        """Target ``(start, stop)`` of the part of the patch inside a volume of ``shape``."""
-        start = tuple(min(max(o, 0), n) for o, n in zip(self.offset, shape))
-        stop = tuple(min(max(o + s, 0), n) for o, s, n in zip(self.offset, self.shape, shape))
-        return start, stop  # type: ignore[return-value]
-
-
 def paste_corrections(
     merged_dir: Path,
     segmentation: Path,
@@ -188,40 +155,39 @@ def paste_corrections(
                 require_free([out], settings.overwrite)
                 if remove_leftovers_of([out]):
                     warn(f"{out}: removed the temporary files an interrupted run left")
-                staged = StagedFiles()
-                try:
+                with staged() as files:
                     totals, per_patch, odd = _paste(
-                        reader, placements, staged.stage(out, ".mrc"), dtype, settings, listener
+                        reader, placements, files.stage(out, ".mrc"), dtype, settings, listener
                     )
-                except BaseException:
-                    staged.discard()
-                    raise
-                staged.commit()
         if odd:
             warn(
                 f"{segmentation}: {odd} voxel(s) hold values other than 0 and 1 (a score map "
                 "or component labels?); corrected voxels were written as 0 and 1 among them"
             )
-    report_rows = [
+    return PasteReport(
+        out=out,
+        segmentation=segmentation,
+        shape_xyz=tuple(as_xyz(target.shape)),  # type: ignore[arg-type]
+        rows=_rows(placements, per_patch),
+        settings=settings,
+        warnings=warned,
+        **totals,
+    )
+
+
+def _rows(placements: list[Placement], per_patch: dict[str, np.ndarray]) -> list[dict]:
+    """The report's row of each patch: where it was placed, by what, and its counts."""
+    return [
         {
             "name": p.name,
             "label": str(p.label),
-            "offset_xyz": as_xyz(p.offset),
-            "size_xyz": as_xyz(p.shape),
+            "offset_xyz": as_xyz(p.box.offset),
+            "size_xyz": as_xyz(p.box.size),
             "placed_by": p.placed_by,
             **{key: int(values[i]) for key, values in per_patch.items()},
         }
         for i, p in enumerate(placements)
     ]
-    return PasteReport(
-        out=out,
-        segmentation=segmentation,
-        shape_xyz=tuple(as_xyz(target.shape)),  # type: ignore[arg-type]
-        rows=report_rows,
-        settings=settings,
-        warnings=warned,
-        **totals,
-    )
 
 
 def _check_out(out: Path, segmentation: Path, settings: PasteSettings) -> None:
@@ -251,10 +217,10 @@ def _merge_summary(merged_dir: Path) -> dict[str, dict]:
             "--out-dir of merge_corrections (and this folder as --patches-dir)"
         )
     root = merged_dir.parent if merged_dir.name == TRAIN_LABELS_SUBDIR else merged_dir
-    return summary_rows(root / MERGE_SUMMARY_NAME, "patches are pasted without it")
+    return summary_rows(summary_path(root), "patches are pasted without it")
 
 
-def _manifest(patches_dir: Path | None) -> tuple[dict[str, dict], Path | None]:
+def _manifest(patches_dir: Path | None) -> tuple[dict[str, PatchRecord], Path | None]:
     """The extraction manifest's records by patch name (the folder or its ``labels/``)."""
     if patches_dir is None:
         return {}, None
@@ -266,17 +232,17 @@ def _manifest(patches_dir: Path | None) -> tuple[dict[str, dict], Path | None]:
         raise InputError(
             f"--patches-dir {patches_dir}: no {path.name}; give the extract_patches --out-dir"
         )
-    return {r["name"]: r for r in load_manifest(patches_dir)}, path
+    return {r.name: r for r in read_records(patches_dir)}, path
 
 
 def _place_all(
     merged_dir: Path,
     target: VolumeInfo,
-    records: dict[str, dict],
+    records: dict[str, PatchRecord],
     manifest: Path | None,
     rows: dict[str, dict],
     settings: PasteSettings,
-) -> list[_Placement]:
+) -> list[Placement]:
     patches = find_label_patches(merged_dir)
     if settings.token is not None:
         prefix = f"{settings.token}_patch"
@@ -287,7 +253,7 @@ def _place_all(
         raise InputError(
             f"{merged_dir}: no label patches (labelsTr/); give merge_corrections' --out-dir"
         )
-    sources = {records[p.name].get("tomogram") for p in patches if p.name in records}
+    sources = {records[p.name].tomogram for p in patches if p.name in records}
     if len(sources) > 1 and settings.token is None:
         raise InputError(
             f"{manifest}: the patches of {merged_dir} come from {len(sources)} tomograms; "
@@ -300,142 +266,37 @@ def _place_all(
         )
     placements = []
     for patch in patches:
-        placement = _place(patch.name, patch.label, target, records.get(patch.name), manifest)
+        placement = place_patch(patch.name, patch.label, target, records.get(patch.name), manifest)
         _check_inside(placement, target, rows.get(patch.name))
         placements.append(placement)
     return placements
 
 
-def _xyz(values, spec: str = "g") -> str:
-    return ",".join(f"{v:{spec}}" for v in as_xyz(values))
-
-
-def _place(
-    name: str, label: Path, target: VolumeInfo, record: dict | None, manifest: Path | None
-) -> _Placement:
-    """Where patch ``label`` lies in ``target``, from its header and the manifest's record,
-    each checked against the other; ``InputError`` naming both files when they do not fit."""
-    info = read_info(label)
-    here, there = info.geometry, target.geometry
-    header: Index3 | None = None
-    if here is not None and there is not None:
-        if not np.allclose(here.voxel_size, there.voxel_size, rtol=1e-3, atol=0):
-            raise InputError(
-                f"{label}: voxel size x,y,z={_xyz(here.voxel_size)} Å differs from "
-                f"{target.path}'s {_xyz(there.voxel_size)} Å; paste into the segmentation "
-                "of the tomogram the patch was cut from"
-            )
-        exact = [(o - t) / v for o, t, v in zip(here.origin, there.origin, there.voxel_size)]
-        header = tuple(round(e) for e in exact)  # type: ignore[assignment]
-        if any(abs(e - i) > _GRID_TOLERANCE for e, i in zip(exact, header)):  # type: ignore[arg-type]
-            raise InputError(
-                f"{label}: origin x,y,z={_xyz(here.origin)} Å is not on {target.path}'s voxel "
-                f"grid (origin {_xyz(there.origin)} Å, voxel size {_xyz(there.voxel_size)} Å): "
-                f"it would start at voxel x,y,z={_xyz(exact, '.2f')}"
-            )
-    if record is None:
-        if header is None:
-            missing = label if here is None else target.path
-            raise InputError(
-                f"{missing}: no voxel size in its header, so {label} cannot be placed in "
-                f"{target.path}; give --patches-dir (the extract_patches folder, whose "
-                "manifest records each patch's offset)"
-            )
-        return _Placement(name, label, info.shape, header, "header")
-    return _place_by_record(name, label, info, target, record, manifest, header)  # type: ignore[arg-type]
-
-
-def _place_by_record(
-    name: str,
-    label: Path,
-    info: VolumeInfo,
-    target: VolumeInfo,
-    record: dict,
-    manifest: Path,
-    header: Index3 | None,
-) -> _Placement:
-    try:
-        offset: Index3 = tuple(int(v) for v in record["offset_xyz"][::-1])  # type: ignore[assignment]
-        size = tuple(int(v) for v in record["size_xyz"][::-1])
-        shape = record.get("tomogram_shape_xyz")
-        shape = tuple(int(v) for v in shape[::-1]) if shape is not None else None
-        voxel = record.get("voxel_size_xyz")
-        origin = record.get("origin_xyz")
-        recorded = (
-            Geometry(
-                tuple(float(v) for v in voxel[::-1]),  # type: ignore[arg-type]
-                tuple(float(v) for v in origin[::-1]),  # type: ignore[arg-type]
-            )
-            if voxel is not None and origin is not None
-            else None
-        )
-    except (TypeError, ValueError, IndexError) as exc:
-        raise InputError(f"{manifest}: patch {name!r} has an unreadable record ({exc})") from None
-    if len(offset) != 3 or len(size) != 3:
-        raise InputError(f"{manifest}: patch {name!r} has no x,y,z offset and size")
-    if size != info.shape:
-        raise InputError(
-            f"{label}: shape x,y,z={_xyz(info.shape)} differs from its record in {manifest} "
-            f"(size x,y,z={_xyz(size)}); was it merged from another cut of that name?"
-        )
-    if shape is not None and shape != target.shape:
-        raise InputError(
-            f"{target.path}: shape x,y,z={_xyz(target.shape)} differs from the tomogram "
-            f"{name} was cut from ({manifest}: x,y,z={_xyz(shape)}); paste into that "
-            "tomogram's segmentation"
-        )
-    if recorded is not None and info.geometry is not None:
-        if not info.geometry.agrees_with(recorded):
-            raise InputError(
-                f"{label}: origin/voxel size x,y,z={_xyz(info.geometry.origin)} / "
-                f"{_xyz(info.geometry.voxel_size)} Å differ from its record in {manifest} "
-                f"({_xyz(recorded.origin)} / {_xyz(recorded.voxel_size)} Å); was it merged "
-                "from another cut of that name?"
-            )
-    if header is None:
-        warn(
-            f"{target.path if target.geometry is None else label}: no voxel size in its "
-            f"header; {name} placed by the offset {manifest} records"
-        )
-        return _Placement(name, label, info.shape, offset, "manifest")
-    if header != offset:
-        # The patch is the one recorded, so its offset in the tomogram is right: the target
-        # sits elsewhere in space than the tomogram (another tool's header).
-        warn(
-            f"{target.path}: origin x,y,z={_xyz(target.geometry.origin)} Å differs from that "  # type: ignore[union-attr]
-            f"of the tomogram the patches were cut from; {name} placed at the voxel offset "
-            f"{manifest} records (x,y,z={_xyz(offset)}), not by its header "
-            f"(x,y,z={_xyz(header)})"
-        )
-        return _Placement(name, label, info.shape, offset, "manifest")
-    return _Placement(name, label, info.shape, offset, "header+manifest")
-
-
-def _check_inside(placement: _Placement, target: VolumeInfo, row: dict | None) -> None:
+def _check_inside(placement: Placement, target: VolumeInfo, row: dict | None) -> None:
     """``InputError`` unless every voxel ``placement`` decides lies inside ``target`` (the
     part of a patch outside it was padding, all ignore); checks its label values too."""
-    start, stop = placement.inside(target.shape)
+    box = placement.box
+    start, stop = box.inside(target.shape)
     where = (
-        f"offset x,y,z={_xyz(placement.offset)}, size {_xyz(placement.shape)}; "
-        f"{target.path} is x,y,z={_xyz(target.shape)}"
+        f"offset x,y,z={xyz_text(box.offset)}, size {xyz_text(box.size)}; "
+        f"{target.path} is x,y,z={xyz_text(target.shape)}"
     )
     if any(b <= a for a, b in zip(start, stop)):
         raise InputError(f"{placement.label}: lies outside {target.path} ({where})")
     labels, _ = read_volume(placement.label)
     require_label_values(labels, placement.label)
     decided = int(np.count_nonzero(labels != IGNORE))
-    local = tuple(slice(a - o, b - o) for a, b, o in zip(start, stop, placement.offset))
+    local = tuple(slice(a - o, b - o) for a, b, o in zip(start, stop, box.offset))
     outside = decided - int(np.count_nonzero(labels[local] != IGNORE))
     if outside:
         raise InputError(
             f"{placement.label}: {outside} decided voxel(s) lie outside {target.path} "
             f"({where}); is that the segmentation it was cut from?"
         )
-    if row is not None and row.get("padding_xyz"):
-        padding = tuple((int(a), int(b)) for a, b in row["padding_xyz"][::-1])
+    padding = padding_zyx(row) if row is not None else None
+    if padding is not None:
         expected = tuple(
-            (a - o, o + s - b)
-            for o, s, a, b in zip(placement.offset, placement.shape, start, stop)
+            (a - o, o + s - b) for o, s, a, b in zip(box.offset, box.size, start, stop)
         )
         if padding != expected:
             warn(
@@ -461,15 +322,9 @@ def _output_dtype(target: VolumeInfo, mark: int | None) -> np.dtype:
     return stored
 
 
-def _depth(start: int, stop: int, size: int) -> np.ndarray:
-    """Distance of patch indices ``start .. stop`` to the nearer of the patch's faces."""
-    index = np.arange(start, stop, dtype=np.int32)
-    return np.minimum(index, size - 1 - index)
-
-
 def _paste(
     reader,
-    placements: list[_Placement],
+    placements: list[Placement],
     path: Path,
     dtype: np.dtype,
     settings: PasteSettings,
@@ -486,10 +341,17 @@ def _paste(
     step = max(1, SLAB_VOXELS // max(ny * nx, 1))
     count = len(placements)
     per_patch = {k: np.zeros(count, np.int64) for k in ("decided", "added", "removed")}
-    totals = dict.fromkeys(("decided", "added", "removed", "marked", "conflicts"), 0)
-    pairs: dict[tuple[int, int], int] = {}
-    extents = [p.inside(shape) for p in placements]
+    totals = dict.fromkeys(("decided", "added", "removed"), 0)
+    tally = Tally()
+    boxes = [p.box for p in placements]
+    extents = [box.inside(shape) for box in boxes]
     loaded: dict[int, np.ndarray] = {}
+
+    def labels_of(i: int) -> np.ndarray:
+        if i not in loaded:
+            loaded[i] = read_volume(placements[i].label)[0]
+        return loaded[i]
+
     odd = 0
     slabs = math.ceil(nz / step)
     listener.progress(Progress("Pasting corrections", 0, slabs))
@@ -501,8 +363,8 @@ def _paste(
             after = before.astype(dtype, copy=True)
             here = [i for i, (a, b) in enumerate(extents) if a[0] < z1 and b[0] > z0]
             if here:
-                won = _composite(
-                    after, z0, here, placements, extents, loaded, settings, totals, pairs
+                won = composite(
+                    after, z0, shape, boxes, here, labels_of, tally, settings.mark_ignore
                 )
                 decided = won >= 0
                 added = decided & (before == 0) & (after == MEMBRANE)
@@ -514,61 +376,11 @@ def _paste(
             for i in [i for i in loaded if extents[i][1][0] <= z1]:
                 del loaded[i]  # the patch lies wholly above this slab
             listener.progress(Progress("Pasting corrections", number, slabs))
-    for (first, second), voxels in sorted(pairs.items()):
+    for (first, second), voxels in sorted(tally.pairs.items()):
         warn(
             f"{placements[first].name} and {placements[second].name} decide {voxels} "
             "overlapping voxel(s) differently; each took the value of the patch it lies "
             "deeper in"
         )
+    totals.update(marked=tally.marked, conflicts=tally.conflicts)
     return totals, per_patch, odd
-
-
-def _composite(
-    slab: np.ndarray,
-    z0: int,
-    indices: list[int],
-    placements: list[_Placement],
-    extents: list[tuple[Index3, Index3]],
-    loaded: dict[int, np.ndarray],
-    settings: PasteSettings,
-    totals: dict[str, int],
-    pairs: dict[tuple[int, int], int],
-) -> np.ndarray:
-    """Paste the patches ``indices`` into ``slab`` (sections ``z0 ..`` of the target), in
-    place; returns, per voxel, the index of the patch whose value it took (-1: none)."""
-    z1 = z0 + len(slab)
-    won = np.full(slab.shape, -1, np.int16 if len(placements) < 2**15 else np.int32)
-    best = np.full(slab.shape, -1, np.int32)  # depth of the winning voxel
-    covered = np.zeros(slab.shape, bool) if settings.mark_ignore is not None else None
-    clashed = np.zeros(slab.shape, bool)  # a voxel counts once, however many patches clash
-    for i in indices:
-        placement = placements[i]
-        if i not in loaded:
-            loaded[i] = read_volume(placement.label)[0]
-        (a, b), offset = extents[i], placement.offset
-        start = (max(a[0], z0), a[1], a[2])
-        stop = (min(b[0], z1), b[1], b[2])
-        local = tuple(slice(s - o, e - o) for s, e, o in zip(start, stop, offset))
-        region = (slice(start[0] - z0, stop[0] - z0), slice(a[1], b[1]), slice(a[2], b[2]))
-        labels = loaded[i][local]
-        dz, dy, dx = (_depth(s.start, s.stop, n) for s, n in zip(local, placement.shape))
-        depth = np.minimum(np.minimum(dz[:, None, None], dy[None, :, None]), dx[None, None, :])
-        decided = labels != IGNORE
-        there, value, previous = best[region], slab[region], won[region]
-        clash = decided & (there >= 0) & (value != labels)
-        if clash.any():
-            for other, voxels in zip(*np.unique(previous[clash], return_counts=True)):
-                pairs[(int(other), i)] = pairs.get((int(other), i), 0) + int(voxels)
-            clashed[region] |= clash
-        take = decided & (depth >= there)
-        value[take] = labels[take]
-        there[take] = depth[take]
-        previous[take] = i
-        if covered is not None:
-            covered[region] = True
-    totals["conflicts"] += int(np.count_nonzero(clashed))
-    if covered is not None:
-        marked = covered & (won < 0)
-        slab[marked] = settings.mark_ignore
-        totals["marked"] += int(np.count_nonzero(marked))
-    return won

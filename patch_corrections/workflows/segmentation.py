@@ -1,24 +1,26 @@
-"""Segmentation: a whole tomogram through the network, window by window."""
+"""Segmentation: a whole tomogram through the network, window by window, its outputs
+written slab by slab (several tomograms: :mod:`.batch_segmentation`)."""
 
 from __future__ import annotations
 
-import errno
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from ..constants import PATCH_SIZE
-from ..errors import InputError
-from ..io.files import lock_file, new_folder
-from ..io.volumes import (
-    is_volume_file,
-    volume_stem,
-)
-from ._common import check_out_dir, collect_warnings, require_free, warn
-from ._inference import LoadedNetwork, segment_one
-from .events import SILENT, Listener
+from ..errors import InputError, collect_warnings, warn
+from ..io.geometry import as_xyz, geometry_or_unit
+from ..io.locks import lock_file, new_folder
+from ..io.mrc_writer import MrcSlabWriter
+from ..io.names import segment_output
+from ..io.staging import StagedFiles, remove_leftovers_of, staged
+from ..io.volumes import closing_reader, read_volume, volume_stem, write_volume
+from ._common import check_out_dir, require_free
+from .events import SILENT, Listener, Progress
 
 
 @dataclass(frozen=True)
@@ -147,151 +149,186 @@ def segment(
     tomogram, out_dir = Path(tomogram), Path(out_dir)
     with collect_warnings() as warned:
         check_out_dir(out_dir)
-        outputs = _outputs(tomogram, out_dir, settings)
+        outputs = output_paths(tomogram, out_dir, settings).values()
         require_free(outputs, settings.overwrite)
-        network = LoadedNetwork.load(Path(checkpoint), settings)
-        with _claimed(tomogram, out_dir) as claimed:
-            if not claimed:
+        predictor = load_predictor(Path(checkpoint), settings)
+        with claimed(tomogram, out_dir) as held:
+            if not held:
                 raise InputError(
                     f"{tomogram}: another segment run is writing its outputs into {out_dir} "
                     "now; wait for it to finish"
                 )
             require_free(outputs, settings.overwrite)  # that run may have just finished
-            fields = segment_one(tomogram, network, outputs, settings, listener)
-    fields["warnings"] = fields["warnings"] + warned
-    return SegmentReport(**fields, settings=settings)
+            report = segment_one(tomogram, predictor, out_dir, settings, listener)
+    return replace(report, warnings=report.warnings + warned)
 
 
-@dataclass(frozen=True)
-class BatchSegmentReport:
-    """What a run over several tomograms (or over its part of them) did."""
+def load_predictor(checkpoint: Path, settings: SegmentSettings):
+    """The network of ``checkpoint`` on the settings' device, for the settings' windows."""
+    from ..inference.predictor import Predictor
 
-    done: list[SegmentReport]
-    """One report per tomogram segmented."""
-    skipped: list[Path]
-    """Tomograms whose outputs were all in the output folder already."""
-    failed: list[tuple[Path, str]] = field(default_factory=list)
-    """Tomograms that could not be segmented, each with the one-line reason; their earlier
-    outputs, if any, are untouched and nothing of theirs was left behind."""
-    busy: list[Path] = field(default_factory=list)
-    """Tomograms left alone because another run was segmenting them into the same folder."""
-    total: int = 0
-    """Tomograms given, in all parts together."""
-    warnings: list[str] = field(default_factory=list)
-
-
-def segment_many(
-    tomograms: Sequence[Path],
-    checkpoint: Path,
-    out_dir: Path,
-    *,
-    settings: SegmentSettings = SegmentSettings(),
-    part: int = 0,
-    parts: int = 1,
-    listener: Listener = SILENT,
-) -> BatchSegmentReport:
-    """Segment several tomograms (files, or folders of them) with one loaded network.
-
-    A tomogram whose outputs are all in ``out_dir`` already is skipped, unless
-    ``settings.overwrite``; so a run that stopped can be started again as it was.
-
-    A tomogram that cannot be read or segmented (an ``InputError``, or an ``OSError`` other
-    than a full or read-only output disk) is recorded in ``failed`` with its reason, leaves
-    no file behind, and the run goes on with the others. Errors that concern every
-    tomogram (the checkpoint, the settings, the output folder) stop the run at once.
-
-    ``part`` of ``parts`` (counted from 0, as nnU-Net's ``-part_id`` of ``-num_parts``)
-    takes every ``parts``-th tomogram, from the ``part``-th on, of all those given sorted
-    by name: the split depends only on which tomograms are given, not on the order of the
-    folders, so running every part, at once or one by one, segments each tomogram once.
-
-    Several runs may write into ``out_dir`` at the same time (one per GPU, or the tasks of
-    a job array): each holds a lock on the tomogram it is segmenting, so two runs never
-    work on the same one; a run that finds a tomogram locked leaves it to the other
-    (``busy``). Every output is written under a temporary name and renamed into place
-    once complete, so readers never see a partial file.
-    """
-    out_dir = Path(out_dir)
-    if parts < 1:
-        raise InputError(f"--parts must be at least 1, got {parts}")
-    if parts == 1 and part != 0:
-        raise InputError(
-            f"--part {part}: give --parts too, the number of parts the tomograms are split "
-            "into (parts are counted from 0)"
-        )
-    if not 0 <= part < parts:
-        raise InputError(
-            f"--part {part}: must be 0 … {parts - 1} for --parts {parts} (parts are counted "
-            "from 0: pass $SLURM_ARRAY_TASK_ID of --array=0-"
-            f"{parts - 1})"
-        )
-    with collect_warnings() as warned:
-        files = _tomogram_files(tomograms)
-        check_out_dir(out_dir)
-        mine = files[part::parts]
-        if parts > 1 and mine:
-            listener.message(
-                f"Part {part} of {parts} (counted from 0): {len(mine)} of the {len(files)} "
-                "tomograms"
-            )
-        todo = [f for f in mine if settings.overwrite or not _finished(f, out_dir, settings)]
-        skipped = [f for f in mine if f not in todo]
-        network = LoadedNetwork.load(Path(checkpoint), settings) if todo else None
-        done: list[SegmentReport] = []
-        failed: list[tuple[Path, str]] = []
-        busy: list[Path] = []
-        for number, tomogram in enumerate(todo, start=1):
-            listener.message(f"[{number}/{len(todo)}] {tomogram}")
-            outputs = _outputs(tomogram, out_dir, settings)
-            with _claimed(tomogram, out_dir) as claimed:
-                if not claimed:
-                    listener.message(f"{tomogram}: another run is segmenting it; left to it")
-                    busy.append(tomogram)
-                    continue
-                if not settings.overwrite and _finished(tomogram, out_dir, settings):
-                    skipped.append(tomogram)  # another run finished it since we looked
-                    continue
-                try:
-                    fields = segment_one(tomogram, network, outputs, settings, listener)
-                except (InputError, OSError) as exc:
-                    if isinstance(exc, OSError) and exc.errno in _OUTPUT_DISK_ERRORS:
-                        raise  # every other tomogram would fail the same way
-                    reason = _reason(exc, tomogram)
-                    listener.message(f"Failed: {reason}")
-                    failed.append((tomogram, reason))
-                    continue
-            done.append(SegmentReport(**fields, settings=settings))
-    return BatchSegmentReport(
-        done=done,
-        skipped=[f for f in mine if f in skipped],
-        failed=failed,
-        busy=busy,
-        total=len(files),
-        warnings=warned,
+    return Predictor.load(
+        checkpoint,
+        window=settings.window,
+        batch_size=settings.batch_size,
+        device=settings.device,
+        trust=settings.trust_checkpoint,
+        rescale=settings.rescale,
+        compile=settings.compile,
     )
 
 
-_OUTPUT_DISK_ERRORS = {errno.ENOSPC, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)}
-"""Errors writing the outputs that no other tomogram would escape: a full disk, an
-exhausted quota, a read-only file system."""
+def output_paths(tomogram: Path, out_dir: Path, settings: SegmentSettings) -> dict[str, Path]:
+    """What segmenting ``tomogram`` with ``settings`` writes into ``out_dir``, by kind:
+    ``probabilities``, ``segmented``, and ``uncertainty`` and ``components`` when asked."""
+    kinds = ["probabilities", "segmented"]
+    kinds += ["uncertainty"] * settings.uncertainty + ["components"] * settings.components
+    stem = volume_stem(tomogram)
+    return {kind: segment_output(out_dir, stem, kind) for kind in kinds}
 
 
-def _reason(exc: Exception, tomogram: Path) -> str:
-    """One line saying why ``tomogram`` failed, naming it."""
-    if isinstance(exc, OSError) and exc.strerror:
-        text = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
-    else:
-        text = str(exc) or type(exc).__name__
-    text = " ".join(text.split())
-    return text if str(tomogram) in text else f"{tomogram}: {text}"
+def segment_one(
+    tomogram: Path,
+    predictor,
+    out_dir: Path,
+    settings: SegmentSettings,
+    listener: Listener,
+    files: StagedFiles | None = None,
+) -> SegmentReport:
+    """Segment one tomogram with a loaded network into ``out_dir``; its report, warnings
+    included. With ``files``, the outputs are staged there for the caller to commit;
+    without, they are committed here.
+
+    Running out of GPU or host memory is an ``InputError`` that names the tomogram and
+    what to change, so a run over many tomograms goes on with the others."""
+    import torch
+
+    try:
+        with collect_warnings() as warned:
+            if files is not None:
+                report = _segment_one(tomogram, predictor, out_dir, settings, listener, files)
+            else:
+                with staged() as files:
+                    report = _segment_one(tomogram, predictor, out_dir, settings, listener, files)
+    except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
+        where = "GPU" if isinstance(exc, torch.cuda.OutOfMemoryError) else "host"
+        if where == "GPU":
+            torch.cuda.empty_cache()
+        extra = " or without --uncertainty" if settings.uncertainty else ""
+        raise InputError(
+            f"{tomogram}: out of {where} memory with {settings.window}³ windows, batch "
+            f"{settings.batch_size}{', TTA' if settings.tta else ''}; try a smaller "
+            f"--batch-size{extra}"
+        ) from None
+    return replace(report, warnings=warned)
 
 
-def _finished(tomogram: Path, out_dir: Path, settings: SegmentSettings) -> bool:
-    return all(p.exists() for p in _outputs(tomogram, out_dir, settings))
+def _segment_one(
+    tomogram: Path,
+    predictor,
+    out_dir: Path,
+    settings: SegmentSettings,
+    listener: Listener,
+    files: StagedFiles,
+) -> SegmentReport:
+    import torch
+
+    from ..inference.sliding_window import FLIPS, windows_count
+
+    outputs = output_paths(tomogram, out_dir, settings)
+    with closing_reader(tomogram) as reader:
+        shape = reader.info.shape
+        geometry = geometry_or_unit(reader.info.geometry, tomogram, "outputs are written")
+        grid, pixel_sizes = predictor.grid(reader.info.geometry, settings.pixel_size, tomogram)
+        windows = windows_count(shape, grid, settings.overlap)
+        progress = _Counter(listener, windows * (len(FLIPS) if settings.tta else 1))
+        slabs = predictor.slabs(
+            reader, grid, settings.overlap, settings.tta, settings.uncertainty, progress.add
+        )
+        if remove_leftovers_of(outputs.values()):
+            warn(f"{tomogram}: removed the temporary outputs an interrupted run left")
+        files.make_dirs(out_dir)
+        membrane = _write_slabs(slabs, outputs, files, (shape, geometry), settings, progress)
+    count = None
+    if settings.components:
+        count = _write_components(outputs, files, geometry, settings.min_component_size)
+    device = predictor.device
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return SegmentReport(
+        tomogram=tomogram,
+        shape_xyz=tuple(as_xyz(shape)),  # type: ignore[arg-type]
+        windows=windows,
+        grid_window=grid,
+        pixel_sizes=pixel_sizes,
+        device=str(device),
+        membrane_share=membrane,
+        peak_gpu_gib=peak,
+        probabilities=outputs["probabilities"],
+        segmentation=outputs["segmented"],
+        uncertainty=outputs.get("uncertainty"),
+        components=outputs.get("components"),
+        component_count=count,
+        settings=settings,
+        warnings=[],
+    )
+
+
+class _Counter:
+    """Tells the listener how many windows of all passes are done, from :meth:`start` on."""
+
+    def __init__(self, listener: Listener, total: int) -> None:
+        self.listener, self.total, self.done = listener, total, 0
+
+    def start(self) -> None:
+        self.listener.progress(Progress("Segmenting", 0, self.total))
+
+    def add(self, count: int) -> None:
+        self.done += count
+        self.listener.progress(Progress("Segmenting", self.done, self.total))
+
+
+def _write_slabs(slabs, outputs: dict, files: StagedFiles, volume, settings, progress) -> float:
+    """Write the probabilities, the segmentation and (when asked) the variance slab by
+    slab into staged files of a volume's ``(shape, geometry)``; the share of voxels above
+    the settings' threshold."""
+    shape, geometry = volume
+    # Writers close on success and let go of their files unfinished on an error, before
+    # the staged files are discarded: a batch goes on to the next tomogram.
+    with ExitStack() as stack:
+
+        def writer(kind: str, dtype) -> MrcSlabWriter:
+            path = files.stage(outputs[kind], ".mrc")
+            return stack.enter_context(MrcSlabWriter(path, shape, dtype, geometry))
+
+        scores = writer("probabilities", np.float16)
+        labels = writer("segmented", np.int8)
+        spread = writer("uncertainty", np.float16) if "uncertainty" in outputs else None
+        progress.start()
+        for z0, slab, variance in slabs:
+            # Threshold the float32 probabilities, as MemBrain-seg thresholds its float32
+            # logits: rounding to float16 first would turn every voxel within 2^-11 above
+            # the threshold (|logit| < 1e-3) into background.
+            scores.write(z0, slab.astype(np.float16))
+            labels.write(z0, (slab > settings.threshold).astype(np.int8))
+            if spread is not None:
+                spread.write(z0, variance.astype(np.float16))
+        return labels.mean
+
+
+def _write_components(outputs: dict, files: StagedFiles, geometry, min_size: int) -> int:
+    """Label the segmentation's connected membranes into the staged components file; how
+    many there are."""
+    from ..inference.components import connected_components, smallest_label_dtype
+
+    segmentation, _ = read_volume(files.temporary(outputs["segmented"]))
+    found = connected_components(segmentation, min_size)
+    path = files.stage(outputs["components"], ".mrc")
+    write_volume(path, found.astype(smallest_label_dtype(found)), geometry)
+    return int(found.max()) if found.size else 0
 
 
 @contextmanager
-def _claimed(tomogram: Path, out_dir: Path) -> Iterator[bool]:
+def claimed(tomogram: Path, out_dir: Path) -> Iterator[bool]:
     """Hold the lock on ``tomogram``'s outputs in ``out_dir`` for the block; yields whether
     this run got it (``False``: another run, in this process or another, holds it).
 
@@ -313,37 +350,3 @@ def _claimed(tomogram: Path, out_dir: Path) -> Iterator[bool]:
                     "folder must split the tomograms with --part/--parts"
                 )
             yield held is not False
-
-
-def _tomogram_files(tomograms: Sequence[Path]) -> list[Path]:
-    """The tomogram files given (files, or folders of them), each once, sorted by name."""
-    files: dict[Path, Path] = {}  # the same file named twice (./a.mrc, /data/a.mrc) is one
-    for given in map(Path, tomograms):
-        if given.is_dir():
-            found = sorted(p for p in given.iterdir() if is_volume_file(p))
-            if not found:
-                raise InputError(f"{given}: no tomogram (.mrc .rec .nrrd .nii.gz …) in it")
-        else:
-            found = [given]
-        for path in found:
-            files.setdefault(path.parent.resolve() / path.name, path)
-    if not files:
-        raise InputError("no tomogram given")
-    stems: dict[str, Path] = {}
-    for path in files.values():
-        other = stems.setdefault(volume_stem(path), path)
-        if other != path:
-            raise InputError(
-                f"{path} and {other}: the same name, so the same output files; segment "
-                "them into different --out-dir folders"
-            )
-    # By output name, which is unique: every part sees the same order, whatever the order
-    # of the folders given or of their listings.
-    return sorted(files.values(), key=volume_stem)
-
-
-def _outputs(tomogram: Path, out_dir: Path, settings: SegmentSettings) -> list[Path]:
-    stem = volume_stem(tomogram)
-    names = ["probabilities", "segmented"]
-    names += ["uncertainty"] * settings.uncertainty + ["components"] * settings.components
-    return [out_dir / f"{stem}_{name}.mrc" for name in names]

@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..constants import IGNORE, MERGE_SUMMARY_NAME, TRAIN_IMAGES_SUBDIR, TRAIN_LABELS_SUBDIR
-from ..corrections import require_label_values
-from ..data import find_training_pairs
-from ..errors import InputError
-from ..io.files import StagedFiles
-from ..io.volumes import Geometry, output_path, read_volume, volume_suffix, write_volume
-from ..sparse import AXES, random_boxes, slices_mask, spaced_slices, sparsify
-from ._common import (
-    check_format,
-    collect_warnings,
-    merged_rows,
-    require_free,
-    summary_rows,
-    tracked,
-    writing_into,
-)
+from ..constants import IGNORE, TRAIN_IMAGES_SUBDIR, TRAIN_LABELS_SUBDIR
+from ..errors import InputError, collect_warnings
+from ..io.geometry import geometry_or_unit
+from ..io.patch_folders import find_training_pairs
+from ..io.staging import StagedFiles, staged
+from ..io.summary import merged_rows, summary_path, summary_rows, summary_text
+from ..io.volumes import output_path, read_volume, volume_suffix, write_volume
+from ..labels.corrections import require_label_values
+from ..labels.sparse import AXES, random_boxes, slices_mask, spaced_slices, sparsify
+from ._common import check_format, require_free, tracked, writing_into
 from .events import SILENT, Listener
 
 SPARSE_MODES = ("slices", "boxes")
@@ -106,7 +99,6 @@ def simulate_sparse(
     border band and padding recorded in ``train_dir``'s summary, are carried over.
     """
     train_dir, out_dir = Path(train_dir), Path(out_dir)
-    axis = settings.axis.lower()
     with collect_warnings() as warned, writing_into(out_dir):
         if out_dir.resolve() == train_dir.resolve():
             raise InputError("--out-dir must differ from --train-dir: the dense labels are kept")
@@ -120,68 +112,61 @@ def simulate_sparse(
         ]
         require_free([path for pair in outputs for path in pair], settings.overwrite)
         source_rows = summary_rows(
-            train_dir / MERGE_SUMMARY_NAME,
+            summary_path(train_dir),
             "border, padding and intensity statistics are not carried over",
         )
 
         rng = np.random.default_rng(settings.seed)
-        staged = StagedFiles()
-        rows = []
-        try:
-            staged.make_dirs(out_dir / TRAIN_IMAGES_SUBDIR, out_dir / TRAIN_LABELS_SUBDIR)
-            for (name, image, label), (image_out, label_out) in tracked(
-                list(zip(pairs, outputs)), "Making labels sparse", listener
-            ):
-                labels, info = read_volume(label)
-                require_label_values(labels, label)
-                if settings.mode == "slices":
-                    kept = spaced_slices(labels, AXES[axis], settings.fraction, rng)
-                    keep = slices_mask(labels.shape, AXES[axis], kept)
-                    what = {"axis": axis, "slices": kept}
-                else:
-                    keep = random_boxes(labels, settings.box_size, settings.fraction, rng)
-                    what = {"box_size": settings.box_size}
-                sparse_labels = sparsify(labels, keep)
-                before = int(np.count_nonzero(labels != IGNORE))
-                after = int(np.count_nonzero(sparse_labels != IGNORE))
-                write_volume(
-                    staged.stage(label_out, volume_suffix(label_out)),
-                    sparse_labels,
-                    info.geometry or Geometry((1.0, 1.0, 1.0)),
-                )
-                shutil.copyfile(image, staged.stage(image_out, volume_suffix(image_out)))
-                rows.append(
-                    {
-                        **{
-                            k: v
-                            for k, v in source_rows.get(name, {}).items()
-                            if k in ("border", "padding_xyz", "intensity_statistics")
-                        },
-                        "name": name,
-                        "source": str(label),
-                        "annotated_before": before,
-                        "annotated": after,
-                        "kept_fraction": after / before if before else 0.0,
-                        "simulated": {
-                            "mode": settings.mode,
-                            "fraction": settings.fraction,
-                            **what,
-                        },
-                        "image": str(image_out),
-                        "label": str(label_out),
-                    }
-                )
-        except BaseException:
-            staged.discard()
-            raise
-        summary = {
-            "patches": merged_rows(out_dir / MERGE_SUMMARY_NAME, rows),
-            "simulated_from": str(train_dir.resolve()),
-            "seed": settings.seed,
-        }
         # The files, then the summary, recorded first so that a killed run is finished
         # by the next one.
-        staged.commit(
-            out_dir, {out_dir / MERGE_SUMMARY_NAME: json.dumps(summary, indent=2) + "\n"}
-        )
-    return SparseReport(out_dir, out_dir / MERGE_SUMMARY_NAME, rows, settings, warned)
+        with staged(out_dir) as files:
+            files.make_dirs(out_dir / TRAIN_IMAGES_SUBDIR, out_dir / TRAIN_LABELS_SUBDIR)
+            rows = [
+                {
+                    **_carried(source_rows.get(pair[0], {})),
+                    **_sparsify(pair, out, settings, rng, files),
+                }
+                for pair, out in tracked(
+                    list(zip(pairs, outputs)), "Making labels sparse", listener
+                )
+            ]
+            summary = merged_rows(summary_path(out_dir), rows)
+            fields = {"simulated_from": str(train_dir.resolve()), "seed": settings.seed}
+            files.write_text(summary_path(out_dir), summary_text(summary, **fields))
+    return SparseReport(out_dir, summary_path(out_dir), rows, settings, warned)
+
+
+def _carried(row: dict) -> dict:
+    """What a pair's summary row keeps from its dense source's."""
+    return {k: v for k, v in row.items() if k in ("border", "padding_xyz", "intensity_statistics")}
+
+
+def _sparsify(pair, outputs, settings: SparseSettings, rng, files: StagedFiles) -> dict:
+    """Stage one pair with its labels made sparse; its summary row."""
+    (name, image, label), (image_out, label_out) = pair, outputs
+    labels, info = read_volume(label)
+    require_label_values(labels, label)
+    axis = settings.axis.lower()
+    if settings.mode == "slices":
+        kept = spaced_slices(labels, AXES[axis], settings.fraction, rng)
+        keep = slices_mask(labels.shape, AXES[axis], kept)
+        what = {"axis": axis, "slices": kept}
+    else:
+        keep = random_boxes(labels, settings.box_size, settings.fraction, rng)
+        what = {"box_size": settings.box_size}
+    sparse_labels = sparsify(labels, keep)
+    before = int(np.count_nonzero(labels != IGNORE))
+    after = int(np.count_nonzero(sparse_labels != IGNORE))
+    geometry = geometry_or_unit(info.geometry, label, "sparse labels are written")
+    write_volume(files.stage(label_out, volume_suffix(label_out)), sparse_labels, geometry)
+    shutil.copyfile(image, files.stage(image_out, volume_suffix(image_out)))
+    return {
+        "name": name,
+        "source": str(label),
+        "annotated_before": before,
+        "annotated": after,
+        "kept_fraction": after / before if before else 0.0,
+        "simulated": {"mode": settings.mode, "fraction": settings.fraction, **what},
+        "image": str(image_out),
+        "label": str(label_out),
+    }

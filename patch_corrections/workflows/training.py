@@ -1,33 +1,33 @@
 """A training run: fine-tune the U-Net on training pairs, ignore voxels left out of the loss.
 
 Settings are checked here once for every front end; the run itself is
-:func:`patch_corrections.train.train`, or the staged relabeling run of
-:mod:`.relabeling` with ``relabel_rounds``.
+:func:`patch_corrections.training.loop.train`, or the staged relabeling run of
+:mod:`patch_corrections.training.relabel_rounds` with ``relabel_rounds``.
 
 Started by ``torchrun --nproc-per-node N``, every process runs this workflow: each joins
 the run's process group and trains its share of every batch (see
-:mod:`patch_corrections.distributed`); rank 0 alone locks and writes the output folder and
-tells the listener, and the others wait for it before reading a saved run.
+:mod:`patch_corrections.network.distributed`); rank 0 alone locks and writes the output
+folder and tells the listener, and the others wait for it before reading a saved run.
 """
 
 from __future__ import annotations
 
 import math
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..constants import DEFAULT_LOSS, PATCH_SIZE
-from ..errors import InputError, RunInterrupted
-from ._common import collect_warnings, warn, writing_into
-from ._runs import plot_curves, refuse_changes_on_resume, training_stops, write_metrics
+from ..constants import (
+    BEST_CHECKPOINT,
+    DEFAULT_LOSS,
+    LAST_CHECKPOINT,
+    PATCH_SIZE,
+)
+from ..errors import InputError, RunInterrupted, collect_warnings
+from ..training.config import DEFAULT_LR, SCHEDULES
+from ._common import writing_into
 from .events import SILENT, Listener, Progress
-from .relabeling import RELABEL_REPORT, RelabelPlan, relabel_candidates_of, run_relabeling
-
-DEFAULT_LR = {"sgd": 1e-2, "adamw": 3e-4}
-SCHEDULES = ("poly", "cosine")
 
 
 @dataclass(frozen=True)
@@ -127,6 +127,9 @@ class RetrainReport:
     metrics: Path
     relabel: dict | None
     warnings: list[str]
+    reporting: bool = True
+    """Whether this process reports the run: under torchrun only the first does (every
+    process returns the same report)."""
 
 
 def retrain(
@@ -156,8 +159,8 @@ def retrain(
     RunInterrupted
         On Ctrl-C, after saving ``last.pt``.
     """
-    from .. import distributed
-    from ..devices import pick_device
+    from ..network import distributed
+    from ..network.devices import pick_device
 
     train_dir, out_dir, s = Path(train_dir), Path(out_dir), settings
     try:
@@ -170,16 +173,16 @@ def retrain(
             "--relabel-rounds"
         )
     try:
-        target = pick_device(s.device, ranks.local if ranks.distributed else None)
+        device = pick_device(s.device, ranks.local if ranks.distributed else None)
     except ValueError as exc:
         raise InputError(f"--device {s.device}: {exc}") from None
     if not ranks.main:
         listener = SILENT
-    joined = distributed.join(ranks, target)
+    joined = distributed.join(ranks, device)
     failed = True
     try:
         with collect_warnings() as warned, _run_folder(out_dir, ranks):
-            report = _retrain(train_dir, out_dir, checkpoint, val_dir, s, listener, target, ranks)
+            report = _retrain(train_dir, out_dir, checkpoint, val_dir, s, listener, device, ranks)
         failed = False
     except (InputError, RunInterrupted):
         raise
@@ -198,7 +201,7 @@ def retrain(
         # could hang (NCCL), and the process ends anyway.
         if joined and not failed:
             distributed.leave()
-    return replace(report, warnings=warned if ranks.main else [])
+    return replace(report, warnings=warned if ranks.main else [], reporting=ranks.main)
 
 
 @contextmanager
@@ -206,7 +209,7 @@ def _run_folder(out_dir: Path, ranks) -> Iterator[None]:
     """Rank 0 holds ``out_dir``'s lock for the run (finishing an interrupted run's commit
     first); the other ranks wait until it has, so they read a saved run only once it is
     whole, and the ranks leave together, once rank 0 has written everything."""
-    from ..distributed import barrier
+    from ..network.distributed import barrier
 
     if ranks.main:
         with writing_into(out_dir):
@@ -219,250 +222,171 @@ def _run_folder(out_dir: Path, ranks) -> Iterator[None]:
         barrier(ranks)
 
 
-def _retrain(train_dir: Path, out_dir: Path, checkpoint, val_dir, s: RetrainSettings,
-             listener: Listener, target, ranks) -> RetrainReport:  # fmt: skip
-    """:func:`retrain` in its output folder, on its device."""
-    from ..checkpoints import (
-        network_from_checkpoint,
-        normalisation_of,
-        pixel_size_of,
-        read_checkpoint,
-    )
-    from ..data import load_split
-    from ..intensity import NORMALISATION, NORMALISATIONS
-    from ..losses import parse_loss
-    from ..model import PRESETS, UNet
-    from ..relabel_training import relabel_round_dirs, round_dir
-    from ..train import BEST, LAST, TrainConfig
+def _retrain(
+    train_dir: Path,
+    out_dir: Path,
+    checkpoint: Path | None,
+    val_dir: Path | None,
+    s: RetrainSettings,
+    listener: Listener,
+    device,
+    ranks,
+) -> RetrainReport:
+    """:func:`retrain` in its output folder, on its device: every check first, then the
+    old run's files go and the new run trains."""
+    from ..training.relabel_rounds import RelabelPlan, run_relabeling
+    from ..training.runs import METRICS, clear_run, run_training
 
-    last = out_dir / LAST
-    try:
-        loss = "+".join(parse_loss(s.loss))
-    except ValueError as exc:
-        raise InputError(f"--loss {s.loss}: {exc}") from None
-    if s.resume and (s.relabel_rounds or relabel_round_dirs(out_dir)):
-        rounds_here = relabel_round_dirs(out_dir)
-        latest = rounds_here[-1] / LAST if rounds_here else round_dir(out_dir, 0) / LAST
-        raise InputError(
-            "a relabeling run cannot be resumed; start a new one from a round's weights "
-            f"with --checkpoint {latest} and another --out-dir"
+    start, patches, split, config, candidates = _prepare(
+        train_dir, out_dir, checkpoint, val_dir, s, ranks
+    )
+    listener.message(_announce(start, config, checkpoint, s, device, ranks, patches))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not s.resume and ranks.main:
+        clear_run(out_dir)
+
+    def progress(done: int, total: int, loss: float | None) -> None:
+        listener.progress(Progress("Training", done, total, loss))
+
+    last, metrics = out_dir / LAST_CHECKPOINT, out_dir / METRICS
+    if candidates is None:
+        run = (start.network, patches, config, out_dir, device, split, start.resume)
+        state = run_training(*run, progress, ranks)
+        final = state.history[-1] if state.history else {}
+        best = out_dir / BEST_CHECKPOINT if "val_dice" in final else None
+        return RetrainReport(
+            out_dir, state.step, final, state.best_dice, last, best, metrics, None, []
         )
-    if not s.resume and not s.overwrite and (round_dir(out_dir, 0) / LAST).exists():
-        raise InputError(
-            f"{out_dir}: holds a relabeling run ({round_dir(out_dir, 0).name}/); pass "
-            "--overwrite to start again, or choose another --out-dir"
-        )
-    if s.resume and checkpoint is not None:
-        raise InputError(
-            "--resume continues the run in --out-dir; to start a new run from its "
-            f"weights, use --checkpoint {last} with another --out-dir"
-        )
-    if s.resume and not last.exists():
-        raise InputError(f"{last}: nothing to resume; start without --resume")
-    if not s.resume and last.exists() and not s.overwrite:
-        raise InputError(
-            f"{out_dir}: holds a run ({LAST}); pass --resume to continue it, --overwrite "
-            "to start again, or choose another --out-dir"
-        )
+    plan = RelabelPlan(
+        rounds=s.relabel_rounds,
+        max_share=s.relabel_max,
+        round_iterations=s.relabel_iterations or max(1, config.iterations // 2),
+        background=s.relabel_background,
+        candidates=candidates[0],
+        borders=candidates[1],
+    )
+    listener.message(plan.describe(config.iterations))
+    run = (start.network, patches, config, out_dir, device, split, plan, train_dir)
+    result = run_relabeling(*run, progress)
+    best = out_dir / BEST_CHECKPOINT if result.report["best"] is not None else None
+    return RetrainReport(
+        out_dir,
+        result.step,
+        result.final,
+        result.best_dice,
+        last,
+        best,
+        metrics,
+        result.report,
+        [],
+    )
+
+
+def _prepare(train_dir, out_dir, checkpoint, val_dir, s: RetrainSettings, ranks):
+    """Everything a run needs, checked before anything is written: its start, training
+    and validation patches and their split, its config, and for relabeling the voxels each
+    patch may adopt (with the border widths kept out)."""
+    from ..network.unet import PRESETS
+    from ..training.data import check_crop_size
+    from ..training.datasets import load_split, shared_pixel_size
+    from ..training.relabel_rounds import relabel_candidates_of
+    from ..training.runs import RunStart, refuse_folder
+
+    loss = _loss_name(s.loss)
+    relabeling = bool(s.relabel_rounds)
+    refuse_folder(
+        out_dir,
+        resume=s.resume,
+        overwrite=s.overwrite,
+        relabeling=relabeling,
+        checkpoint=checkpoint,
+    )
     if s.preset not in PRESETS:
         raise InputError(f"--preset must be one of {', '.join(PRESETS)}, got {s.preset}")
+    start = RunStart.load(out_dir, checkpoint, s, val_dir, ranks)
+    seed = start.config.seed if start.config else s.seed
+    sizes = (start.normalisation, start.pixel_size, s.pixel_size)
+    train, val, split = load_split(train_dir, val_dir, s.val_fraction, seed, start.split, *sizes)
+    pixel_size = start.pixel_size or shared_pixel_size(train_dir, train + val)
+    candidates = relabel_candidates_of(train, train_dir) if relabeling else None
+    config = _config(s, start, len(train), ranks, loss, pixel_size)
+    check_crop_size(config.crop_size, start.network.config.divisor, train)
+    return start, (train, val), split, config, candidates
 
-    content = None
-    if s.resume or checkpoint is not None:
-        content = read_checkpoint(last if s.resume else checkpoint, s.trust_checkpoint)
-    if s.resume:
-        refuse_changes_on_resume(content, s, val_dir)
-        saved_processes = content.get("processes", 1)
-        if saved_processes != ranks.size:
-            warn(
-                f"{last}: the run trained on {saved_processes} process(es) and goes on "
-                f"with {ranks.size}: each step now trains on "
-                f"{ranks.size * content['train_config']['batch_size']} crops instead of "
-                f"{saved_processes * content['train_config']['batch_size']}"
-            )
-        config, split = TrainConfig.from_dict(content["train_config"]), content["split"]
-    else:
-        config, split = None, None
-    if content is not None:
-        network, _ = network_from_checkpoint(content, last if s.resume else checkpoint)
-    else:
-        import torch
 
-        torch.manual_seed(s.seed)  # the starting weights follow the seed too
-        network = UNet(PRESETS[s.preset])
-    # Train in the starting network's normalisation (MemBrain-seg's z-score for its
-    # checkpoints), so the fine-tuned network is fed as it learnt and as segment feeds it.
-    normalisation = (
-        config.normalisation
-        if config
-        else (normalisation_of(content) if content is not None else NORMALISATION)
-    )
-    if normalisation not in NORMALISATIONS:
-        raise InputError(f"{checkpoint}: unknown intensity normalisation {normalisation!r}")
-    # And at the starting network's pixel size (10 Å for MemBrain-seg's): patches at
-    # another are resampled to it rather than teaching the network a new scale.
-    pixel_size = (
-        config.pixel_size if config else (pixel_size_of(content) if content is not None else None)
-    )
-    train_patches, val_patches, split = load_split(
-        train_dir, val_dir, s.val_fraction, config.seed if config else s.seed, split,
-        normalisation, pixel_size, s.pixel_size,
-    )  # fmt: skip
-    if pixel_size is None:  # a new scale: the patches' own, when they share one
-        sizes = {p.pixel_size for p in train_patches + val_patches}
-        if len(sizes) > 1:
-            warn(
-                f"{train_dir}: patches at different voxel sizes "
-                f"({', '.join(f'{v:g}' for v in sorted(sizes, key=str))} Å) and no network "
-                "pixel size to resample them to: the checkpoint records none"
-            )
-        pixel_size = sizes.pop() if len(sizes) == 1 else None
-    if s.relabel_rounds:
-        candidates, borders = relabel_candidates_of(train_patches, train_dir)
+def _loss_name(name: str) -> str:
+    from ..training.losses import parse_loss
+
+    try:
+        return "+".join(parse_loss(name))
+    except ValueError as exc:
+        raise InputError(f"--loss {name}: {exc}") from None
+
+
+def _config(s: RetrainSettings, start, patches: int, ranks, loss: str, pixel_size):
+    """The run's training config: the saved one (extended by ``iterations`` or ``epochs``)
+    when resuming, else made from the settings."""
+    from ..training.config import TrainConfig, default_warmup
 
     # On resume an epoch counts in the saved run's batch size, not the option's default;
     # under torchrun a step trains every process's batch.
-    per_step = (config.batch_size if s.resume else s.batch_size) * ranks.size
-    steps_per_epoch = max(1, math.ceil(len(train_patches) / per_step))
-    total = (
-        s.iterations
-        if s.iterations is not None
-        else (s.epochs * steps_per_epoch if s.epochs is not None else None)
-    )
+    per_step = (start.config.batch_size if s.resume else s.batch_size) * ranks.size
+    steps_per_epoch = max(1, math.ceil(patches / per_step))
+    total = s.iterations if s.epochs is None else s.epochs * steps_per_epoch
     if s.resume:
-        if total is not None:
-            if total <= content["step"]:
-                raise InputError(
-                    f"the saved run is at iteration {content['step']}; to extend it, "
-                    f"give more iterations than that (got {total})"
-                )
-            config = replace(config, iterations=total)
-    else:
         if total is None:
-            raise InputError("give --iterations or --epochs")
-        if total < 1:
-            raise InputError(f"the run needs at least one step, got {total}")
-        if s.warmup is not None and s.warmup >= total:
-            raise InputError(f"--warmup {s.warmup} must be shorter than the run ({total})")
-        config = TrainConfig(
-            iterations=total,
-            batch_size=s.batch_size,
-            crop_size=s.crop_size,
-            optimizer=s.optimizer,
-            lr=s.lr if s.lr is not None else DEFAULT_LR[s.optimizer],
-            schedule=s.schedule,
-            warmup=s.warmup if s.warmup is not None else total // 20,
-            seed=s.seed,
-            val_every=s.val_every,
-            save_every=s.save_every or s.val_every,
-            augment=s.augment,
-            compile=s.compile,
-            channels_last=s.channels_last,
-            loss=loss,
-            normalisation=normalisation,
-            pixel_size=pixel_size,
-        )
-    divisor = network.config.divisor
-    if config.crop_size % divisor:
-        raise InputError(
-            f"--crop-size {config.crop_size}: must be a multiple of {divisor} for this network"
-        )
-    largest = max(max(p.image.shape) for p in train_patches)
-    if config.crop_size > largest:
-        fits = max(divisor, largest // divisor * divisor)
-        raise InputError(
-            f"--crop-size {config.crop_size}: larger than every training patch (the "
-            f"largest edge is {largest}), so each crop would be mostly padding; use "
-            f"--crop-size {fits}"
-        )
+            return start.config
+        if total <= start.resume["step"]:
+            raise InputError(
+                f"the saved run is at iteration {start.resume['step']}; to extend it, give "
+                f"more iterations than that (got {total})"
+            )
+        return replace(start.config, iterations=total)
+    if total is None:
+        raise InputError("give --iterations or --epochs")
+    if total < 1:
+        raise InputError(f"the run needs at least one step, got {total}")
+    if s.warmup is not None and s.warmup >= total:
+        raise InputError(f"--warmup {s.warmup} must be shorter than the run ({total})")
+    return TrainConfig(
+        iterations=total,
+        batch_size=s.batch_size,
+        crop_size=s.crop_size,
+        optimizer=s.optimizer,
+        lr=s.lr if s.lr is not None else DEFAULT_LR[s.optimizer],
+        schedule=s.schedule,
+        warmup=s.warmup if s.warmup is not None else default_warmup(total),
+        seed=s.seed,
+        val_every=s.val_every,
+        save_every=s.save_every or s.val_every,
+        augment=s.augment,
+        compile=s.compile,
+        channels_last=s.channels_last,
+        loss=loss,
+        normalisation=start.normalisation,
+        pixel_size=pixel_size,
+    )
 
+
+def _announce(start, config, checkpoint, s, device, ranks, patches) -> str:
+    """The run's first line: what trains, from what, where, on what."""
     if s.resume:
-        start = "resuming at iteration {}".format(content["step"])
+        begin = "resuming at iteration {}".format(start.resume["step"])
     else:
-        start = (
+        begin = (
             f"from {checkpoint}" if checkpoint is not None else "from scratch (no --checkpoint)"
         )
-    parameters = sum(p.numel() for p in network.parameters())
-    where, batch = str(target), f"{config.batch_size}"
+    parameters = sum(p.numel() for p in start.network.parameters())
+    where, batch = str(device), f"{config.batch_size}"
     if ranks.distributed:
-        backend = "NCCL" if target.type == "cuda" else "gloo"
-        where = f"{ranks.size} processes ({target.type}, {backend})"
+        backend = "NCCL" if device.type == "cuda" else "gloo"
+        where = f"{ranks.size} processes ({device.type}, {backend})"
         batch = f"{ranks.size} x {config.batch_size}"
-    listener.message(
-        f"Training {parameters / 1e6:.2f} M parameters {start} on {where} "
-        f"({'bf16/fp16 autocast' if target.type == 'cuda' else 'fp32'}): "
-        f"{len(train_patches)} training and {len(val_patches)} validation patch(es), "
+    return (
+        f"Training {parameters / 1e6:.2f} M parameters {begin} on {where} "
+        f"({'bf16/fp16 autocast' if device.type == 'cuda' else 'fp32'}): "
+        f"{len(patches[0])} training and {len(patches[1])} validation patch(es), "
         f"{config.iterations} iterations of {batch} x {config.crop_size}³, "
         f"intensities normalised by {config.normalisation}"
         + (f", at {config.pixel_size:g} Å per voxel." if config.pixel_size else ".")
     )
-
-    metrics_path = out_dir / "metrics.csv"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not s.resume and ranks.main:
-        # overwrite: nothing of the old run may pass for the new one's, last.pt included
-        # (a relabeling run writes it only at its end).
-        stale_files = (last, out_dir / BEST, metrics_path, out_dir / "curves.png")
-        for stale in (*stale_files, out_dir / RELABEL_REPORT):
-            stale.unlink(missing_ok=True)
-        for stale in relabel_round_dirs(out_dir):
-            shutil.rmtree(stale)
-    if s.relabel_rounds:
-        plan = RelabelPlan(
-            rounds=s.relabel_rounds,
-            max_share=s.relabel_max,
-            round_iterations=s.relabel_iterations or max(1, config.iterations // 2),
-            background=s.relabel_background,
-            candidates=candidates,
-            borders=borders,
-        )
-        relabel, step, final, best_dice = run_relabeling(
-            network, train_patches, val_patches, config, out_dir, target, split, plan,
-            train_dir, listener,
-        )  # fmt: skip
-        best = out_dir / BEST if relabel["best"] is not None else None
-    else:
-        relabel = None
-        state = _run(network, train_patches, val_patches, config, out_dir, target, split,
-                     content if s.resume else None, listener, ranks)  # fmt: skip
-        step, best_dice = state.step, state.best_dice
-        final = state.history[-1] if state.history else {}
-        best = out_dir / BEST if "val_dice" in final else None
-    return RetrainReport(out_dir, step, final, best_dice, last, best, metrics_path, relabel, [])
-
-
-def _run(network, train_patches, val_patches, config, out_dir: Path, target, split, resume,
-         listener: Listener, ranks):  # fmt: skip
-    """One plain training run, with progress, metrics and curves; its final state."""
-    from ..train import LAST, train
-
-    metrics_path = out_dir / "metrics.csv"
-    listener.progress(Progress("Training", resume["step"] if resume else 0, config.iterations))
-    with training_stops(
-        out_dir,
-        config,
-        lambda stop: (
-            f"Interrupted at iteration {stop.step}; saved {stop.path}. "
-            "Run again with --resume to continue."
-        ),
-        f" (or on a large validation patch); start a new run from {out_dir / LAST} with "
-        "--checkpoint and a smaller batch or crop",
-    ):
-        state = train(
-            network,
-            train_patches,
-            val_patches,
-            config,
-            out_dir,
-            target,
-            resume=resume,
-            on_step=lambda step, value: listener.progress(
-                Progress("Training", step, config.iterations, value)
-            ),
-            on_metrics=lambda rows: write_metrics(metrics_path, rows),
-            split=split,
-            ranks=ranks,
-        )
-    if ranks.main:
-        plot_curves(state.history, out_dir / "curves.png")
-    return state

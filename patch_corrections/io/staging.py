@@ -1,0 +1,204 @@
+"""Writing files so that an interrupted run never leaves a half-written one."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..errors import InputError
+from .names import inside
+
+
+@contextmanager
+def atomic_target(path: Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it into place if the block succeeds.
+
+    ``suffix`` ends the temporary name, for writers that pick a format or compression from
+    it (``.nii.gz``). On error the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.partial-{secrets.token_hex(4)}{suffix}")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write UTF-8 text to ``path`` atomically."""
+    with atomic_target(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+
+
+class StagedFiles:
+    """Files of one run, written under temporary names and moved into place together.
+
+    Nothing under a final name changes until :meth:`commit`; :meth:`discard` removes the
+    temporary files and the folders this run created, so a failed run leaves everything as
+    it was. Use it through :func:`staged`, which does one or the other.
+
+    Parameters
+    ----------
+    journal
+        The run's locked output folder, holding every path named: a journal there records
+        the whole commit before it starts, so that a run killed part-way is finished by the
+        next run in that folder (see :func:`recover`). ``None``: no journal.
+    """
+
+    def __init__(self, journal: Path | None = None) -> None:
+        self._journal = Path(journal) if journal is not None else None
+        self._staged: list[tuple[Path, Path]] = []
+        self._created: list[Path] = []
+        self._texts: dict[Path, str] = {}
+        self._remove: list[Path] = []
+
+    def make_dirs(self, *folders: Path) -> None:
+        """Create ``folders`` (and parents), remembering which ones did not exist."""
+        for folder in folders:
+            missing = [p for p in (folder, *folder.parents) if not p.exists()]
+            folder.mkdir(parents=True, exist_ok=True)
+            self._created.extend(missing)
+
+    def stage(self, final: Path, suffix: str = "") -> Path:
+        """A temporary path to write ``final``'s content to; ``suffix`` ends its name."""
+        final = Path(final)
+        temporary = final.with_name(f".{final.name}.staged-{secrets.token_hex(4)}{suffix}")
+        self._staged.append((temporary, final))
+        return temporary
+
+    def temporary(self, final: Path) -> Path:
+        """The temporary path staged for ``final`` (its content until the commit)."""
+        return next(t for t, f in self._staged if f == Path(final))
+
+    @property
+    def finals(self) -> list[Path]:
+        return [final for _, final in self._staged]
+
+    def write_text(self, path: Path, text: str) -> None:
+        """Write ``text`` to ``path`` (a manifest, a summary) at the commit, atomically,
+        once every staged file is in place."""
+        self._texts[Path(path)] = text
+
+    def remove(self, paths: Iterable[Path]) -> None:
+        """Remove ``paths`` at the commit, last (files the new ones replace)."""
+        self._remove.extend(Path(p) for p in paths)
+
+    def commit(self) -> None:
+        """Rename every staged file to its final name, then write the texts and remove the
+        files to remove, recorded first in the journal when there is one."""
+        journal = self._journal / JOURNAL_NAME if self._journal is not None else None
+        if journal is not None:
+            root = self._journal
+            entry = {
+                "renames": [[_rel(t, root), _rel(f, root)] for t, f in self._staged],
+                "texts": {_rel(path, root): text for path, text in self._texts.items()},
+                "remove": [_rel(path, root) for path in self._remove],
+            }
+            write_text_atomic(journal, json.dumps(entry))
+        _finish(self._staged, self._texts, self._remove)
+        if journal is not None:
+            journal.unlink()
+        self._staged, self._created, self._texts, self._remove = [], [], {}, []
+
+    def discard(self) -> None:
+        """Remove staged files and the folders created for them (if left empty)."""
+        for temporary, _ in self._staged:
+            temporary.unlink(missing_ok=True)
+        self._staged, self._texts, self._remove = [], {}, []
+        for folder in sorted(self._created, key=lambda p: len(p.parts), reverse=True):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        self._created = []
+
+
+@contextmanager
+def staged(journal: Path | None = None) -> Iterator[StagedFiles]:
+    """The files a run writes in the block, staged (see :class:`StagedFiles`): committed
+    together when the block ends, discarded when it raises."""
+    files = StagedFiles(journal)
+    try:
+        yield files
+    except BaseException:
+        files.discard()
+        raise
+    files.commit()
+
+
+JOURNAL_NAME = ".patch_corrections.journal.json"
+"""Where a run's commit is recorded before it starts (removed once it is done)."""
+LEFTOVERS = (".staged-", ".partial-")
+"""What the temporary names of staged and atomically written files hold."""
+
+
+def _rel(path: Path, root: Path) -> str:
+    """``path`` relative to ``root``, each with its folders resolved (not its own name: a
+    link there is the file the run replaces, not the file it points to)."""
+    path = Path(path)
+    return (path.parent.resolve() / path.name).relative_to(Path(root).resolve()).as_posix()
+
+
+def _finish(renames, texts: dict[Path, str], remove: list[Path]) -> None:
+    """Carry out a commit; every step may be repeated (a rename already done is skipped)."""
+    for temporary, final in renames:
+        if Path(temporary).exists():
+            os.replace(temporary, final)
+    for path, text in texts.items():
+        write_text_atomic(Path(path), text)
+    for path in remove:
+        Path(path).unlink(missing_ok=True)
+
+
+def recover(folder: Path) -> tuple[int, int]:
+    """Finish the commit of a run that was killed in ``folder`` and remove the temporary
+    files dead runs left there. Call it holding the folder's lock (no other run can be
+    writing). Returns (steps of a commit finished, leftover files removed)."""
+    folder = Path(folder)
+    journal = folder / JOURNAL_NAME
+    finished = 0
+    if journal.exists():
+        try:
+            entry = json.loads(journal.read_text(encoding="utf-8"))
+            renames = [(folder / t, folder / f) for t, f in entry["renames"]]
+            texts = {folder / path: text for path, text in entry["texts"].items()}
+            remove = [folder / path for path in entry["remove"]]
+            named = [p for pair in entry["renames"] for p in pair]
+            named += [*entry["texts"], *entry["remove"]]
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise InputError(
+                f"{journal}: an interrupted run's record, unreadable ({exc}); move it aside"
+            ) from None
+        outside = [p for p in named if not inside(folder, p)]
+        if outside:
+            raise InputError(f"{journal}: names {outside[0]!r}, outside the folder; move it aside")
+        _finish(renames, texts, remove)
+        finished = len(renames) + len(texts) + len(remove)
+        journal.unlink()
+    leftovers = [
+        path
+        for path in (*folder.glob(".*"), *folder.glob("*/.*"))
+        if path.is_file() and any(mark in path.name for mark in LEFTOVERS)
+    ]
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return finished, len(leftovers)
+
+
+def remove_leftovers_of(finals: Iterable[Path]) -> int:
+    """Remove the temporary files that killed runs left for these final paths (their
+    ``.staged-`` and ``.partial-`` names); how many. For folders several runs may write
+    into at once (``segment``), where only a run's own outputs are its business."""
+    removed = 0
+    for final in finals:
+        final = Path(final)
+        for mark in LEFTOVERS:
+            for path in final.parent.glob(f".{final.name}{mark}*"):
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed

@@ -1,0 +1,83 @@
+"""What decides a training run, saved in every checkpoint: :class:`TrainConfig`, and the two
+pure functions of it a step uses, the learning-rate schedule and the optimiser."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..constants import DEFAULT_LOSS, NORMALISATION, WARMUP_SHARE
+
+if TYPE_CHECKING:
+    import torch
+
+DEFAULT_LR = {"sgd": 1e-2, "adamw": 3e-4}
+"""Peak learning rate of each optimiser when none is given."""
+SCHEDULES = ("poly", "cosine")
+"""Decays of the learning rate after warm-up."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run; saved in every checkpoint."""
+
+    iterations: int
+    batch_size: int = 2
+    crop_size: int = 160
+    optimizer: str = "sgd"
+    lr: float = 1e-2
+    schedule: str = "poly"
+    warmup: int = 0
+    weight_decay: float = 3e-5
+    grad_clip: float = 12.0
+    seed: int = 0
+    val_every: int = 50
+    save_every: int = 50
+    augment: bool = True
+    compile: bool = False
+    channels_last: bool = True
+    loss: str = DEFAULT_LOSS
+    """Loss terms joined with ``+`` (see :mod:`patch_corrections.training.losses`)."""
+    normalisation: str = NORMALISATION
+    """How the patches' intensities were normalised; saved for ``segment`` to repeat."""
+    pixel_size: float | None = None
+    """Å per voxel the network is trained at (``None``: unknown); saved for ``segment
+    --rescale``."""
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        return cls(**values)
+
+
+def default_warmup(steps: int) -> int:
+    """Warm-up steps of a run of ``steps`` when none are given: ``WARMUP_SHARE`` of it."""
+    return int(steps * WARMUP_SHARE + 1e-9)
+
+
+def learning_rate(step: int, config: TrainConfig) -> float:
+    """Linear warm-up over ``config.warmup`` steps, then poly (0.9) or cosine decay to 0
+    at ``config.iterations``."""
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = min(1.0, (step - config.warmup) / max(1, config.iterations - config.warmup))
+    if config.schedule == "cosine":
+        return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    return config.lr * (1 - progress) ** 0.9
+
+
+def make_optimizer(network: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (Nesterov, momentum 0.99: nnU-Net's) or AdamW, at ``config.lr``."""
+    import torch
+
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(
+            network.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+    return torch.optim.SGD(
+        network.parameters(),
+        lr=config.lr,
+        momentum=0.99,
+        nesterov=True,
+        weight_decay=config.weight_decay,
+    )
