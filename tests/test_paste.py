@@ -3,6 +3,7 @@ merged by merge_corrections) written back into the full segmentation."""
 
 from __future__ import annotations
 
+import json
 import tracemalloc
 from pathlib import Path
 
@@ -308,6 +309,32 @@ def test_manifest_offsets_place_patches_in_a_segmentation_at_another_origin(tmp_
     text = str(caught.value)
     assert f"{A}.nii.gz: origin/voxel size" in text and f"record in {manifest}" in text
     assert not (tmp_path / "c.mrc").exists()
+
+
+@pytest.mark.parametrize("tomogram_moved", [False, True])
+def test_an_edited_manifest_offset_is_refused_not_pasted_elsewhere(
+    tmp_path, run_cli, tomogram_moved
+):
+    _two_apart(tmp_path)
+    manifest = tmp_path / "patches" / "manifest.json"
+    content = json.loads(manifest.read_text())
+    content["patches"][0]["offset_xyz"] = [12, 10, 2]  # A is at 10, 10, 2
+    manifest.write_text(json.dumps(content))
+    if tomogram_moved:  # only the other record can tell
+        (tmp_path / "tomo.mrc").rename(tmp_path / "elsewhere.mrc")
+    out = tmp_path / "out" / "pasted.mrc"
+    args = ["-m", tmp_path / "train", "-s", tmp_path / "tomo_segmented.mrc", "-o", out]
+    result = run_cli("paste_corrections", *args, "--patches-dir", tmp_path / "patches")
+    assert result.exit_code == 1
+    line = result.output.strip()
+    assert len(line.splitlines()) == 1 and "origin differs" not in line
+    if tomogram_moved:  # two records, one edited: which is wrong is not decided
+        assert f"{manifest}: the records of {A}, {B} disagree" in line
+    else:
+        assert f"{manifest}: {A} is recorded at the offset x,y,z=12,10,2" in line
+        assert "puts it at x,y,z=10,10,2 in" in line
+    assert "was the manifest edited?" in line
+    assert not (tmp_path / "out").exists()
 
 
 def test_refuses_to_overwrite_without_the_option(tmp_path, run_cli):

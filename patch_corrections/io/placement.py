@@ -4,13 +4,15 @@ the tomogram, replaced by) the voxel offset its extraction manifest records."""
 
 from __future__ import annotations
 
+import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError, warn
-from .geometry import Index3, PatchBox, xyz_text
+from .geometry import Geometry, Index3, PatchBox, Triple, xyz_text
 from .manifest import PatchRecord
 from .readers import VolumeInfo
 from .volumes import read_info
@@ -116,3 +118,91 @@ def _check_record(
             f"({xyz_text(recorded.origin)} / {xyz_text(recorded.voxel_size)} Å); was it merged "
             "from another cut of that name?"
         )
+
+
+def check_offsets(records: list[PatchRecord], manifest: Path) -> None:
+    """``InputError`` when a record's voxel offset disagrees with its own origin: an edited
+    or stale manifest would move that patch's corrections with no other sign.
+
+    The tomogram's origin is read from the tomogram the record names, where it can be
+    read (the same shape and voxel size); otherwise the records of one tomogram must imply
+    the same origin (the one most of them imply).
+    """
+    placed = [r for r in records if r.geometry is not None]
+    headers: dict[str, Geometry | None] = {}
+    unchecked: dict[tuple, list[PatchRecord]] = {}
+    for record in placed:
+        read = _tomogram_geometry(record, headers)
+        if read is not None:
+            _refuse_if_apart(record, read, f"in {record.tomogram}", manifest)
+            continue
+        key = (record.tomogram, record.tomogram_shape, record.geometry.voxel_size)  # type: ignore[union-attr]
+        unchecked.setdefault(key, []).append(record)
+    for group in unchecked.values():
+        starts = Counter(_rounded(_tomogram_origin(r), r) for r in group)
+        if len(starts) < 2:
+            continue
+        (common, most), (_, next_most) = starts.most_common(2)
+        if most == next_most:
+            raise InputError(
+                f"{manifest}: the records of {', '.join(r.name for r in group)} disagree on "
+                f"where {group[0].tomogram} starts (offset_xyz against origin_xyz), and no "
+                "majority says which is right (was the manifest edited?): restore the "
+                "manifest, or extract the patches again"
+            )
+        geometry = Geometry(group[0].geometry.voxel_size, common)  # type: ignore[union-attr]
+        where = f"by the tomogram origin most records of {group[0].tomogram} imply"
+        for record in group:
+            _refuse_if_apart(record, geometry, where, manifest)
+
+
+def _tomogram_origin(record: PatchRecord) -> Triple:
+    """Where the record's tomogram starts (Å, ``(z, y, x)``): its origin less its offset."""
+    geometry = record.geometry
+    assert geometry is not None
+    return geometry.position_of(tuple(-i for i in record.offset))
+
+
+def _rounded(origin: Triple, record: PatchRecord) -> Triple:
+    """``origin`` to a tenth of a voxel, so that float32 headers compare equal."""
+    voxel = record.geometry.voxel_size  # type: ignore[union-attr]
+    return tuple(round(o / v, 1) * v for o, v in zip(origin, voxel))  # type: ignore[return-value]
+
+
+def _tomogram_geometry(record: PatchRecord, headers: dict[str, Geometry | None]):
+    """The geometry of the tomogram ``record`` names, where its file can be read and is
+    that tomogram (its shape and voxel size); ``None`` otherwise."""
+    path = record.tomogram
+    if path is None:
+        return None
+    if path not in headers:
+        headers[path] = None
+        try:
+            if os.path.isfile(path):
+                info = read_info(Path(path))
+                if record.tomogram_shape in (None, info.shape):
+                    headers[path] = info.geometry
+        except (InputError, OSError):
+            pass
+    geometry = headers[path]
+    if geometry is None or not np.allclose(
+        geometry.voxel_size,
+        record.geometry.voxel_size,
+        rtol=1e-3,
+        atol=0,  # type: ignore[union-attr]
+    ):
+        return None
+    return geometry
+
+
+def _refuse_if_apart(record: PatchRecord, tomogram: Geometry, where: str, manifest) -> None:
+    assert record.geometry is not None
+    exact = tomogram.index_of(record.geometry.origin)
+    if all(abs(e - i) <= _GRID_TOLERANCE for e, i in zip(exact, record.offset)):
+        return
+    raise InputError(
+        f"{manifest}: {record.name} is recorded at the offset x,y,z={xyz_text(record.offset)}, "
+        f"but its origin x,y,z={xyz_text(record.geometry.origin)} Å puts it at "
+        f"x,y,z={xyz_text(exact, '.4g')} {where}; a patch's records must agree (was the "
+        "manifest edited?): restore the manifest, or extract the patch again"
+    )

@@ -26,7 +26,7 @@ from ..io.locks import folder_lock
 from ..io.manifest import PatchRecord, manifest_path, padding_zyx, read_records
 from ..io.mrc_writer import MrcSlabWriter, mrc_dtype
 from ..io.patch_folders import find_label_patches
-from ..io.placement import Placement, place_patch
+from ..io.placement import Placement, check_offsets, place_patch
 from ..io.staging import remove_leftovers_of, staged
 from ..io.summary import summary_path, summary_rows
 from ..io.volumes import MRC_SUFFIXES, VolumeInfo, closing_reader, read_volume
@@ -264,6 +264,8 @@ def _place_all(
         warn(
             f"{manifest}: records no patch {', '.join(unrecorded)}; placed by their headers alone"
         )
+    if manifest is not None:
+        check_offsets([records[p.name] for p in patches if p.name in records], manifest)
     placements = []
     for patch in patches:
         placement = place_patch(patch.name, patch.label, target, records.get(patch.name), manifest)
