@@ -22,7 +22,7 @@ from ..io.manifest import Padding
 from ..io.names import preview_path
 from ..io.patch_folders import LabelPatch, find_label_patches
 from ..io.staging import StagedFiles, staged
-from ..io.summary import merged_rows, summary_path, summary_text
+from ..io.summary import earlier_rows, merged_rows, row_files, summary_path, summary_text
 from ..io.volumes import output_path, read_info, read_volume, volume_suffix, write_volume
 from ..labels.corrections import merge_labels, require_label_values, union_mask
 from ..labels.patches import fill_nonfinite
@@ -148,6 +148,7 @@ def merge_corrections(
         ]
         outputs = [path for plan in plans for path in (*plan.outputs, *plan.previews)]
         require_free(outputs, settings.overwrite)
+        earlier = earlier_rows(out_dir)
         # The files, then the summary, recorded first so that a killed run is finished
         # by the next one.
         with staged(out_dir) as files:
@@ -160,7 +161,7 @@ def merge_corrections(
             found = _found(patches, folders, corrections_dir)
             files.write_text(
                 summary_path(out_dir),
-                summary_text(merged_rows(summary_path(out_dir), rows), **found),
+                summary_text(merged_rows(earlier, rows), **found),
             )
             files.remove(_stale_previews(out_dir, plans, settings))
     return MergeReport(
@@ -343,8 +344,7 @@ def _merge_one(plan: _MergePlan, files: StagedFiles) -> dict:
         "border": plan.border,
         "padding_xyz": [list(p) for p in as_xyz(plan.padding)] if plan.padding else None,
         "files": {k: [p.name for p in v] for k, v in plan.masks.items()},
-        "image": str(image_out),
-        "label": str(label_out),
+        **row_files(image_out.parent.parent, image_out, label_out),
         # The tomogram's statistics from the extraction manifest, for retrain to normalise
         # this patch as segment normalises the whole tomogram.
         "intensity_statistics": patch.record.intensity_statistics if patch.record else None,

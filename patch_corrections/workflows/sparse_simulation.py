@@ -13,7 +13,14 @@ from ..errors import InputError, collect_warnings
 from ..io.geometry import geometry_or_unit
 from ..io.patch_folders import find_training_pairs
 from ..io.staging import StagedFiles, staged
-from ..io.summary import merged_rows, summary_path, summary_rows, summary_text
+from ..io.summary import (
+    earlier_rows,
+    merged_rows,
+    row_files,
+    summary_path,
+    summary_rows,
+    summary_text,
+)
 from ..io.volumes import output_path, read_volume, volume_suffix, write_volume
 from ..labels.corrections import require_label_values
 from ..labels.sparse import AXES, random_boxes, slices_mask, spaced_slices, sparsify
@@ -116,6 +123,7 @@ def simulate_sparse(
             "border, padding and intensity statistics are not carried over",
         )
 
+        earlier = earlier_rows(out_dir)
         rng = np.random.default_rng(settings.seed)
         # The files, then the summary, recorded first so that a killed run is finished
         # by the next one.
@@ -130,7 +138,7 @@ def simulate_sparse(
                     list(zip(pairs, outputs)), "Making labels sparse", listener
                 )
             ]
-            summary = merged_rows(summary_path(out_dir), rows)
+            summary = merged_rows(earlier, rows)
             fields = {"simulated_from": str(train_dir.resolve()), "seed": settings.seed}
             files.write_text(summary_path(out_dir), summary_text(summary, **fields))
     return SparseReport(out_dir, summary_path(out_dir), rows, settings, warned)
@@ -167,6 +175,5 @@ def _sparsify(pair, outputs, settings: SparseSettings, rng, files: StagedFiles) 
         "annotated": after,
         "kept_fraction": after / before if before else 0.0,
         "simulated": {"mode": settings.mode, "fraction": settings.fraction, **what},
-        "image": str(image_out),
-        "label": str(label_out),
+        **row_files(image_out.parent.parent, image_out, label_out),
     }
