@@ -16,6 +16,7 @@ from pathlib import Path
 from ..constants import CORRECTION_KINDS
 from ..errors import InputError
 from .geometry import Geometry, as_xyz
+from .names import warn_links_out
 from .readers import VolumeInfo
 from .volumes import is_volume_file, volume_stem
 
@@ -69,6 +70,9 @@ def scan_corrections(corrections_dir: Path) -> dict[str, CorrectionFolder]:
                 f"{folders[name].folder.name}); keep one"
             )
         folders[name] = entry
+    warn_links_out(
+        corrections_dir, [m for f in folders.values() for ms in f.masks.values() for m in ms]
+    )
     return folders
 
 

@@ -9,6 +9,7 @@ accepts it.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,20 @@ def inside(folder: Path, relative: object) -> bool:
         return False
     root = Path(folder).resolve()
     return (root / relative).resolve().is_relative_to(root)
+
+
+def warn_links_out(root: Path, paths: Iterable[Path]) -> None:
+    """One warning when files of the tree ``root`` are, or lie in, symbolic links to
+    somewhere outside it: they are read from there, but never without a word."""
+    top = Path(root).resolve()
+    out = [(p, p.resolve()) for p in paths if not p.resolve().is_relative_to(top)]
+    if out:
+        (path, target), more = out[0], len(out) - 1
+        others = f"; {more} more file(s) of it lead outside too" if more else ""
+        warn(
+            f"{path}: a symbolic link to {target}, outside {root}{others}; read from there "
+            "(copy the files in to keep the folder whole)"
+        )
 
 
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")

@@ -22,6 +22,7 @@ from pathlib import Path
 from ..constants import TRAIN_IMAGE_SUFFIX, TRAIN_IMAGES_SUBDIR, TRAIN_LABELS_SUBDIR
 from ..errors import InputError
 from .manifest import PatchRecord, manifest_path, read_records
+from .names import warn_links_out
 from .volumes import is_volume_file, volume_stem
 
 
@@ -92,12 +93,13 @@ def find_label_patches(labels_dir: Path, images_dir: Path | None = None) -> list
     else:
         patches = []
     known = {p.label for p in patches}
-    for path in _volume_files(labels_dir):
-        if path.resolve() not in known:
-            patches.append(LabelPatch(volume_stem(path), path.resolve(), None))
+    unrecorded = [path for path in _volume_files(labels_dir) if path.resolve() not in known]
+    warn_links_out(labels_dir, unrecorded)
+    patches += [LabelPatch(volume_stem(path), path.resolve(), None) for path in unrecorded]
     if images_dir is not None:
         for patch in patches:
             patch.image = _find_image(Path(images_dir), patch.name)
+        warn_links_out(Path(images_dir), [p.image for p in patches if p.image is not None])
     names = [p.name for p in patches]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -127,4 +129,5 @@ def find_training_pairs(folder: Path) -> list[tuple[str, Path, Path]]:
         pairs.append((name, image, label))
     if not pairs:
         raise InputError(f"{labels_dir}: no label files; run merge_corrections first")
+    warn_links_out(folder, [path for _, image, label in pairs for path in (image, label)])
     return pairs
