@@ -165,6 +165,19 @@ def test_overwrite_through_a_relative_or_linked_out_dir(
     np.testing.assert_array_equal(image, expected)
 
 
+def test_a_patch_too_large_for_the_memory_is_one_line_before_anything_is_allocated(
+    tmp_path, volumes, run_cli
+):
+    inputs = ["-t", tmp_path / "tomo.mrc", "-s", tmp_path / "seg.mrc", "-o", tmp_path / "out"]
+    result = run_cli(
+        "extract_patches", *inputs, "--patch-size", 100000, "--x", 7, "--y", 6, "--z", 5
+    )
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: --patch-size 100000: a 100000³ patch needs about")
+    assert len(result.output.splitlines()) == 1 and "PiB of host memory" in result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_stray_file_is_not_overwritten(tmp_path, volumes, run_cli):
     (tmp_path / "out" / "labels").mkdir(parents=True)
     (tmp_path / "out" / "labels" / "tomo_patch000.nrrd").write_text("mine")

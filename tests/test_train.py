@@ -290,6 +290,11 @@ def _training_folder(root: Path, labels: np.ndarray, image_shape=None, voxel=1.0
         ("ok", ["--checkpoint", "{garbage}"], "not a readable PyTorch checkpoint"),
         ("ok", ["--resume"], "nothing to resume"),
         ("ok", ["--seed", "-1"], "--seed must be at least 0, got -1"),
+        (
+            "ok",
+            ["--batch-size", "100000", "--crop-size", "16"],
+            "--batch-size 100000 with --crop-size 16: a training step on cpu needs about",
+        ),
         ("ok", ["--lr", "-1"], "--lr must be a positive number"),
         ("ok", ["--device", "mps"], "--device mps: expected auto, cpu, cuda or cuda:N"),
         ("ok", ["--warmup", "5"], "--warmup 5 must be shorter than the run (2)"),

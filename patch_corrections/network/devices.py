@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..io.memory import available_memory
+
 
 def pick_device(name: str, local_rank: int | None = None) -> torch.device:
     """``auto`` is the first GPU when there is one, else the CPU; ``cpu``, ``cuda`` and
@@ -76,6 +78,16 @@ class Precision:
     def autocast(self):
         """Context manager for forward passes; a no-op at fp32."""
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free on ``device``: the GPU's, or the host memory available; ``None`` where
+    unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type == "cpu":
+        return available_memory()
+    return None
 
 
 def sync(device: torch.device) -> None:

@@ -75,6 +75,15 @@ class UNetConfig:
             product *= stride
         return product
 
+    def feature_values(self, voxels: int) -> int:
+        """Values of the feature maps, one of each level, for an input of ``voxels``:
+        what a pass's memory grows with."""
+        total, scale = 0.0, 1
+        for width, stride in zip(self.filters, self.strides):
+            scale *= stride
+            total += width / scale**3
+        return int(total * voxels)
+
     def to_dict(self) -> dict:
         return asdict(self)
 

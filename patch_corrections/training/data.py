@@ -14,6 +14,9 @@ from ..inference.intensity import normalise, statistics_of
 from ..network.distributed import SINGLE, Ranks
 
 if TYPE_CHECKING:
+    import torch
+
+    from ..network.unet import UNetConfig
     from .config import TrainConfig
 
 _SAMPLE_STEP = 4  # annotated voxels are listed on a grid of this spacing, to stay small
@@ -161,6 +164,31 @@ def batch_for_step(
         windows.append((patch, crop_start(patch, size, rng)))
     crops = [cut_crop(patch, start, size) for patch, start in windows[-config.batch_size :]]
     return (np.stack([c[0] for c in crops])[:, None], np.stack([c[1] for c in crops])[:, None])
+
+
+STEP_VALUES_PER_FEATURE = 12
+"""Values a training step keeps per feature-map value, at least (activations, norms and
+their gradients): measured 15-20 on a CPU for the ``small`` and ``full`` presets."""
+
+
+def check_step_memory(network: UNetConfig, config: TrainConfig, device: torch.device) -> None:
+    """``InputError`` when a step of ``config.batch_size`` crops of ``config.crop_size``
+    needs more memory than ``device`` has free, before the first step tries."""
+    from ..io.memory import require_memory
+    from ..network.devices import free_memory
+
+    crops = config.batch_size * config.crop_size**3
+    value = 2 if device.type == "cuda" else 4  # autocast halves the activations on a GPU
+    needed = STEP_VALUES_PER_FEATURE * value * network.feature_values(crops)
+    free = free_memory(device)
+    if free is not None:
+        require_memory(
+            needed,
+            f"--batch-size {config.batch_size} with --crop-size {config.crop_size}: a "
+            f"training step on {device}",
+            "use a smaller --batch-size or --crop-size",
+            free,
+        )
 
 
 def check_crop_size(crop_size: int, divisor: int, patches: list[TrainingPatch]) -> None:

@@ -15,6 +15,7 @@ from ..inference.intensity import tomogram_statistics
 from ..io.centres import Centre, read_centres
 from ..io.geometry import Geometry, Index3, as_xyz, geometry_or_unit
 from ..io.manifest import PatchRecord, load_manifest, manifest_path, manifest_text, new_entry
+from ..io.memory import require_memory
 from ..io.names import check_token, preview_path, token_of
 from ..io.readers import VolumeReader
 from ..io.staging import StagedFiles, staged
@@ -159,6 +160,11 @@ def _requested_centres(
     return requested
 
 
+_BYTES_PER_VOXEL = 12
+"""Host memory a patch being cut takes per voxel, at least: the tomogram's block, the
+float32 image patch, the segmentation's block and the label patch."""
+
+
 @dataclass
 class _Plan:
     """What an extraction writes, decided before anything is.
@@ -184,6 +190,10 @@ def _extract(
     settings: ExtractSettings,
     listener: Listener,
 ) -> tuple[list[ExtractedPatch], int]:
+    size = settings.patch_size
+    require_memory(
+        _BYTES_PER_VOXEL * size**3, f"--patch-size {size}: a {size}³ patch", "give a smaller one"
+    )
     tomogram = image.info.path
     token = (
         check_token(settings.token)

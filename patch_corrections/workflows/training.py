@@ -234,12 +234,14 @@ def _retrain(
 ) -> RetrainReport:
     """:func:`retrain` in its output folder, on its device: every check first, then the
     old run's files go and the new run trains."""
+    from ..training.data import check_step_memory
     from ..training.relabel_rounds import RelabelPlan, run_relabeling
     from ..training.runs import METRICS, clear_run, run_training
 
     start, patches, split, config, candidates = _prepare(
         train_dir, out_dir, checkpoint, val_dir, s, ranks
     )
+    check_step_memory(start.network.config, config, device)
     listener.message(_announce(start, config, checkpoint, s, device, ranks, patches))
     out_dir.mkdir(parents=True, exist_ok=True)
     if not s.resume and ranks.main:
