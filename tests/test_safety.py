@@ -27,6 +27,7 @@ from patch_corrections import (
 from patch_corrections.errors import PatchCorrectionsWarning
 from patch_corrections.io.locks import LOCK_NAME, folder_lock
 from patch_corrections.io.volumes import Geometry, write_volume
+from patch_corrections.workflows import paste_corrections, simulate_sparse
 
 SHAPE = (12, 14, 16)  # z, y, x
 
@@ -105,6 +106,75 @@ def test_overwrite_never_deletes_what_a_manifest_names_outside_its_folder(
         _extract_into(extracted, (5, 5, 5), overwrite=True)
     assert victim.read_text() == "keep me"
     assert {p: p.read_bytes() for p in all_files(extracted)} == before
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("label", "../../victim.nii.gz"), ("image", "{absolute}"), ("name", "../escaped")],
+)
+def test_a_summary_row_that_points_outside_its_folder_is_refused_everywhere(
+    extracted, tmp_path, field, value
+):
+    loose = MergeSettings(ignore_geometry=True)  # the fixture paints at origin 0
+    merge_corrections(extracted, tmp_path / "corr", tmp_path / "train", settings=loose)
+    summary = tmp_path / "train" / "merge_summary.json"
+    content = json.loads(summary.read_text())
+    assert content["patches"][0]["label"] == "labelsTr/tomo_patch000.nii.gz"  # relative
+    content["patches"][0][field] = value.replace("{absolute}", str(tmp_path / "victim.nii.gz"))
+    summary.write_text(json.dumps(content))
+    before = {p: p.read_bytes() for p in all_files(tmp_path / "train")}
+    runs = {
+        "paste": lambda: paste_corrections(
+            tmp_path / "train", tmp_path / "seg.mrc", tmp_path / "pasted.mrc"
+        ),
+        "sparse": lambda: simulate_sparse(tmp_path / "train", tmp_path / "sparse"),
+        # A rerun into the folder would copy the row into its new summary.
+        "merge": lambda: merge_corrections(
+            extracted,
+            tmp_path / "corr",
+            tmp_path / "train",
+            settings=replace(loose, overwrite=True),
+        ),
+    }
+    for run in runs.values():
+        with pytest.raises(InputError, match=r"outside the folder|must be a plain file name"):
+            run()
+    assert {p: p.read_bytes() for p in all_files(tmp_path / "train")} == before
+    assert not (tmp_path / "pasted.mrc").exists() and not (tmp_path / "sparse").exists()
+
+
+@pytest.mark.parametrize("link", ["mask", "patch folder", "training label"])
+def test_a_symbolic_link_out_of_a_tree_is_read_with_a_warning_naming_its_target(
+    extracted, tmp_path, link
+):
+    loose = MergeSettings(ignore_geometry=True)  # the fixture paints at origin 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    folder = tmp_path / "corr" / "tomo_patch000"
+    if link == "mask":
+        (folder / "Add1.nrrd").rename(elsewhere / "Add1.nrrd")
+        (folder / "Add1.nrrd").symlink_to(elsewhere / "Add1.nrrd")
+        named, target = folder / "Add1.nrrd", elsewhere / "Add1.nrrd"
+    elif link == "patch folder":
+        folder.rename(elsewhere / "tomo_patch000")
+        folder.symlink_to(elsewhere / "tomo_patch000", target_is_directory=True)
+        named, target = folder / "Add1.nrrd", elsewhere / "tomo_patch000" / "Add1.nrrd"
+    report = merge_corrections(extracted, tmp_path / "corr", tmp_path / "train", settings=loose)
+    if link != "training label":
+        assert report.rows[0]["added"] == 1  # read from there
+        assert [w for w in report.warnings if "symbolic link" in w] == [
+            f"{named}: a symbolic link to {target}, outside {tmp_path / 'corr'}; read from "
+            "there (copy the files in to keep the folder whole)"
+        ]
+        return
+    assert not [w for w in report.warnings if "symbolic link" in w]
+    label = tmp_path / "train" / "labelsTr" / "tomo_patch001.nii.gz"
+    label.rename(elsewhere / label.name)
+    label.symlink_to(elsewhere / label.name)
+    report = simulate_sparse(tmp_path / "train", tmp_path / "sparse")
+    assert [w.split(";")[0] for w in report.warnings if "symbolic link" in w] == [
+        f"{label}: a symbolic link to {elsewhere / label.name}, outside {tmp_path / 'train'}"
+    ]
 
 
 def test_a_folder_takes_one_run_at_a_time(extracted, tmp_path):
