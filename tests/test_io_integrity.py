@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import warnings
 import zlib
 
@@ -11,11 +12,12 @@ import nibabel
 import nrrd
 import numpy as np
 import pytest
-from conftest import write_mrc
+from conftest import all_files, write_mrc
 
-from patch_corrections.errors import InputError, PatchCorrectionsWarning
+from patch_corrections.errors import InputError, PatchCorrectionsWarning, collect_warnings
 from patch_corrections.io.volumes import (
     Geometry,
+    closing_reader,
     open_volume,
     read_info,
     read_volume,
@@ -182,16 +184,20 @@ def test_detached_gzip_nrrd_names_its_damaged_data_file(tmp_path):
     )
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
 @pytest.mark.parametrize("encoding", ["raw", "gzip"])
 def test_detached_nrrd_data_file_must_be_a_file(tmp_path, encoding):
     path = tmp_path / "mask.nhdr"
     nrrd.write(str(path), _mask(), {"encoding": encoding}, detached_header=True, index_order="C")
     text = path.read_text()
     name = next(line for line in text.splitlines() if line.startswith("data file:"))
-    # A device would be read forever.
-    path.write_text(text.replace(name, "data file: /dev/zero"))
-    with pytest.raises(InputError, match=r"mask\.nhdr: its data file /dev/zero is not a file"):
+    # A pipe (or a device) would be read forever, or opening it would wait for a writer.
+    os.mkfifo(tmp_path / "pipe")
+    path.write_text(text.replace(name, "data file: pipe"))
+    message = f"{path}: its data file 'pipe' is not a file"
+    with pytest.raises(InputError) as caught:
         read_volume(path)
+    assert str(caught.value) == message
 
 
 def _patched_mrc(tmp_path, data, patches, name="quirk.mrc"):
@@ -329,3 +335,283 @@ def test_big_endian_nrrd_is_read_in_native_byte_order(tmp_path):
     data, info = read_volume(path)
     np.testing.assert_array_equal(data, _image())
     assert data.dtype.isnative and data.dtype == info.dtype == np.float32
+
+
+# Detached NRRD headers (.nhdr) written by hand, as other tools write them.
+
+SECRET = (b"TOPSECRET password=hunter2\n" * 60)[: 4 * np.prod(SHAPE)]
+"""A file outside the header's folder, exactly as long as the header's data would be."""
+OUTSIDE = "lies outside the header's folder; detached data must sit beside its header"
+THROUGH_A_LINK = (
+    "leads out of the header's folder through a symbolic link; "
+    "detached data must sit beside its header"
+)
+
+
+def _nhdr(folder, data_file, *, name="tomo.nhdr", encoding="raw"):
+    """A detached header of SHAPE float32 with GEOMETRY, x first, naming ``data_file``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(
+        "NRRD0004\n"
+        "# written by hand\n"
+        "type: float\n"
+        "dimension: 3\n"
+        "space: left-posterior-superior\n"
+        "sizes: 8 7 6\n"
+        "space directions: (1.5,0,0) (0,2,0) (0,0,3)\n"
+        "space origin: (10,-20,30)\n"
+        "endian: little\n"
+        f"encoding: {encoding}\n"
+        f"data file: {data_file}\n"
+    )
+    return path
+
+
+def _outside_cases(tmp_path):
+    """(data file as written, expected complaint) for each way out of tmp_path / "tomo"."""
+    (tmp_path / "secret.raw").write_bytes(SECRET)
+    folder = tmp_path / "tomo"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "link.raw").symlink_to(tmp_path / "secret.raw")
+    (folder / "linked").symlink_to(tmp_path, target_is_directory=True)
+    return folder, {
+        "climbs": ("../secret.raw", OUTSIDE),
+        "climbs-deeper": ("sub/../../secret.raw", OUTSIDE),
+        "absolute": (str(tmp_path / "secret.raw"), OUTSIDE),
+        "file-link": ("link.raw", THROUGH_A_LINK),
+        "folder-link": ("linked/secret.raw", THROUGH_A_LINK),
+    }
+
+
+@pytest.mark.parametrize(
+    "case", ["climbs", "climbs-deeper", "absolute", "file-link", "folder-link"]
+)
+@pytest.mark.parametrize("encoding", ["raw", "gzip"])
+def test_detached_nrrd_data_outside_its_folder_is_refused(tmp_path, case, encoding):
+    folder, cases = _outside_cases(tmp_path)
+    written, complaint = cases[case]
+    path = _nhdr(folder, written, encoding=encoding)
+    if encoding == "raw":  # pynrrd itself reads the file outside without a word
+        outside, _ = nrrd.read(str(path), index_order="C")
+        assert outside.tobytes() == SECRET
+    for read in (read_info, open_volume, read_volume):
+        with pytest.raises(InputError) as caught:
+            read(path)
+        assert str(caught.value) == f"{path}: its data file {written!r} {complaint}"
+
+
+def test_detached_nrrd_beside_its_header_is_read(tmp_path):
+    folder = tmp_path / "tomo"
+    (folder / "data").mkdir(parents=True)
+    raw = _image().astype("<f4").tobytes()
+    (folder / "tomo.raw").write_bytes(raw)
+    (folder / "data" / "tomo.raw").write_bytes(raw)
+    (folder / "link.raw").symlink_to(folder / "data" / "tomo.raw")
+    gzipped = folder / "tomo.raw.gz"
+    gzipped.write_bytes(gzip.compress(raw))
+    for written, encoding in [
+        ("tomo.raw", "raw"),
+        ("./data/tomo.raw", "raw"),
+        (str(folder / "tomo.raw"), "raw"),  # absolute, but in the header's folder
+        ("link.raw", "raw"),  # a link that stays inside
+        ("tomo.raw.gz", "gzip"),
+    ]:
+        path = _nhdr(folder, written, encoding=encoding)
+        expected, _ = nrrd.read(str(path), index_order="C")
+        np.testing.assert_array_equal(expected, _image())
+        data, info = read_volume(path)
+        np.testing.assert_array_equal(data, _image(), err_msg=written)
+        assert info.geometry == GEOMETRY and read_info(path) == info
+
+
+@pytest.mark.parametrize("form", ["LIST", "slice%d.raw 0 5 1"])
+def test_detached_nrrd_with_several_data_files_is_refused(tmp_path, form):
+    folder = tmp_path / "tomo"
+    path = _nhdr(folder, form)
+    slices = [f"slice{z}.raw" for z in range(SHAPE[0])]
+    for z, name in enumerate(slices):
+        (folder / name).write_bytes(_image()[z].astype("<f4").tobytes())
+    if form == "LIST":  # the data files' names follow, one a line, to the header's end
+        path.write_text(path.read_text() + "".join(f"{name}\n" for name in slices))
+    expected = (
+        f"{path}: its data file {form!r} names several files (NRRD's LIST or %d form), "
+        "which is not supported; join them into one data file beside its header"
+    )
+    for read in (read_info, read_volume):
+        with pytest.raises(InputError) as caught:
+            read(path)
+        assert str(caught.value) == expected
+
+
+def test_extract_patches_refuses_a_tomogram_whose_data_lies_outside(tmp_path, run_cli):
+    (tmp_path / "secret.raw").write_bytes(SECRET)
+    tomogram = _nhdr(tmp_path / "tomo", "../secret.raw")
+    segmentation = write_mrc(
+        tmp_path / "seg.mrc", np.zeros(SHAPE, np.int8), (1.5, 2.0, 3.0), (10, -20, 30)
+    )
+    out = tmp_path / "out"
+    result = run_cli(
+        "extract_patches", "-t", tomogram, "-s", segmentation, "-o", out,
+        "--patch-size", 4, "--border", 1, "--x", 3, "--y", 3, "--z", 3,
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert result.output == f"Error: {tomogram}: its data file '../secret.raw' {OUTSIDE}\n"
+    assert all_files(out) == []
+
+
+def test_errors_quote_no_file_contents(tmp_path):
+    # gzip's complaint quotes the data's first bytes.
+    (tmp_path / "tomo.raw.gz").write_bytes(SECRET)
+    path = _nhdr(tmp_path, "tomo.raw.gz", encoding="gzip")
+    with pytest.raises(InputError) as caught:
+        read_volume(path)
+    data = tmp_path / "tomo.raw.gz"
+    assert (
+        str(caught.value) == f"{data}: corrupt gzip data (Not a gzipped file); the file is damaged"
+    )
+
+    # pynrrd's complaint about a magic line quotes the line.
+    path = tmp_path / "secret.nrrd"
+    path.write_bytes(b"NRRD" + SECRET)
+    with pytest.raises(InputError) as caught:
+        read_volume(path)
+    expected = f"{path}: not a readable NRRD file (it does not start with an NRRD magic line)"
+    assert str(caught.value) == expected
+
+    # Long or unprintable header values are cut short.
+    (tmp_path / "tomo.raw").write_bytes(_image().astype("<f4").tobytes())
+    valid = _nhdr(tmp_path, "tomo.raw").read_text()
+    for old, new, complaint in [
+        ("sizes: 8 7 6", "sizes: 8 7 66666" + "TOPSECRET" * 40, "convert string to float: '…'"),
+        ("type: float", "type: " + "TOPSECRET" * 40, "unsupported NRRD data type 'TOPSECRET"),
+        (
+            "space origin: (10,-20,30)",
+            "space origin: (10,-20," + "TOPSECRET" * 40 + ")",
+            "float: '…'",
+        ),
+        ("encoding: raw", "encoding: \x01\x02\x7fTOP\x1b[2J", "Unsupported encoding: ???TOP?[2J"),
+    ]:
+        path.write_text(valid.replace(old, new))
+        with pytest.raises(InputError) as caught:
+            read_volume(path)
+        reason = str(caught.value)[len(str(path)) :]
+        assert complaint in reason and len(reason) <= 200 and reason.isprintable(), reason
+        assert "TOPSECRET" * 7 not in reason, reason  # 63 characters of it
+
+
+# Geometry that the tools cannot keep: rotated, sheared or flipped axes.
+
+DROPPED = (
+    "is dropped and only the voxel size and origin are used, so patches overlay it only as "
+    "an axis-aligned volume"
+)
+
+
+def _rotated(degrees: float) -> np.ndarray:
+    """GEOMETRY's affine, x first, with its x and y axes turned by ``degrees`` about z."""
+    turn = np.deg2rad(degrees)
+    rotation = np.array(
+        [[np.cos(turn), -np.sin(turn), 0], [np.sin(turn), np.cos(turn), 0], [0, 0, 1]]
+    )
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag(GEOMETRY.voxel_size[::-1])
+    affine[:3, 3] = GEOMETRY.origin[::-1]
+    return affine
+
+
+def _read_warned(path):
+    """What a run that reads ``path`` several times collects (each message once), and the
+    header information; read_info, open_volume and read_volume each warn once."""
+    for read in (read_info, open_volume, read_volume):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = read(path)
+        _one_warning(caught)
+        if hasattr(result, "close"):
+            result.close()
+    with collect_warnings() as collected:
+        info = read_info(path)
+        with closing_reader(path) as reader:
+            assert reader.info == info
+        data, _ = read_volume(path)
+    np.testing.assert_array_equal(data, _image())  # read as it is stored
+    return collected, info
+
+
+@pytest.mark.parametrize(
+    ("affine", "what"),
+    [
+        (_rotated(10), "its axes are rotated or sheared in space (NIfTI affine); the rotation"),
+        (_rotated(0.01), "its axes are rotated or sheared in space (NIfTI affine); the rotation"),
+        (_rotated(90), "its axes are rotated or sheared in space (NIfTI affine); the rotation"),
+        (
+            np.diag([-1.5, 2.0, 3.0, 1.0]),
+            "its x axis runs backwards in space (NIfTI affine); the flip",
+        ),
+        (
+            np.diag([-1.5, -2.0, 3.0, 1.0]),  # RAS and LPS
+            "its x and y axes run backwards in space (NIfTI affine); the flip",
+        ),
+    ],
+)
+def test_nifti_whose_geometry_is_dropped_is_read_with_one_warning(tmp_path, affine, what):
+    path = tmp_path / "tomo.nii.gz"
+    affine = affine.copy()
+    affine[:3, 3] = GEOMETRY.origin[::-1]
+    nibabel.Nifti1Image(_image().transpose(), affine).to_filename(path)
+    collected, info = _read_warned(path)
+    assert collected == [f"{path}: {what} {DROPPED}"]
+    assert info.geometry.agrees_with(GEOMETRY, 1e-4), info.geometry  # size and origin kept
+
+
+@pytest.mark.parametrize(
+    ("directions", "what"),
+    [
+        (_rotated(10)[:3, :3].T, "its axes are rotated or sheared in space (NRRD space"),
+        (np.array([[1.5, 0, 0], [0.5, 2, 0], [0, 0, 3]]), "its axes are rotated or sheared"),
+        (np.diag([1.5, 2.0, -3.0]), "its z axis runs backwards in space (NRRD space"),
+    ],
+)
+def test_nrrd_whose_geometry_is_dropped_is_read_with_one_warning(tmp_path, directions, what):
+    path = tmp_path / "tomo.nrrd"
+    header = {
+        "space": "left-posterior-superior",
+        "space directions": directions,  # one row an axis, x first
+        "space origin": np.array(GEOMETRY.origin[::-1]),
+        "encoding": "raw",
+    }
+    nrrd.write(str(path), _image(), header, index_order="C")
+    (message,), info = _read_warned(path)
+    assert message.startswith(f"{path}: {what}") and message.endswith(DROPPED)
+    voxel_size = np.linalg.norm(directions, axis=1)[::-1]  # each axis's step, z first
+    assert info.geometry == Geometry(tuple(voxel_size), GEOMETRY.origin)
+
+
+def test_axis_aligned_geometry_reads_without_a_warning(tmp_path):
+    # The suite turns any warning into an error.
+    for name in ("tomo.nii.gz", "tomo.nrrd"):
+        write_volume(tmp_path / name, _image(), GEOMETRY)
+        assert read_volume(tmp_path / name)[1].geometry == GEOMETRY
+    # Nor does a NIfTI without any orientation (nibabel then makes up a flipped x axis).
+    path = tmp_path / "bare.nii"
+    nibabel.Nifti1Image(_image().transpose(), None).to_filename(path)
+    header = nibabel.load(path).header
+    assert header["sform_code"] == header["qform_code"] == 0
+    assert nibabel.load(path).affine[0, 0] < 0
+    np.testing.assert_array_equal(read_volume(path)[0], _image())
+
+
+def test_extract_patches_warns_once_about_a_rotated_tomogram(tmp_path, run_cli):
+    tomogram = tmp_path / "tomo.nii.gz"
+    nibabel.Nifti1Image(_image().transpose(), _rotated(5)).to_filename(tomogram)
+    segmentation = tmp_path / "seg.nrrd"
+    write_volume(segmentation, np.zeros(SHAPE, np.uint8), GEOMETRY)
+    result = run_cli(
+        "extract_patches", "-t", tomogram, "-s", segmentation, "-o", tmp_path / "out",
+        "--patch-size", 4, "--border", 1, "--x", 3, "--y", 3, "--z", 3,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    warning = f"{tomogram}: its axes are rotated or sheared in space (NIfTI affine); the rotation"
+    assert result.output.count(warning) == 1, result.output
+    assert len(all_files(tmp_path / "out" / "images")) == 1

@@ -2,9 +2,10 @@
 
 nibabel indexes NIfTI arrays ``(i, j, k) = (x, y, z)`` (the MemBrain-seg convention), so
 this module transposes them to and from ``(z, y, x)``. The affine carries spacing (its
-column lengths) and origin (its translation), both ``x, y, z``, reversed here. Data is read
-lazily through nibabel's array proxy, one block at a time. nibabel skips the gzip checks
-of a ``.nii.gz``, so opening one for reading verifies its whole stream first.
+column lengths) and origin (its translation), both ``x, y, z``, reversed here; a rotation,
+shear or flip in it is dropped, with a warning. Data is read lazily through nibabel's array
+proxy, one block at a time. nibabel skips the gzip checks of a ``.nii.gz``, so opening one
+for reading verifies its whole stream first.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .readers import (
     basic_dtype,
     decompressed_size,
     reason,
+    warn_unless_axis_aligned,
 )
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -143,6 +145,10 @@ def _info(path: Path, image: Any) -> VolumeInfo:
         raise InputError(f"{path}: unsupported NIfTI data type {dtype} (not real numbers)")
     affine = np.asarray(image.affine, float)
     spacing_xyz = np.linalg.norm(affine[:3, :3], axis=0)
+    header = image.header
+    if header["sform_code"] > 0 or header["qform_code"] > 0:
+        # Without either, nibabel makes up an affine (with x flipped): no orientation is lost.
+        warn_unless_axis_aligned(path, affine[:3, :3].T, "NIfTI affine")
     origin_xyz = affine[:3, 3]
     geometry = Geometry(
         (float(spacing_xyz[2]), float(spacing_xyz[1]), float(spacing_xyz[0])),

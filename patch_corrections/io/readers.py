@@ -10,8 +10,10 @@ from __future__ import annotations
 import bz2
 import gzip
 import io
+import re
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -19,7 +21,7 @@ from typing import IO, Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import InputError
+from ..errors import InputError, warn
 from .geometry import Geometry, Index3
 
 READ_ERRORS: tuple[type[Exception], ...] = (
@@ -38,6 +40,22 @@ READ_ERRORS: tuple[type[Exception], ...] = (
 """What the format libraries raise on a damaged or foreign file (each adds its own)."""
 
 _CHUNK = 1 << 20
+
+_REASON_LIMIT = 120
+"""The most characters of a library's message that an error repeats."""
+_QUOTE_LIMIT = 60
+"""The most characters of a value read from a file that a message quotes (but a path)."""
+PATH_LIMIT = 400
+"""The most characters of a path read from a file that a message quotes."""
+_BYTES = re.compile(r"""(\s*\()?(?<!\w)b(['"])(?:\\.|(?!\2).)*\2(?(1)\))""")
+"""A bytes literal in a message (``b'\\x1f'``, or ``(b'\\x1f')``): bytes of the file."""
+_QUOTED = re.compile(r"""(?<!\w)(['"])(.*?)\1(?!\w)""")
+"""A quoted value in a message (``'abc'``), not an apostrophe inside a word."""
+_SHORT_VALUE = re.compile(r"[\w.+-]{1,16}")
+"""A quoted value kept in a message: one short word or number (a mode, a codec)."""
+_ALIGNED = 1e-5
+"""Off-diagonal steps up to this fraction of an axis's step count as axis-aligned (noise
+from float32 headers)."""
 
 
 @dataclass(frozen=True)
@@ -138,8 +156,64 @@ def as_3d(path: Path, shape: tuple[int, ...]) -> Index3:
 
 
 def reason(exc: BaseException) -> str:
-    """A library's message for ``exc`` on one line (its type name when it has none)."""
-    return " ".join(str(exc).split()) or type(exc).__name__
+    """A library's message for ``exc``: one short printable line that quotes no file.
+
+    Libraries quote what they read (gzip its first bytes, parsers a header's value), and a
+    file named by another may be anything; so bytes are dropped, quoted values longer than
+    one short word are elided, other unprintable characters become ``?`` and the whole is
+    cut to a few words. Its type name when nothing is left.
+    """
+    if isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror  # without the file name: every message names its file already
+    else:
+        text = str(exc)
+    text = _BYTES.sub(lambda m: "" if m[1] else "…", " ".join(text.split()))
+    text = _QUOTED.sub(lambda m: m[0] if _SHORT_VALUE.fullmatch(m[2]) else "'…'", text)
+    return _printable(text, _REASON_LIMIT) or type(exc).__name__
+
+
+def quoted(value: object, limit: int = _QUOTE_LIMIT) -> str:
+    """``value`` (text read from a file) quoted for a message: printable, at most ``limit``
+    characters."""
+    return repr(_printable(str(value), limit))
+
+
+def _printable(text: str, limit: int) -> str:
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def warn_unless_axis_aligned(
+    path: Path, steps: Sequence[np.ndarray] | np.ndarray, source: str
+) -> None:
+    """Warn that ``path``'s orientation is dropped unless its axes are axis-aligned.
+
+    ``steps`` holds three rows of three: row ``i`` is the step in space of one voxel along
+    axis ``i``, ``x`` first (an NRRD's ``space directions``; a NIfTI affine's columns).
+    Geometry keeps only each step's length and the origin, so a rotation, shear or axis
+    swap (steps off the diagonal) or a flip (a negative step) is lost; ``source`` names the
+    header field.
+    """
+    if len(steps) != 3 or any(np.shape(step) != (3,) for step in steps):
+        return  # not three axes in a 3D space: nothing to compare
+    matrix = np.asarray(steps, float)
+    if not np.all(np.isfinite(matrix)):
+        return
+    lengths = np.linalg.norm(matrix, axis=1)
+    off_diagonal = np.abs(matrix - np.diag(np.diag(matrix)))
+    if np.any(off_diagonal > _ALIGNED * lengths[:, None]):
+        what, dropped = "its axes are rotated or sheared in space", "rotation"
+    elif np.any(np.diag(matrix) < 0):
+        flipped = [axis for axis, step in zip("xyz", np.diag(matrix)) if step < 0]
+        axes = " and ".join([", ".join(flipped[:-1]), flipped[-1]] if flipped[1:] else flipped)
+        runs = "axis runs" if len(flipped) == 1 else "axes run"
+        what, dropped = f"its {axes} {runs} backwards in space", "flip"
+    else:
+        return
+    warn(
+        f"{path}: {what} ({source}); the {dropped} is dropped and only the voxel size and "
+        "origin are used, so patches overlay it only as an axis-aligned volume"
+    )
 
 
 def decompressed_size(path: Path, stream: IO[bytes], encoding: str = "gzip") -> int:
