@@ -16,6 +16,7 @@ from typer.main import get_command
 
 from patch_corrections._version import __version__
 from patch_corrections.cli import app
+from patch_corrections.cli._group import IDENTITY
 from patch_corrections.io.volumes import read_volume
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
@@ -66,7 +67,8 @@ def test_flags_show_no_value(run_cli, command):
 def test_version(run_cli):
     result = run_cli("--version")
     assert result.exit_code == 0
-    assert result.output == f"patch_corrections {__version__}\n"
+    assert result.output == f"patch_corrections {__version__} ({IDENTITY})\n"
+    assert "not MemBrain-seg's" in IDENTITY
     done = _shell("--version")
     assert (done.returncode, done.stdout, done.stderr) == (0, result.output, "")
 

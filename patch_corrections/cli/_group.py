@@ -59,9 +59,14 @@ def _flags_as_flags(params: list[Any]) -> list[Any]:
     return params
 
 
+IDENTITY = "the patch correction toolkit, not MemBrain-seg's script of the same name"
+"""What ``--version`` says this program is: MemBrain-seg installs a ``patch_corrections``
+command too, and whichever package was installed last owns the name."""
+
+
 def _print_version(value: bool) -> None:
     if value:
-        typer.echo(f"patch_corrections {__version__}")
+        typer.echo(f"patch_corrections {__version__} ({IDENTITY})")
         raise typer.Exit()
 
 
