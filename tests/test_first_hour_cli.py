@@ -229,15 +229,15 @@ def test_threads_follow_the_load_unless_chosen(monkeypatch, capsys):
     monkeypatch.setattr(threads, "usable_cores", lambda: 4)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     try:
-        monkeypatch.setattr(threads.os, "getloadavg", lambda: (3.2, 1.0, 1.0))
+        monkeypatch.setattr(threads, "busy_cpus", lambda: 3.2)
         use_threads(None)
         assert torch.get_num_threads() == 1
         assert capsys.readouterr().err == (
             "Using 1 of 4 CPU cores for PyTorch: other programs keep the others busy "
-            "(load 3.2); --threads chooses.\n"
+            "(3.2 CPUs busy now); --threads chooses.\n"
         )
-        # Whole cores only: a program that just ended still weighs in the average.
-        monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.9, 1.0, 1.0))
+        # Whole cores only: a program that keeps a core busy part of the time leaves it.
+        monkeypatch.setattr(threads, "busy_cpus", lambda: 0.9)
         use_threads(None)
         assert torch.get_num_threads() == 4 and capsys.readouterr().err == ""
         use_threads(3)  # chosen: no second guess
@@ -262,9 +262,29 @@ def test_the_load_of_a_shared_node_is_not_on_a_job_s_own_cores(monkeypatch):
     # A SLURM job given 8 of a node's 64 cores keeps them while other jobs load the rest.
     from patch_corrections.network import threads
 
-    monkeypatch.setattr(threads.os, "getloadavg", lambda: (56.0, 56.0, 56.0))
+    monkeypatch.setattr(threads, "busy_cpus", lambda: 56.0)
     monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     monkeypatch.setattr(threads.os, "cpu_count", lambda: 64)
     assert threads.load_on_our_cores() == 0.0
     monkeypatch.setattr(threads.os, "cpu_count", lambda: 8)  # the whole machine: shared
     assert threads.load_on_our_cores() == 56.0
+
+
+def test_cpus_busy_now_not_a_minute_ago(monkeypatch):
+    # A run of this tool that just ended left a load average of about 1 on an idle machine;
+    # the second run took 1 of 2 cores and trained a slightly different model.
+    from patch_corrections.network import threads
+
+    if Path("/proc/stat").exists():
+        busy, total = threads._cpu_times()  # type: ignore[misc]
+        assert 0 <= busy <= total
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (1.0, 0.6, 0.3))
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(threads, "SAMPLE_SECONDS", 0.0)
+    samples = iter([(1000, 4000), (1010, 4400)])  # busy, total jiffies: 10 of 400 busy
+    monkeypatch.setattr(threads, "_cpu_times", lambda: next(samples))
+    assert threads.busy_cpus() == pytest.approx(0.1)
+    samples = iter([(1000, 4000), (1300, 4400)])  # 3 of 4 CPUs busy
+    assert threads.busy_cpus() == pytest.approx(3.0)
+    monkeypatch.setattr(threads, "_cpu_times", lambda: None)  # no /proc/stat: the average
+    assert threads.busy_cpus() == 1.0

@@ -3,13 +3,14 @@
 PyTorch's own default, every core, makes a run several times slower when other programs
 already keep the cores busy: its threads wait on each other. So a run takes what it is
 told (``--threads``, else ``$OMP_NUM_THREADS``), else the physical cores it may use less
-the machine's load. PyTorch is imported only to set the number.
+those other programs keep busy now. PyTorch is imported only to set the number.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 
 from ..errors import InputError
@@ -41,28 +42,63 @@ def set_threads(requested: int | None) -> str | None:
         return None
     cores = usable_cores()
     load = load_on_our_cores()
-    # Whole cores only: the one-minute average still carries a program that ended a
-    # minute ago at a third of its load.
+    # Whole cores only: a program that keeps a core busy part of the time leaves it to us.
     threads = max(1, min(cores, cores - math.floor(load)))
     torch.set_num_threads(threads)
     if threads < cores:
         return (
             f"Using {threads} of {cores} CPU cores for PyTorch: other programs keep the "
-            f"others busy (load {load:.1f}); --threads chooses."
+            f"others busy ({load:.1f} CPUs busy now); --threads chooses."
         )
     return None
 
 
 def load_on_our_cores() -> float:
-    """The load average, when it falls on the cores this process may use: only when they
-    are all the machine has. A job given some cores of a shared node (taskset, a SLURM
-    allocation) does not share them with the node's other jobs, whatever their load."""
+    """CPUs busy now (:func:`busy_cpus`), when they are the cores this process may use: only
+    when they are all the machine has. A job given some cores of a shared node (taskset, a
+    SLURM allocation) does not share them with the node's other jobs, whatever their load."""
     try:
-        load = os.getloadavg()[0]
         mine = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not on every platform
         return 0.0
-    return load if mine >= (os.cpu_count() or mine) else 0.0
+    return busy_cpus() if mine >= (os.cpu_count() or mine) else 0.0
+
+
+SAMPLE_SECONDS = 0.2
+"""How long :func:`busy_cpus` watches the machine."""
+
+
+def busy_cpus() -> float:
+    """How many CPUs other programs keep busy now, over :data:`SAMPLE_SECONDS`.
+
+    Not the load average: a run of this tool that ended a minute ago still weighs in it,
+    so a second run on an idle machine took fewer threads (and trained a slightly
+    different model). From ``/proc/stat`` where there is one, else the one-minute load.
+    """
+    first = _cpu_times()
+    if first is not None:
+        time.sleep(SAMPLE_SECONDS)
+        second = _cpu_times()
+        if second is not None and second[1] > first[1]:
+            busy, total = second[0] - first[0], second[1] - first[1]
+            return busy / total * (os.cpu_count() or 1)
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    """Busy and total jiffies of all CPUs since boot (``/proc/stat``'s ``cpu`` line)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    if len(fields) < 5:
+        return None
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, sum(fields)
 
 
 def usable_cores() -> int:
