@@ -337,6 +337,19 @@ def test_an_edited_manifest_offset_is_refused_not_pasted_elsewhere(
     assert not (tmp_path / "out").exists()
 
 
+def test_the_tomogram_given_as_the_segmentation_is_refused_as_extract_patches_does(
+    tmp_path, run_cli
+):
+    _two_apart(tmp_path)
+    out = tmp_path / "out" / "pasted.mrc"
+    args = ["-m", tmp_path / "train", "-s", tmp_path / "tomo.mrc", "-o", out]
+    result = run_cli("paste_corrections", *args, "--patches-dir", tmp_path / "patches")
+    assert result.exit_code == 1 and len(result.output.splitlines()) == 1
+    assert f"{tmp_path / 'tomo.mrc'}: looks like a tomogram (density values)" in result.output
+    assert "Paste into the network's segmentation" in result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_refuses_to_overwrite_without_the_option(tmp_path, run_cli):
     _two_apart(tmp_path)
     out = tmp_path / "pasted.mrc"
@@ -408,7 +421,9 @@ def test_the_target_is_streamed_slab_by_slab(tmp_path, monkeypatch):
         )
         for depth in targets
     }
-    assert reads == [(z, z + sections) for z in range(0, 400, sections)]
+    surveyed, slabs = reads[:-100], reads[-100:]
+    assert slabs == [(z, z + sections) for z in range(0, 400, sections)]
+    assert len(surveyed) == 2  # the density check reads each patch's box, once
     assert [(e.done, e.total) for e in heard][-101:] == [(i, 100) for i in range(101)]
     np.testing.assert_array_equal(_read(tmp_path / "slabs400.mrc"), _read(tmp_path / "whole.mrc"))
     # Memory does not grow with the target (a slab is 69 kB, the larger target 6.9 MB);

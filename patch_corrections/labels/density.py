@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import InputError
 from ..io.geometry import Index3
 from ..io.readers import VolumeReader
+from ..io.volumes import closing_reader
 from .patches import ValueRange
 
 DENSITY_MIN_DISTINCT = 32
@@ -96,9 +97,20 @@ def correlation(
     return float((sum_st - sum_s * sum_t / n) / np.sqrt(var_s * var_t))
 
 
-def refuse_density(segmentation: Path, survey: Survey, correlation: Callable[[], float]) -> None:
+THRESHOLD_ADVICE = (
+    "Give the network's segmentation or scoremap (segment writes both), or pass "
+    "--threshold to binarise these values anyway"
+)
+
+
+def refuse_density(
+    segmentation: Path,
+    survey: Survey,
+    correlation: Callable[[], float],
+    advice: str = THRESHOLD_ADVICE,
+) -> None:
     """Refuse a segmentation whose values look like a tomogram's densities: an
-    ``InputError`` naming what gave it away, and how to go on (``--threshold``).
+    ``InputError`` naming what gave it away, and how to go on (``advice``).
 
     Binary masks and probabilities (values within [0, 1]) and maps of few distinct values
     (label classes) always pass; ``correlation()`` is only computed for the rest.
@@ -116,7 +128,26 @@ def refuse_density(segmentation: Path, survey: Survey, correlation: Callable[[],
         clue = f"its values follow the tomogram's (correlation {r:.2f})"
     raise InputError(
         f"{segmentation}: looks like a tomogram (density values), not a segmentation: "
-        f"at least {survey.distinct} distinct values, and {clue}. Give the network's "
-        "segmentation or scoremap (segment writes both), or pass --threshold to binarise "
-        "these values anyway"
+        f"at least {survey.distinct} distinct values, and {clue}. {advice}"
     )
+
+
+def refuse_density_of(
+    reader: VolumeReader, blocks: list[tuple[Index3, Index3]], tomograms: set[str], advice: str
+) -> None:
+    """:func:`refuse_density` for the segmentation ``reader`` reads, over ``blocks``,
+    correlated with the first of ``tomograms`` (paths) that can be read here and has its
+    shape (none: the share of voxels above 0 decides alone)."""
+    survey = Survey.of(reader, blocks)
+
+    def against_tomogram() -> float:
+        for source in sorted(tomograms):
+            try:
+                with closing_reader(Path(source)) as image:
+                    if image.info.shape == reader.info.shape:
+                        return correlation(reader, image, blocks)
+            except (InputError, OSError):
+                continue
+        return 0.0
+
+    refuse_density(reader.info.path, survey, against_tomogram, advice)

@@ -32,6 +32,7 @@ from ..io.summary import summary_path, summary_rows
 from ..io.volumes import MRC_SUFFIXES, VolumeInfo, closing_reader, read_volume
 from ..labels.compositing import Tally, composite
 from ..labels.corrections import require_label_values
+from ..labels.density import refuse_density_of
 from ._common import check_out_dir, require_free
 from .events import SILENT, Listener, Progress
 
@@ -148,6 +149,13 @@ def paste_corrections(
         with closing_reader(segmentation) as reader:
             target = reader.info
             placements = _place_all(merged_dir, target, records, manifest, rows, settings)
+            # extract_patches' rule, over the voxels the patches cover.
+            refuse_density_of(
+                reader,
+                [p.box.inside(target.shape) for p in placements],
+                {r.tomogram for r in records.values() if r.tomogram},
+                "Paste into the network's segmentation (segment's <stem>_segmented.mrc)",
+            )
             dtype = _output_dtype(target, settings.mark_ignore)
             # The folder is locked, not recovered: `segment` writes into its folders without
             # a lock, so only this run's own leftovers are removed there.
