@@ -123,3 +123,26 @@ def test_all_ignore_reference_and_json_nulls(tmp_path, run_cli):
     )
     assert result.exit_code == 0
     assert json.loads(result.output)["dice"] is None  # strict JSON: null, not NaN
+
+
+def test_a_score_map_says_the_threshold_it_was_read_at(tmp_path, run_cli):
+    prediction, reference = _volumes()
+    scores = np.where(prediction, 0.8, 0.3).astype(np.float32)  # a probability map
+    write_volume(tmp_path / "scores.mrc", scores, GEOMETRY)
+    write_volume(tmp_path / "ref.nrrd", reference, GEOMETRY)
+    args = ["evaluate", "-p", tmp_path / "scores.mrc", "-r", tmp_path / "ref.nrrd"]
+    result = run_cli(*args)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == (
+        "The prediction holds scores, not 0/1: membrane where above 0.5 (the default; "
+        "--threshold chooses)."
+    )
+    default = json.loads(run_cli(*args, "--json").output)
+    assert default["threshold"] == 0.5 and default["dice"] == pytest.approx(12 / 18)
+    values = json.loads(run_cli(*args, "--json", "--threshold", 0.7).output)
+    assert values["threshold"] == 0.7 and values["dice"] == default["dice"]
+    write_volume(tmp_path / "binary.mrc", prediction.astype(np.int8), GEOMETRY)
+    result = run_cli("evaluate", "-p", tmp_path / "binary.mrc", "-r", tmp_path / "ref.nrrd")
+    assert result.output.startswith("metric")  # 0/1: nothing to say
+    binary = ["evaluate", "-p", tmp_path / "binary.mrc", "-r", tmp_path / "ref.nrrd", "--json"]
+    assert json.loads(run_cli(*binary).output)["threshold"] is None

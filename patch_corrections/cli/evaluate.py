@@ -49,10 +49,17 @@ def render(report: EvaluateReport, as_json: bool = False) -> None:
             k: None if isinstance(v, float) and math.isnan(v) else v
             for k, v in report.metrics.items()
         }
+        clean["threshold"] = report.threshold if report.scores else None
         typer.echo(json.dumps(clean, indent=2))
         for message in report.warnings:
             typer.echo(f"Warning: {message}", err=True)
         return
+    if report.scores:
+        chosen = "--threshold" if report.settings.threshold is not None else "the default"
+        typer.echo(
+            f"The prediction holds scores, not 0/1: membrane where above {report.threshold:g} "
+            f"({chosen}; --threshold chooses)."
+        )
     typer.echo(f"{'metric':<20} {'value':>10}")
     for key, value in report.metrics.items():
         shown = f"{value:>10.4f}" if isinstance(value, float) else f"{value:>10}"

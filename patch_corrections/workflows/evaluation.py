@@ -47,6 +47,11 @@ class EvaluateReport:
     metrics: dict[str, float | int]
     settings: EvaluateSettings
     warnings: list[str]
+    scores: bool = False
+    """Whether the prediction held values other than 0 and 1 (a score map), binarised at
+    :attr:`threshold`."""
+    threshold: float = 0.5
+    """Values above it were membrane: ``settings.threshold``, else 0.5."""
 
 
 def evaluate(
@@ -61,7 +66,7 @@ def evaluate(
         with closing_reader(prediction) as reader:
             shape, geometry = reader.info.shape, reader.info.geometry
             total: dict[str, int] = {}
-            largest, low, high = 0, np.inf, -np.inf
+            largest, low, high, scores = 0, np.inf, -np.inf, False
             for name, labels, start in _references(reference, shape, geometry):
                 largest = max(largest, *labels.shape)
                 stop = tuple(a + n for a, n in zip(start, labels.shape))
@@ -72,6 +77,7 @@ def evaluate(
                         max(high, float(np.nanmax(block))),
                     )
                 predicted = block > (threshold if threshold is not None else 0.5)
+                scores = scores or bool(np.any((block != 0) & (block != 1)))
                 if (
                     threshold is None
                     and block.dtype.kind == "f"
@@ -95,7 +101,8 @@ def evaluate(
                 "few voxels"
             )
         metrics = summarise(total, settings.tolerance)
-    return EvaluateReport(metrics, settings, warned)
+    used = threshold if threshold is not None else 0.5
+    return EvaluateReport(metrics, settings, warned, scores, used)
 
 
 def _references(
