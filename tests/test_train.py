@@ -289,6 +289,8 @@ def _training_folder(root: Path, labels: np.ndarray, image_shape=None, voxel=1.0
         ("ok", ["--checkpoint", "{other}"], "weights do not describe this U-Net"),
         ("ok", ["--checkpoint", "{garbage}"], "not a readable PyTorch checkpoint"),
         ("ok", ["--resume"], "nothing to resume"),
+        ("no_train_dir", ["--resume"], "last.pt: nothing to resume; start without --resume"),
+        ("no_train_dir", [], "--train-dir: give the training folder (only --resume knows it)"),
         ("ok", ["--seed", "-1"], "--seed must be at least 0, got -1"),
         (
             "ok",
@@ -340,10 +342,10 @@ def test_retrain_bad_input(tmp_path, run_cli, setup, extra, message):
     extra = [
         e.format(other=tmp_path / "other.ckpt", garbage=tmp_path / "garbage.pt") for e in extra
     ]
+    source = [] if setup == "no_train_dir" else ["-t", folder]
     result = run_cli(
         "retrain",
-        "-t",
-        folder,
+        *source,
         "-o",
         tmp_path / "model",
         "--preset",
@@ -371,7 +373,8 @@ def test_retrain_cli_end_to_end_and_resume(sample_train_dir, tmp_path, run_cli):
     assert rows[0] == "step,train_loss,val_loss,val_dice,lr,seconds" and len(rows) == 3
     result = run_cli(*args)
     assert result.exit_code == 1 and "holds a run" in result.output
-    result = run_cli(*base, "--resume", "--iterations", 6)
+    # The saved run knows its training folder.
+    result = run_cli("retrain", "-o", tmp_path / "model", "--resume", "--iterations", 6)
     assert result.exit_code == 0, result.output
     assert "resuming at iteration 4" in result.output and "iteration 6" in result.output
     rows = (tmp_path / "model" / "metrics.csv").read_text().splitlines()

@@ -36,7 +36,9 @@ def _lr(value: float) -> str:
     return np.format_float_scientific(value, trim="-", exp_digits=1)
 
 
-_TRAIN_SOURCE = "from merge_corrections or MemBrain-seg"
+_TRAIN_SOURCE = (
+    "from merge_corrections or MemBrain-seg; required, but with --resume: the saved run's"
+)
 _OUT_DIR = "Folder for last.pt, best.pt, metrics.csv and curves.png."
 _CHECKPOINT = "Start from these weights"
 _OVERWRITE = "the run in --out-dir with a new one"
@@ -149,8 +151,8 @@ _RELABEL_BACKGROUND = typer.Option(
 
 @user_errors
 def retrain_command(
-    train_dir: Annotated[Path, options.train_dir(_TRAIN_SOURCE, _DATA)],
     out_dir: Annotated[Path, options.out_dir(_OUT_DIR, _OUTPUT)],
+    train_dir: Annotated[Path | None, options.train_dir(_TRAIN_SOURCE, _DATA)] = None,
     checkpoint: Annotated[Path | None, options.checkpoint(_CHECKPOINT, _NETWORK)] = None,
     trust_checkpoint: Annotated[
         bool, options.trust_checkpoint(_NETWORK)

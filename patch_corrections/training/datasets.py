@@ -153,6 +153,7 @@ def load_split(
     elif not any(len(p.membrane) for p in val_patches):
         warn("the validation patches hold no membrane voxel: their Dice says little")
     split = {
+        "train_dir": str(Path(train_dir).resolve()),
         "val_fraction": split["val_fraction"] if split else val_fraction,
         "train": [p.name for p in train_patches],
         "val": [p.name for p in val_patches],

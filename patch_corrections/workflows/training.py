@@ -133,7 +133,7 @@ class RetrainReport:
 
 
 def retrain(
-    train_dir: Path,
+    train_dir: Path | None,
     out_dir: Path,
     checkpoint: Path | None = None,
     val_dir: Path | None = None,
@@ -142,7 +142,8 @@ def retrain(
     listener: Listener = SILENT,
 ) -> RetrainReport:
     """Fine-tune the network of ``checkpoint`` (ours or MemBrain-seg's; a new one of
-    ``settings.preset`` without) on the training folder ``train_dir``.
+    ``settings.preset`` without) on the training folder ``train_dir`` (with
+    ``settings.resume``, ``None``: the saved run's).
 
     Writes ``last.pt``, ``best.pt`` (with validation patches), ``metrics.csv`` and
     ``curves.png`` to ``out_dir``; with ``settings.relabel_rounds`` the stages go to
@@ -162,7 +163,8 @@ def retrain(
     from ..network import distributed
     from ..network.devices import pick_device
 
-    train_dir, out_dir, s = Path(train_dir), Path(out_dir), settings
+    out_dir, s = Path(out_dir), settings
+    train_dir = Path(train_dir) if train_dir is not None else _saved_train_dir(out_dir, s)
     try:
         ranks = distributed.Ranks.from_environment()
     except ValueError as exc:
@@ -314,6 +316,24 @@ def _prepare(train_dir, out_dir, checkpoint, val_dir, s: RetrainSettings, ranks)
     config = _config(s, start, len(train), ranks, loss, pixel_size)
     check_crop_size(config.crop_size, start.network.config.divisor, train)
     return start, (train, val), split, config, candidates
+
+
+def _saved_train_dir(out_dir: Path, s: RetrainSettings) -> Path:
+    """The training folder of the run saved in ``out_dir`` (``--resume`` without
+    ``--train-dir``)."""
+    if not s.resume:
+        raise InputError("--train-dir: give the training folder (only --resume knows it)")
+    from ..network.checkpoints import read_checkpoint
+
+    last = out_dir / LAST_CHECKPOINT
+    if not last.is_file():
+        raise InputError(f"{last}: nothing to resume; start without --resume")
+    saved = (read_checkpoint(last, s.trust_checkpoint).get("split") or {}).get("train_dir")
+    if not saved:
+        raise InputError(
+            f"{last}: saved before runs recorded their training folder; give --train-dir"
+        )
+    return Path(saved)
 
 
 def _loss_name(name: str) -> str:
