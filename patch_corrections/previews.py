@@ -41,7 +41,7 @@ DPI = 100
 WINDOW_PERCENTILES = (1.0, 99.0)
 """Grey levels of the image span these percentiles of its slices' values."""
 
-INSTALL_HINT = 'pip install matplotlib (or pip install "patch_corrections[train]")'
+INSTALL_HINT = 'pip install matplotlib (or, in the checkout, pip install -e ".[train]")'
 
 
 def require_matplotlib() -> None:

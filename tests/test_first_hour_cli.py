@@ -38,6 +38,25 @@ def _shell(*args: str, code: str | None = None) -> subprocess.CompletedProcess:
 # --- help and --version -------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("command", "panels"),
+    [
+        ("segment", ("Input and output", "Windows", "Device", "More outputs", "Many tomograms")),
+        ("merge_corrections", ("Input and output", "What the labels hold")),
+    ],
+)
+def test_long_helps_are_grouped_into_panels(command, panels):
+    text = _shell(command, "--help").stdout
+    for panel in panels:
+        assert re.search(rf"─ {panel}", text), panel
+
+
+def test_the_command_list_follows_a_round():
+    text = _shell("--help").stdout
+    listed = re.findall(r"^│ (\w+) ", text, flags=re.MULTILINE)
+    assert listed[:2] == ["suggest", "extract_patches"] and listed[-1] == "demo"
+
+
 def test_retrain_help_reads_at_80_columns():
     done = _shell("retrain", "--help")
     assert done.returncode == 0, done.stderr
@@ -61,6 +80,8 @@ def test_flags_show_no_value(run_cli, command):
     result = run_cli(*command, "--help")
     assert result.exit_code == 0
     assert "<bool>" not in result.output
+    assert "<list[" not in result.output  # a Python type, not what to type
+    assert str(SAMPLE) not in result.output  # no path of the machine it was installed on
     assert re.search(r"--help +Show this message", result.output)
 
 

@@ -31,14 +31,15 @@ app = typer.Typer(
     cls=OneLineUsageErrors,
     callback=app_options,
 )
+# In the order of a round: where to correct, cut, (paint,) merge, train, segment, check.
 for name, command in (
+    ("suggest", suggest_command),
     ("extract_patches", extract_patches_command),
     ("merge_corrections", merge_corrections_command),
     ("paste_corrections", paste_corrections_command),
     ("simulate_sparse", simulate_sparse_command),
     ("retrain", retrain_command),
     ("segment", segment_command),
-    ("suggest", suggest_command),
     ("evaluate", evaluate_command),
 ):
     app.command(name=name, no_args_is_help=True)(command)

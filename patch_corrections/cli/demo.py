@@ -20,7 +20,11 @@ _RENDERERS = {
     RetrainReport: retrain.render,
 }
 _OUT_DIR = "Folder for every step's output."
-_SAMPLE_DIR = typer.Option("--sample-dir", help="The bundled sample data.")
+_SAMPLE_DIR = typer.Option(
+    "--sample-dir",
+    help="The sample data; default: the checkout's sample_data/.",
+    show_default=False,
+)
 _ITERATIONS = typer.Option("--iterations", help="Fine-tuning steps.")
 
 

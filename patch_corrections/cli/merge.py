@@ -14,39 +14,51 @@ from ._console import console, print_warnings
 from ._errors import user_errors
 from .options import OutputFormat
 
+# The help's panels, so that the descriptions have room at 80 columns.
+_FILES = "Input and output"
+_LABELS = "What the labels hold"
+
 _LABELS_DIR = typer.Option(
     "--labels-dir",
     "-l",
+    rich_help_panel=_FILES,
     help="Label patches: an extract_patches output folder, its labels/, or any folder of "
     "label files.",
 )
 _CORRECTIONS_DIR = typer.Option(
     "--corrections-dir",
     "-c",
+    rich_help_panel=_FILES,
     help="One folder per patch holding Add*, Remove*, Ignore* masks.",
 )
 _OUT_DIR = "Training folder to write (imagesTr/, labelsTr/); created if missing."
 _IMAGES_DIR = typer.Option(
     "--images-dir",
+    rich_help_panel=_FILES,
     help="Image patches, named like the labels (or <name>_0000); default: from the manifest.",
 )
 _BORDER_DEFAULT = f"the manifest's, else {BORDER_WIDTH}"
 _INCLUDE_UNCORRECTED = typer.Option(
     "--include-uncorrected",
+    rich_help_panel=_LABELS,
     help="Also write patches that have no corrections folder, as they are.",
 )
 _SPARSE = typer.Option(
     "--sparse",
+    rich_help_panel=_LABELS,
     help="Sparse annotation: start every patch as all ignore, so only the Add (membrane) and "
     "Remove (background) strokes, and --keep-slices, are labels.",
 )
 _KEEP_SLICES = typer.Option(
     "--keep-slices",
+    metavar="<axis=slices>",
+    rich_help_panel=_LABELS,
     help="With --sparse, keep the patch's labels on these slices, e.g. z=40,80,100-110 (patch "
     "voxel indices; repeat for other axes).",
 )
 _IGNORE_GEOMETRY = typer.Option(
     "--ignore-geometry",
+    rich_help_panel=_LABELS,
     help="Merge an NRRD mask whose origin or spacing differs from its patch's by voxel index "
     "(an error without it: the mask was likely painted on another patch).",
 )
@@ -59,20 +71,22 @@ _PREVIEW_SHOWS = (
 def merge_corrections_command(
     labels_dir: Annotated[Path, _LABELS_DIR],
     corrections_dir: Annotated[Path, _CORRECTIONS_DIR],
-    out_dir: Annotated[Path, options.out_dir(_OUT_DIR)],
+    out_dir: Annotated[Path, options.out_dir(_OUT_DIR, _FILES)],
     images_dir: Annotated[Path | None, _IMAGES_DIR] = None,
-    border: Annotated[int | None, options.border(default=_BORDER_DEFAULT)] = MergeSettings.border,
-    output_format: Annotated[OutputFormat, options.output_format("training pairs")] = OutputFormat(
-        MergeSettings.format
-    ),
+    border: Annotated[
+        int | None, options.border(_LABELS, default=_BORDER_DEFAULT)
+    ] = MergeSettings.border,
+    output_format: Annotated[
+        OutputFormat, options.output_format("training pairs", _FILES)
+    ] = OutputFormat(MergeSettings.format),
     include_uncorrected: Annotated[bool, _INCLUDE_UNCORRECTED] = MergeSettings.include_uncorrected,
     sparse: Annotated[bool, _SPARSE] = MergeSettings.sparse,
     keep_slices: Annotated[list[str] | None, _KEEP_SLICES] = None,
     ignore_geometry: Annotated[bool, _IGNORE_GEOMETRY] = MergeSettings.ignore_geometry,
     overwrite: Annotated[
-        bool, options.overwrite("existing training pairs")
+        bool, options.overwrite("existing training pairs", _FILES)
     ] = MergeSettings.overwrite,
-    preview: Annotated[bool, options.preview(_PREVIEW_SHOWS)] = MergeSettings.preview,
+    preview: Annotated[bool, options.preview(_PREVIEW_SHOWS, _FILES)] = MergeSettings.preview,
 ) -> None:
     """Merge Add/Remove/Ignore masks into label patches: training pairs for retrain."""
     settings = MergeSettings(

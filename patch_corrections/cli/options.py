@@ -71,16 +71,17 @@ def out_dir(text: str, panel: str | None = None) -> Any:
     return typer.Option("--out-dir", "-o", help=text, rich_help_panel=panel)
 
 
-def output_format(what: str) -> Any:
+def output_format(what: str, panel: str | None = None) -> Any:
     """``--format``: the file format of what the command writes, one of ``OutputFormat``."""
-    return typer.Option("--format", help=f"File format of the {what}.")
+    return typer.Option("--format", help=f"File format of the {what}.", rich_help_panel=panel)
 
 
-def preview(shows: str) -> Any:
+def preview(shows: str, panel: str | None = None) -> Any:
     """``--preview``: a PNG of slices through each patch (extract_patches,
     merge_corrections); ``shows`` lists the layers drawn."""
     return typer.Option(
         "--preview",
+        rich_help_panel=panel,
         help=f"Also write {PREVIEWS_SUBDIR}/<patch>.png: xy, xz and yz slices through each "
         f"patch's centre, {shows} (needs matplotlib).",
     )
@@ -206,7 +207,7 @@ def threads(panel: str | None = None) -> Any:
     return typer.Option(
         "--threads",
         help="CPU threads for PyTorch; default: $OMP_NUM_THREADS if set, else the cores this "
-        "run may use, fewer while other programs keep them busy (their load average).",
+        "run may use, less those other programs keep busy as it starts.",
         rich_help_panel=panel,
     )
 

@@ -13,29 +13,45 @@ from . import options
 from ._console import console, print_warnings
 from ._errors import user_errors
 
+# The help's panels, so that 22 options read at 80 columns.
+_FILES = "Input and output"
+_WINDOWS = "Windows"
+_RUN = "Device"
+_MORE = "More outputs"
+_CLUSTER = "Many tomograms, several jobs"
+
 _TOMOGRAMS = typer.Option(
     "--tomogram",
     "-t",
+    metavar="<path>",
+    rich_help_panel=_FILES,
     help="Tomogram to segment, or a folder of them; repeat for several (the network is loaded "
     "once; those already segmented are skipped unless --overwrite).",
 )
 _TTA = typer.Option(
-    "--tta", help="Average the logits of 8 passes over the flipped tomogram (8x slower)."
+    "--tta",
+    rich_help_panel=_WINDOWS,
+    help="Average the logits of 8 passes over the flipped tomogram (8x slower).",
 )
 _UNCERTAINTY = typer.Option(
     "--uncertainty",
+    rich_help_panel=_MORE,
     help="With --tta, also write <stem>_uncertainty.mrc: the variance of the 8 flipped "
     "passes' probabilities.",
 )
 _COMPONENTS = typer.Option(
     "--components",
+    rich_help_panel=_MORE,
     help="Also write <stem>_components.mrc: 26-connected membranes labelled 1…N.",
 )
 _MIN_COMPONENT_SIZE = typer.Option(
-    "--min-component-size", help="With --components, drop smaller ones (voxels)."
+    "--min-component-size",
+    rich_help_panel=_MORE,
+    help="With --components, drop smaller ones (voxels).",
 )
 _PART = typer.Option(
     "--part",
+    rich_help_panel=_CLUSTER,
     help="Which part of the tomograms to segment, counted from 0 (nnU-Net's -part_id): every "
     "--parts-th of them sorted by name, from this one on. In a SLURM job array with "
     "--array=0-<parts-1>, pass $SLURM_ARRAY_TASK_ID; with --array=1-<parts>, pass "
@@ -43,6 +59,7 @@ _PART = typer.Option(
 )
 _PARTS = typer.Option(
     "--parts",
+    rich_help_panel=_CLUSTER,
     help="Split the tomograms into this many parts (nnU-Net's -num_parts), one per job or GPU, "
     "all into the same --out-dir: each tomogram is segmented by exactly one part.",
 )
@@ -53,28 +70,30 @@ _WHOLE = (0, 1)
 @user_errors
 def segment_command(
     tomograms: Annotated[list[Path], _TOMOGRAMS],
-    checkpoint: Annotated[Path, options.checkpoint("Weights")],
+    checkpoint: Annotated[Path, options.checkpoint("Weights", _FILES)],
     out_dir: Annotated[
         Path,
-        options.out_dir("Folder for <stem>_probabilities.mrc and <stem>_segmented.mrc."),
+        options.out_dir("Folder for <stem>_probabilities.mrc and <stem>_segmented.mrc.", _FILES),
     ],
-    window: Annotated[int, options.window()] = SegmentSettings.window,
-    overlap: Annotated[float, options.overlap()] = SegmentSettings.overlap,
+    window: Annotated[int, options.window(_WINDOWS)] = SegmentSettings.window,
+    overlap: Annotated[float, options.overlap(_WINDOWS)] = SegmentSettings.overlap,
     tta: Annotated[bool, _TTA] = SegmentSettings.tta,
-    batch_size: Annotated[int, options.window_batch_size()] = SegmentSettings.batch_size,
-    threshold: Annotated[float, options.probability_threshold()] = SegmentSettings.threshold,
-    device: Annotated[str, options.device()] = SegmentSettings.device,
-    threads: Annotated[int | None, options.threads()] = None,
+    batch_size: Annotated[int, options.window_batch_size(_WINDOWS)] = SegmentSettings.batch_size,
+    threshold: Annotated[float, options.probability_threshold(_FILES)] = SegmentSettings.threshold,
+    device: Annotated[str, options.device(_RUN)] = SegmentSettings.device,
+    threads: Annotated[int | None, options.threads(_RUN)] = None,
     trust_checkpoint: Annotated[
-        bool, options.trust_checkpoint()
+        bool, options.trust_checkpoint(_FILES)
     ] = SegmentSettings.trust_checkpoint,
-    rescale: Annotated[bool, options.rescale()] = SegmentSettings.rescale,
-    pixel_size: Annotated[float | None, options.pixel_size()] = SegmentSettings.pixel_size,
+    rescale: Annotated[bool, options.rescale(_WINDOWS)] = SegmentSettings.rescale,
+    pixel_size: Annotated[float | None, options.pixel_size(_WINDOWS)] = SegmentSettings.pixel_size,
     uncertainty: Annotated[bool, _UNCERTAINTY] = SegmentSettings.uncertainty,
     components: Annotated[bool, _COMPONENTS] = SegmentSettings.components,
     min_component_size: Annotated[int, _MIN_COMPONENT_SIZE] = SegmentSettings.min_component_size,
-    compile_network: Annotated[bool, options.compile_network()] = SegmentSettings.compile,
-    overwrite: Annotated[bool, options.overwrite("earlier outputs")] = SegmentSettings.overwrite,
+    compile_network: Annotated[bool, options.compile_network(_RUN)] = SegmentSettings.compile,
+    overwrite: Annotated[
+        bool, options.overwrite("earlier outputs", _FILES)
+    ] = SegmentSettings.overwrite,
     part: Annotated[int, _PART] = _WHOLE[0],
     parts: Annotated[int, _PARTS] = _WHOLE[1],
 ) -> None:
