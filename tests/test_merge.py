@@ -105,6 +105,8 @@ def test_overlapping_corrections_follow_the_precedence(tmp_path, run_cli):
     assert row["ignored"] == int(np.sum(expected == 2))
     assert row["added"] == int(np.sum((expected[interior] == 1) & (base[interior] == 0)))
     assert f"{row['added']:>9}  {row['removed']:>9}  {row['ignored']:>9}" in result.output
+    assert "+membrane  -membrane    +ignore    trained  masks" in result.output
+    assert "the previews count the voxels painted" in result.output
 
 
 def test_membrain_layout_with_images_dir(tmp_path, run_cli):

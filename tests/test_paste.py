@@ -159,7 +159,8 @@ def test_pasted_voxels_are_the_merged_labels_and_ignore_keeps_the_network(tmp_pa
     added = int(np.sum((segmentation == 0) & (expected == 1)))
     removed = int(np.sum((segmentation == 1) & (expected == 0)))
     assert added and removed
-    assert f"Voxels changed: {added} membrane added, {removed} removed" in result.output
+    assert f"segmentation changed: {added} became membrane, {removed} background" in result.output
+    assert "+membrane  -membrane  placed by" in result.output
     assert f"Written: {out}" in result.output and "Warnings" not in result.output
     lines = {line.split()[0]: line.split() for line in result.output.splitlines()[2:4]}
     assert lines[A][1:] == ["10,10,2", str(12**3 - 8), str(added), "0", "header+manifest"]

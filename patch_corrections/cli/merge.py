@@ -112,8 +112,8 @@ def render(report: MergeReport) -> None:
     typer.echo(f"Merged {len(rows)} patch(es) into {report.out_dir}:")
     width = max(len(r["name"]) for r in rows)
     typer.echo(
-        f"  {'patch':<{width}}  {'added':>9}  {'removed':>9}  {'ignored':>9}  "
-        f"{'annotated':>9}  masks"
+        f"  {'patch':<{width}}  {'+membrane':>9}  {'-membrane':>9}  {'+ignore':>9}  "
+        f"{'trained':>9}  masks"
     )
     for r in rows:
         files = ", ".join(n for names in r["files"].values() for n in names) or "none"
@@ -121,6 +121,10 @@ def render(report: MergeReport) -> None:
             f"  {r['name']:<{width}}  {r['added']:>9}  {r['removed']:>9}  "
             f"{r['ignored']:>9}  {r['annotated']:>9}  {files}"
         )
+    typer.echo(
+        "  (voxels of each label patch the merge changed, and those left to train on; "
+        "the previews count the voxels painted)"
+    )
     if rows and rows[0]["sparse"]:
         kept = rows[0]["kept_slices"]
         slices = "; ".join(f"{a}={len(v)} slice(s)" for a, v in kept.items()) or "no slices"

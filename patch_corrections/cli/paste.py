@@ -80,8 +80,8 @@ def render(report: PasteReport) -> None:
     typer.echo(f"Pasted {len(rows)} patch(es) into a copy of {report.segmentation}:")
     width = max(len(r["name"]) for r in rows)
     typer.echo(
-        f"  {'patch':<{width}}  {'offset x,y,z':>16}  {'decided':>9}  {'added':>9}  "
-        f"{'removed':>9}  placed by"
+        f"  {'patch':<{width}}  {'offset x,y,z':>16}  {'decided':>9}  {'+membrane':>9}  "
+        f"{'-membrane':>9}  placed by"
     )
     for r in rows:
         offset = ",".join(str(v) for v in r["offset_xyz"])
@@ -90,8 +90,10 @@ def render(report: PasteReport) -> None:
             f"{r['removed']:>9}  {r['placed_by']}"
         )
     typer.echo(
-        f"Voxels changed: {report.added} membrane added, {report.removed} removed "
-        f"({report.decided} decided by the patches)"
+        f"Voxels of the segmentation changed: {report.added} became membrane, "
+        f"{report.removed} background ({report.decided} decided by the patches; per "
+        "patch, the voxels it set in the output, where patches overlap only the one that "
+        "decides)"
     )
     if report.settings.mark_ignore is not None:
         typer.echo(
