@@ -500,6 +500,21 @@ def test_overwrite_that_moves_a_patch_says_its_old_corrections_do_not_fit(extrac
     assert any(w.startswith("tomo_patch000: now cut at other centres") for w in report.warnings)
 
 
+def test_overwrite_at_another_patch_size_says_its_old_corrections_do_not_fit(extracted, tmp_path):
+    report = extract_patches(
+        tmp_path / "tomo.mrc",
+        tmp_path / "seg.mrc",
+        extracted,
+        points=[(5, 5, 5)],  # the first patch's centre, cut larger
+        settings=ExtractSettings(patch_size=10, border=1, overwrite=True),
+    )
+    assert [w for w in report.warnings if "--patch-size" in w] == [
+        "tomo_patch000: now cut at --patch-size 10, before at x,y,z=8,8,8; corrections "
+        "painted on the old patches do not fit them (merge_corrections refuses masks of "
+        "another shape or origin)"
+    ]
+
+
 def test_a_folder_on_a_file_system_without_locks_is_written_with_a_warning(tmp_path, monkeypatch):
     import errno
 

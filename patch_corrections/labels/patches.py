@@ -16,6 +16,7 @@ from ..constants import IGNORE
 from ..errors import InputError
 from ..io.centres import Centre
 from ..io.geometry import Index3, PatchBox, as_xyz
+from ..io.memory import require_memory
 
 
 def centre_index(
@@ -209,8 +210,14 @@ def fill_nonfinite(image: np.ndarray) -> int:
     return count
 
 
+PATCH_BYTES_PER_VOXEL = 12
+"""Host memory a patch being cut takes per voxel, at least: the tomogram's block, the
+float32 image patch, the segmentation's block and the label patch."""
+
+
 def check_patch_size(size: int, border: int) -> None:
-    """Reject a patch size or border width that leaves nothing to train on."""
+    """Reject a patch size or border width that leaves nothing to train on, or a patch
+    too large for the memory free now."""
     if size < 1:
         raise InputError(f"--patch-size must be positive, got {size}")
     if border < 0:
@@ -220,6 +227,8 @@ def check_patch_size(size: int, border: int) -> None:
             f"--border {border} leaves no voxel of a {size}-voxel patch outside the ignore "
             f"band; use a border below {(size + 1) // 2}"
         )
+    needed = PATCH_BYTES_PER_VOXEL * size**3
+    require_memory(needed, f"--patch-size {size}: a {size}³ patch", "give a smaller one")
 
 
 def locate_centres(

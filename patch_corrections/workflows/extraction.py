@@ -13,9 +13,8 @@ from ..constants import BORDER_WIDTH, IMAGES_SUBDIR, LABELS_SUBDIR, PATCH_SIZE, 
 from ..errors import InputError, collect_warnings, warn
 from ..inference.intensity import tomogram_statistics
 from ..io.centres import Centre, read_centres
-from ..io.geometry import Geometry, Index3, as_xyz, geometry_or_unit
+from ..io.geometry import Geometry, Index3, as_xyz, geometry_or_unit, xyz_text
 from ..io.manifest import PatchRecord, load_manifest, manifest_path, manifest_text, new_entry
-from ..io.memory import require_memory
 from ..io.names import check_token, preview_path, token_of
 from ..io.readers import VolumeReader
 from ..io.staging import StagedFiles, staged
@@ -160,11 +159,6 @@ def _requested_centres(
     return requested
 
 
-_BYTES_PER_VOXEL = 12
-"""Host memory a patch being cut takes per voxel, at least: the tomogram's block, the
-float32 image patch, the segmentation's block and the label patch."""
-
-
 @dataclass
 class _Plan:
     """What an extraction writes, decided before anything is.
@@ -190,10 +184,6 @@ def _extract(
     settings: ExtractSettings,
     listener: Listener,
 ) -> tuple[list[ExtractedPatch], int]:
-    size = settings.patch_size
-    require_memory(
-        _BYTES_PER_VOXEL * size**3, f"--patch-size {size}: a {size}³ patch", "give a smaller one"
-    )
     tomogram = image.info.path
     token = (
         check_token(settings.token)
@@ -359,7 +349,7 @@ def _plan_names(
         for e in entries
         if e["name"].startswith(prefix) and e["name"][len(prefix) :].isdigit()
     }
-    earlier = {r.name: r.centre for r in mine.values()}
+    earlier = {r.name: (r.centre, r.size) for r in mine.values()}
     replaced: set[Path] = set()
     if settings.overwrite:
         # As the manifest names them (under out_dir as given), like the files staged now.
@@ -386,11 +376,20 @@ def _plan_names(
         if settings.preview:
             plan.previews[name] = preview_path(out_dir, name)
         number += 1
-    moved = [n for n, _, index in plan.new if n in earlier and earlier[n] != index]
+    again = [(n, index, earlier[n]) for n, _, index in plan.new if n in earlier]
+    moved = [n for n, index, (centre, _) in again if centre != index]
     if moved:
         warn(
             f"{', '.join(moved)}: now cut at other centres than before; corrections painted "
             "on the old patches do not fit them (merge_corrections refuses NRRD masks whose "
             "origin differs)"
+        )
+    resized = [n for n, _, (_, old) in again if old != size and n not in moved]
+    if resized:
+        was = xyz_text(earlier[resized[0]][1])
+        warn(
+            f"{', '.join(resized)}: now cut at --patch-size {settings.patch_size}, before at "
+            f"x,y,z={was}; corrections painted on the old patches do not fit them "
+            "(merge_corrections refuses masks of another shape or origin)"
         )
     return plan
