@@ -148,9 +148,10 @@ def load_split(
         )
     if not any(len(p.annotated) for p in train_patches):
         raise InputError(f"{train_dir}: no training patch has an annotated (non-ignore) voxel")
-    if not val_patches:
+    asked = (split["val_fraction"] if split else val_fraction) > 0 or val_dir is not None
+    if not val_patches and asked:  # none asked for: nothing to say
         warn("no validation patches: best.pt is not written; last.pt is the result")
-    elif not any(len(p.membrane) for p in val_patches):
+    elif val_patches and not any(len(p.membrane) for p in val_patches):
         warn("the validation patches hold no membrane voxel: their Dice says little")
     split = {
         "train_dir": str(Path(train_dir).resolve()),
