@@ -276,6 +276,30 @@ def test_boxes_stay_inside_the_tomogram_unless_the_border_is_allowed(tmp_path):
     assert x < PATCH // 2 and y < PATCH // 2
 
 
+@pytest.mark.parametrize(
+    ("patch", "axes"),
+    [(32, "z"), (40, "y and z")],  # the maps are x,y,z = 96,32,24
+)
+def test_a_tomogram_smaller_than_a_patch_is_refused_unless_the_border_is_allowed(
+    maps, tmp_path, checkpoint, patch, axes
+):
+    tomogram, p, v = maps
+    out = tmp_path / "out"
+    big = replace(SMALL, patch_size=patch, network=SegmentSettings(window=16, device="cpu"))
+    line = (
+        f"{tomogram}: x,y,z=96,32,24 is smaller than --patch-size {patch} along {axes}; "
+        "give a smaller --patch-size or --allow-border"
+    )
+    with pytest.raises(InputError) as given_maps:
+        suggest(tomogram, out, probabilities=p, uncertainty=v, settings=big)
+    with pytest.raises(InputError) as network:  # refused before the network runs
+        suggest(tomogram, out, checkpoint, settings=big)
+    assert str(given_maps.value) == str(network.value) == line
+    assert not out.exists()
+    loose = _run(maps, out, replace(big, allow_border=True))
+    assert loose.suggestions  # boxes that cross the short axes' faces, as asked
+
+
 def test_listener_hears_the_scoring(maps, tmp_path):
     heard = []
     _run(maps, tmp_path / "out", listener=Listener(progress=heard.append))
@@ -424,7 +448,7 @@ def test_command_takes_segment_s_threads_and_compile(tmp_path, run_cli, checkpoi
         torch.set_num_threads(before)
 
 
-def test_command_errors_are_one_line(tmp_path, run_cli, maps):
+def test_command_errors_are_one_line(tmp_path, run_cli, maps, checkpoint):
     tomogram, p, v = maps
     small = tmp_path / "small.mrc"
     write_volume(small, np.zeros((4, 4, 4), np.float16), Geometry((10.0,) * 3))
@@ -432,6 +456,11 @@ def test_command_errors_are_one_line(tmp_path, run_cli, maps):
     for args, text in (
         (["--probabilities", p, "--uncertainty", small], "small.mrc: shape"),
         (["--probabilities", p, "--uncertainty", v, "--count", 0], "--count must be at least 1"),
+        (
+            ["--probabilities", p, "--uncertainty", v, "--patch-size", 32, "--border", 2],
+            "smaller than",
+        ),
+        (["--checkpoint", checkpoint, "--patch-size", 32, "--border", 2], "along z"),
     ):
         result = run_cli("suggest", "-t", tomogram, "-o", out, *args)
         assert result.exit_code == 1

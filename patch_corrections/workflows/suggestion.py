@@ -54,7 +54,8 @@ class SuggestSettings:
         patch of ``exclude_manifest``), of the smaller one.
     allow_border
         Let patches cross the tomogram's border (their centre stays inside); by default
-        every patch lies inside it (along an axis shorter than a patch, centred).
+        every patch lies inside it, and a tomogram shorter than a patch along some axis is
+        refused.
     threshold
         Probability above which a voxel is membrane.
     previews
@@ -189,6 +190,7 @@ def suggest(
     with collect_warnings() as warned:
         maps = (probabilities, uncertainty)
         shape, given = _check_inputs(tomogram, checkpoint, maps, mask)
+        _check_fits(tomogram, shape, settings)
         excluded = []
         if exclude_manifest is not None:
             excluded = [
@@ -268,6 +270,25 @@ def _check_sources(checkpoint, probabilities, uncertainty) -> None:
             "--uncertainty needs --probabilities: the <stem>_probabilities.mrc that "
             "segment --tta --uncertainty writes beside it"
         )
+
+
+def _check_fits(tomogram: Path, shape: Index3, settings: SuggestSettings) -> None:
+    """Without ``allow_border``, every patch must lie inside the tomogram: one shorter
+    than a patch along some axis is refused, before any network runs."""
+    if settings.allow_border:
+        return
+    short = [axis for axis, n in zip("zyx", shape) if n < settings.patch_size][::-1]
+    if short:
+        raise InputError(
+            f"{tomogram}: x,y,z={','.join(map(str, as_xyz(shape)))} is smaller than "
+            f"--patch-size {settings.patch_size} along {_listed(short)}; give a "
+            "smaller --patch-size or --allow-border"
+        )
+
+
+def _listed(words: list[str]) -> str:
+    """``x``, ``x and y``, ``x, y and z``."""
+    return " and ".join(filter(None, (", ".join(words[:-1]), words[-1])))
 
 
 def _same_shape(path: Path, info: VolumeInfo, tomogram: Path, shape: tuple) -> None:
