@@ -1,8 +1,10 @@
-"""Exceptions and warnings raised for users' input, and how a run collects its warnings
-for its report."""
+"""Exceptions and warnings raised for users' input, how a run collects its warnings for
+its report, and how an OS error reads as one line."""
 
 from __future__ import annotations
 
+import errno
+import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +20,27 @@ class PatchCorrectionsWarning(UserWarning):
 
 class RunInterrupted(Exception):
     """A run stopped by Ctrl-C; the message says what was kept and how to go on."""
+
+
+WRITE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EFBIG, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)}
+)
+"""OS errors that concern the file being written, never one read: a full disk or quota, a
+file-size limit (``ulimit -f``), a read-only file system."""
+
+
+def os_error_text(exc: OSError) -> str:
+    """``<path>: <what>``, one line, for an OS error: the path it concerns (for an error
+    of writing, the target of a copy or rename, which the system names second) and the
+    system's words, lower-case like ours; ``<what>`` alone when no path is known."""
+    path = exc.filename
+    if exc.errno in WRITE_ERRNOS and exc.filename2 is not None:
+        path = exc.filename2
+    what = exc.strerror or str(exc) or type(exc).__name__
+    what = " ".join((what[:1].lower() + what[1:]).split())
+    if path is None:
+        return what
+    return f"{os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else path}: {what}"
 
 
 def warn(message: str, stacklevel: int = 2) -> None:

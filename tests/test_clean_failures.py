@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_mrc
+from conftest import all_files, save_tiny_checkpoint, write_mrc
 
 from patch_corrections.errors import InputError
 from patch_corrections.io.volumes import Geometry, write_volume
@@ -321,3 +321,150 @@ def test_a_threshold_outside_the_predictions_values_is_said(threshold, every):
         sample / "prediction.mrc", sample / "truth.mrc", settings=EvaluateSettings(threshold=0)
     )
     assert inside.warnings == []
+
+
+# --- a full disk or a file-size limit: one line naming the file, nothing half-written -------
+
+
+def _full_disk_nrrd(monkeypatch) -> None:
+    """NRRD files run out of disk part-way: a few bytes land, then ``ENOSPC``, as from
+    ``write()`` (which names no file)."""
+    import errno
+
+    import nrrd
+
+    def filling_up(path, *args, **kwargs):
+        Path(path).write_bytes(b"NRRD0004\n")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(nrrd, "write", filling_up)
+
+
+def _round(tmp_path: Path) -> None:
+    """A tomogram, its segmentation, and an Add mask for the patch ``tomo_patch000`` that
+    ``extract_patches --x 5 --y 5 --z 5 --patch-size 8`` cuts of them."""
+    rng = np.random.default_rng(0)
+    write_mrc(tmp_path / "tomo.mrc", rng.normal(size=(12, 14, 16)).astype(np.float32))
+    write_mrc(tmp_path / "seg.mrc", (rng.random((12, 14, 16)) < 0.2).astype(np.int8))
+    add = np.zeros((8, 8, 8), np.uint8)
+    add[4, 4, 4] = 1
+    (tmp_path / "corr" / "tomo_patch000").mkdir(parents=True)
+    write_volume(tmp_path / "corr" / "tomo_patch000" / "Add1.mrc", add, Geometry((1.0,) * 3))
+
+
+_EXTRACT = ("extract_patches", "--x", 5, "--y", 5, "--z", 5, "--patch-size", 8, "--border", 1)
+
+
+def test_extract_patches_onto_a_full_disk_names_the_file(tmp_path, run_cli, monkeypatch):
+    _round(tmp_path)
+    _full_disk_nrrd(monkeypatch)
+    out = tmp_path / "patches"
+    result = run_cli(*_EXTRACT, "-t", tmp_path / "tomo.mrc", "-s", tmp_path / "seg.mrc", "-o", out)
+    assert result.exit_code == 1
+    assert (
+        result.stderr
+        == f"Error: {out / 'images' / 'tomo_patch000.nrrd'}: no space left on device\n"
+    )
+    assert all_files(out) == []
+
+
+def test_merge_corrections_onto_a_full_disk_names_the_file(tmp_path, run_cli, monkeypatch):
+    _round(tmp_path)
+    patches, train = tmp_path / "patches", tmp_path / "train"
+    args = ("-t", tmp_path / "tomo.mrc", "-s", tmp_path / "seg.mrc", "-o", patches)
+    assert run_cli(*_EXTRACT, "--format", "mrc", *args).exit_code == 0
+    _full_disk_nrrd(monkeypatch)
+    result = run_cli(
+        "merge_corrections",
+        "--labels-dir",
+        patches,
+        "--corrections-dir",
+        tmp_path / "corr",
+        "--out-dir",
+        train,
+        "--format",
+        "nrrd",
+    )
+    assert result.exit_code == 1
+    image = train / "imagesTr" / "tomo_patch000_0000.nrrd"
+    assert result.stderr == f"Error: {image}: no space left on device\n"
+    assert all_files(train) == []
+
+
+def test_simulate_sparse_onto_a_full_disk_names_its_output_not_its_input(
+    tmp_path, run_cli, monkeypatch
+):
+    import errno
+
+    dense = tmp_path / "dense"
+    for sub in ("imagesTr", "labelsTr"):
+        (dense / sub).mkdir(parents=True)
+    labels = np.zeros((8, 8, 8), np.uint8)
+    labels[3:5] = 1
+    write_volume(dense / "labelsTr" / "p.nii.gz", labels, Geometry((1.0,) * 3))
+    write_volume(dense / "imagesTr" / "p_0000.nii.gz", labels * 1.5, Geometry((1.0,) * 3))
+
+    def full(*args):  # the kernel's copy, as shutil.copyfile makes it on Linux
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "sendfile", full)
+    out = tmp_path / "sparse"
+    result = run_cli("simulate_sparse", "-t", dense, "-o", out)
+    assert result.exit_code == 1
+    image = out / "imagesTr" / "p_0000.nii.gz"
+    assert result.stderr == f"Error: {image}: no space left on device\n"
+    assert all_files(out) == []
+
+
+def test_segment_past_a_file_size_limit_names_the_file(tmp_path):
+
+    write_mrc(tmp_path / "tomo.mrc", np.zeros((16, 20, 20), np.float32))
+    checkpoint = save_tiny_checkpoint(tmp_path / "tiny.pt")
+    out = tmp_path / "seg"
+    # ulimit -f: write() past the limit fails with EFBIG once SIGXFSZ is ignored. The
+    # limit is set after the imports, which may write caches.
+    code = (
+        "import resource, signal, sys\n"
+        "import torch\n"
+        "from patch_corrections.cli import main\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (8192, resource.RLIM_INFINITY))\n"
+        "sys.argv[0] = 'patch_corrections'; main()\n"
+    )
+    arguments = ["segment", "-t", tmp_path / "tomo.mrc", "--checkpoint", checkpoint, "-o", out]
+    arguments += ["--window", "16", "--device", "cpu"]
+    done = subprocess.run(
+        [sys.executable, "-c", code, *map(str, arguments)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == f"Error: {out / 'tomo_probabilities.mrc'}: file too large\n"
+    assert all_files(out) == []
+
+
+# --- segment: a tomogram already segmented is skipped, alone or in a folder ------------------
+
+
+def test_segment_skips_a_finished_tomogram_given_alone_as_in_a_folder(tmp_path, run_cli):
+    (tmp_path / "tomograms").mkdir()
+    tomogram = tmp_path / "tomograms" / "tomo.mrc"
+    write_mrc(tomogram, np.random.default_rng(1).normal(size=(8, 16, 16)).astype(np.float32))
+    checkpoint = save_tiny_checkpoint(tmp_path / "tiny.pt")
+    out = tmp_path / "seg"
+    common = ("--checkpoint", checkpoint, "-o", out, "--window", 16, "--device", "cpu")
+    first = run_cli("segment", "-t", tomogram, *common)
+    assert first.exit_code == 0, first.output
+    written = {p: p.stat().st_mtime_ns for p in all_files(out)}
+    skipped = (
+        f"Skipped 1 tomogram(s) already segmented in {out} (--overwrite redoes them): tomo.mrc"
+    )
+    for given in (tomogram, tomogram.parent):  # alone, as a job array resubmits it; a folder
+        again = run_cli("segment", "-t", given, *common)
+        assert again.exit_code == 0, again.output
+        assert skipped in again.stdout and again.stderr == ""
+        assert {p: p.stat().st_mtime_ns for p in all_files(out)} == written
+    redone = run_cli("segment", "-t", tomogram, *common, "--overwrite")
+    assert redone.exit_code == 0 and "Segmented tomo.mrc" in redone.stdout
+    assert all(p.stat().st_mtime_ns > written[p] for p in written)

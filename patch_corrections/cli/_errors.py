@@ -17,7 +17,7 @@ from typing import ParamSpec
 
 import typer
 
-from ..errors import InputError, RunInterrupted
+from ..errors import InputError, RunInterrupted, os_error_text
 
 P = ParamSpec("P")
 TRAIN_EXTRA = ("torch", "matplotlib")
@@ -32,8 +32,8 @@ _click_errors = importlib.import_module(typer.BadParameter.__module__)
 
 
 def user_errors(command: Callable[P, None]) -> Callable[P, None]:
-    """Turn ``InputError`` into one line on stderr and exit code 1, without a traceback;
-    Ctrl-C into what the run kept and exit code 130."""
+    """Turn ``InputError`` (and an ``OSError``, naming its path) into one line on stderr
+    and exit code 1, without a traceback; Ctrl-C into what the run kept and exit code 130."""
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
@@ -62,9 +62,8 @@ def user_errors(command: Callable[P, None]) -> Callable[P, None]:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())  # nothing more fails at exit
             raise typer.Exit(128 + 13) from None  # as a process ended by SIGPIPE
-        except OSError as exc:  # permissions, full disk: the system's words suffice
-            where = f"{exc.filename}: " if exc.filename else ""
-            typer.echo(f"Error: {where}{exc.strerror or exc}", err=True)
+        except OSError as exc:  # permissions, full disk: the system's words, and the path
+            typer.echo(f"Error: {os_error_text(exc)}", err=True)
             raise typer.Exit(1) from None
 
     return wrapper

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..workflows.batch_segmentation import BatchSegmentReport, segment_many
+from ..workflows.batch_segmentation import BatchSegmentReport, is_segmented, segment_many
 from ..workflows.segmentation import SegmentReport, SegmentSettings, segment
 from . import options
 from ._console import console, print_warnings
@@ -121,8 +121,11 @@ def segment_command(
         compile=compile_network,
     )
     options.use_threads(threads)
+    single = len(tomograms) == 1 and not tomograms[0].is_dir() and (part, parts) == _WHOLE
     with console() as listener:
-        if len(tomograms) == 1 and not tomograms[0].is_dir() and (part, parts) == _WHOLE:
+        # A tomogram already segmented is skipped alone as in a folder (segment_many says
+        # so, exit 0): a job array that resubmits single files goes through.
+        if single and (overwrite or not is_segmented(tomograms[0], out_dir, settings)):
             render(
                 segment(tomograms[0], checkpoint, out_dir, settings=settings, listener=listener)
             )

@@ -20,6 +20,7 @@ import numpy.typing as npt
 
 from ..errors import InputError
 from .geometry import Geometry
+from .staging import naming_errors
 
 
 def mrc_dtype(dtype: npt.DTypeLike, high: float = 0) -> np.dtype:
@@ -102,7 +103,8 @@ class MrcSlabWriter:
     never makes a float32 copy of the whole volume (as mrcfile's own statistics would).
     ``path`` is replaced if it exists: write to a temporary name and rename it into place.
     Sections never written hold whatever the file system gives (usually zeros). Used as a
-    context manager, it closes on success and only releases the file on error.
+    context manager, it closes on success and only releases the file on error. An
+    ``OSError`` that names no file (a full disk, a file-size limit) names ``path``.
 
     Parameters
     ----------
@@ -133,14 +135,18 @@ class MrcSlabWriter:
         self._count, self._total, self._squares = 0, 0.0, 0.0
         self._low, self._high = float("inf"), float("-inf")
         mode = mrcfile.utils.mode_from_dtype(self.dtype)
-        self._mrc = mrcfile.new_mmap(self.path, shape=self.shape, mrc_mode=mode, overwrite=True)
+        with naming_errors(self.path):
+            self._mrc = mrcfile.new_mmap(
+                self.path, shape=self.shape, mrc_mode=mode, overwrite=True
+            )
         self._closed = False
         self._stored = self._mrc.data.dtype  # in the file's byte order
         self._offset = int(self._mrc.data.offset)
         self._handle = None
         try:
-            _reserve(self.path)
-            self._handle = open(self.path, "r+b", buffering=0)  # closed by close()
+            with naming_errors(self.path):
+                _reserve(self.path)
+                self._handle = open(self.path, "r+b", buffering=0)  # closed by close()
         except BaseException:
             self._mrc.close()
             raise
@@ -163,7 +169,8 @@ class MrcSlabWriter:
             )
         if not stored.size:
             return
-        _write_at(self._handle, self._offset + z0 * ny * nx * stored.itemsize, stored)
+        with naming_errors(self.path):
+            _write_at(self._handle, self._offset + z0 * ny * nx * stored.itemsize, stored)
         self._count += stored.size
         self._total += float(stored.sum(dtype=np.float64))
         for section in stored:  # float64 one section at a time, not a copy of the slab
@@ -182,15 +189,16 @@ class MrcSlabWriter:
         if self._closed:
             return
         self._closed = True
-        try:
-            self._handle.close()
-            set_mrc_geometry(self._mrc, self.geometry)
-            header = self._mrc.header
-            header.dmin, header.dmax, header.dmean = self._low, self._high, self.mean
-            variance = max(self._squares / max(self._count, 1) - self.mean**2, 0.0)
-            header.rms = math.sqrt(variance)
-        finally:
-            self._mrc.close()  # released even when the header cannot be finished
+        with naming_errors(self.path):
+            try:
+                self._handle.close()
+                set_mrc_geometry(self._mrc, self.geometry)
+                header = self._mrc.header
+                header.dmin, header.dmax, header.dmean = self._low, self._high, self.mean
+                variance = max(self._squares / max(self._count, 1) - self.mean**2, 0.0)
+                header.rms = math.sqrt(variance)
+            finally:
+                self._mrc.close()  # released even when the header cannot be finished
 
     def __enter__(self) -> MrcSlabWriter:
         return self

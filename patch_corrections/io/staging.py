@@ -9,8 +9,34 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import WRITE_ERRNOS, InputError
 from .names import inside
+
+
+@contextmanager
+def naming_errors(path: Path, temporary: Path | None = None) -> Iterator[None]:
+    """Make an ``OSError`` raised in the block, where the file written is ``path``, name
+    it: when the error names no file (``write()`` on a full disk, past ``ulimit -f``) or
+    names ``temporary``, the name ``path`` is written under."""
+    try:
+        yield
+    except OSError as exc:
+        _name_output(exc, path, {os.fspath(temporary): path} if temporary else {}, True)
+        raise
+
+
+def _name_output(exc: OSError, final, temporaries: dict[str, Path], any_error: bool) -> None:
+    """Let ``exc`` name the output it concerns: a temporary name becomes the final name
+    it is written for (from ``temporaries``); an error that names no file gets ``final``
+    when it is one of writing (or ``any_error``: the block wrote and read nothing else)."""
+    for attribute in ("filename", "filename2"):
+        value = getattr(exc, attribute)
+        if isinstance(value, (str, bytes, os.PathLike)):
+            final_name = temporaries.get(os.fsdecode(value))
+            if final_name is not None:
+                setattr(exc, attribute, os.fspath(final_name))
+    if exc.filename is None and final is not None and (any_error or exc.errno in WRITE_ERRNOS):
+        exc.filename = os.fspath(final)
 
 
 @contextmanager
@@ -18,13 +44,15 @@ def atomic_target(path: Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it into place if the block succeeds.
 
     ``suffix`` ends the temporary name, for writers that pick a format or compression from
-    it (``.nii.gz``). On error the temporary file is removed and ``path`` is untouched.
+    it (``.nii.gz``). On error the temporary file is removed and ``path`` is untouched; an
+    ``OSError`` names ``path`` (see :func:`naming_errors`).
     """
     path = Path(path)
     temporary = path.with_name(f".{path.name}.partial-{secrets.token_hex(4)}{suffix}")
     try:
-        yield temporary
-        os.replace(temporary, path)
+        with naming_errors(path, temporary):
+            yield temporary
+            os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
 
@@ -79,6 +107,14 @@ class StagedFiles:
     def finals(self) -> list[Path]:
         return [final for _, final in self._staged]
 
+    def name_output(self, exc: OSError) -> None:
+        """Let ``exc``, raised while this run wrote, name the output it concerns: the
+        final name of a staged file it names; for an error of writing that names no file
+        (a full disk, a file-size limit), the file staged last, which was being written."""
+        temporaries = {os.fspath(t): f for t, f in self._staged}
+        last = self._staged[-1][1] if self._staged else self._journal
+        _name_output(exc, last, temporaries, False)
+
     def write_text(self, path: Path, text: str) -> None:
         """Write ``text`` to ``path`` (a manifest, a summary) at the commit, atomically,
         once every staged file is in place."""
@@ -121,14 +157,21 @@ class StagedFiles:
 @contextmanager
 def staged(journal: Path | None = None) -> Iterator[StagedFiles]:
     """The files a run writes in the block, staged (see :class:`StagedFiles`): committed
-    together when the block ends, discarded when it raises."""
+    together when the block ends, discarded when it raises. An ``OSError`` leaving it
+    names the output it concerns (see :meth:`StagedFiles.name_output`)."""
     files = StagedFiles(journal)
     try:
         yield files
-    except BaseException:
+    except BaseException as exc:
+        if isinstance(exc, OSError):
+            files.name_output(exc)
         files.discard()
         raise
-    files.commit()
+    try:
+        files.commit()
+    except OSError as exc:
+        files.name_output(exc)
+        raise
 
 
 JOURNAL_NAME = ".patch_corrections.journal.json"

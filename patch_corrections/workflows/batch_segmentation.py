@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import InputError, collect_warnings
+from ..errors import InputError, collect_warnings, os_error_text
 from ..io.volumes import is_volume_file, volume_stem
 from ._common import check_out_dir
 from .events import SILENT, Listener
@@ -82,7 +82,7 @@ def segment_many(
                 f"Part {part} of {parts} (counted from 0): {len(mine)} of the {len(files)} "
                 "tomograms"
             )
-        todo = [f for f in mine if settings.overwrite or not _finished(f, out_dir, settings)]
+        todo = [f for f in mine if settings.overwrite or not is_segmented(f, out_dir, settings)]
         report = BatchSegmentReport([], [f for f in mine if f not in todo], total=len(files))
         predictor = load_predictor(Path(checkpoint), settings) if todo else None
         for number, tomogram in enumerate(todo, start=1):
@@ -123,7 +123,7 @@ def _segment_in_turn(
             listener.message(f"{tomogram}: another run is segmenting it; left to it")
             report.busy.append(tomogram)
             return
-        if not settings.overwrite and _finished(tomogram, out_dir, settings):
+        if not settings.overwrite and is_segmented(tomogram, out_dir, settings):
             report.skipped.append(tomogram)  # another run finished it since we looked
             return
         try:
@@ -143,15 +143,17 @@ exhausted quota, a read-only file system."""
 
 def _reason(exc: Exception, tomogram: Path) -> str:
     """One line saying why ``tomogram`` failed, naming it."""
-    if isinstance(exc, OSError) and exc.strerror:
-        text = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    if isinstance(exc, OSError):
+        text = os_error_text(exc)
     else:
         text = str(exc) or type(exc).__name__
     text = " ".join(text.split())
     return text if str(tomogram) in text else f"{tomogram}: {text}"
 
 
-def _finished(tomogram: Path, out_dir: Path, settings: SegmentSettings) -> bool:
+def is_segmented(tomogram: Path, out_dir: Path, settings: SegmentSettings) -> bool:
+    """Whether every output ``settings`` ask of ``tomogram`` is in ``out_dir`` already:
+    a run without ``overwrite`` skips it."""
     return all(p.exists() for p in output_paths(tomogram, out_dir, settings).values())
 
 
