@@ -282,5 +282,5 @@ def test_running_out_of_memory_on_one_tomogram_fails_it_alone(tmp_path, checkpoi
     assert _names(r.tomogram for r in report.done) == ["a", "c"]
     [(tomogram, reason)] = report.failed
     assert tomogram.stem == "b" and reason == (
-        f"{tomogram}: out of GPU memory with 16³ windows, batch 1; try a smaller --batch-size"
-    )
+        f"{tomogram}: out of GPU memory with 16³ windows, batch 1; try a smaller --window"
+    )  # batch 1 cannot be smaller

@@ -214,11 +214,12 @@ def segment_one(
         where = "GPU" if isinstance(exc, torch.cuda.OutOfMemoryError) else "host"
         if where == "GPU":
             torch.cuda.empty_cache()
+        smaller = "--batch-size" if settings.batch_size > 1 else "--window"
         extra = " or without --uncertainty" if settings.uncertainty else ""
         raise InputError(
             f"{tomogram}: out of {where} memory with {settings.window}³ windows, batch "
             f"{settings.batch_size}{', TTA' if settings.tta else ''}; try a smaller "
-            f"--batch-size{extra}"
+            f"{smaller}{extra}"
         ) from None
     return replace(report, warnings=warned)
 
