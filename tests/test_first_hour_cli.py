@@ -309,3 +309,44 @@ def test_cpus_busy_now_not_a_minute_ago(monkeypatch):
     assert threads.busy_cpus() == pytest.approx(3.0)
     monkeypatch.setattr(threads, "_cpu_times", lambda: None)  # no /proc/stat: the average
     assert threads.busy_cpus() == 1.0
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["segment", "--ckpt-path", "x"], "that is MemBrain-seg's name: here, --checkpoint"),
+        (["segment", "--sliding-window-size", "160"], "here, --window"),
+        (["segment", "--store-probabilities"], "not needed here: <stem>_probabilities.mrc"),
+        (["extract_patches", "--coords-file", "c.csv"], "here, --centres"),
+        (["retrain", "--finetune-learning-rate", "1e-5"], "here, --lr"),
+        (["extract_patches", "--ckpt-path", "x"], "--ckpt-path: no such option"),
+    ],
+)
+def test_membrain_seg_option_names_point_to_ours(run_cli, args, said):
+    result = run_cli(*args)
+    assert result.exit_code == 2 and len(result.output.splitlines()) == 1
+    assert said in result.output
+    if args[0] == "extract_patches" and args[1] == "--ckpt-path":
+        assert "MemBrain-seg" not in result.output  # extract_patches takes no checkpoint
+
+
+def test_without_pytorch_the_error_gives_an_install_command_that_works(tmp_path):
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.argv[0] = 'patch_corrections'; "
+        "from patch_corrections.cli import main; main()"
+    )
+    write_mrc(tmp_path / "t.mrc", np.zeros((8, 8, 8), np.float32))
+    args = [
+        "segment",
+        "-t",
+        str(tmp_path / "t.mrc"),
+        "--checkpoint",
+        str(SAMPLE / "starting_model.pt"),
+    ]
+    done = _shell(*args, "-o", str(tmp_path / "out"), code=code)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("Error: this command needs torch, which is not installed: ")
+    assert (
+        'pip install -e ".[train]"' in done.stderr
+        and "patch_corrections[train]" not in done.stderr
+    )

@@ -53,8 +53,8 @@ def user_errors(command: Callable[P, None]) -> Callable[P, None]:
                 raise
             typer.echo(
                 f"Error: this command needs {exc.name}, which is not installed: "
-                'pip install "patch_corrections[train]" (or PyTorch for your CUDA, '
-                "from pytorch.org)",
+                f'pip install {exc.name} (in the checkout: pip install -e ".[train]"; '
+                "for a GPU, PyTorch for your CUDA from pytorch.org)",
                 err=True,
             )
             raise typer.Exit(1) from None
@@ -98,7 +98,12 @@ def usage_error_line(error: Exception) -> str:
         what = f"missing; this {kind} is required"
     elif isinstance(error, _click_errors.NoSuchOption):
         what = "no such option"
-        if error.possibilities:
+        ours = _ours_for_membrain(error)
+        if ours and ours.startswith("--"):
+            what += f"; that is MemBrain-seg's name: here, {ours}"
+        elif ours:
+            what += f"; that is MemBrain-seg's, not needed here: {ours}"
+        elif error.possibilities:
             what += f" (did you mean {' or '.join(sorted(error.possibilities))}?)"
     elif isinstance(error, _click_errors.BadParameter):
         what = str(error.message).removeprefix("Value error, ")  # pydantic's wording
@@ -109,6 +114,45 @@ def usage_error_line(error: Exception) -> str:
         what = error.format_message()
     text = f"{name}: {what}" if name else what
     return "Error: " + " ".join(text.split())  # click's messages may wrap: keep one line
+
+
+MEMBRAIN_OPTIONS = {
+    "--tomogram-path": "--tomogram",
+    "--segmentation-path": "--segmentation",
+    "--ckpt-path": "--checkpoint",
+    "--pretrained-checkpoint-path": "--checkpoint",
+    "--out-folder": "--out-dir",
+    "--log-dir": "--out-dir",
+    "--coords-file": "--centres",
+    "--ds-token": "--token",
+    "--sliding-window-size": "--window",
+    "--test-time-augmentation": "--tta",
+    "--no-test-time-augmentation": "no TTA is the default",
+    "--rescale-patches": "--rescale",
+    "--in-pixel-size": "--pixel-size",
+    "--out-pixel-size": "outputs stay on the tomogram's grid",
+    "--store-probabilities": "<stem>_probabilities.mrc is always written",
+    "--store-uncertainty-map": "--uncertainty (with --tta)",
+    "--store-connected-components": "--components",
+    "--connected-component-thres": "--min-component-size",
+    "--segmentation-threshold": "--threshold (a probability: 0.5 is MemBrain-seg's 0.0)",
+    "--finetune-data-dir": "--train-dir",
+    "--finetune-learning-rate": "--lr",
+    "--max-epochs": "--epochs",
+}
+"""MemBrain-seg's option names and what this tool calls them (its README's map)."""
+
+
+def _ours_for_membrain(error: Exception) -> str | None:
+    """Our name for a MemBrain-seg option the command line used, where this command has
+    it (or it needs none)."""
+    ours = MEMBRAIN_OPTIONS.get(getattr(error, "option_name", "") or "")
+    if ours is None:
+        return None
+    command = getattr(getattr(error, "ctx", None), "command", None)
+    names = {n for p in getattr(command, "params", ()) for n in getattr(p, "opts", ())}
+    option = ours.split()[0]
+    return ours if not option.startswith("--") or not names or option in names else None
 
 
 def _option_name(param: object) -> str:
