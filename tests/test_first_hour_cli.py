@@ -350,3 +350,26 @@ def test_without_pytorch_the_error_gives_an_install_command_that_works(tmp_path)
         'pip install -e ".[train]"' in done.stderr
         and "patch_corrections[train]" not in done.stderr
     )
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "said"),
+    [
+        (
+            Path(__file__).parent / "fixtures" / "membrain" / "membrain_tiny.ckpt",
+            "recognised as MemBrain-seg's (filters 4…8); fed each tomogram's mean and "
+            "standard deviation (z-score), axes x,y,z, trained at 10 Å.",
+        ),
+        (SAMPLE / "starting_model.pt", "trained with patch_corrections (filters 4…32)"),
+    ],
+    ids=["membrain", "ours"],
+)
+def test_segment_says_first_whose_network_it_runs_and_how_it_is_fed(
+    tmp_path, run_cli, checkpoint, said
+):
+    write_mrc(tmp_path / "t.mrc", np.zeros((16, 16, 16), np.float32))
+    args = ["-t", tmp_path / "t.mrc", "--checkpoint", checkpoint, "-o", tmp_path / "out"]
+    result = run_cli("segment", *args, "--window", 64, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    first = result.output.splitlines()[0]
+    assert first.startswith(f"Network: {checkpoint.name}, ") and said in first

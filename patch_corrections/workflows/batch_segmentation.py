@@ -84,7 +84,7 @@ def segment_many(
             )
         todo = [f for f in mine if settings.overwrite or not is_segmented(f, out_dir, settings)]
         report = BatchSegmentReport([], [f for f in mine if f not in todo], total=len(files))
-        predictor = load_predictor(Path(checkpoint), settings) if todo else None
+        predictor = load_predictor(Path(checkpoint), settings, listener) if todo else None
         for number, tomogram in enumerate(todo, start=1):
             listener.message(f"[{number}/{len(todo)}] {tomogram}")
             _segment_in_turn(tomogram, predictor, out_dir, settings, listener, report)

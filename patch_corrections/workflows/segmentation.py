@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..constants import PATCH_SIZE
+from ..constants import NORMALISATION, PATCH_SIZE, ZSCORE
 from ..errors import InputError, collect_warnings, warn
 from ..io.geometry import as_xyz, geometry_or_unit
 from ..io.locks import lock_file, new_folder
@@ -151,7 +151,7 @@ def segment(
         check_out_dir(out_dir)
         outputs = output_paths(tomogram, out_dir, settings).values()
         require_free(outputs, settings.overwrite)
-        predictor = load_predictor(Path(checkpoint), settings)
+        predictor = load_predictor(Path(checkpoint), settings, listener)
         with claimed(tomogram, out_dir) as held:
             if not held:
                 raise InputError(
@@ -163,11 +163,12 @@ def segment(
     return replace(report, warnings=report.warnings + warned)
 
 
-def load_predictor(checkpoint: Path, settings: SegmentSettings):
-    """The network of ``checkpoint`` on the settings' device, for the settings' windows."""
+def load_predictor(checkpoint: Path, settings: SegmentSettings, listener: Listener = SILENT):
+    """The network of ``checkpoint`` on the settings' device, for the settings' windows;
+    ``listener`` is told what network it is and how it is fed."""
     from ..inference.predictor import Predictor
 
-    return Predictor.load(
+    predictor = Predictor.load(
         checkpoint,
         window=settings.window,
         batch_size=settings.batch_size,
@@ -175,6 +176,31 @@ def load_predictor(checkpoint: Path, settings: SegmentSettings):
         trust=settings.trust_checkpoint,
         rescale=settings.rescale,
         compile=settings.compile,
+    )
+    listener.message(describe_network(predictor.checkpoint))
+    return predictor
+
+
+_FED = {
+    NORMALISATION: "each tomogram's robust z-score (median, scaled MAD, clipped to ±10)",
+    ZSCORE: "each tomogram's mean and standard deviation (z-score)",
+}
+
+
+def describe_network(loaded) -> str:
+    """One line: whose checkpoint ``loaded`` (a ``LoadedCheckpoint``) is, and how its
+    network is fed: normalisation, axis order, the pixel size it was trained at."""
+    from ..network.checkpoints import FORMAT
+
+    ours = loaded.content.get("format") == FORMAT
+    whose = "trained with patch_corrections" if ours else "recognised as MemBrain-seg's"
+    config = loaded.network.config
+    axes = ",".join(config.axis_order)
+    size = f"{loaded.pixel_size:g} Å" if loaded.pixel_size else "an unrecorded pixel size"
+    fed = _FED.get(loaded.normalisation, loaded.normalisation)
+    return (
+        f"Network: {loaded.path.name}, {whose} (filters {config.filters[0]}…"
+        f"{config.filters[-1]}); fed {fed}, axes {axes}, trained at {size}."
     )
 
 
