@@ -204,7 +204,7 @@ def suggest(
         earlier = suggestion_previews(out_dir, stem)
         outputs = [*tables, *(segmented.values() if checkpoint else ()), *earlier]
         require_free(outputs, settings.overwrite)
-        predictor = load_predictor(Path(checkpoint), segmenting) if checkpoint else None
+        predictor = load_predictor(Path(checkpoint), segmenting, listener) if checkpoint else None
         with writing_into(out_dir), staged(out_dir) as files:
             files.make_dirs(out_dir)
             if predictor is not None:  # the maps: its outputs, staged
