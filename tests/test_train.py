@@ -676,3 +676,36 @@ def test_a_new_network_records_the_pixel_size_it_was_trained_at(tmp_path):
         settings=SegmentSettings(window=16, rescale=True, device="cpu"),
     )
     assert segmented.pixel_sizes == (25.0, 12.5)
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ([], ("adamw", 1e-3)),  # from a checkpoint, nothing given: the fine-tuning recipe
+        (["--optimizer", "sgd"], ("sgd", 1e-2)),
+        (["--lr", "5e-4"], ("sgd", 5e-4)),
+        (["--optimizer", "adamw"], ("adamw", 3e-4)),
+    ],
+)
+def test_fine_tuning_from_a_checkpoint_has_its_own_recipe_unless_one_is_chosen(
+    sample_train_dir, tmp_path, run_cli, extra, expected
+):
+    args = ["retrain", "-t", sample_train_dir, "-o", tmp_path / "model", "--iterations", 1]
+    args += ["--crop-size", 32, "--batch-size", 1, "--checkpoint", SAMPLE / "starting_model.pt"]
+    result = run_cli(*args, *extra)
+    assert result.exit_code == 0, result.output
+    saved = torch.load(tmp_path / "model" / "last.pt", weights_only=True)["train_config"]
+    assert (saved["optimizer"], saved["lr"]) == expected
+    said = "Fine-tuning with AdamW at 0.001, the default from a checkpoint" in result.output
+    assert said == (not extra)
+
+
+def test_from_scratch_the_default_stays_sgd(sample_train_dir, tmp_path, run_cli):
+    args = ["retrain", "-t", sample_train_dir, "-o", tmp_path / "m", "--preset", "tiny"]
+    result = run_cli(*args, "--iterations", 1, "--crop-size", 32, "--batch-size", 1)
+    assert result.exit_code == 0, result.output
+    saved = torch.load(tmp_path / "m" / "last.pt", weights_only=True)["train_config"]
+    assert (saved["optimizer"], saved["lr"]) == (
+        "sgd",
+        1e-2,
+    ) and "Fine-tuning" not in result.output

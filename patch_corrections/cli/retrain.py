@@ -105,7 +105,8 @@ _CROP_SIZE = typer.Option(
 _OPTIMISER = typer.Option(
     "--optimizer",
     rich_help_panel=_OPTIMISATION,
-    help="SGD (Nesterov, momentum 0.99) or AdamW.",
+    help="SGD (Nesterov, momentum 0.99) or AdamW; default: AdamW at 1e-3 from a "
+    "--checkpoint when --lr is not given either (the fine-tuning recipe), else SGD.",
 )
 _LR = typer.Option(
     "--lr",
@@ -171,7 +172,7 @@ def retrain_command(
     epochs: Annotated[int | None, _EPOCHS] = RetrainSettings.epochs,
     batch_size: Annotated[int, _BATCH_SIZE] = RetrainSettings.batch_size,
     crop_size: Annotated[int, _CROP_SIZE] = RetrainSettings.crop_size,
-    optimiser: Annotated[Optimiser, _OPTIMISER] = Optimiser(RetrainSettings.optimizer),
+    optimiser: Annotated[Optimiser | None, _OPTIMISER] = RetrainSettings.optimizer,
     lr: Annotated[float | None, _LR] = RetrainSettings.lr,
     schedule: Annotated[Schedule, _SCHEDULE] = Schedule(RetrainSettings.schedule),
     warmup: Annotated[int | None, _WARMUP] = RetrainSettings.warmup,
@@ -206,7 +207,7 @@ def retrain_command(
         preset=preset.value,
         batch_size=batch_size,
         crop_size=crop_size,
-        optimizer=optimiser.value,
+        optimizer=optimiser.value if optimiser is not None else None,
         lr=lr,
         schedule=schedule.value,
         warmup=warmup,

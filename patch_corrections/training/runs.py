@@ -14,7 +14,7 @@ from pathlib import Path
 from ..constants import BEST_CHECKPOINT, LAST_CHECKPOINT, NORMALISATION
 from ..errors import InputError, RunInterrupted, warn
 from ..io.staging import atomic_target, write_text_atomic
-from .config import TrainConfig
+from .config import TrainConfig, optimiser_and_rate
 
 METRIC_COLUMNS = ("step", "train_loss", "val_loss", "val_dice", "lr", "seconds")
 METRICS = "metrics.csv"
@@ -280,3 +280,54 @@ def run_training(
     if ranks.main:
         plot_curves(state.history, out_dir / CURVES)
     return state
+
+
+def saved_train_dir(out_dir: Path, resume: bool, trust: bool) -> Path:
+    """The training folder of the run saved in ``out_dir`` (``--resume`` without
+    ``--train-dir``)."""
+    if not resume:
+        raise InputError("--train-dir: give the training folder (only --resume knows it)")
+    from ..network.checkpoints import read_checkpoint
+
+    last = out_dir / LAST_CHECKPOINT
+    if not last.is_file():
+        raise InputError(f"{last}: nothing to resume; start without --resume")
+    saved = (read_checkpoint(last, trust).get("split") or {}).get("train_dir")
+    if not saved:
+        raise InputError(
+            f"{last}: saved before runs recorded their training folder; give --train-dir"
+        )
+    return Path(saved)
+
+
+def announce(start: RunStart, config, checkpoint, s, device, ranks, patches) -> str:
+    """The run's first line: what trains, from what, where, on what (``s``: the run's
+    ``RetrainSettings``; ``patches``: training and validation)."""
+    if s.resume:
+        begin = "resuming at iteration {}".format(start.resume["step"])
+    else:
+        begin = (
+            f"from {checkpoint}" if checkpoint is not None else "from scratch (no --checkpoint)"
+        )
+    parameters = sum(p.numel() for p in start.network.parameters())
+    where, batch = str(device), f"{config.batch_size}"
+    if ranks.distributed:
+        backend = "NCCL" if device.type == "cuda" else "gloo"
+        where = f"{ranks.size} processes ({device.type}, {backend})"
+        batch = f"{ranks.size} x {config.batch_size}"
+    recipe = ""
+    if not s.resume and optimiser_and_rate(s.optimizer, s.lr, checkpoint is not None)[2]:
+        recipe = (
+            f" Fine-tuning with AdamW at {config.lr:g}, the default from a checkpoint (it "
+            "gained most on held-out tomograms, benchmarks/RESULTS.md); --optimizer and "
+            "--lr choose."
+        )
+    return (
+        f"Training {parameters / 1e6:.2f} M parameters {begin} on {where} "
+        f"({'bf16/fp16 autocast' if device.type == 'cuda' else 'fp32'}): "
+        f"{len(patches[0])} training and {len(patches[1])} validation patch(es), "
+        f"{config.iterations} iterations of {batch} x {config.crop_size}³, "
+        f"intensities normalised by {config.normalisation}"
+        + (f", at {config.pixel_size:g} Å per voxel." if config.pixel_size else ".")
+        + recipe
+    )

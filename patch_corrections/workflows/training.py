@@ -25,7 +25,7 @@ from ..constants import (
     PATCH_SIZE,
 )
 from ..errors import InputError, RunInterrupted, collect_warnings
-from ..training.config import DEFAULT_LR, SCHEDULES
+from ..training.config import DEFAULT_LR, SCHEDULES, optimiser_and_rate
 from ._common import writing_into
 from .events import SILENT, Listener, Progress
 
@@ -48,7 +48,9 @@ class RetrainSettings:
     preset: str = "full"
     batch_size: int = 2
     crop_size: int = PATCH_SIZE
-    optimizer: str = "sgd"
+    optimizer: str | None = None
+    """``sgd`` or ``adamw``; ``None``: the fine-tuning recipe from a checkpoint (with no
+    ``lr`` either), else SGD."""
     lr: float | None = None
     schedule: str = "poly"
     warmup: int | None = None
@@ -103,7 +105,7 @@ class RetrainSettings:
             math.isfinite(self.pixel_size) and self.pixel_size > 0
         ):
             raise InputError(f"--pixel-size must be a positive number, got {self.pixel_size}")
-        if self.optimizer not in DEFAULT_LR:
+        if self.optimizer is not None and self.optimizer not in DEFAULT_LR:
             raise InputError(f"--optimizer must be sgd or adamw, got {self.optimizer}")
         if self.schedule not in SCHEDULES:
             raise InputError(f"--schedule must be poly or cosine, got {self.schedule}")
@@ -162,9 +164,12 @@ def retrain(
     """
     from ..network import distributed
     from ..network.devices import pick_device
+    from ..training.runs import saved_train_dir
 
     out_dir, s = Path(out_dir), settings
-    train_dir = Path(train_dir) if train_dir is not None else _saved_train_dir(out_dir, s)
+    if train_dir is None:
+        train_dir = saved_train_dir(out_dir, s.resume, s.trust_checkpoint)
+    train_dir = Path(train_dir)
     try:
         ranks = distributed.Ranks.from_environment()
     except ValueError as exc:
@@ -238,13 +243,13 @@ def _retrain(
     old run's files go and the new run trains."""
     from ..training.data import check_step_memory
     from ..training.relabel_rounds import RelabelPlan, run_relabeling
-    from ..training.runs import METRICS, clear_run, run_training
+    from ..training.runs import METRICS, announce, clear_run, run_training
 
     start, patches, split, config, candidates = _prepare(
         train_dir, out_dir, checkpoint, val_dir, s, ranks
     )
     check_step_memory(start.network.config, config, device)
-    listener.message(_announce(start, config, checkpoint, s, device, ranks, patches))
+    listener.message(announce(start, config, checkpoint, s, device, ranks, patches))
     out_dir.mkdir(parents=True, exist_ok=True)
     if not s.resume and ranks.main:
         clear_run(out_dir)
@@ -318,24 +323,6 @@ def _prepare(train_dir, out_dir, checkpoint, val_dir, s: RetrainSettings, ranks)
     return start, (train, val), split, config, candidates
 
 
-def _saved_train_dir(out_dir: Path, s: RetrainSettings) -> Path:
-    """The training folder of the run saved in ``out_dir`` (``--resume`` without
-    ``--train-dir``)."""
-    if not s.resume:
-        raise InputError("--train-dir: give the training folder (only --resume knows it)")
-    from ..network.checkpoints import read_checkpoint
-
-    last = out_dir / LAST_CHECKPOINT
-    if not last.is_file():
-        raise InputError(f"{last}: nothing to resume; start without --resume")
-    saved = (read_checkpoint(last, s.trust_checkpoint).get("split") or {}).get("train_dir")
-    if not saved:
-        raise InputError(
-            f"{last}: saved before runs recorded their training folder; give --train-dir"
-        )
-    return Path(saved)
-
-
 def _loss_name(name: str) -> str:
     from ..training.losses import parse_loss
 
@@ -370,12 +357,13 @@ def _config(s: RetrainSettings, start, patches: int, ranks, loss: str, pixel_siz
         raise InputError(f"the run needs at least one step, got {total}")
     if s.warmup is not None and s.warmup >= total:
         raise InputError(f"--warmup {s.warmup} must be shorter than the run ({total})")
+    optimizer, lr, _ = optimiser_and_rate(s.optimizer, s.lr, start.checkpoint is not None)
     return TrainConfig(
         iterations=total,
         batch_size=s.batch_size,
         crop_size=s.crop_size,
-        optimizer=s.optimizer,
-        lr=s.lr if s.lr is not None else DEFAULT_LR[s.optimizer],
+        optimizer=optimizer,
+        lr=lr,
         schedule=s.schedule,
         warmup=s.warmup if s.warmup is not None else default_warmup(total),
         seed=s.seed,
@@ -387,28 +375,4 @@ def _config(s: RetrainSettings, start, patches: int, ranks, loss: str, pixel_siz
         loss=loss,
         normalisation=start.normalisation,
         pixel_size=pixel_size,
-    )
-
-
-def _announce(start, config, checkpoint, s, device, ranks, patches) -> str:
-    """The run's first line: what trains, from what, where, on what."""
-    if s.resume:
-        begin = "resuming at iteration {}".format(start.resume["step"])
-    else:
-        begin = (
-            f"from {checkpoint}" if checkpoint is not None else "from scratch (no --checkpoint)"
-        )
-    parameters = sum(p.numel() for p in start.network.parameters())
-    where, batch = str(device), f"{config.batch_size}"
-    if ranks.distributed:
-        backend = "NCCL" if device.type == "cuda" else "gloo"
-        where = f"{ranks.size} processes ({device.type}, {backend})"
-        batch = f"{ranks.size} x {config.batch_size}"
-    return (
-        f"Training {parameters / 1e6:.2f} M parameters {begin} on {where} "
-        f"({'bf16/fp16 autocast' if device.type == 'cuda' else 'fp32'}): "
-        f"{len(patches[0])} training and {len(patches[1])} validation patch(es), "
-        f"{config.iterations} iterations of {batch} x {config.crop_size}³, "
-        f"intensities normalised by {config.normalisation}"
-        + (f", at {config.pixel_size:g} Å per voxel." if config.pixel_size else ".")
     )
