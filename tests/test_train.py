@@ -285,6 +285,7 @@ def _training_folder(root: Path, labels: np.ndarray, image_shape=None, voxel=1.0
         ("shapes", [], "differs from its image"),
         ("values", [], "label values must be 0, 1 or 2; found 3"),
         ("ok", ["--crop-size", "12"], "--crop-size 12: must be a multiple of 8"),
+        ("ok", ["--crop-size", "8"], "--crop-size 8: at least 16 for this network"),
         ("ok", ["--crop-size", "24"], "larger than every training patch (the largest edge is 16)"),
         ("ok", ["--checkpoint", "{other}"], "weights do not describe this U-Net"),
         ("ok", ["--checkpoint", "{garbage}"], "not a readable PyTorch checkpoint"),

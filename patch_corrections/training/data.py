@@ -198,6 +198,11 @@ def check_crop_size(crop_size: int, divisor: int, patches: list[TrainingPatch]) 
         raise InputError(
             f"--crop-size {crop_size}: must be a multiple of {divisor} for this network"
         )
+    if crop_size < 2 * divisor:
+        raise InputError(
+            f"--crop-size {crop_size}: at least {2 * divisor} for this network (its deepest "
+            "level needs more than one voxel)"
+        )
     largest = max(max(p.image.shape) for p in patches)
     if crop_size > largest:
         fits = max(divisor, largest // divisor * divisor)
