@@ -456,9 +456,9 @@ def test_segment_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monke
         "--device",
         "cpu",
     )
-    assert result.exit_code == 1
-    assert result.output.strip().startswith("Error: ") and "no space left" in result.output
-    assert len(result.output.strip().splitlines()) == 1
+    assert result.exit_code == 1  # stdout said which network; stderr, one line, why not
+    assert result.stderr.strip().startswith("Error: ") and "no space left" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "seg").exists() or not list((tmp_path / "seg").iterdir())
 
 
