@@ -3,7 +3,8 @@ training pairs, and fine-tune the network on them.
 
 Arrays are ``(z, y, x)``; users give coordinates as ``x, y, z``. The workflows
 (``suggest``, ``extract_patches``, ``merge_corrections``, ``paste_corrections``,
-``retrain``, ``segment``, ``segment_many``, ``evaluate``, ``simulate_sparse``, ``demo``)
+``retrain``, ``segment``, ``segment_many``, ``evaluate``, ``export_membrain``,
+``simulate_sparse``, ``demo``)
 are the public Python API; the command line and the napari widget call them.
 """
 
@@ -39,6 +40,8 @@ from .workflows import (
     DemoSettings,
     EvaluateReport,
     EvaluateSettings,
+    ExportReport,
+    ExportSettings,
     ExtractedPatch,
     ExtractReport,
     ExtractSettings,
@@ -59,6 +62,7 @@ from .workflows import (
     SuggestSettings,
     demo,
     evaluate,
+    export_membrain,
     extract_patches,
     merge_corrections,
     paste_corrections,
@@ -81,6 +85,8 @@ __all__ = [
     "DemoSettings",
     "EvaluateReport",
     "EvaluateSettings",
+    "ExportReport",
+    "ExportSettings",
     "ExtractReport",
     "ExtractSettings",
     "ExtractedPatch",
@@ -114,6 +120,7 @@ __all__ = [
     "curriculum_share",
     "demo",
     "evaluate",
+    "export_membrain",
     "extract_patches",
     "image_patch",
     "label_patch",

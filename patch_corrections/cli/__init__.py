@@ -13,6 +13,7 @@ import typer
 from ._group import OneLineUsageErrors, app_options
 from .demo import demo_command
 from .evaluate import evaluate_command
+from .export import export_membrain_command
 from .extract import extract_patches_command
 from .merge import merge_corrections_command
 from .paste import paste_corrections_command
@@ -31,7 +32,8 @@ app = typer.Typer(
     cls=OneLineUsageErrors,
     callback=app_options,
 )
-# In the order of a round: where to correct, cut, (paint,) merge, train, segment, check.
+# In the order of a round: where to correct, cut, (paint,) merge, train, segment, check,
+# hand the network back to MemBrain-seg.
 for name, command in (
     ("suggest", suggest_command),
     ("extract_patches", extract_patches_command),
@@ -41,6 +43,7 @@ for name, command in (
     ("retrain", retrain_command),
     ("segment", segment_command),
     ("evaluate", evaluate_command),
+    ("export_membrain", export_membrain_command),
 ):
     app.command(name=name, no_args_is_help=True)(command)
 app.command(name="demo")(demo_command)

@@ -1,9 +1,12 @@
-"""Checkpoints: our own (a plain dict) and MemBrain-seg's Lightning ``.ckpt`` files.
+"""Checkpoints: our own (a plain dict) and MemBrain-seg's Lightning ``.ckpt`` files, read
+and, for export to MemBrain-seg, written.
 
 Ours hold the weights, the network and training configs, optimiser state, the step, the
 metrics so far, RNG states and the intensity normalisation. They contain only tensors and
 plain Python values, so they load with ``torch.load(weights_only=True)``; they are written
-to a temporary file and renamed into place.
+to a temporary file and renamed into place. An exported MemBrain-seg checkpoint is such a
+plain dict too, in the layout Lightning's ``load_from_checkpoint`` reads (written without
+Lightning or MONAI).
 """
 
 from __future__ import annotations
@@ -21,18 +24,28 @@ import torch
 from ..constants import MEMBRAIN_PIXEL_SIZE, NORMALISATION, NORMALISATIONS, ZSCORE
 from ..errors import InputError
 from ..io.staging import atomic_target
-from .unet import UNet, UNetConfig, config_from_state_dict, membrain_state_dict
+from .unet import (
+    PRESETS,
+    UNet,
+    UNetConfig,
+    config_from_state_dict,
+    lightning_state_dict,
+    membrain_state_dict,
+)
 
 FORMAT = "patch_corrections/unet-1"
 
 
 def save_checkpoint(path: Path, content: dict) -> None:
     """Write ``content`` (see ``training_state``) atomically."""
-    path = Path(path)
+    _save(Path(path), {"format": FORMAT, **content})
+
+
+def _save(path: Path, content: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with atomic_target(path) as temporary:
-            torch.save({"format": FORMAT, **content}, temporary)
+            torch.save(content, temporary)
     except (OSError, RuntimeError) as exc:
         # A full disk shows up as torch's "unexpected pos" RuntimeError or as an OSError.
         reason = " ".join(str(exc).split())[:160]
@@ -161,19 +174,28 @@ def network_from_checkpoint(content: dict, path: Path) -> tuple[UNet, dict]:
 
 def normalisation_of(content: dict) -> str:
     """The intensity normalisation a checkpoint's network was trained with: the one ours
-    record, MemBrain-seg's z-score over the whole tomogram for its checkpoints."""
+    record, MemBrain-seg's z-score over the whole tomogram for its checkpoints (or the one
+    an export from ours recorded)."""
     if content.get("format") == FORMAT:
         return content.get("normalisation", NORMALISATION)
-    return ZSCORE
+    return str(_exported(content).get("normalisation") or ZSCORE)
 
 
 def pixel_size_of(content: dict) -> float | None:
     """The pixel size (Å) a checkpoint's network was trained at, where known: MemBrain-seg's
-    10 Å for its checkpoints, what ours record (``None`` when they record none)."""
+    10 Å for its checkpoints (or the one an export from ours recorded), what ours record
+    (``None`` when they record none)."""
     if content.get("format") == FORMAT:
         value = content.get("pixel_size")
         return float(value) if value else None
-    return MEMBRAIN_PIXEL_SIZE
+    value = _exported(content).get("pixel_size")
+    return float(value) if value else MEMBRAIN_PIXEL_SIZE
+
+
+def _exported(content: dict) -> dict:
+    """What an exported MemBrain-seg checkpoint records of its source (``{}`` for others)."""
+    record = content.get(EXPORT_KEY)
+    return record if isinstance(record, dict) else {}
 
 
 @dataclass(frozen=True)
@@ -214,3 +236,90 @@ def load_network(path: Path, trust: bool = False) -> LoadedCheckpoint:
     if normalisation not in NORMALISATIONS:
         raise InputError(f"{path}: unknown intensity normalisation {normalisation!r}")
     return LoadedCheckpoint(path, network, content, normalisation, pixel_size_of(content))
+
+
+# --- MemBrain-seg's Lightning checkpoints, written ------------------------------------
+
+LIGHTNING_VERSION = "2.0.0"
+"""The Lightning version an exported checkpoint names. Lightning migrates files from older
+versions (the last migration is 2.0.0's) by rewriting training-loop state, which an
+export has none of; from this version on it loads the file as it is."""
+EXPORT_KEY = "patch_corrections"
+"""Top-level entry of an exported checkpoint: where it came from and how its network is to
+be fed. Lightning and MemBrain-seg ignore it; :func:`normalisation_of` reads it back."""
+MEMBRAIN_NETWORK = UNetConfig()
+"""MemBrain-seg's network: ``SemanticSegmentationUnet`` takes its widths (``channels``)
+and ``strides`` as hyper-parameters, but fixes six kernel-3 levels, upsampling kernels
+of 2 (so strides of 2), two deep-supervision heads and LeakyReLU 0.01; ``membrain
+segment`` feeds one channel in ``(x, y, z)`` order and thresholds one logit."""
+_FIXED = ("strides", "kernel_size", "heads", "in_channels", "out_channels", "negative_slope")
+"""What of :data:`MEMBRAIN_NETWORK` an exported network must share (besides six levels)."""
+
+
+def is_membrain_checkpoint(content: dict) -> bool:
+    """Whether a checkpoint read by :func:`read_checkpoint` is MemBrain-seg's (Lightning's
+    ``state_dict``) rather than ours."""
+    return content.get("format") != FORMAT and "state_dict" in content
+
+
+def membrain_hyper_parameters(config: UNetConfig) -> dict:
+    """The ``hyper_parameters`` from which MemBrain-seg's ``load_from_checkpoint`` builds
+    a network of ``config``'s shape: its ``channels`` (only names its module accepts:
+    any other is a ``TypeError`` there).
+
+    Raises
+    ------
+    InputError
+        Naming what of ``config`` MemBrain-seg's network cannot hold.
+    """
+    full = MEMBRAIN_NETWORK
+    widths = ", ".join(map(str, config.filters))
+    if config.axis_order != full.axis_order:
+        problem = (
+            f"its network sees arrays in ({', '.join(config.axis_order)}) order (it was "
+            "trained before the order was recorded), but membrain segment feeds (x, y, z)"
+        )
+    elif len(config.filters) != len(full.filters):
+        preset = next((f"the {n} preset, " for n, c in PRESETS.items() if c == config), "")
+        problem = (
+            f"a {len(config.filters)}-level network ({preset}filters {widths}); MemBrain-seg "
+            f"builds {len(full.filters)}-level ones only (retrain with --preset full, or "
+            "from a MemBrain-seg checkpoint)"
+        )
+    else:
+        odd = [name for name in _FIXED if getattr(config, name) != getattr(full, name)]
+        if not odd:
+            return {"channels": [int(width) for width in config.filters]}
+        problem = "; ".join(
+            f"{name} {getattr(config, name)} (MemBrain-seg's: {getattr(full, name)})"
+            for name in odd
+        )
+    raise InputError(f"cannot be held by MemBrain-seg's network: {problem}")
+
+
+def membrain_checkpoint(network: UNet, record: dict) -> dict:
+    """A MemBrain-seg Lightning checkpoint of ``network``, weights only: what
+    ``PreprocessedSemanticSegmentationUnet.load_from_checkpoint`` (``membrain segment``)
+    and ``SemanticSegmentationUnet.load_from_checkpoint`` (``membrain finetune``, strict)
+    read, with ``record`` under :data:`EXPORT_KEY`. ``InputError`` for a network MemBrain-seg
+    cannot hold (see :func:`membrain_hyper_parameters`)."""
+    hyper_parameters = membrain_hyper_parameters(network.config)
+    weights = {key: value.detach().cpu() for key, value in network.state_dict().items()}
+    return {
+        "epoch": 0,
+        "global_step": 0,
+        "pytorch-lightning_version": LIGHTNING_VERSION,
+        "state_dict": lightning_state_dict(weights, network.config),
+        "hyper_parameters": hyper_parameters,
+        # Empty training state, as a Lightning file has them: nothing to resume.
+        "loops": {},
+        "callbacks": {},
+        "optimizer_states": [],
+        "lr_schedulers": [],
+        EXPORT_KEY: record,
+    }
+
+
+def save_membrain_checkpoint(path: Path, content: dict) -> None:
+    """Write a checkpoint made by :func:`membrain_checkpoint` atomically."""
+    _save(Path(path), content)

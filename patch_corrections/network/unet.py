@@ -329,19 +329,51 @@ def upsample_heads(outputs: list[torch.Tensor]) -> torch.Tensor:
 # --- weights from elsewhere -----------------------------------------------------------
 
 
+MEMBRAIN_PREFIX = "_model."
+"""Where MemBrain-seg's Lightning module keeps its DynUNet's weights in a state dict."""
+
+
 def membrain_state_dict(state: dict) -> dict[str, torch.Tensor]:
-    """Our network's weights out of a MemBrain-seg (Lightning) state dict.
+    """Our network's weights out of a MemBrain-seg (Lightning) state dict; the inverse of
+    :func:`lightning_state_dict`.
 
     Keeps the ``_model.`` entries without the prefix and drops ``skip_layers.*``, which
     only repeat the same tensors under a second name, and anything else (loss buffers).
     """
-    prefix = "_model."
+    prefix = MEMBRAIN_PREFIX
     weights = {
         key[len(prefix) :]: value
         for key, value in state.items()
         if key.startswith(prefix) and not key[len(prefix) :].startswith("skip_layers.")
     }
     return weights or {k: v for k, v in state.items() if not k.startswith("skip_layers.")}
+
+
+def lightning_state_dict(
+    weights: dict[str, torch.Tensor], config: UNetConfig
+) -> dict[str, torch.Tensor]:
+    """MemBrain-seg's Lightning state dict of ``weights``, as Lightning saves it: each under
+    ``_model.``, then again under DynUNet's ``skip_layers`` names (loaded last: a wrong one
+    would win). Level ``i`` holds its encoder as ``downsample``, the next level as
+    ``next_layer`` (innermost the bottleneck), its decoder as ``upsample`` and, from level
+    1 on, a deep-supervision head as ``super_head``."""
+    levels = len(config.filters) - 1
+    encoders = ["input_block."] + [f"downsamples.{i}." for i in range(levels - 1)]
+    inner: list[tuple[str, str]] = [("bottleneck.", "next_layer." * levels)]
+    for i in reversed(range(levels)):  # built inside out, listed outside in
+        path = "next_layer." * i
+        heads = [(f"deep_supervision_heads.{i - 1}.", path + "super_head.")]
+        inner = [
+            (encoders[i], path + "downsample."),
+            *inner,
+            (f"upsamples.{levels - 1 - i}.", path + "upsample."),
+            *(heads if 1 <= i <= config.heads else []),
+        ]
+    state = {MEMBRAIN_PREFIX + key: value for key, value in weights.items()}
+    for ours, alias in inner:
+        for key in (k for k in weights if k.startswith(ours)):
+            state[f"{MEMBRAIN_PREFIX}skip_layers.{alias}{key[len(ours) :]}"] = weights[key]
+    return state
 
 
 def config_from_state_dict(weights: dict[str, torch.Tensor]) -> UNetConfig:

@@ -8,6 +8,7 @@ from .batch_segmentation import BatchSegmentReport, segment_many
 from .demo import DemoReport, DemoSettings, demo
 from .evaluation import EvaluateReport, EvaluateSettings, evaluate
 from .events import Listener, Progress
+from .export import ExportReport, ExportSettings, export_membrain
 from .extraction import ExtractedPatch, ExtractReport, ExtractSettings, extract_patches
 from .merging import MergeReport, MergeSettings, merge_corrections
 from .pasting import PasteReport, PasteSettings, paste_corrections
@@ -22,6 +23,8 @@ __all__ = [
     "DemoSettings",
     "EvaluateReport",
     "EvaluateSettings",
+    "ExportReport",
+    "ExportSettings",
     "ExtractReport",
     "ExtractSettings",
     "ExtractedPatch",
@@ -42,6 +45,7 @@ __all__ = [
     "Suggestion",
     "demo",
     "evaluate",
+    "export_membrain",
     "extract_patches",
     "merge_corrections",
     "paste_corrections",
