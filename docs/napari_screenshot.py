@@ -3,12 +3,13 @@
 Cuts the sample patches (96³) into a temporary folder with ``extract_patches``, opens
 them in the widget, loads ``tomogram_patch000`` with the sample's painted corrections and
 saves a screenshot of the whole napari window. Needs the ``napari`` extra and OpenGL: on a
-machine without a display, run it under Xvfb::
+machine without a display, run it under Xvfb with Mesa's software OpenGL (Debian:
+``xvfb xauth libgl1-mesa-dri`` and the xcb libraries Qt needs, see the README)::
 
-    xvfb-run -a python docs/napari_screenshot.py [--widget-only]
+    xvfb-run -a -s "-screen 0 1600x1000x24" python docs/napari_screenshot.py [--widget-only]
 
-(Qt's offscreen platform draws the window; Xvfb only lends it OpenGL.) ``--widget-only``
-saves the dock widget alone.
+Under a display Qt draws through X (xcb); without one, through its offscreen platform,
+whose canvas stays black. ``--widget-only`` saves the dock widget alone.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ PATCH = "tomogram_patch000"
 
 
 def main(out: Path = ROOT / "docs" / "napari_widget.png", widget_only: bool = False) -> None:
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    if not os.environ.get("DISPLAY"):  # Qt's offscreen platform draws a black canvas
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import napari
@@ -62,6 +64,11 @@ def main(out: Path = ROOT / "docs" / "napari_widget.png", widget_only: bool = Fa
             viewer.close()
             print(f"{out}: {out.stat().st_size // 1024} KB (the widget alone)")
             return
+        from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+        # napari's own deprecation notices would lie over the canvas as toasts.
+        for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
+            toast.hide()
         shot = viewer.screenshot(canvas_only=False, flash=False)
         viewer.close()
     import matplotlib.image
@@ -75,6 +82,5 @@ def main(out: Path = ROOT / "docs" / "napari_widget.png", widget_only: bool = Fa
 if __name__ == "__main__":
     import sys
 
-    # --widget-only: the dock widget alone, for machines whose OpenGL draws a black canvas
-    # (Mesa's software renderer under Xvfb did).
+    # --widget-only: the dock widget alone, for machines whose OpenGL draws a black canvas.
     main(widget_only="--widget-only" in sys.argv[1:])

@@ -1,15 +1,17 @@
 """The napari plugin: readers, and the widget's round (open, paint, save, merge, reopen).
 
 Needs the ``napari-test`` extra (napari, a Qt binding, pytest-qt); skipped without it.
-Runs offscreen. The widget's round runs on a viewer model (layers, dims; no canvas), which
-needs no OpenGL; the test on a whole napari window (dock widget) needs an OpenGL context,
-e.g. ``xvfb-run`` on a machine without a display, and is skipped without one.
+Runs offscreen without a display. The widget's round runs on a viewer model (layers, dims;
+no canvas), which needs no OpenGL; the tests on a whole napari window (the round again, its
+canvas drawn) need an OpenGL context, e.g. ``xvfb-run`` with Mesa on a machine without a
+display (see the README), and are skipped without one.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import shutil
 import warnings
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -17,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-os.environ["QT_QPA_PLATFORM"] = "offscreen"  # before any QApplication exists
+if not os.environ.get("DISPLAY"):  # before any QApplication exists; under xvfb-run, X
+    os.environ["QT_QPA_PLATFORM"] = "offscreen"
 
 with warnings.catch_warnings():
     # napari and npe2 import with pydantic deprecation warnings, errors under this suite.
@@ -276,6 +279,38 @@ def test_the_widget_docks_in_a_napari_window(napari_window, extraction, tmp_path
     assert napari_window.layers.selection.active is widget.layer("add")
     assert {"Add", "Remove", "Ignore", "merged preview"} <= {x.name for x in napari_window.layers}
     assert widget.isVisibleTo(napari_window.window._qt_window)
+
+
+def test_a_whole_round_in_a_napari_window(napari_window, extraction, tmp_path, qtbot, monkeypatch):
+    from patch_corrections.napari_plugin import _state
+
+    monkeypatch.setattr(_state, "PATCH_SIZE", 32)  # crops of 32³ rather than the patches' 96³
+    shutil.copytree(extraction, tmp_path / "patches")
+    widget = CorrectionsWidget(napari_window)
+    napari_window.window.add_dock_widget(widget, name="Patch corrections")
+    assert widget.open_folder(tmp_path / "patches")
+    name = widget.patches[1].name
+    assert widget.select_patch(name)
+    base, _ = pc.read_volume(tmp_path / "patches" / _record(extraction, name)["label"])
+    add, remove = _strokes(base)
+    widget.layer("add").data = add  # painted
+    widget.layer("remove").data = remove
+    folder = tmp_path / "corrections" / name
+    assert widget.save() == [folder / "Remove1.nrrd", folder / "Add1.nrrd"]
+    widget.merge()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=30000)
+    assert [r["name"] for r in widget.merge_report.rows] == [name], widget.status.text()
+    widget.checkpoint_edit.setText(str(SAMPLE / "starting_model.pt"))
+    widget.steps_box.setValue(2)
+    widget.retrain()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60000)
+    assert widget.retrain_report is not None, widget.status.text()
+    assert widget.retrain_report.last == tmp_path / "model" / "last.pt"
+    if os.environ.get("QT_QPA_PLATFORM") != "offscreen":  # X draws the canvas; offscreen not
+        napari_window.window.show()
+        qtbot.wait(200)
+        shot = np.asarray(napari_window.screenshot(canvas_only=True, flash=False))[..., :3]
+        assert shot.std() > 10  # the patch and its layers, not a black canvas
 
 
 def test_the_package_does_not_import_napari(tmp_path):
