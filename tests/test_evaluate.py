@@ -146,3 +146,20 @@ def test_a_score_map_says_the_threshold_it_was_read_at(tmp_path, run_cli):
     assert result.output.startswith("metric")  # 0/1: nothing to say
     binary = ["evaluate", "-p", tmp_path / "binary.mrc", "-r", tmp_path / "ref.nrrd", "--json"]
     assert json.loads(run_cli(*binary).output)["threshold"] is None
+
+
+def test_a_reference_patch_linked_from_outside_is_read_with_a_warning(tmp_path):
+    from patch_corrections.workflows.evaluation import EvaluateSettings, evaluate
+
+    prediction, reference = _volumes()
+    write_volume(tmp_path / "pred.mrc", prediction.astype(np.int8), GEOMETRY)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "patches").mkdir()
+    write_volume(tmp_path / "elsewhere" / "a.nrrd", reference, GEOMETRY)
+    (tmp_path / "patches" / "a.nrrd").symlink_to(tmp_path / "elsewhere" / "a.nrrd")
+    report = evaluate(tmp_path / "pred.mrc", tmp_path / "patches", settings=EvaluateSettings())
+    assert report.metrics["dice"] == pytest.approx(12 / 18)
+    assert [w.split(";")[0] for w in report.warnings] == [
+        f"{tmp_path / 'patches' / 'a.nrrd'}: a symbolic link to "
+        f"{tmp_path / 'elsewhere' / 'a.nrrd'}, outside {tmp_path / 'patches'}"
+    ]

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import InputError, collect_warnings, warn
 from ..io.geometry import as_xyz
+from ..io.names import warn_links_out
 from ..io.volumes import Geometry, closing_reader, is_volume_file, read_volume
 from ..labels.corrections import require_label_values
 from ..metrics import add_counts, counts, summarise
@@ -114,6 +115,7 @@ def _references(
         files = sorted(p for p in reference.iterdir() if is_volume_file(p))
         if not files:
             raise InputError(f"{reference}: no label patches")
+        warn_links_out(reference, files)
         if geometry is None:
             raise InputError("the prediction has no voxel size: patches cannot be placed")
         placed: list[tuple[Path, tuple, tuple]] = []
