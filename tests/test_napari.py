@@ -1,10 +1,11 @@
 """The napari plugin: readers, and the widget's round (open, paint, save, merge, reopen).
 
 Needs the ``napari-test`` extra (napari, a Qt binding, pytest-qt); skipped without it.
-Runs offscreen without a display. The widget's round runs on a viewer model (layers, dims;
-no canvas), which needs no OpenGL; the tests on a whole napari window (the round again, its
-canvas drawn) need an OpenGL context, e.g. ``xvfb-run`` with Mesa on a machine without a
-display (see the README), and are skipped without one.
+Runs offscreen unless QT_QPA_PLATFORM says otherwise. The widget's round runs on a viewer
+model (layers, dims; no canvas), which needs no OpenGL; the tests on a whole napari window
+(the round again, its canvas drawn) need an OpenGL context, e.g. ``xvfb-run`` with Mesa on a machine without a
+display (see the README; with QT_QPA_PLATFORM=xcb the canvas is checked too), and are
+skipped without one.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-if not os.environ.get("DISPLAY"):  # before any QApplication exists; under xvfb-run, X
-    os.environ["QT_QPA_PLATFORM"] = "offscreen"
+# Before any QApplication exists. QT_QPA_PLATFORM=xcb under xvfb-run draws the canvas too
+# (offscreen keeps it black); it is never chosen unasked: without X, Qt aborts the run.
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 with warnings.catch_warnings():
     # napari and npe2 import with pydantic deprecation warnings, errors under this suite.
