@@ -3,9 +3,9 @@
 Needs the ``napari-test`` extra (napari, a Qt binding, pytest-qt); skipped without it.
 Runs offscreen unless QT_QPA_PLATFORM says otherwise. The widget's round runs on a viewer
 model (layers, dims; no canvas), which needs no OpenGL; the tests on a whole napari window
-(the round again, its canvas drawn) need an OpenGL context, e.g. ``xvfb-run`` with Mesa on a machine without a
-display (see the README; with QT_QPA_PLATFORM=xcb the canvas is checked too), and are
-skipped without one.
+(the round again, its canvas drawn) need an OpenGL context, e.g. ``xvfb-run`` with Mesa
+on a machine without a display (see the README; with QT_QPA_PLATFORM=xcb the canvas is
+checked too), and are skipped without one.
 """
 
 from __future__ import annotations
