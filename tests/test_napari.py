@@ -22,7 +22,8 @@ import pytest
 
 # Before any QApplication exists. QT_QPA_PLATFORM=xcb under xvfb-run draws the canvas too
 # (offscreen keeps it black); it is never chosen unasked: without X, Qt aborts the run.
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+if not os.environ.get("QT_QPA_PLATFORM"):
+    os.environ["QT_QPA_PLATFORM"] = "offscreen"
 
 with warnings.catch_warnings():
     # napari and npe2 import with pydantic deprecation warnings, errors under this suite.
