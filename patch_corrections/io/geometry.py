@@ -28,6 +28,11 @@ def as_xyz(zyx) -> list:
     return [x, y, z]
 
 
+def axes_listed(axes: list[str]) -> str:
+    """Axis names for a message: ``x``, ``x and y``, ``x, y and z``."""
+    return " and ".join(filter(None, (", ".join(axes[:-1]), axes[-1])))
+
+
 def xyz_text(zyx, spec: str = "g") -> str:
     """A per-axis ``(z, y, x)`` triple written ``x,y,z`` for messages, each value in
     ``spec`` format."""

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import InputError, warn
-from .geometry import Geometry, Index3
+from .geometry import Geometry, Index3, axes_listed
 
 READ_ERRORS: tuple[type[Exception], ...] = (
     ValueError,  # UnicodeDecodeError among them
@@ -205,7 +205,7 @@ def warn_unless_axis_aligned(
         what, dropped = "its axes are rotated or sheared in space", "rotation"
     elif np.any(np.diag(matrix) < 0):
         flipped = [axis for axis, step in zip("xyz", np.diag(matrix)) if step < 0]
-        axes = " and ".join([", ".join(flipped[:-1]), flipped[-1]] if flipped[1:] else flipped)
+        axes = axes_listed(flipped)
         runs = "axis runs" if len(flipped) == 1 else "axes run"
         what, dropped = f"its {axes} {runs} backwards in space", "flip"
     else:

@@ -9,13 +9,14 @@ carries no signal; labels: ignore).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from ..constants import IGNORE
 from ..errors import InputError
 from ..io.centres import Centre
-from ..io.geometry import Index3, PatchBox, as_xyz
+from ..io.geometry import Index3, PatchBox, as_xyz, axes_listed, xyz_text
 from ..io.memory import require_memory
 
 
@@ -229,6 +230,17 @@ def check_patch_size(size: int, border: int) -> None:
         )
     needed = PATCH_BYTES_PER_VOXEL * size**3
     require_memory(needed, f"--patch-size {size}: a {size}³ patch", "give a smaller one")
+
+
+def check_fits(tomogram: Path, shape: Index3, patch_size: int) -> None:
+    """``InputError`` when ``tomogram`` (of ``shape``) is shorter than a patch along some
+    axis, so a patch could not lie inside it."""
+    short = [axis for axis, n in zip("zyx", shape) if n < patch_size][::-1]
+    if short:
+        raise InputError(
+            f"{tomogram}: x,y,z={xyz_text(shape)} is smaller than --patch-size {patch_size} "
+            f"along {axes_listed(short)}; give a smaller --patch-size or --allow-border"
+        )
 
 
 def locate_centres(

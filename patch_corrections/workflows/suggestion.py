@@ -27,7 +27,7 @@ from ..io.names import suggestion_preview, suggestion_previews, suggestion_table
 from ..io.readers import VolumeInfo, VolumeReader, orthogonal_planes
 from ..io.staging import staged
 from ..io.volumes import closing_reader, read_info, volume_stem
-from ..labels.patches import check_patch_size
+from ..labels.patches import check_fits, check_patch_size
 from ..previews import suggestion_preview as preview_png
 from ._common import check_out_dir, require_free, writing_into
 from .events import SILENT, Listener, Progress
@@ -190,7 +190,8 @@ def suggest(
     with collect_warnings() as warned:
         maps = (probabilities, uncertainty)
         shape, given = _check_inputs(tomogram, checkpoint, maps, mask)
-        _check_fits(tomogram, shape, settings)
+        if not settings.allow_border:
+            check_fits(tomogram, shape, settings.patch_size)
         excluded = []
         if exclude_manifest is not None:
             excluded = [
@@ -270,25 +271,6 @@ def _check_sources(checkpoint, probabilities, uncertainty) -> None:
             "--uncertainty needs --probabilities: the <stem>_probabilities.mrc that "
             "segment --tta --uncertainty writes beside it"
         )
-
-
-def _check_fits(tomogram: Path, shape: Index3, settings: SuggestSettings) -> None:
-    """Without ``allow_border``, every patch must lie inside the tomogram: one shorter
-    than a patch along some axis is refused, before any network runs."""
-    if settings.allow_border:
-        return
-    short = [axis for axis, n in zip("zyx", shape) if n < settings.patch_size][::-1]
-    if short:
-        raise InputError(
-            f"{tomogram}: x,y,z={','.join(map(str, as_xyz(shape)))} is smaller than "
-            f"--patch-size {settings.patch_size} along {_listed(short)}; give a "
-            "smaller --patch-size or --allow-border"
-        )
-
-
-def _listed(words: list[str]) -> str:
-    """``x``, ``x and y``, ``x, y and z``."""
-    return " and ".join(filter(None, (", ".join(words[:-1]), words[-1])))
 
 
 def _same_shape(path: Path, info: VolumeInfo, tomogram: Path, shape: tuple) -> None:
