@@ -45,9 +45,8 @@ OPTIONS = {
 
 
 def _folder(root: Path, count: int, seed: int, ignore: bool) -> Path:
-    """A training folder of ``count`` 40³ patches with membrane planes; without
-    ``ignore`` every voxel is annotated, so every 32³ crop holds as many annotated voxels as
-    any other and pooled losses split over processes exactly."""
+    """A training folder of ``count`` 40³ patches with membrane planes; with ``ignore`` a
+    slab along y is ignore."""
     rng = np.random.default_rng(seed)
     (root / "imagesTr").mkdir(parents=True)
     (root / "labelsTr").mkdir()
@@ -186,6 +185,85 @@ def test_two_processes_train_as_one_with_the_whole_batch(tmp_path):
         settings=RetrainSettings(iterations=1, val_fraction=0, **OPTIONS),
     )
     assert report.step == 1 and np.isfinite(report.final["train_loss"])
+
+
+def _sample_training_folders(root: Path) -> tuple[Path, Path]:
+    """The demo's merged patches of the sample (96³, 16-voxel border band, the bundled
+    corrections), and the same made sparse (every fourth slice along y kept)."""
+    from patch_corrections import (
+        ExtractSettings,
+        SparseSettings,
+        extract_patches,
+        merge_corrections,
+        simulate_sparse,
+    )
+
+    sample = ROOT / "sample_data"
+    extract_patches(
+        sample / "tomogram.mrc",
+        sample / "prediction.mrc",
+        root / "patches",
+        sample / "centres.csv",
+        settings=ExtractSettings(patch_size=96),
+    )
+    merge_corrections(root / "patches", sample / "corrections", root / "merged")
+    simulate_sparse(
+        root / "merged", root / "sparse", settings=SparseSettings(axis="y", fraction=0.25)
+    )
+    return root / "merged", root / "sparse"
+
+
+@pytest.mark.parametrize("labels", ["merged", "sparse"])
+def test_two_processes_train_as_one_where_crops_hold_different_amounts_of_ignore(tmp_path, labels):
+    # Each crop of a merged patch holds its own amount of ignore (the border band, sparse
+    # slices), so each rank annotates its own number of voxels: the mean over annotated
+    # voxels must be the whole batch's, not the mean of each rank's mean.
+    folders = dict(zip(("merged", "sparse"), _sample_training_folders(tmp_path)))
+    train_dir = folders[labels]
+    options = {**OPTIONS, "crop_size": 48, "val_every": 3, "val_fraction": 0.0, "seed": 3}
+    retrain(
+        train_dir,
+        tmp_path / "one",
+        settings=RetrainSettings(iterations=6, batch_size=2, **options),
+    )
+    _torchrun(
+        "-t",
+        train_dir,
+        "-o",
+        tmp_path / "two",
+        "--preset",
+        "tiny",
+        "--crop-size",
+        48,
+        "--optimizer",
+        "sgd",
+        "--iterations",
+        6,
+        "--batch-size",
+        1,
+        "--val-every",
+        3,
+        "--val-fraction",
+        0,
+        "--seed",
+        3,
+        "--no-augment",
+        "--device",
+        "cpu",
+    )
+    ours = read_checkpoint(tmp_path / "two" / "last.pt")["model"]
+    theirs = read_checkpoint(tmp_path / "one" / "last.pt")["model"]
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-4, atol=1e-5, msg=name)
+    # The loss each logs is the whole batch's too.
+    losses = [
+        [
+            float(row.split(",")[1])
+            for row in (tmp_path / run / "metrics.csv").read_text().split()[1:]
+        ]
+        for run in ("two", "one")
+    ]
+    np.testing.assert_allclose(*losses, rtol=1e-4)
 
 
 def test_ctrl_c_stops_every_rank_at_the_same_step_and_saves(tmp_path):

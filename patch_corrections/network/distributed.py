@@ -139,6 +139,16 @@ def gather(values: list, ranks: Ranks) -> list:
     return merged
 
 
+def summed(values: torch.Tensor, ranks: Ranks) -> torch.Tensor:
+    """The sum of ``values`` over the ranks, on the device that holds them (no gradient
+    flows through it)."""
+    if not ranks.distributed:
+        return values
+    values = values.detach().clone()
+    torch.distributed.all_reduce(values)
+    return values
+
+
 def average(values: torch.Tensor, ranks: Ranks) -> torch.Tensor:
     """The mean of ``values`` over the ranks (on the device that holds them)."""
     if not ranks.distributed:

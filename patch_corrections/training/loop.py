@@ -9,7 +9,8 @@ one would have done, and the next batch can be prepared while the current one tr
 Under torchrun (see :mod:`patch_corrections.network.distributed`) each of N processes
 takes its share of the same seeded stream: with ``batch_size`` B per process, step ``s`` of
 the run trains on the crops one process with batch N·B would cut, rank ``r`` taking crops
-``r·B … r·B + B - 1``. Gradients are averaged over the processes, validation patches are
+``r·B … r·B + B - 1``. Gradients are averaged over the processes (the loss's voxel means
+divided by the annotated voxels of all of them), validation patches are
 shared out and their results gathered, and only rank 0 writes files and reports.
 """
 
@@ -188,7 +189,7 @@ class _Session:
             optimizer=optimizer,
             precision=precision,
             forward=forward,
-            loss=make_loss(config.loss),
+            loss=make_loss(config.loss, ranks),
             augmenter=torch.Generator(device=device),
             state=state,
             started=started,

@@ -8,28 +8,60 @@ are replaced by a constant before anything is computed from them, so nothing the
 A loss is named by its terms joined with ``+``: ``bce``, ``dice`` and ``rrw`` (the
 rectified region-wise loss of Valverde & Tohka), e.g. ``bce+dice`` (the default, nnU-Net's
 and MemBrain-seg's) or ``rrw+dice``.
+
+Terms that average over annotated voxels (``bce``, ``rrw``) divide by a count that
+:func:`make_loss` pools over torchrun's ranks: the number of annotated voxels differs from
+crop to crop (the border band, sparse labels), so dividing each rank's sum by its own
+count would weigh a voxel by how much ignore its rank's crops held. ``dice`` is per sample,
+and every rank holds the same number of samples, so the ranks' mean is the batch's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch.nn import functional as F
 
 from ..constants import BACKGROUND, DEFAULT_LOSS, IGNORE, MEMBRANE
+from ..network import distributed
+from ..network.distributed import SINGLE, Ranks
 
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+VoxelMean = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(sum over this process's annotated voxels, their count) -> the term``."""
 
 
-def masked_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def local_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """``total / count``; 0 when nothing is annotated."""
+    return total / count.clamp_min(1)
+
+
+def pooled_mean(ranks: Ranks) -> VoxelMean:
+    """The mean over the annotated voxels of every rank's batch, as one process holding the
+    whole batch computes it, once torchrun's ranks average their gradients: each rank
+    divides its sum by the ranks' total count and multiplies by their number."""
+    if not ranks.distributed:
+        return local_mean
+
+    def mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        everyone = distributed.summed(count.to(total.dtype), ranks)
+        return total * ranks.size / everyone.clamp_min(1)
+
+    return mean
+
+
+def masked_bce(
+    logits: torch.Tensor, target: torch.Tensor, mean: VoxelMean = local_mean
+) -> torch.Tensor:
     """Binary cross-entropy averaged over annotated voxels; 0 when there are none."""
     annotated = target != IGNORE
     safe = torch.where(annotated, logits, torch.zeros_like(logits))
     membrane = (target == MEMBRANE).to(logits.dtype)
     per_voxel = F.binary_cross_entropy_with_logits(safe, membrane, reduction="none")
     total = torch.where(annotated, per_voxel, torch.zeros_like(per_voxel)).sum()
-    return total / annotated.sum().clamp_min(1)
+    return mean(total, annotated.sum())
 
 
 def masked_soft_dice(
@@ -133,7 +165,9 @@ def region_wise_maps(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return maps[:, :1], maps[:, 1:]
 
 
-def region_wise_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def region_wise_loss(
+    logits: torch.Tensor, target: torch.Tensor, mean: VoxelMean = local_mean
+) -> torch.Tensor:
     """Rectified region-wise (RRW) loss of Valverde & Tohka, averaged over annotated voxels:
     ``p · Z_membrane + (1 - p) · Z_background`` with ``p`` the membrane probability and the
     maps of :func:`region_wise_maps`. Lies in [-1, 1]; -1 is a perfect prediction.
@@ -144,14 +178,16 @@ def region_wise_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     membrane_map, background_map = region_wise_maps(target)
     per_voxel = probability * membrane_map + (1 - probability) * background_map
     total = torch.where(annotated, per_voxel, torch.zeros_like(per_voxel)).sum()
-    return total / annotated.sum().clamp_min(1)
+    return mean(total, annotated.sum())
 
 
-LOSS_TERMS: dict[str, LossFunction] = {
+LOSS_TERMS: dict[str, Callable[..., torch.Tensor]] = {
     "rrw": region_wise_loss,
     "bce": masked_bce,
     "dice": masked_soft_dice,
 }
+VOXEL_MEANS = ("rrw", "bce")
+"""The terms that average over annotated voxels, and so take a :data:`VoxelMean`."""
 
 
 def parse_loss(name: str) -> tuple[str, ...]:
@@ -170,9 +206,14 @@ def parse_loss(name: str) -> tuple[str, ...]:
     return tuple(t for t in LOSS_TERMS if t in terms)  # one name per sum: dice+bce is bce+dice
 
 
-def make_loss(name: str = DEFAULT_LOSS) -> LossFunction:
-    """The sum of the named terms, computed in float32."""
-    terms = [LOSS_TERMS[t] for t in parse_loss(name)]
+def make_loss(name: str = DEFAULT_LOSS, ranks: Ranks = SINGLE) -> LossFunction:
+    """The sum of the named terms, computed in float32; under torchrun (``ranks``) their
+    voxel means are pooled over the ranks (see :func:`pooled_mean`)."""
+    mean = pooled_mean(ranks)
+    terms = [
+        partial(LOSS_TERMS[t], mean=mean) if t in VOXEL_MEANS else LOSS_TERMS[t]
+        for t in parse_loss(name)
+    ]
 
     def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
