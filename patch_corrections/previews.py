@@ -264,10 +264,13 @@ def _swatch(code: int) -> tuple[float, float, float]:
 
 def training_curves(rows: list[dict]) -> bytes:
     """PNG of a training run's metrics rows (``step``, ``train_loss``, ``lr`` and, with
-    validation, ``val_loss`` and ``val_dice``): the losses, validation Dice and learning
-    rate against the iteration."""
-    figure = _figure(figsize=(10, 4))
-    left, right = figure.subplots(1, 2)
+    validation, ``val_loss`` and ``val_dice``, with probes ``moved_new`` and
+    ``moved_lost``): the losses, validation Dice and learning rate against the iteration,
+    and where there are probes, the share of their voxels whose call moved."""
+    probes = "moved_new" in rows[0]
+    figure = _figure(figsize=(15 if probes else 10, 4))
+    axes = figure.subplots(1, 3 if probes else 2)
+    left, right = axes[:2]
     steps = [r["step"] for r in rows]
     left.plot(steps, [r["train_loss"] for r in rows], label="train loss")
     if "val_loss" in rows[0]:
@@ -275,7 +278,12 @@ def training_curves(rows: list[dict]) -> bytes:
         right.plot(steps, [r["val_dice"] for r in rows], label="val Dice (ignore excluded)")
     highest = max(r["lr"] for r in rows)
     right.plot(steps, [r["lr"] / highest for r in rows], "--", label="learning rate (relative)")
-    for axis in (left, right):
+    if probes:
+        for key, text in (("moved_new", "new membrane"), ("moved_lost", "lost membrane")):
+            axes[2].plot(steps, [100 * r[key] for r in rows], label=text)
+        axes[2].set_ylabel("% of probe voxels nobody corrected")
+        axes[2].set_title("what moved since the segmentation", fontsize=10)
+    for axis in axes:
         axis.set_xlabel("iteration")
         axis.legend()
     figure.tight_layout()

@@ -126,6 +126,21 @@ _LOSS = typer.Option(
     help="Loss terms joined by '+': bce, dice, rrw (region-wise, Valverde & Tohka); e.g. rrw "
     "or rrw+dice.",
 )
+_CONTEXT = typer.Option(
+    "--context",
+    rich_help_panel=_DATA,
+    help="Context boxes to cut from the patches' tomograms (as merge_corrections "
+    "recorded them) and train beside the patches on the segmentation's own calls, so the "
+    "network keeps what it knew where nobody corrected; two more, never trained on, show "
+    "in metrics.csv how far its calls moved. Default: the fine-tuning default from a "
+    "checkpoint, else 0.",
+)
+_MEMBRANE_CENTRES = typer.Option(
+    "--membrane-centres",
+    rich_help_panel=_DATA,
+    help="Share of crops centred on a membrane voxel (the others on any annotated voxel). "
+    "Default: the fine-tuning default from a checkpoint, else 0.33.",
+)
 _RELABEL_ROUNDS = typer.Option(
     "--relabel-rounds",
     rich_help_panel=_RELABELING,
@@ -188,6 +203,10 @@ def retrain_command(
     ] = RetrainSettings.relabel_iterations,
     relabel_background: Annotated[bool, _RELABEL_BACKGROUND] = RetrainSettings.relabel_background,
     pixel_size: Annotated[float | None, _PIXEL_SIZE] = RetrainSettings.pixel_size,
+    context: Annotated[int | None, _CONTEXT] = RetrainSettings.context,
+    membrane_centres: Annotated[
+        float | None, _MEMBRANE_CENTRES
+    ] = RetrainSettings.membrane_centres,
     overwrite: Annotated[bool, options.overwrite(_OVERWRITE, _OUTPUT)] = RetrainSettings.overwrite,
 ) -> None:
     """Fine-tune the U-Net on training pairs; ignore voxels are left out of the loss.
@@ -225,6 +244,8 @@ def retrain_command(
         relabel_background=relabel_background,
         pixel_size=pixel_size,
         overwrite=overwrite,
+        context=context,
+        membrane_centres=membrane_centres,
     )
     options.use_threads(threads)
     with console() as listener:

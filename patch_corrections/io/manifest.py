@@ -10,6 +10,7 @@ patch's place uses the typed :class:`PatchRecord` of :func:`read_records`.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,8 @@ class PatchRecord:
     intensity_statistics
         The tomogram's intensity statistics per normalisation (see
         :func:`patch_corrections.inference.intensity.tomogram_statistics`).
+    label_threshold
+        Segmentation values above it were membrane (``None``: not recorded).
     """
 
     name: str
@@ -78,6 +81,7 @@ class PatchRecord:
     padding: Padding | None = None
     border: int | None = None
     intensity_statistics: dict | None = None
+    label_threshold: float | None = None
 
     @classmethod
     def from_entry(cls, entry: dict, folder: Path) -> PatchRecord:
@@ -108,6 +112,7 @@ class PatchRecord:
             padding=padding_zyx(entry),
             border=None if border is None else int(border),
             intensity_statistics=_mapping(entry.get("intensity_statistics")),
+            label_threshold=_number(entry.get("label_threshold")),
         )
 
     def cut_from(self, tomogram: Path, shape: Index3) -> bool:
@@ -123,8 +128,30 @@ class PatchRecord:
             return Path(self.tomogram).name == Path(tomogram).name
 
 
+def source_of(record: PatchRecord | None) -> dict | None:
+    """Where ``record``'s patch lies in the tomogram it was cut from, for a merge summary
+    row (per-axis values ``x, y, z``); ``None`` unless the manifest recorded the files."""
+    if record is None or not (record.tomogram and record.segmentation):
+        return None
+    if record.tomogram_shape is None:
+        return None
+    return {
+        "tomogram": record.tomogram,
+        "segmentation": record.segmentation,
+        "offset_xyz": as_xyz(record.offset),
+        "size_xyz": as_xyz(record.size),
+        "tomogram_shape_xyz": as_xyz(record.tomogram_shape),
+        "label_threshold": record.label_threshold,
+    }
+
+
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _number(value: object) -> float | None:
+    finite = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if finite and math.isfinite(value) else None
 
 
 def _mapping(value: object) -> dict | None:

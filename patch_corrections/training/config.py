@@ -32,6 +32,32 @@ def optimiser_and_rate(
     return optimizer, lr if lr is not None else DEFAULT_LR[optimizer], False
 
 
+MEMBRANE_CENTRES = 1 / 3
+"""Share of crops centred on membrane when not told: nnU-Net's oversampling of the rare
+class."""
+
+PROBES = 2
+"""Probes of a run from a checkpoint (see :attr:`TrainConfig.probes`)."""
+FINE_TUNING_DATA = {"context": 0, "membrane_centres": MEMBRANE_CENTRES}
+"""What a run from a checkpoint trains on when not told: context boxes, and the share of
+crops centred on membrane."""
+
+
+def fine_tuning_data(
+    context: int | None, membrane_centres: float | None, from_checkpoint: bool
+) -> tuple[int, float]:
+    """The context boxes and membrane-centred share a run uses: as given, else
+    :data:`FINE_TUNING_DATA` from a checkpoint; from scratch no context and
+    :data:`MEMBRANE_CENTRES`."""
+    if context is None:
+        context = FINE_TUNING_DATA["context"] if from_checkpoint else 0
+    if membrane_centres is None:
+        membrane_centres = (
+            FINE_TUNING_DATA["membrane_centres"] if from_checkpoint else MEMBRANE_CENTRES
+        )
+    return context, membrane_centres
+
+
 SCHEDULES = ("poly", "cosine")
 """Decays of the learning rate after warm-up."""
 
@@ -62,6 +88,14 @@ class TrainConfig:
     pixel_size: float | None = None
     """Å per voxel the network is trained at (``None``: unknown); saved for ``segment
     --rescale``."""
+    membrane_centres: float = MEMBRANE_CENTRES
+    """Share of crops centred on a membrane voxel (the others on any annotated voxel)."""
+    context: int = 0
+    """Context boxes cut from the patches' tomograms to train beside them (see
+    :mod:`patch_corrections.training.context`)."""
+    probes: int = 0
+    """Context boxes never trained on, where metrics rows say how far the network moved
+    (a run from a checkpoint has :data:`PROBES`)."""
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:

@@ -161,7 +161,7 @@ def batch_for_step(
     windows = []
     for _ in range((ranks.rank + 1) * config.batch_size):
         patch = patches[rng.integers(len(patches))]
-        windows.append((patch, crop_start(patch, size, rng)))
+        windows.append((patch, crop_start(patch, size, rng, config.membrane_centres)))
     crops = [cut_crop(patch, start, size) for patch, start in windows[-config.batch_size :]]
     return (np.stack([c[0] for c in crops])[:, None], np.stack([c[1] for c in crops])[:, None])
 

@@ -37,7 +37,7 @@ from .augment import AugmentConfig, augment
 from .config import TrainConfig, learning_rate, make_optimizer
 from .data import TrainingPatch, batch_for_step
 from .losses import deep_supervision_loss, make_loss
-from .validation import validate
+from .validation import moved, selection_score, validate
 
 
 class Interrupted(Exception):
@@ -54,6 +54,9 @@ class RunState:
 
     step: int = 0
     best_dice: float = -1.0
+    """Validation Dice of the row ``best.pt`` holds."""
+    best_score: float = -np.inf
+    """That row's :func:`selection_score` (its Dice, less what moved on the probes)."""
     history: list[dict] = field(default_factory=list)
     pending_losses: list[float] = field(default_factory=list)
     """Step losses since the last metrics row, read from the device at each metrics row and
@@ -78,6 +81,7 @@ def train(
     on_metrics: Callable[[list[dict]], None] | None = None,
     split: dict | None = None,
     ranks: Ranks | None = None,
+    probes: list[TrainingPatch] = (),
 ) -> RunState:
     """Train ``network`` for ``config.iterations`` steps; write checkpoints to ``out_dir``.
 
@@ -97,6 +101,9 @@ def train(
     ranks
         This process's place in a torchrun run (default: the process group it has joined,
         if any). Only rank 0 writes checkpoints and calls ``on_step`` and ``on_metrics``.
+    probes
+        Context boxes nobody corrected, not trained on: each metrics row says how far the
+        network's calls moved there (:func:`moved`), and ``best.pt`` weighs it.
     """
     ranks = ranks or distributed.current()
     session = _Session.open(network, config, Path(out_dir), device, resume, split, ranks)
@@ -114,7 +121,7 @@ def train(
             # Passed on, not held here: the un-augmented batch goes once augmented.
             session.step(*batches.take(state.step), state.step)
             state.step += 1
-            row = session.after_step(val_patches, on_metrics if ranks.main else None)
+            row = session.after_step(val_patches, on_metrics if ranks.main else None, probes)
             if row is not None:
                 latest = row["train_loss"]
             if on_step is not None and ranks.main:
@@ -169,6 +176,7 @@ class _Session:
             state = RunState(
                 resume["step"],
                 resume["best_dice"],
+                resume.get("best_score", resume["best_dice"]),
                 list(resume["history"]),
                 list(resume["pending_losses"]),
                 resume["elapsed"],
@@ -222,6 +230,7 @@ class _Session:
         self,
         val_patches: list[TrainingPatch],
         on_metrics: Callable[[list[dict]], None] | None = None,
+        probes: list[TrainingPatch] = (),
     ) -> dict | None:
         """After a step: a metrics row (validated, ``best.pt`` when it is the best; told to
         ``on_metrics``) and ``last.pt`` when their turn has come, or the run is done. The
@@ -244,12 +253,13 @@ class _Session:
                 "seconds": time.perf_counter() - self.started,
             }
             state.pending_losses = []
+            scoring = (self.network, self.device, self.precision, self.ranks)
+            if probes:
+                row.update(moved(scoring[0], probes, *scoring[1:]))
             if val_patches:
-                row.update(
-                    validate(self.network, val_patches, self.device, self.precision, self.ranks)
-                )
-                if row["val_dice"] > state.best_dice:
-                    state.best_dice = row["val_dice"]
+                row.update(validate(scoring[0], val_patches, *scoring[1:]))
+                if selection_score(row) > state.best_score:
+                    state.best_dice, state.best_score = row["val_dice"], selection_score(row)
                     self.checkpoint(BEST_CHECKPOINT)
             state.history.append(row)
             if on_metrics is not None:
@@ -276,6 +286,7 @@ class _Session:
                 "optimizer": to_cpu(self.optimizer.state_dict()),
                 "step": state.step,
                 "best_dice": state.best_dice,
+                "best_score": state.best_score,
                 "history": state.history,
                 "pending_losses": state.pending_losses,
                 "split": self.split,

@@ -15,8 +15,11 @@ from ..constants import BEST_CHECKPOINT, LAST_CHECKPOINT, NORMALISATION
 from ..errors import InputError, RunInterrupted, warn
 from ..io.staging import atomic_target, write_text_atomic
 from .config import TrainConfig, optimiser_and_rate
+from .context import Context
 
 METRIC_COLUMNS = ("step", "train_loss", "val_loss", "val_dice", "lr", "seconds")
+PROBE_COLUMNS = ("moved_new", "moved_lost")
+"""Columns of a run with context probes (see :mod:`.context`), after the others."""
 METRICS = "metrics.csv"
 CURVES = "curves.png"
 RELABEL_REPORT = "relabel.json"
@@ -82,11 +85,10 @@ def clear_run(out_dir: Path) -> None:
 
 def write_metrics(path: Path, rows: list[dict]) -> None:
     """The metrics history as CSV, one row per logged step."""
-    lines = [",".join(METRIC_COLUMNS)]
+    columns = METRIC_COLUMNS + (PROBE_COLUMNS if any("moved_new" in r for r in rows) else ())
+    lines = [",".join(columns)]
     for row in rows:
-        lines.append(
-            ",".join("" if row.get(c) is None else f"{row[c]:.6g}" for c in METRIC_COLUMNS)
-        )
+        lines.append(",".join("" if row.get(c) is None else f"{row[c]:.6g}" for c in columns))
     write_text_atomic(path, "\n".join(lines) + "\n")
 
 
@@ -238,7 +240,7 @@ class RunStart:
 
 def run_training(
     network,
-    patches: tuple[list, list],
+    patches: tuple[list, list, Context],
     config: TrainConfig,
     out_dir: Path,
     device,
@@ -247,9 +249,10 @@ def run_training(
     progress: Callable[[int, int, float | None], None],
     ranks,
 ):
-    """One plain training run on the training and validation ``patches``, with
-    ``metrics.csv`` and ``curves.png``; its final state. ``progress`` hears the step, the
-    run's length and the latest training loss."""
+    """One plain training run on the training and validation ``patches`` and the context
+    boxes (trained on beside them, or probes), with ``metrics.csv`` and ``curves.png``; its
+    final state. ``progress`` hears the step, the run's length and the latest training
+    loss."""
     from .loop import train
 
     metrics = out_dir / METRICS
@@ -264,10 +267,11 @@ def run_training(
         f" (or on a large validation patch); start a new run from "
         f"{out_dir / LAST_CHECKPOINT} with --checkpoint and a smaller batch or crop",
     ):
+        train_patches, val_patches, context = patches
         state = train(
             network,
-            patches[0],
-            patches[1],
+            train_patches + context.train,
+            val_patches,
             config,
             out_dir,
             device,
@@ -276,6 +280,7 @@ def run_training(
             on_metrics=lambda rows: write_metrics(metrics, rows),
             split=split,
             ranks=ranks,
+            probes=context.probes,
         )
     if ranks.main:
         plot_curves(state.history, out_dir / CURVES)
@@ -298,6 +303,15 @@ def saved_train_dir(out_dir: Path, resume: bool, trust: bool) -> Path:
             f"{last}: saved before runs recorded their training folder; give --train-dir"
         )
     return Path(saved)
+
+
+def _context_text(context) -> str:
+    if not (context.train or context.probes):
+        return ""
+    return (
+        f" and {len(context.train)} context box(es) from their tomogram(s) (and "
+        f"{len(context.probes)} probe(s) that show what moved)"
+    )
 
 
 def announce(start: RunStart, config, checkpoint, s, device, ranks, patches) -> str:
@@ -325,7 +339,9 @@ def announce(start: RunStart, config, checkpoint, s, device, ranks, patches) -> 
     return (
         f"Training {parameters / 1e6:.2f} M parameters {begin} on {where} "
         f"({'bf16/fp16 autocast' if device.type == 'cuda' else 'fp32'}): "
-        f"{len(patches[0])} training and {len(patches[1])} validation patch(es), "
+        f"{len(patches[0])} training and {len(patches[1])} validation patch(es)"
+        + _context_text(patches[2])
+        + ", "
         f"{config.iterations} iterations of {batch} x {config.crop_size}³, "
         f"intensities normalised by {config.normalisation}"
         + (f", at {config.pixel_size:g} Å per voxel." if config.pixel_size else ".")

@@ -314,6 +314,7 @@ class _Cutter:
             border=border,
             image_pad_value=pad_value,
             label_rule=self.binarisation.rule,
+            label_threshold=self.binarisation.threshold,
             intensity_statistics=self.statistics,
         )
 

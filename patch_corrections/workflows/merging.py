@@ -18,7 +18,7 @@ from ..constants import (
 from ..errors import InputError, collect_warnings, warn
 from ..io.correction_folders import CorrectionFolder, mask_misfit, scan_corrections, stray_files
 from ..io.geometry import as_xyz, geometry_or_unit
-from ..io.manifest import Padding
+from ..io.manifest import Padding, source_of
 from ..io.names import preview_path
 from ..io.patch_folders import LabelPatch, find_label_patches
 from ..io.staging import StagedFiles, staged
@@ -348,6 +348,8 @@ def _merge_one(plan: _MergePlan, files: StagedFiles) -> dict:
         # The tomogram's statistics from the extraction manifest, for retrain to normalise
         # this patch as segment normalises the whole tomogram.
         "intensity_statistics": patch.record.intensity_statistics if patch.record else None,
+        # Where the patch lies in the tomogram it was cut from, for retrain's context boxes.
+        "source": source_of(patch.record),
     }
 
 

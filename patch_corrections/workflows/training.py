@@ -68,6 +68,12 @@ class RetrainSettings:
     relabel_background: bool = False
     pixel_size: float | None = None
     overwrite: bool = False
+    context: int | None = None
+    """Context boxes to cut from the patches' tomograms and train beside them; ``None``:
+    the fine-tuning default from a checkpoint, else 0."""
+    membrane_centres: float | None = None
+    """Share of crops centred on membrane; ``None``: the fine-tuning default from a
+    checkpoint, else nnU-Net's third."""
 
     def __post_init__(self) -> None:
         if self.relabel_rounds < 0:
@@ -87,6 +93,10 @@ class RetrainSettings:
             raise InputError(
                 f"--relabel-iterations must be at least 1, got {self.relabel_iterations}"
             )
+        if self.context and self.relabel_rounds:
+            raise InputError("--context and --relabel-rounds do not combine; drop one")
+        if self.membrane_centres is not None and not 0 <= self.membrane_centres <= 1:
+            raise InputError(f"--membrane-centres must be in [0, 1], got {self.membrane_centres}")
         if self.iterations is not None and self.epochs is not None:
             raise InputError("give --iterations or --epochs, not both")
         for option, value, least in (
@@ -96,6 +106,7 @@ class RetrainSettings:
             ("--save-every", self.save_every or 1, 1),
             ("--seed", self.seed, 0),
             ("--warmup", self.warmup or 0, 0),
+            ("--context", self.context or 0, 0),
         ):
             if value < least:
                 raise InputError(f"{option} must be at least {least}, got {value}")
@@ -275,7 +286,7 @@ def _retrain(
         borders=candidates[1],
     )
     listener.message(plan.describe(config.iterations))
-    run = (start.network, patches, config, out_dir, device, split, plan, train_dir)
+    run = (start.network, patches[:2], config, out_dir, device, split, plan, train_dir)
     result = run_relabeling(*run, progress)
     best = out_dir / BEST_CHECKPOINT if result.report["best"] is not None else None
     return RetrainReport(
@@ -296,6 +307,7 @@ def _prepare(train_dir, out_dir, checkpoint, val_dir, s: RetrainSettings, ranks)
     and validation patches and their split, its config, and for relabeling the voxels each
     patch may adopt (with the border widths kept out)."""
     from ..network.unet import PRESETS
+    from ..training.context import Context, context_boxes
     from ..training.data import check_crop_size
     from ..training.datasets import load_split, shared_pixel_size
     from ..training.relabel_rounds import relabel_candidates_of
@@ -320,7 +332,11 @@ def _prepare(train_dir, out_dir, checkpoint, val_dir, s: RetrainSettings, ranks)
     candidates = relabel_candidates_of(train, train_dir) if relabeling else None
     config = _config(s, start, len(train), ranks, loss, pixel_size)
     check_crop_size(config.crop_size, start.network.config.divisor, train)
-    return start, (train, val), split, config, candidates
+    context = Context([], [])
+    if not relabeling:
+        counts = (config.context, config.probes, config.seed)
+        context = context_boxes(train_dir, *counts, start.normalisation, pixel_size)
+    return start, (train, val, context), split, config, candidates
 
 
 def _loss_name(name: str) -> str:
@@ -335,7 +351,7 @@ def _loss_name(name: str) -> str:
 def _config(s: RetrainSettings, start, patches: int, ranks, loss: str, pixel_size):
     """The run's training config: the saved one (extended by ``iterations`` or ``epochs``)
     when resuming, else made from the settings."""
-    from ..training.config import TrainConfig, default_warmup
+    from ..training.config import PROBES, TrainConfig, default_warmup, fine_tuning_data
 
     # On resume an epoch counts in the saved run's batch size, not the option's default;
     # under torchrun a step trains every process's batch.
@@ -358,6 +374,9 @@ def _config(s: RetrainSettings, start, patches: int, ranks, loss: str, pixel_siz
     if s.warmup is not None and s.warmup >= total:
         raise InputError(f"--warmup {s.warmup} must be shorter than the run ({total})")
     optimizer, lr, _ = optimiser_and_rate(s.optimizer, s.lr, start.checkpoint is not None)
+    context, centres = fine_tuning_data(
+        s.context, s.membrane_centres, start.checkpoint is not None
+    )
     return TrainConfig(
         iterations=total,
         batch_size=s.batch_size,
@@ -375,4 +394,7 @@ def _config(s: RetrainSettings, start, patches: int, ranks, loss: str, pixel_siz
         loss=loss,
         normalisation=start.normalisation,
         pixel_size=pixel_size,
+        membrane_centres=centres,
+        context=context,
+        probes=PROBES if start.checkpoint is not None else 0,
     )
