@@ -18,6 +18,9 @@ PATCH_SIZE = 160
 BORDER_WIDTH = 16
 """Width in voxels of the ignore band along every face of a label patch: the network sees
 no context there."""
+PAINTED_IN_BAND = False
+"""Whether merge keeps painted Add and Remove voxels inside the band as labels by default
+(MemBrain-seg's merge makes them ignore like the rest of the band)."""
 
 MANIFEST_NAME = "manifest.json"
 """File name of the extraction manifest inside an extraction output folder."""

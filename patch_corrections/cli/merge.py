@@ -62,6 +62,13 @@ _IGNORE_GEOMETRY = typer.Option(
     help="Merge an NRRD mask whose origin or spacing differs from its patch's by voxel index "
     "(an error without it: the mask was likely painted on another patch).",
 )
+_PAINTED_IN_BAND = typer.Option(
+    "--painted-in-band/--band-over-painted",
+    rich_help_panel=_LABELS,
+    help="Keep Add and Remove voxels painted inside the border band as labels (a person "
+    "decided them; the rest of the band stays ignore), or let the band cover them as "
+    "MemBrain-seg's merge does.",
+)
 _PREVIEW_SHOWS = (
     "image, network labels and merged labels with Add (green), Remove (red) and Ignore (blue)"
 )
@@ -87,6 +94,7 @@ def merge_corrections_command(
         bool, options.overwrite("existing training pairs", _FILES)
     ] = MergeSettings.overwrite,
     preview: Annotated[bool, options.preview(_PREVIEW_SHOWS, _FILES)] = MergeSettings.preview,
+    painted_in_band: Annotated[bool, _PAINTED_IN_BAND] = MergeSettings.painted_in_band,
 ) -> None:
     """Merge Add/Remove/Ignore masks into label patches: training pairs for retrain."""
     settings = MergeSettings(
@@ -98,6 +106,7 @@ def merge_corrections_command(
         ignore_geometry=ignore_geometry,
         overwrite=overwrite,
         preview=preview,
+        painted_in_band=painted_in_band,
     )
     with console() as listener:
         report = merge_corrections(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..constants import BACKGROUND, IGNORE, LABEL_VALUES, MEMBRANE
+from ..constants import BACKGROUND, IGNORE, LABEL_VALUES, MEMBRANE, PAINTED_IN_BAND
 from ..errors import InputError
 from .patches import add_border_band
 
@@ -55,6 +55,7 @@ def merge_labels(
     border: int = 0,
     padding: tuple[tuple[int, int], ...] | None = None,
     keep: np.ndarray | None = None,
+    painted_in_band: bool = PAINTED_IN_BAND,
 ) -> tuple[np.ndarray, MergeCounts]:
     """Apply corrections to a label patch.
 
@@ -62,6 +63,9 @@ def merge_labels(
     sets ignore, then the border band and any padding are set to ignore. Later steps win
     where masks overlap. With ``keep`` (sparse annotation) the patch first becomes ignore
     everywhere outside ``keep``, so only the kept voxels and the painted masks are labels.
+    With ``painted_in_band`` the Add and Remove voxels inside the band stay labelled (a
+    person decided them; the band is there for the network's own labels), unless Ignore
+    or padding covers them.
 
     Parameters
     ----------
@@ -95,6 +99,10 @@ def merge_labels(
     if ignore is not None:
         merged[ignore] = IGNORE
     add_border_band(merged, border)
+    if painted_in_band:
+        for mask, value in ((remove, BACKGROUND), (add, MEMBRANE)):
+            if mask is not None:
+                merged[mask if ignore is None else mask & ~ignore] = value
     for axis, (before, after) in enumerate(padding or ()):
         index: list[slice] = [slice(None)] * merged.ndim
         index[axis] = slice(0, before)

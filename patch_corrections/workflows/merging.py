@@ -10,6 +10,7 @@ import numpy as np
 from ..constants import (
     BORDER_WIDTH,
     CORRECTION_KINDS,
+    PAINTED_IN_BAND,
     PREVIEWS_SUBDIR,
     TRAIN_IMAGE_SUFFIX,
     TRAIN_IMAGES_SUBDIR,
@@ -57,6 +58,10 @@ class MergeSettings:
         --overwrite`` cut a new one).
     overwrite
         Replace existing training pairs (and their previews).
+    painted_in_band
+        Keep the Add and Remove voxels painted inside the border band as labels (a person
+        decided them); the rest of the band stays ignore. Off: MemBrain-seg's merge, where
+        the band covers everything.
     preview
         Also draw each merged patch as ``previews/<name>.png``: the xy, xz and yz slices
         through its centre, image, network labels and merged labels with the painted Add,
@@ -71,6 +76,7 @@ class MergeSettings:
     ignore_geometry: bool = False
     overwrite: bool = False
     preview: bool = False
+    painted_in_band: bool = PAINTED_IN_BAND
 
     def __post_init__(self) -> None:
         if self.border is not None and self.border < 0:
@@ -218,6 +224,7 @@ class _MergePlan:
     """Axis name -> slice indices kept by a sparse merge."""
     previews: tuple[Path, ...] = ()
     """Where this patch's preview goes (none without ``settings.preview``)."""
+    painted_in_band: bool = PAINTED_IN_BAND
 
 
 def _keep_slices(specs: tuple[str, ...], shape, source: Path) -> dict[str, list[int]]:
@@ -290,6 +297,7 @@ def _plan_merge(
         sparse=settings.sparse,
         keep_slices=_keep_slices(settings.keep_slices, label_info.shape, patch.label),
         previews=(preview_path(out_dir, patch.name),) if settings.preview else (),
+        painted_in_band=settings.painted_in_band,
     )
 
 
@@ -314,6 +322,7 @@ def _merge_one(plan: _MergePlan, files: StagedFiles) -> dict:
         border=plan.border,
         padding=plan.padding,
         keep=keep,
+        painted_in_band=plan.painted_in_band,
     )
     image, image_info = read_volume(patch.image)
     replaced = fill_nonfinite(image)
@@ -342,6 +351,7 @@ def _merge_one(plan: _MergePlan, files: StagedFiles) -> dict:
         "sparse": plan.sparse,
         "kept_slices": plan.keep_slices,
         "border": plan.border,
+        "painted_in_band": plan.painted_in_band,
         "padding_xyz": [list(p) for p in as_xyz(plan.padding)] if plan.padding else None,
         "files": {k: [p.name for p in v] for k, v in plan.masks.items()},
         **row_files(image_out.parent.parent, image_out, label_out),
