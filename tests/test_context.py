@@ -179,6 +179,12 @@ def test_retrain_from_a_checkpoint_trains_on_context_and_logs_what_moved(tmp_pat
     assert rows[0].endswith(",moved_new,moved_lost") and len(rows) == 3
     assert all(float(v) >= 0 for row in rows[1:] for v in row.split(",")[-2:])
     assert (out / "curves.png").stat().st_size > 0 and (out / "best.pt").exists()
+    # A resumed run cuts the same boxes and goes on logging what moved.
+    result = run_cli("retrain", "-o", out, "--resume", "--iterations", 6)
+    assert result.exit_code == 0, result.output
+    assert "3 context box(es)" in result.output
+    resumed = (out / "metrics.csv").read_text().splitlines()
+    assert resumed[:3] == rows and len(resumed) == 4
     # From scratch nothing was there to keep: no probes, no context.
     result = run_cli(
         "retrain",
