@@ -60,15 +60,21 @@ def sources_of(train_dir: Path, pixel_size: float | None = None) -> list[_Source
     """The tomograms ``train_dir``'s patches were cut from, as its merge summary records
     them; a warning names those that cannot serve: files not here (moved, another
     machine), another shape than recorded, or another voxel size than ``pixel_size``
-    (the network's, Å; context boxes are not resampled)."""
+    (the network's, Å; context boxes are not resampled).
+
+    Patches of one tomogram cut from several segmentations (a second round, cut from
+    the segmentation of the network the first round made) give one source: the boxes of
+    all of them, and the labels of the newest of those segmentations (by file time)."""
     rows = summary_rows(summary_path(train_dir), "no context boxes are cut")
-    groups: dict[tuple[str, str], list[dict]] = {}
+    groups: dict[str, list[dict]] = {}
     for row in rows.values():
         source = row.get("source")
         if isinstance(source, dict) and source.get("tomogram") and source.get("segmentation"):
-            groups.setdefault((source["tomogram"], source["segmentation"]), []).append(row)
+            groups.setdefault(source["tomogram"], []).append(row)
     sources = []
-    for (tomogram, segmentation), group in groups.items():
+    for tomogram, group in groups.items():
+        segmentation = _newest({r["source"]["segmentation"] for r in group})
+        group = sorted(group, key=lambda r: r["source"]["segmentation"] == segmentation)
         missing = [p for p in (tomogram, segmentation) if not Path(p).is_file()]
         if missing:
             warn(
@@ -83,6 +89,12 @@ def sources_of(train_dir: Path, pixel_size: float | None = None) -> list[_Source
             continue
         sources.append(source)
     return sources
+
+
+def _newest(paths: set[str]) -> str:
+    """The most recently written of ``paths`` that exists (any, if none does)."""
+    present = [p for p in sorted(paths) if Path(p).is_file()]
+    return max(present, key=lambda p: Path(p).stat().st_mtime) if present else min(paths)
 
 
 def _unfit(source: _Source, pixel_size: float | None) -> str | None:
@@ -100,19 +112,19 @@ def _unfit(source: _Source, pixel_size: float | None) -> str | None:
 
 
 def _source(tomogram: Path, segmentation: Path, rows: list[dict]) -> _Source:
-    first = rows[0]["source"]
-    threshold = first.get("label_threshold")
+    last = rows[-1]["source"]
+    threshold = last.get("label_threshold")
     return _Source(
         tomogram,
         segmentation,
-        from_xyz(first["tomogram_shape_xyz"]),
+        from_xyz(last["tomogram_shape_xyz"]),
         tuple(
             (from_xyz(r["source"]["offset_xyz"]), from_xyz(r["source"]["size_xyz"])) for r in rows
         ),
-        from_xyz(first["size_xyz"]),
-        int(rows[0].get("border") or 0),
+        from_xyz(last["size_xyz"]),
+        int(rows[-1].get("border") or 0),
         0.5 if threshold is None else float(threshold),
-        rows[0].get("intensity_statistics"),
+        rows[-1].get("intensity_statistics"),
     )
 
 
