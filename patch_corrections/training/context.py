@@ -11,8 +11,9 @@ network now calls otherwise (see :func:`patch_corrections.training.validation.mo
 
 Where they lie comes from ``merge_corrections``'s summary: each row's ``source`` names
 the tomogram and segmentation its patch was cut from, the patch's box, and the threshold
-that binarised the segmentation. Boxes are the patches' size, inside the tomogram, apart
-from every patch and from each other, drawn with the run's seed. Arrays are ``(z, y, x)``.
+that binarised the segmentation. Boxes are the patches' size, inside the tomogram, at
+least half on voxels no patch or earlier box covers (what a patch covers is ignore in
+them), drawn with the run's seed. Arrays are ``(z, y, x)``.
 """
 
 from __future__ import annotations
