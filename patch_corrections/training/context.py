@@ -12,8 +12,8 @@ network now calls otherwise (see :func:`patch_corrections.training.validation.mo
 Where they lie comes from ``merge_corrections``'s summary: each row's ``source`` names
 the tomogram and segmentation its patch was cut from, the patch's box, and the threshold
 that binarised the segmentation. Boxes are the patches' size, inside the tomogram, at
-least half on voxels no patch or earlier box covers (what a patch covers is ignore in
-them), drawn with the run's seed. Arrays are ``(z, y, x)``.
+least half on voxels no patch or probe covers (what a patch covers is ignore in them;
+boxes that train may overlap each other), drawn with the run's seed. Arrays are ``(z, y, x)``.
 """
 
 from __future__ import annotations
@@ -138,8 +138,8 @@ _GRID = 4  # voxels per cell of the map of what boxes already cover
 
 
 class _Placer:
-    """Random boxes in one tomogram, each at least half on voxels no patch and no earlier
-    box covers (on a grid of :data:`_GRID` voxels)."""
+    """Random boxes in one tomogram, each at least half on voxels no patch and no probe
+    covers (on a grid of :data:`_GRID` voxels); boxes that train may overlap each other."""
 
     def __init__(self, source: _Source, rng: np.random.Generator):
         self.source, self.rng = source, rng
@@ -157,13 +157,15 @@ class _Placer:
     def _cover(self, offset, size) -> None:
         self.covered[self._cells(offset, size)] = True
 
-    def place(self) -> tuple[int, int, int] | None:
-        """A new box's first voxel, or ``None`` where none fits in :data:`_TRIES` draws."""
+    def place(self, probe: bool) -> tuple[int, int, int] | None:
+        """A new box's first voxel (a probe's covers its place for the boxes after it),
+        or ``None`` where none fits in :data:`_TRIES` draws."""
         room = [n - s for n, s in zip(self.source.shape, self.size)]
         for _ in range(_TRIES):
             offset = tuple(int(self.rng.integers(0, r + 1)) for r in room)
             if self.covered[self._cells(offset, self.size)].mean() <= 0.5:
-                self._cover(offset, self.size)
+                if probe:
+                    self._cover(offset, self.size)
                 return offset
         return None
 
@@ -209,7 +211,7 @@ def context_boxes(
     tomogram(s) ``train_dir``'s patches came from, none where nothing is recorded.
 
     Each box is the patches' size (at most the tomogram's), at least half outside the
-    patches and earlier boxes; what lies inside a patch is ignore in every box (the
+    patches and probes; what lies inside a patch is ignore in every box (the
     corrections teach there), and what lies inside a probe is ignore in the boxes that
     train, so probes measure where nothing trained. Fewer boxes, with a warning, where a
     tomogram has no more room."""
@@ -225,7 +227,7 @@ def context_boxes(
     ):
         placer = _Placer(source, rng)
         size, patches = placer.size, list(source.boxes)
-        places = [placer.place() for _ in range(n_probes + n_train)]
+        places = [placer.place(k < n_probes) for k in range(n_probes + n_train)]
         missing += places.count(None)
         shown = [p for p in places[:n_probes] if p is not None]
         probes += [
