@@ -62,12 +62,13 @@ _IGNORE_GEOMETRY = typer.Option(
     help="Merge an NRRD mask whose origin or spacing differs from its patch's by voxel index "
     "(an error without it: the mask was likely painted on another patch).",
 )
+# A plain flag while the band covers painted voxels by default: a negative name would not
+# fit the panel at 80 columns. Whoever turns PAINTED_IN_BAND on gives it an off switch.
 _PAINTED_IN_BAND = typer.Option(
-    "--painted-in-band/--band-over-painted",
+    "--painted-in-band",
     rich_help_panel=_LABELS,
-    help="Keep Add and Remove voxels painted inside the border band as labels (a person "
-    "decided them; the rest of the band stays ignore), or let the band cover them as "
-    "MemBrain-seg's merge does.",
+    help="Keep Add and Remove voxels painted inside the border band as labels (Ignore still "
+    "wins); otherwise the whole band is ignore, as in MemBrain-seg's merge.",
 )
 _PREVIEW_SHOWS = (
     "image, network labels and merged labels with Add (green), Remove (red) and Ignore (blue)"
@@ -134,6 +135,7 @@ def render(report: MergeReport) -> None:
         "  (voxels of each label patch the merge changed, and those left to train on; "
         "the previews count the voxels painted)"
     )
+    _render_band(rows)
     if rows and rows[0]["sparse"]:
         kept = rows[0]["kept_slices"]
         slices = "; ".join(f"{a}={len(v)} slice(s)" for a, v in kept.items()) or "no slices"
@@ -166,3 +168,20 @@ def render(report: MergeReport) -> None:
     if report.previews:
         typer.echo(f"Previews: {report.previews[0].parent} ({len(report.previews)} PNG)")
     print_warnings(report.warnings)
+
+
+def _render_band(rows: list[dict]) -> None:
+    """How many painted voxels the border band held, and what became of them."""
+    painted = sum(r["band_painted"] for r in rows)
+    if not painted:
+        return
+    if rows[0]["painted_in_band"]:
+        typer.echo(
+            f"Border band: {painted} voxel(s) painted Add or Remove in it kept as labels "
+            "(--painted-in-band); the rest of the band is ignore."
+        )
+    else:
+        typer.echo(
+            f"Border band: {painted} voxel(s) painted Add or Remove in it made ignore with "
+            "the rest of the band, as MemBrain-seg merges (--painted-in-band keeps them)."
+        )

@@ -1,6 +1,7 @@
 """The merge summary, ``merge_summary.json``: one row per training pair of a training
 folder, written by ``merge_corrections`` and ``simulate_sparse``, read by ``retrain`` (each
-patch's tomogram statistics, border band and padding) and ``paste_corrections``."""
+patch's tomogram statistics, border band and padding) and ``paste_corrections``. A row's
+``painted_in_band`` says whether its band kept the voxels painted in it as labels."""
 
 from __future__ import annotations
 
@@ -93,6 +94,35 @@ def merged_rows(earlier: dict[str, dict], rows: list[dict]) -> list[dict]:
     names = {r["name"] for r in rows}
     kept = [r for name, r in earlier.items() if name not in names]
     return sorted(kept + rows, key=lambda r: r["name"])
+
+
+def painted_in_band(row: dict) -> bool:
+    """Whether the merge of a summary row kept the Add and Remove voxels painted inside
+    the border band as labels (``merge_corrections --painted-in-band``); rows written
+    before merges recorded it had the band cover them."""
+    return bool(row.get("painted_in_band", False))
+
+
+def warn_other_band_choice(folder: Path, earlier: dict[str, dict], names, chosen: bool) -> None:
+    """Warn of the ``earlier`` rows (see :func:`earlier_rows`) of the training ``folder``
+    that a merge of the patches ``names`` keeps although they were merged with the other
+    band choice than its ``chosen`` one, where that mattered: a corrected patch with
+    voxels painted in the band (or not counted)."""
+    other = [
+        name
+        for name, row in earlier.items()
+        if name not in names
+        and painted_in_band(row) != chosen
+        and row.get("corrected", True)
+        and row.get("band_painted") != 0
+    ]
+    if other:
+        was, now = ("without", "with") if chosen else ("with", "without")
+        warn(
+            f"{summary_path(folder)}: {len(other)} earlier patch(es) ({', '.join(other[:3])}) "
+            f"stay as merged {was} --painted-in-band, this run's {now}; each row records its "
+            "choice (merge them again with --overwrite to make the folder one)"
+        )
 
 
 def summary_text(rows: list[dict], **fields) -> str:

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..constants import BACKGROUND, IGNORE, LABEL_VALUES, MEMBRANE, PAINTED_IN_BAND
 from ..errors import InputError
-from .patches import add_border_band
+from .patches import add_border_band, interior
 
 
 @dataclass(frozen=True)
@@ -26,12 +26,16 @@ class MergeCounts:
         Voxels that are ignore now and were not before (border band included).
     annotated
         Voxels that are not ignore after the merge: what training learns from.
+    band_painted
+        Voxels painted Add or Remove inside the border band, outside Ignore and padding:
+        labels with ``painted_in_band``, ignore like the rest of the band without it.
     """
 
     added: int
     removed: int
     ignored: int
     annotated: int
+    band_painted: int = 0
 
 
 def union_mask(masks: Iterable[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
@@ -87,33 +91,34 @@ def merge_labels(
     merged
         New ``uint8`` label patch.
     counts
-        Voxels added, removed and ignored relative to ``base``.
+        Voxels added, removed and ignored relative to ``base``, left to train on, and
+        painted inside the band.
     """
     merged = base.astype(np.uint8, copy=True)
     if keep is not None:
         merged[~keep] = IGNORE
-    if remove is not None:
-        merged[remove] = BACKGROUND
-    if add is not None:
-        merged[add] = MEMBRANE
+    painted = [(m, v) for m, v in ((remove, BACKGROUND), (add, MEMBRANE)) if m is not None]
+    for mask, value in painted:
+        merged[mask] = value
     if ignore is not None:
         merged[ignore] = IGNORE
+        painted = [(mask & ~ignore, value) for mask, value in painted]
     add_border_band(merged, border)
     if painted_in_band:
-        for mask, value in ((remove, BACKGROUND), (add, MEMBRANE)):
-            if mask is not None:
-                merged[mask if ignore is None else mask & ~ignore] = value
-    for axis, (before, after) in enumerate(padding or ()):
-        index: list[slice] = [slice(None)] * merged.ndim
-        index[axis] = slice(0, before)
-        merged[tuple(index)] = IGNORE
-        index[axis] = slice(merged.shape[axis] - after, None)
-        merged[tuple(index)] = IGNORE  # an empty slice when after == 0
+        for mask, value in painted:
+            merged[mask] = value
+    inside = interior(merged.shape, padding or [(0, 0)] * merged.ndim)
+    merged[~inside] = IGNORE
+    drawn = np.zeros(merged.shape, dtype=bool)
+    for mask, _ in painted:
+        drawn |= mask
+    band = ~interior(merged.shape, [(border, border)] * merged.ndim)
     counts = MergeCounts(
         added=int(np.count_nonzero((merged == MEMBRANE) & (base != MEMBRANE))),
         removed=int(np.count_nonzero((merged == BACKGROUND) & (base == MEMBRANE))),
         ignored=int(np.count_nonzero((merged == IGNORE) & (base != IGNORE))),
         annotated=int(np.count_nonzero(merged != IGNORE)),
+        band_painted=int(np.count_nonzero(drawn & band & inside)),
     )
     return merged, counts
 

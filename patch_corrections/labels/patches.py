@@ -155,6 +155,17 @@ def add_border_band(labels: np.ndarray, width: int) -> np.ndarray:
     return labels
 
 
+def interior(shape: tuple[int, ...], edges) -> np.ndarray:
+    """Boolean mask of ``shape`` ``(z, y, x)``, true farther than ``edges`` from its faces.
+
+    ``edges`` holds ``(before, after)`` voxels per axis: ``[(16, 16)] * 3`` leaves out a
+    16-voxel border band, a patch's padding leaves out what lay outside its tomogram.
+    """
+    inner = np.zeros(shape, dtype=bool)
+    inner[tuple(slice(b, n - a) for (b, a), n in zip(edges, shape))] = True
+    return inner
+
+
 def label_patch(
     segmentation_block: np.ndarray,
     box: PatchBox,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..constants import BACKGROUND, IGNORE, MEMBRANE
+from .patches import interior
 
 
 def curriculum_share(round_index: int, rounds: int, max_share: float) -> float:
@@ -32,9 +33,7 @@ def relabel_candidates(
     edges = [(border, border)] * labels.ndim
     if padding is not None:
         edges = [(max(b, pb), max(a, pa)) for (b, a), (pb, pa) in zip(edges, padding)]
-    inner = np.zeros(labels.shape, dtype=bool)
-    inner[tuple(slice(b, n - a) for (b, a), n in zip(edges, labels.shape))] = True
-    return candidates & inner
+    return candidates & interior(labels.shape, edges)
 
 
 def adopt(probability: np.ndarray, candidates: np.ndarray, share: float) -> np.ndarray:

@@ -23,7 +23,14 @@ from ..io.manifest import Padding, source_of
 from ..io.names import preview_path
 from ..io.patch_folders import LabelPatch, find_label_patches
 from ..io.staging import StagedFiles, staged
-from ..io.summary import earlier_rows, merged_rows, row_files, summary_path, summary_text
+from ..io.summary import (
+    earlier_rows,
+    merged_rows,
+    row_files,
+    summary_path,
+    summary_text,
+    warn_other_band_choice,
+)
 from ..io.volumes import output_path, read_info, read_volume, volume_suffix, write_volume
 from ..labels.corrections import merge_labels, require_label_values, union_mask
 from ..labels.patches import fill_nonfinite
@@ -121,7 +128,8 @@ def merge_corrections(
     """Merge the masks of ``corrections_dir/<patch>/`` into the label patches of ``labels_dir``.
 
     Precedence is MemBrain-seg's: Remove, then Add, then Ignore, then the border band;
-    voxels that were padding stay ignore.
+    voxels that were padding stay ignore. With ``settings.painted_in_band`` the band spares
+    the Add and Remove voxels painted in it; each summary row records the choice.
 
     Parameters
     ----------
@@ -155,6 +163,9 @@ def merge_corrections(
         outputs = [path for plan in plans for path in (*plan.outputs, *plan.previews)]
         require_free(outputs, settings.overwrite)
         earlier = earlier_rows(out_dir)
+        warn_other_band_choice(
+            out_dir, earlier, {p.name for p in chosen}, settings.painted_in_band
+        )
         # The files, then the summary, recorded first so that a killed run is finished
         # by the next one.
         with staged(out_dir) as files:
@@ -352,6 +363,7 @@ def _merge_one(plan: _MergePlan, files: StagedFiles) -> dict:
         "kept_slices": plan.keep_slices,
         "border": plan.border,
         "painted_in_band": plan.painted_in_band,
+        "band_painted": counts.band_painted,
         "padding_xyz": [list(p) for p in as_xyz(plan.padding)] if plan.padding else None,
         "files": {k: [p.name for p in v] for k, v in plan.masks.items()},
         **row_files(image_out.parent.parent, image_out, label_out),

@@ -146,7 +146,8 @@ def simulate_sparse(
 
 def _carried(row: dict) -> dict:
     """What a pair's summary row keeps from its dense source's."""
-    return {k: v for k, v in row.items() if k in ("border", "padding_xyz", "intensity_statistics")}
+    carried = ("border", "painted_in_band", "padding_xyz", "intensity_statistics")
+    return {k: v for k, v in row.items() if k in carried}
 
 
 def _sparsify(pair, outputs, settings: SparseSettings, rng, files: StagedFiles) -> dict:
