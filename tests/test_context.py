@@ -205,3 +205,12 @@ def test_retrain_from_a_checkpoint_trains_on_context_and_logs_what_moved(tmp_pat
     assert "context" not in result.output
     header = (tmp_path / "scratch" / "metrics.csv").read_text().splitlines()[0]
     assert header == "step,train_loss,val_loss,val_dice,lr,seconds"
+
+
+def test_sparse_labels_made_from_merged_patches_keep_where_the_patches_lie(tmp_path):
+    from patch_corrections import SparseSettings, simulate_sparse
+
+    train_dir, _ = _merged(tmp_path)
+    simulate_sparse(train_dir, tmp_path / "sparse", settings=SparseSettings(fraction=0.5))
+    context = context_boxes(tmp_path / "sparse", count=2, probes=1, seed=0)
+    assert len(context.train) == 2 and len(context.probes) == 1
