@@ -9,7 +9,7 @@ Context boxes train beside the corrected patches on what the network already cal
 never trained on, are the *probes*: each metrics row says how many of their voxels the
 network now calls otherwise (see :func:`patch_corrections.training.validation.moved`).
 
-Where they lie comes from ``merge_corrections``'s summary: each row's ``source`` names
+Where they lie comes from ``merge_corrections``'s summary: each row's ``cut_from`` names
 the tomogram and segmentation its patch was cut from, the patch's box, and the threshold
 that binarised the segmentation. Boxes are the patches' size, inside the tomogram, at
 least half on voxels no patch or probe covers (what a patch covers is ignore in them;
@@ -69,13 +69,13 @@ def sources_of(train_dir: Path, pixel_size: float | None = None) -> list[_Source
     rows = summary_rows(summary_path(train_dir), "no context boxes are cut")
     groups: dict[str, list[dict]] = {}
     for row in rows.values():
-        source = row.get("source")
+        source = row.get("cut_from")
         if isinstance(source, dict) and source.get("tomogram") and source.get("segmentation"):
             groups.setdefault(source["tomogram"], []).append(row)
     sources = []
     for tomogram, group in groups.items():
-        segmentation = _newest({r["source"]["segmentation"] for r in group})
-        group = sorted(group, key=lambda r: r["source"]["segmentation"] == segmentation)
+        segmentation = _newest({r["cut_from"]["segmentation"] for r in group})
+        group = sorted(group, key=lambda r: r["cut_from"]["segmentation"] == segmentation)
         missing = [p for p in (tomogram, segmentation) if not Path(p).is_file()]
         if missing:
             warn(
@@ -113,14 +113,14 @@ def _unfit(source: _Source, pixel_size: float | None) -> str | None:
 
 
 def _source(tomogram: Path, segmentation: Path, rows: list[dict]) -> _Source:
-    last = rows[-1]["source"]
+    last = rows[-1]["cut_from"]
     threshold = last.get("label_threshold")
     return _Source(
         tomogram,
         segmentation,
         from_xyz(last["tomogram_shape_xyz"]),
         tuple(
-            (from_xyz(r["source"]["offset_xyz"]), from_xyz(r["source"]["size_xyz"])) for r in rows
+            (from_xyz(r["cut_from"]["offset_xyz"]), from_xyz(r["cut_from"]["size_xyz"])) for r in rows
         ),
         from_xyz(last["size_xyz"]),
         int(rows[-1].get("border") or 0),

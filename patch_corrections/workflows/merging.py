@@ -371,7 +371,7 @@ def _merge_one(plan: _MergePlan, files: StagedFiles) -> dict:
         # this patch as segment normalises the whole tomogram.
         "intensity_statistics": patch.record.intensity_statistics if patch.record else None,
         # Where the patch lies in the tomogram it was cut from, for retrain's context boxes.
-        "source": source_of(patch.record),
+        "cut_from": source_of(patch.record),
     }
 
 

@@ -146,7 +146,7 @@ def simulate_sparse(
 
 def _carried(row: dict) -> dict:
     """What a pair's summary row keeps from its dense source's."""
-    carried = ("border", "painted_in_band", "padding_xyz", "intensity_statistics", "source")
+    carried = ("border", "painted_in_band", "padding_xyz", "intensity_statistics", "cut_from")
     return {k: v for k, v in row.items() if k in carried}
 
 
