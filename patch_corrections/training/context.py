@@ -120,7 +120,8 @@ def _source(tomogram: Path, segmentation: Path, rows: list[dict]) -> _Source:
         segmentation,
         from_xyz(last["tomogram_shape_xyz"]),
         tuple(
-            (from_xyz(r["cut_from"]["offset_xyz"]), from_xyz(r["cut_from"]["size_xyz"])) for r in rows
+            (from_xyz(r["cut_from"]["offset_xyz"]), from_xyz(r["cut_from"]["size_xyz"]))
+            for r in rows
         ),
         from_xyz(last["size_xyz"]),
         int(rows[-1].get("border") or 0),
