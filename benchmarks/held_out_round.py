@@ -5,9 +5,12 @@
         [--retrain context=4 --retrain membrane_centres=0] [--painted-in-band]
         [--label NAME]
         [--scratch /tmp/held_out] [--results /tmp/held_out.jsonl]
+        [--generator physics_sim|physics_tomograms]
 
-Tomograms from ``benchmarks/physics_sim.py`` (projection, CTF, noise, back-projection;
-not the generator the starting network was trained on): seed 120 is the one a user
+Tomograms from ``benchmarks/physics_sim.py`` or, with ``--generator physics_tomograms``,
+``benchmarks/physics_tomograms.py`` (two independent phantoms, each projected through a
+CTF with noise and back-projected; neither is the generator the starting network was
+trained on): seed 120 is the one a user
 corrects, seeds 130 and 131 are held out. The starting network (``sample_data/
 starting_model.pt``) segments the corrected tomogram at ``--window``; each arm chooses 4
 boxes of 96³ there, an annotator paints every error inside them from the truth (Add,
@@ -34,6 +37,7 @@ against the tomogram's. Every run is appended to ``--results`` as a JSON line.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import shutil
 import statistics
@@ -48,7 +52,6 @@ from scipy import ndimage
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import physics_sim  # noqa: E402
 from suggest_round import _grid_sums, _pick  # noqa: E402  (boxes of 96³, band 16)
 
 from patch_corrections import (  # noqa: E402
@@ -262,6 +265,9 @@ def main() -> None:
     parser.add_argument("--retrain", action="append", default=[], metavar="FIELD=VALUE")
     parser.add_argument("--label", default="baseline")
     parser.add_argument(
+        "--generator", choices=("physics_sim", "physics_tomograms"), default="physics_sim"
+    )
+    parser.add_argument(
         "--reuse", action="store_true", help="keep a run's trained network if there is one"
     )
     parser.add_argument(
@@ -272,7 +278,10 @@ def main() -> None:
     args = parser.parse_args()
     _overrides(args.retrain)  # refuse a wrong field before any work
     started = time.perf_counter()
-    corrected, _ = physics_sim.write(CORRECTED, args.scratch / f"tomo_{CORRECTED}")
+    generator = importlib.import_module(args.generator)
+    if args.generator != "physics_sim":  # its own tomograms, segmentations and runs
+        args.scratch = args.scratch / args.generator
+    corrected, _ = generator.write(CORRECTED, args.scratch / f"tomo_{CORRECTED}")
     corrected = corrected.parent
     truth = read_volume(corrected / "truth.mrc")[0] != 0
     prediction = _segment(
@@ -280,7 +289,7 @@ def main() -> None:
     )
     tests = {}
     for seed in HELD_OUT:
-        tomogram, truth_path = physics_sim.write(seed, args.scratch / f"tomo_{seed}")
+        tomogram, truth_path = generator.write(seed, args.scratch / f"tomo_{seed}")
         held = read_volume(truth_path)[0] != 0
         tests[seed] = (tomogram, held, ndimage.distance_transform_edt(~held))
     start = held_out(STARTING, tests, args.scratch / "start", args.window)
