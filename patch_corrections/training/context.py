@@ -25,10 +25,10 @@ import numpy as np
 
 from ..constants import IGNORE, NORMALISATION
 from ..errors import warn
-from ..io.geometry import from_xyz
+from ..io.geometry import PatchBox, from_xyz
 from ..io.summary import summary_path, summary_rows
 from ..io.volumes import closing_reader, read_info
-from ..labels.patches import Binarisation, add_border_band, fill_nonfinite
+from ..labels.patches import Binarisation, image_patch, label_patch
 from .data import TrainingPatch
 
 _TRIES = 400  # random places tried per box before the tomogram counts as full
@@ -183,18 +183,20 @@ def _outside(labels: np.ndarray, offset, boxes) -> np.ndarray:
 
 
 def _cut(source: _Source, offset, size, name: str, normalisation: str, hidden) -> TrainingPatch:
-    """The box of ``size`` at ``offset``: its image, and the segmentation's calls as labels
-    with the border band, and what lies in the ``hidden`` boxes, ignore."""
-    stop = tuple(o + s for o, s in zip(offset, size))
+    """The box of ``size`` at ``offset``, cut as ``extract_patches`` cuts a patch (its
+    image, and the segmentation's calls as labels with the border band), with what lies in
+    the ``hidden`` boxes ignore."""
+    box = PatchBox(offset, size)
+    start, stop = box.inside(source.shape)
     with closing_reader(source.tomogram) as reader:
-        image = reader.read_block(offset, stop).astype(np.float32)
+        image = image_patch(reader.read_block(start, stop).astype(np.float32), box, source.shape)[
+            0
+        ]
     with closing_reader(source.segmentation) as reader:
-        block = reader.read_block(offset, stop)
-    fill_nonfinite(image)
-    labels = Binarisation(source.threshold, "recorded").apply(block)
-    if block.dtype.kind == "f":
-        labels[~np.isfinite(block)] = IGNORE
-    add_border_band(_outside(labels, offset, hidden), source.border)
+        block = reader.read_block(start, stop)
+    binarisation = Binarisation(source.threshold, "recorded")
+    labels = label_patch(block, box, source.shape, source.border, binarisation)
+    _outside(labels, offset, hidden)
     statistics = (source.statistics or {}).get(normalisation)
     statistics = tuple(statistics) if statistics else None
     return TrainingPatch.from_arrays(name, image, labels, normalisation, statistics)

@@ -253,11 +253,11 @@ class _Session:
                 "seconds": time.perf_counter() - self.started,
             }
             state.pending_losses = []
-            scoring = (self.network, self.device, self.precision, self.ranks)
+            on = (self.device, self.precision, self.ranks)
             if probes:
-                row.update(moved(scoring[0], probes, *scoring[1:]))
+                row.update(moved(self.network, probes, *on))
             if val_patches:
-                row.update(validate(scoring[0], val_patches, *scoring[1:]))
+                row.update(validate(self.network, val_patches, *on))
                 if selection_score(row) > state.best_score:
                     state.best_dice, state.best_score = row["val_dice"], selection_score(row)
                     self.checkpoint(BEST_CHECKPOINT)

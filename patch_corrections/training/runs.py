@@ -316,7 +316,7 @@ def _context_text(context) -> str:
 
 def announce(start: RunStart, config, checkpoint, s, device, ranks, patches) -> str:
     """The run's first line: what trains, from what, where, on what (``s``: the run's
-    ``RetrainSettings``; ``patches``: training and validation)."""
+    ``RetrainSettings``; ``patches``: training, validation and the context boxes)."""
     if s.resume:
         begin = "resuming at iteration {}".format(start.resume["step"])
     else:
