@@ -141,6 +141,14 @@ _MEMBRANE_CENTRES = typer.Option(
     help="Share of crops centred on a membrane voxel (the others on any annotated voxel). "
     "Default: the fine-tuning default from a checkpoint, else 0.33.",
 )
+_TEACHER = typer.Option(
+    "--teacher",
+    rich_help_panel=_DATA,
+    help="Weight of the starting network as a teacher: on the voxels nobody decided "
+    "(the border band, Ignore, unlabelled) its membrane probabilities are the targets, so "
+    "the network learns the corrections without drifting elsewhere; 0 turns it off. "
+    "Needs --checkpoint. Default: the fine-tuning default from a checkpoint, else 0.",
+)
 _RELABEL_ROUNDS = typer.Option(
     "--relabel-rounds",
     rich_help_panel=_RELABELING,
@@ -207,6 +215,7 @@ def retrain_command(
     membrane_centres: Annotated[
         float | None, _MEMBRANE_CENTRES
     ] = RetrainSettings.membrane_centres,
+    teacher: Annotated[float | None, _TEACHER] = RetrainSettings.teacher,
     overwrite: Annotated[bool, options.overwrite(_OVERWRITE, _OUTPUT)] = RetrainSettings.overwrite,
 ) -> None:
     """Fine-tune the U-Net on training pairs; ignore voxels are left out of the loss.
@@ -246,6 +255,7 @@ def retrain_command(
         overwrite=overwrite,
         context=context,
         membrane_centres=membrane_centres,
+        teacher=teacher,
     )
     options.use_threads(threads)
     with console() as listener:

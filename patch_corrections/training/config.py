@@ -38,24 +38,19 @@ class."""
 
 PROBES = 2
 """Probes of a run from a checkpoint (see :attr:`TrainConfig.probes`)."""
-FINE_TUNING_DATA = {"context": 0, "membrane_centres": MEMBRANE_CENTRES}
-"""What a run from a checkpoint trains on when not told: context boxes, and the share of
-crops centred on membrane."""
+FINE_TUNING_DATA = {"context": 0, "membrane_centres": MEMBRANE_CENTRES, "teacher": 0.0}
+"""What a run from a checkpoint trains on when not told: context boxes, the share of
+crops centred on membrane, and the starting network's weight as a teacher."""
+FROM_SCRATCH_DATA = {"context": 0, "membrane_centres": MEMBRANE_CENTRES, "teacher": 0.0}
+"""The same for a new network (which has no teacher)."""
 
 
-def fine_tuning_data(
-    context: int | None, membrane_centres: float | None, from_checkpoint: bool
-) -> tuple[int, float]:
-    """The context boxes and membrane-centred share a run uses: as given, else
-    :data:`FINE_TUNING_DATA` from a checkpoint; from scratch no context and
-    :data:`MEMBRANE_CENTRES`."""
-    if context is None:
-        context = FINE_TUNING_DATA["context"] if from_checkpoint else 0
-    if membrane_centres is None:
-        membrane_centres = (
-            FINE_TUNING_DATA["membrane_centres"] if from_checkpoint else MEMBRANE_CENTRES
-        )
-    return context, membrane_centres
+def fine_tuning_data(given: dict, from_checkpoint: bool) -> dict:
+    """The values of :data:`FINE_TUNING_DATA`'s keys a run uses: those ``given`` that are
+    not ``None``, else the fine-tuning default from a checkpoint or
+    :data:`FROM_SCRATCH_DATA`."""
+    defaults = FINE_TUNING_DATA if from_checkpoint else FROM_SCRATCH_DATA
+    return {k: given[k] if given.get(k) is not None else v for k, v in defaults.items()}
 
 
 SCHEDULES = ("poly", "cosine")
@@ -96,6 +91,12 @@ class TrainConfig:
     probes: int = 0
     """Context boxes never trained on, where metrics rows say how far the network moved
     (a run from a checkpoint has :data:`PROBES`)."""
+    teacher: float = 0.0
+    """Weight of the starting network as a teacher: its membrane probabilities are the
+    soft targets of the voxels nobody decided (ignore), in a cross-entropy term beside
+    the loss (learning without forgetting)."""
+    teacher_from: str | None = None
+    """The checkpoint the teacher's weights come from, for a resumed run to load again."""
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:

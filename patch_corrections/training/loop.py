@@ -16,6 +16,7 @@ shared out and their results gathered, and only rank 0 writes files and reports.
 
 from __future__ import annotations
 
+import copy
 import signal
 import threading
 import time
@@ -36,7 +37,7 @@ from ..network.unet import UNet
 from .augment import AugmentConfig, augment
 from .config import TrainConfig, learning_rate, make_optimizer
 from .data import TrainingPatch, batch_for_step
-from .losses import deep_supervision_loss, make_loss
+from .losses import deep_supervision_loss, make_loss, pooled_mean, taught_bce
 from .validation import moved, selection_score, validate
 
 
@@ -82,6 +83,7 @@ def train(
     split: dict | None = None,
     ranks: Ranks | None = None,
     probes: list[TrainingPatch] = (),
+    teacher: UNet | None = None,
 ) -> RunState:
     """Train ``network`` for ``config.iterations`` steps; write checkpoints to ``out_dir``.
 
@@ -104,9 +106,16 @@ def train(
     probes
         Context boxes nobody corrected, not trained on: each metrics row says how far the
         network's calls moved there (:func:`moved`), and ``best.pt`` weighs it.
+    teacher
+        The starting network, with ``config.teacher``: its membrane probabilities are the
+        targets of the voxels nobody decided (default: a copy of ``network`` as it is
+        now, which is the starting network unless the run resumes).
     """
     ranks = ranks or distributed.current()
+    if config.teacher and teacher is None:
+        teacher = copy.deepcopy(network)
     session = _Session.open(network, config, Path(out_dir), device, resume, split, ranks)
+    session.teach(teacher)
     state = session.state
     batches = _Batches(train_patches, config, device, ranks, state)
     # torchrun passes a terminal's Ctrl-C on to its workers, which get it twice at once.
@@ -156,6 +165,17 @@ class _Session:
     unread: list[torch.Tensor] = field(default_factory=list)
     """Step losses not yet read from the device: one transfer at each metrics row and
     checkpoint, instead of a wait for the device after every step."""
+    teacher: Callable[[torch.Tensor], torch.Tensor] | None = None
+    """The starting network's logits of a batch, frozen (with ``config.teacher``)."""
+
+    def teach(self, teacher: UNet | None) -> None:
+        """Make ``teacher`` (frozen, on the device) this session's, if the run has one."""
+        if not self.config.teacher or teacher is None:
+            return
+        teacher = teacher.to(self.device).eval().requires_grad_(False)
+        if self.device.type == "cuda" and self.config.channels_last:
+            teacher.to(memory_format=torch.channels_last_3d)
+        self.teacher = teacher.forward_zyx
 
     @classmethod
     def open(cls, network, config, out_dir, device, resume, split, ranks) -> _Session:
@@ -218,6 +238,11 @@ class _Session:
         with self.precision.autocast():
             outputs = self.forward(x)
         loss = deep_supervision_loss([o.float() for o in outputs], y, self.loss)
+        if self.teacher is not None:
+            with torch.no_grad(), self.precision.autocast():
+                taught = torch.sigmoid(self.teacher(x).float())
+            taught_mean = pooled_mean(self.ranks)
+            loss = loss + config.teacher * taught_bce(outputs[0].float(), taught, y, taught_mean)
         self.optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(self.optimizer)

@@ -64,6 +64,23 @@ def masked_bce(
     return mean(total, annotated.sum())
 
 
+def taught_bce(
+    logits: torch.Tensor,
+    taught: torch.Tensor,
+    target: torch.Tensor,
+    mean: VoxelMean = local_mean,
+) -> torch.Tensor:
+    """Binary cross-entropy against ``taught`` (the starting network's membrane
+    probabilities, a soft target) averaged over the voxels nobody decided: the ignore
+    voxels of ``target`` (the border band, Ignore masks, unlabelled voxels of sparse
+    labels); 0 when there are none."""
+    undecided = target == IGNORE
+    safe = torch.where(undecided, logits, torch.zeros_like(logits))
+    per_voxel = F.binary_cross_entropy_with_logits(safe, taught.to(logits.dtype), reduction="none")
+    total = torch.where(undecided, per_voxel, torch.zeros_like(per_voxel)).sum()
+    return mean(total, undecided.sum())
+
+
 def masked_soft_dice(
     logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0
 ) -> torch.Tensor:

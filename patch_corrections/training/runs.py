@@ -147,6 +147,9 @@ _RESUME_FIXED = {
     "augment": "--no-augment",
     "compile": "--compile",
     "channels_last": "--channels-last/--no-channels-last",
+    "context": "--context",
+    "membrane_centres": "--membrane-centres",
+    "teacher": "--teacher",
 }
 
 
@@ -198,6 +201,9 @@ class RunStart:
     config: TrainConfig | None = None
     split: dict | None = None
     resume: dict | None = None
+    teacher: object | None = None
+    """The starting network of a resumed run with a teacher (see :func:`teacher_of`); a
+    new run's teacher is its network as it starts."""
 
     @classmethod
     def load(cls, out_dir: Path, checkpoint: Path | None, settings, val_dir, ranks) -> RunStart:
@@ -238,6 +244,19 @@ class RunStart:
         )
 
 
+def teacher_of(config: TrainConfig, trust: bool = False):
+    """The teacher of a resumed run: the network of the checkpoint it started from."""
+    from ..network.checkpoints import load_network
+
+    path = Path(config.teacher_from or "")
+    if not path.is_file():
+        raise InputError(
+            f"{path}: the checkpoint this run started from, its teacher (--teacher), is not "
+            "there; put it back to resume, or start a new run from last.pt"
+        )
+    return load_network(path, trust).network
+
+
 def run_training(
     network,
     patches: tuple[list, list, Context],
@@ -248,6 +267,7 @@ def run_training(
     resume: dict | None,
     progress: Callable[[int, int, float | None], None],
     ranks,
+    teacher=None,
 ):
     """One plain training run on the training and validation ``patches`` and the context
     boxes (trained on beside them, or probes), with ``metrics.csv`` and ``curves.png``; its
@@ -281,6 +301,7 @@ def run_training(
             split=split,
             ranks=ranks,
             probes=context.probes,
+            teacher=teacher,
         )
     if ranks.main:
         plot_curves(state.history, out_dir / CURVES)
@@ -341,6 +362,12 @@ def announce(start: RunStart, config, checkpoint, s, device, ranks, patches) -> 
         f"({'bf16/fp16 autocast' if device.type == 'cuda' else 'fp32'}): "
         f"{len(patches[0])} training and {len(patches[1])} validation patch(es)"
         + _context_text(patches[2])
+        + (
+            f", the starting network teaching the voxels nobody decided (--teacher "
+            f"{config.teacher:g})"
+            if config.teacher
+            else ""
+        )
         + ", "
         f"{config.iterations} iterations of {batch} x {config.crop_size}³, "
         f"intensities normalised by {config.normalisation}"

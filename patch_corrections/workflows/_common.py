@@ -61,3 +61,21 @@ def require_free(paths: Iterable[Path], overwrite: bool) -> None:
     if taken:
         more = f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""
         raise InputError(f"{taken[0]}: already exists{more}; pass --overwrite to replace")
+
+
+@contextmanager
+def run_folder(out_dir: Path, ranks) -> Iterator[None]:
+    """Rank 0 holds ``out_dir``'s lock for the run (finishing an interrupted run's commit
+    first); the other ranks wait until it has, so they read a saved run only once it is
+    whole, and the ranks leave together, once rank 0 has written everything."""
+    from ..network.distributed import barrier
+
+    if ranks.main:
+        with writing_into(out_dir):
+            barrier(ranks)
+            yield
+            barrier(ranks)
+    else:
+        barrier(ranks)
+        yield
+        barrier(ranks)

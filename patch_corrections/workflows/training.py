@@ -13,8 +13,6 @@ folder and tells the listener, and the others wait for it before reading a saved
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -26,7 +24,7 @@ from ..constants import (
 )
 from ..errors import InputError, RunInterrupted, collect_warnings
 from ..training.config import DEFAULT_LR, SCHEDULES, optimiser_and_rate
-from ._common import writing_into
+from ._common import run_folder
 from .events import SILENT, Listener, Progress
 
 
@@ -74,6 +72,9 @@ class RetrainSettings:
     membrane_centres: float | None = None
     """Share of crops centred on membrane; ``None``: the fine-tuning default from a
     checkpoint, else nnU-Net's third."""
+    teacher: float | None = None
+    """Weight of the starting network as the teacher of the voxels nobody decided;
+    ``None``: the fine-tuning default from a checkpoint, else 0."""
 
     def __post_init__(self) -> None:
         if self.relabel_rounds < 0:
@@ -93,10 +94,12 @@ class RetrainSettings:
             raise InputError(
                 f"--relabel-iterations must be at least 1, got {self.relabel_iterations}"
             )
-        if self.context and self.relabel_rounds:
-            raise InputError("--context and --relabel-rounds do not combine; drop one")
+        if (self.context or self.teacher) and self.relabel_rounds:
+            raise InputError("--context and --teacher do not combine with --relabel-rounds")
         if self.membrane_centres is not None and not 0 <= self.membrane_centres <= 1:
             raise InputError(f"--membrane-centres must be in [0, 1], got {self.membrane_centres}")
+        if self.teacher is not None and not (math.isfinite(self.teacher) and self.teacher >= 0):
+            raise InputError(f"--teacher must be 0 or more, got {self.teacher}")
         if self.iterations is not None and self.epochs is not None:
             raise InputError("give --iterations or --epochs, not both")
         for option, value, least in (
@@ -199,7 +202,7 @@ def retrain(
     joined = distributed.join(ranks, device)
     failed = True
     try:
-        with collect_warnings() as warned, _run_folder(out_dir, ranks):
+        with collect_warnings() as warned, run_folder(out_dir, ranks):
             report = _retrain(train_dir, out_dir, checkpoint, val_dir, s, listener, device, ranks)
         failed = False
     except (InputError, RunInterrupted):
@@ -220,24 +223,6 @@ def retrain(
         if joined and not failed:
             distributed.leave()
     return replace(report, warnings=warned if ranks.main else [], reporting=ranks.main)
-
-
-@contextmanager
-def _run_folder(out_dir: Path, ranks) -> Iterator[None]:
-    """Rank 0 holds ``out_dir``'s lock for the run (finishing an interrupted run's commit
-    first); the other ranks wait until it has, so they read a saved run only once it is
-    whole, and the ranks leave together, once rank 0 has written everything."""
-    from ..network.distributed import barrier
-
-    if ranks.main:
-        with writing_into(out_dir):
-            barrier(ranks)
-            yield
-            barrier(ranks)
-    else:
-        barrier(ranks)
-        yield
-        barrier(ranks)
 
 
 def _retrain(
@@ -271,7 +256,7 @@ def _retrain(
     last, metrics = out_dir / LAST_CHECKPOINT, out_dir / METRICS
     if candidates is None:
         run = (start.network, patches, config, out_dir, device, split, start.resume)
-        state = run_training(*run, progress, ranks)
+        state = run_training(*run, progress, ranks, start.teacher)
         final = state.history[-1] if state.history else {}
         best = out_dir / BEST_CHECKPOINT if "val_dice" in final else None
         return RetrainReport(
@@ -311,7 +296,7 @@ def _prepare(train_dir, out_dir, checkpoint, val_dir, s: RetrainSettings, ranks)
     from ..training.data import check_crop_size
     from ..training.datasets import load_split, shared_pixel_size
     from ..training.relabel_rounds import relabel_candidates_of
-    from ..training.runs import RunStart, refuse_folder
+    from ..training.runs import RunStart, refuse_folder, teacher_of
 
     loss = _loss_name(s.loss)
     relabeling = bool(s.relabel_rounds)
@@ -332,6 +317,8 @@ def _prepare(train_dir, out_dir, checkpoint, val_dir, s: RetrainSettings, ranks)
     candidates = relabel_candidates_of(train, train_dir) if relabeling else None
     config = _config(s, start, len(train), ranks, loss, pixel_size)
     check_crop_size(config.crop_size, start.network.config.divisor, train)
+    if config.teacher and s.resume:
+        start.teacher = teacher_of(config, s.trust_checkpoint)
     context = Context([], [])
     if not relabeling:
         counts = (config.context, config.probes, config.seed)
@@ -374,9 +361,10 @@ def _config(s: RetrainSettings, start, patches: int, ranks, loss: str, pixel_siz
     if s.warmup is not None and s.warmup >= total:
         raise InputError(f"--warmup {s.warmup} must be shorter than the run ({total})")
     optimizer, lr, _ = optimiser_and_rate(s.optimizer, s.lr, start.checkpoint is not None)
-    context, centres = fine_tuning_data(
-        s.context, s.membrane_centres, start.checkpoint is not None
-    )
+    given = {"context": s.context, "membrane_centres": s.membrane_centres, "teacher": s.teacher}
+    data = fine_tuning_data(given, start.checkpoint is not None and not s.relabel_rounds)
+    if data["teacher"] and start.checkpoint is None:
+        raise InputError("--teacher needs a starting network; give --checkpoint")
     return TrainConfig(
         iterations=total,
         batch_size=s.batch_size,
@@ -394,7 +382,9 @@ def _config(s: RetrainSettings, start, patches: int, ranks, loss: str, pixel_siz
         loss=loss,
         normalisation=start.normalisation,
         pixel_size=pixel_size,
-        membrane_centres=centres,
-        context=context,
+        membrane_centres=data["membrane_centres"],
+        context=data["context"],
         probes=PROBES if start.checkpoint is not None else 0,
+        teacher=data["teacher"],
+        teacher_from=str(Path(start.checkpoint.path).resolve()) if data["teacher"] else None,
     )
