@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import all_files
+from conftest import all_files, save_tiny_checkpoint
 
 from patch_corrections.io.volumes import Geometry, write_volume
 from patch_corrections.network.checkpoints import read_checkpoint
@@ -213,17 +213,24 @@ def _sample_training_folders(root: Path) -> tuple[Path, Path]:
     return root / "merged", root / "sparse"
 
 
-@pytest.mark.parametrize("labels", ["merged", "sparse"])
+@pytest.mark.parametrize("labels", ["merged", "sparse", "taught"])
 def test_two_processes_train_as_one_where_crops_hold_different_amounts_of_ignore(tmp_path, labels):
     # Each crop of a merged patch holds its own amount of ignore (the border band, sparse
     # slices), so each rank annotates its own number of voxels: the mean over annotated
-    # voxels must be the whole batch's, not the mean of each rank's mean.
+    # voxels must be the whole batch's, not the mean of each rank's mean; and the
+    # teacher's mean over the voxels nobody decided, the same way ("taught").
     folders = dict(zip(("merged", "sparse"), _sample_training_folders(tmp_path)))
-    train_dir = folders[labels]
+    train_dir = folders.get(labels, folders["merged"])
     options = {**OPTIONS, "crop_size": 48, "val_every": 3, "val_fraction": 0.0, "seed": 3}
+    start, taught = None, ()
+    if labels == "taught":
+        start = save_tiny_checkpoint(tmp_path / "start.pt")
+        options = {**options, "teacher": 1.0}
+        taught = ("--checkpoint", start, "--teacher", 1)
     retrain(
         train_dir,
         tmp_path / "one",
+        start,
         settings=RetrainSettings(iterations=6, batch_size=2, **options),
     )
     _torchrun(
@@ -250,6 +257,7 @@ def test_two_processes_train_as_one_where_crops_hold_different_amounts_of_ignore
         "--no-augment",
         "--device",
         "cpu",
+        *taught,
     )
     ours = read_checkpoint(tmp_path / "two" / "last.pt")["model"]
     theirs = read_checkpoint(tmp_path / "one" / "last.pt")["model"]
