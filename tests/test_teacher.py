@@ -35,6 +35,22 @@ def test_taught_bce_is_the_cross_entropy_against_the_teacher_on_ignore_voxels_on
     assert taught_bce(logits, taught, decided) == 0
 
 
+def test_taught_bce_leaves_voxels_near_labelled_membrane_to_the_labels():
+    target = torch.full((1, 1, 9, 9, 9), IGNORE)
+    target[0, 0, 4, 4, 4] = MEMBRANE
+    target[0, 0, 0, 0, 0] = BACKGROUND
+    logits = torch.full((1, 1, 9, 9, 9), -2.0)
+    taught = torch.zeros(1, 1, 9, 9, 9)
+    # Only the voxels more than 2 voxels (along some axis) from the membrane voxel count:
+    # a teacher of 1 there, 0 elsewhere, gives the loss of a teacher of 1 everywhere.
+    far = torch.ones(9, 9, 9, dtype=torch.bool)
+    far[2:7, 2:7, 2:7] = False
+    taught[0, 0][far] = 1.0
+    everywhere = taught_bce(logits, torch.ones_like(taught), target)
+    assert torch.allclose(taught_bce(logits, taught, target, clearance=2), everywhere)
+    assert taught_bce(logits, taught, target) < everywhere
+
+
 def _biased_patch() -> TrainingPatch:
     """A 32³ patch whose interior a person called membrane nearly everywhere (it is
     darker), its band of 8 voxels ignore: what a box chosen for its missed membrane
@@ -78,7 +94,18 @@ def test_retrain_with_a_teacher_resumes_with_it_and_says_when_it_is_gone(tmp_pat
     out = tmp_path / "model"
     common = ("--iterations", 2, "--crop-size", 32, "--val-every", 2, "--val-fraction", 0.5)
     result = run_cli(
-        "retrain", "-t", train_dir, "-o", out, "--checkpoint", start, "--teacher", 2, *common
+        "retrain",
+        "-t",
+        train_dir,
+        "-o",
+        out,
+        "--checkpoint",
+        start,
+        "--teacher",
+        2,
+        "--teacher-clearance",
+        3,
+        *common,
     )
     assert result.exit_code == 0, result.output
     assert "the starting network teaching the voxels nobody decided (--teacher 2)" in (
@@ -86,6 +113,7 @@ def test_retrain_with_a_teacher_resumes_with_it_and_says_when_it_is_gone(tmp_pat
     )
     saved = torch.load(out / "last.pt", weights_only=False)["train_config"]
     assert saved["teacher"] == 2 and saved["teacher_from"] == str(start.resolve())
+    assert saved["teacher_clearance"] == 3
     result = run_cli("retrain", "-o", out, "--resume", "--iterations", 4)
     assert result.exit_code == 0, result.output
     assert "(--teacher 2)" in result.output

@@ -149,6 +149,13 @@ _TEACHER = typer.Option(
     "the network learns the corrections without drifting elsewhere; 0 turns it off. "
     "Needs --checkpoint. Default: the fine-tuning default from a checkpoint, else 0.",
 )
+_TEACHER_CLEARANCE = typer.Option(
+    "--teacher-clearance",
+    rich_help_panel=_DATA,
+    help="Voxels near labelled membrane (within this many along each axis) that the "
+    "teacher leaves alone: a membrane you labelled may go on into the band, where the "
+    "starting network missed it.",
+)
 _RELABEL_ROUNDS = typer.Option(
     "--relabel-rounds",
     rich_help_panel=_RELABELING,
@@ -216,6 +223,7 @@ def retrain_command(
         float | None, _MEMBRANE_CENTRES
     ] = RetrainSettings.membrane_centres,
     teacher: Annotated[float | None, _TEACHER] = RetrainSettings.teacher,
+    teacher_clearance: Annotated[int, _TEACHER_CLEARANCE] = RetrainSettings.teacher_clearance,
     overwrite: Annotated[bool, options.overwrite(_OVERWRITE, _OUTPUT)] = RetrainSettings.overwrite,
 ) -> None:
     """Fine-tune the U-Net on training pairs; ignore voxels are left out of the loss.
@@ -256,6 +264,7 @@ def retrain_command(
         context=context,
         membrane_centres=membrane_centres,
         teacher=teacher,
+        teacher_clearance=teacher_clearance,
     )
     options.use_threads(threads)
     with console() as listener:

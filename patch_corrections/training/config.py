@@ -95,6 +95,10 @@ class TrainConfig:
     """Weight of the starting network as a teacher: its membrane probabilities are the
     soft targets of the voxels nobody decided (ignore), in a cross-entropy term beside
     the loss (learning without forgetting)."""
+    teacher_clearance: int = 0
+    """Voxels near labelled membrane (within this many along each axis) the teacher
+    leaves alone: a membrane a person labelled goes on into the band, where the starting
+    network may have missed it."""
     teacher_from: str | None = None
     """The checkpoint the teacher's weights come from, for a resumed run to load again."""
 

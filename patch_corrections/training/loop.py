@@ -242,7 +242,10 @@ class _Session:
             with torch.no_grad(), self.precision.autocast():
                 taught = torch.sigmoid(self.teacher(x).float())
             taught_mean = pooled_mean(self.ranks)
-            loss = loss + config.teacher * taught_bce(outputs[0].float(), taught, y, taught_mean)
+            taught_loss = taught_bce(
+                outputs[0].float(), taught, y, taught_mean, config.teacher_clearance
+            )
+            loss = loss + config.teacher * taught_loss
         self.optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(self.optimizer)

@@ -69,12 +69,17 @@ def taught_bce(
     taught: torch.Tensor,
     target: torch.Tensor,
     mean: VoxelMean = local_mean,
+    clearance: int = 0,
 ) -> torch.Tensor:
     """Binary cross-entropy against ``taught`` (the starting network's membrane
     probabilities, a soft target) averaged over the voxels nobody decided: the ignore
     voxels of ``target`` (the border band, Ignore masks, unlabelled voxels of sparse
-    labels); 0 when there are none."""
+    labels) farther than ``clearance`` voxels (along each axis) from labelled membrane;
+    0 when there are none."""
     undecided = target == IGNORE
+    if clearance:
+        membrane = (target == MEMBRANE).float()
+        undecided &= F.max_pool3d(membrane, 2 * clearance + 1, 1, clearance) == 0
     safe = torch.where(undecided, logits, torch.zeros_like(logits))
     per_voxel = F.binary_cross_entropy_with_logits(safe, taught.to(logits.dtype), reduction="none")
     total = torch.where(undecided, per_voxel, torch.zeros_like(per_voxel)).sum()

@@ -150,6 +150,7 @@ _RESUME_FIXED = {
     "context": "--context",
     "membrane_centres": "--membrane-centres",
     "teacher": "--teacher",
+    "teacher_clearance": "--teacher-clearance",
 }
 
 

@@ -75,6 +75,8 @@ class RetrainSettings:
     teacher: float | None = None
     """Weight of the starting network as the teacher of the voxels nobody decided;
     ``None``: the fine-tuning default from a checkpoint, else 0."""
+    teacher_clearance: int = 0
+    """Voxels near labelled membrane the teacher leaves alone (see ``TrainConfig``)."""
 
     def __post_init__(self) -> None:
         if self.relabel_rounds < 0:
@@ -110,6 +112,7 @@ class RetrainSettings:
             ("--seed", self.seed, 0),
             ("--warmup", self.warmup or 0, 0),
             ("--context", self.context or 0, 0),
+            ("--teacher-clearance", self.teacher_clearance, 0),
         ):
             if value < least:
                 raise InputError(f"{option} must be at least {least}, got {value}")
@@ -386,5 +389,6 @@ def _config(s: RetrainSettings, start, patches: int, ranks, loss: str, pixel_siz
         context=data["context"],
         probes=PROBES if start.checkpoint is not None else 0,
         teacher=data["teacher"],
+        teacher_clearance=s.teacher_clearance,
         teacher_from=str(Path(start.checkpoint.path).resolve()) if data["teacher"] else None,
     )
