@@ -93,20 +93,8 @@ def test_retrain_with_a_teacher_resumes_with_it_and_says_when_it_is_gone(tmp_pat
     start = save_tiny_checkpoint(tmp_path / "start.pt")
     out = tmp_path / "model"
     common = ("--iterations", 2, "--crop-size", 32, "--val-every", 2, "--val-fraction", 0.5)
-    result = run_cli(
-        "retrain",
-        "-t",
-        train_dir,
-        "-o",
-        out,
-        "--checkpoint",
-        start,
-        "--teacher",
-        2,
-        "--teacher-clearance",
-        3,
-        *common,
-    )
+    new = ("retrain", "-t", train_dir, "-o", out, "--checkpoint", start)
+    result = run_cli(*new, "--teacher", 2, "--teacher-clearance", 3, *common)
     assert result.exit_code == 0, result.output
     assert "the starting network teaching the voxels nobody decided (--teacher 2)" in (
         result.output
