@@ -3,7 +3,7 @@
     python benchmarks/held_out_round.py [--arms worst suggest random control]
         [--seeds 0 1 2] [--draws 2] [--window 64] [--iterations 300]
         [--retrain context=4 --retrain membrane_centres=0] [--painted-in-band]
-        [--label NAME]
+        [--label NAME] [--held-out-window 160 --reuse]
         [--scratch /tmp/held_out] [--results /tmp/held_out.jsonl]
         [--generator physics_sim|physics_tomograms]
 
@@ -27,6 +27,10 @@ network segments the held-out tomograms at ``--window``. Arms:
   tomogram again, 4 more boxes are cut where that segmentation is most wrong (away from
   the first), corrected, merged into the first round's training folder, and the first
   round's network is fine-tuned on all 8.
+
+``--held-out-window`` segments the held-out tomograms at another window than the one the
+boxes were chosen and cut at; with ``--reuse`` the networks of earlier runs are scored
+again without training.
 
 Reported per arm, pooled over the held-out tomograms, mean ± sd over seeds (and draws):
 Dice, precision, recall, tolerant Dice (2 voxels), the share of false membrane lying more
@@ -120,16 +124,24 @@ def paint(run: Path, prediction: np.ndarray, truth: np.ndarray) -> float:
     return float(membrane / max(total, 1))
 
 
-def held_out(checkpoint: Path, tests: dict, out: Path, window: int) -> dict:
+def held_out(checkpoint: Path, tests: dict, out: Path, window: int, suffix: str = "") -> dict:
     """Metrics pooled over the held-out tomograms, and the share of far false membrane."""
     total: dict = {}
     far = false = 0
     for seed, (tomogram, truth, distance) in tests.items():
-        predicted = _segment(tomogram, checkpoint, out / f"held_out_{seed}", window)
+        predicted = _segment(tomogram, checkpoint, out / f"held_out_{seed}{suffix}", window)
         total = add_counts(total, counts(predicted, truth.astype(np.uint8), 2))
         wrong = predicted & ~truth
         far, false = far + int((wrong & (distance > FAR)).sum()), false + int(wrong.sum())
     return {**summarise(total, 2), "far_false": far / max(false, 1)}
+
+
+def _held_out(checkpoint: Path, tests: dict, out: Path, args) -> dict:
+    """:func:`held_out` at ``--held-out-window`` (its segmentations kept apart from those
+    at ``--window``)."""
+    window = args.held_out_window or args.window
+    suffix = "" if window == args.window else f"_w{window}"
+    return held_out(checkpoint, tests, out, window, suffix)
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -193,7 +205,7 @@ def second_round(seed, args, corrected, truth, tests) -> dict:
     started = time.perf_counter()
     retrain(run / "train", run / "model", model, settings=_settings(seed, args))
     seconds = time.perf_counter() - started
-    metrics = held_out(run / "model" / "last.pt", tests, run, args.window)
+    metrics = _held_out(run / "model" / "last.pt", tests, run, args)
     return _row("worst2", 0, seed, args, centres, run, seconds, metrics)
 
 
@@ -201,6 +213,7 @@ def _row(arm, draw, seed, args, centres, run, seconds, metrics) -> dict:
     return {
         "label": args.label,
         "window": args.window,
+        "held_out_window": args.held_out_window or args.window,
         "arm": arm,
         "draw": draw,
         "seed": seed,
@@ -231,7 +244,7 @@ def one_run(arm, draw, seed, args, corrected, prediction, truth, tests) -> dict:
     if not (run / "model" / "last.pt").exists() or not args.reuse:
         retrain(run / "train", run / "model", STARTING, settings=_settings(seed, args))
     seconds = time.perf_counter() - started
-    metrics = held_out(run / "model" / "last.pt", tests, run, args.window)
+    metrics = _held_out(run / "model" / "last.pt", tests, run, args)
     return _row(arm, draw, seed, args, centres, run, seconds, metrics)
 
 
@@ -261,6 +274,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--draws", type=int, default=2)
     parser.add_argument("--window", type=int, default=64)
+    parser.add_argument(
+        "--held-out-window",
+        type=int,
+        help="segment the held-out tomograms at this window (default --window); with "
+        "--reuse, networks trained before are scored again without training",
+    )
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--retrain", action="append", default=[], metavar="FIELD=VALUE")
     parser.add_argument("--label", default="baseline")
@@ -292,7 +311,7 @@ def main() -> None:
         tomogram, truth_path = generator.write(seed, args.scratch / f"tomo_{seed}")
         held = read_volume(truth_path)[0] != 0
         tests[seed] = (tomogram, held, ndimage.distance_transform_edt(~held))
-    start = held_out(STARTING, tests, args.scratch / "start", args.window)
+    start = _held_out(STARTING, tests, args.scratch / "start", args)
     print(f"starting network on held-out tomograms {HELD_OUT}: {start}", flush=True)
     rows = []
     for arm in args.arms:
