@@ -15,8 +15,10 @@ corrects, seeds 130 and 131 are held out. The starting network (``sample_data/
 starting_model.pt``) segments the corrected tomogram at ``--window``; each arm chooses 4
 boxes of 96³ there, an annotator paints every error inside them from the truth (Add,
 Remove), the patches are extracted and merged as a user would, the starting network is
-fine-tuned on them as ``demo`` does (AdamW 1e-3, 300 steps of 2 × 48³, ``--retrain``
-replacing any ``RetrainSettings`` field) with each ``--seeds`` seed, and the fine-tuned
+fine-tuned on them as ``demo`` does (AdamW 1e-3, 300 steps of 2 × 48³, and whatever
+else ``retrain`` does from a checkpoint by default, such as its teacher; ``--retrain``
+replaces any ``RetrainSettings`` field, e.g. ``--retrain teacher=0`` for plain
+fine-tuning) with each ``--seeds`` seed, and the fine-tuned
 network segments the held-out tomograms at ``--window``. Arms:
 
 - ``worst``: the boxes holding most wrong voxels (what MemBrain-seg's guide advises);

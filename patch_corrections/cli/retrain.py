@@ -16,7 +16,7 @@ from ..constants import (
     RELABEL_MAX,
     WARMUP_SHARE,
 )
-from ..training.config import DEFAULT_LR, SCHEDULES
+from ..training.config import DEFAULT_LR, FINE_TUNING_DATA, SCHEDULES
 from ..workflows.training import RetrainReport, RetrainSettings, retrain
 from . import options
 from ._console import console, print_warnings
@@ -147,7 +147,7 @@ _TEACHER = typer.Option(
     help="Weight of the starting network as a teacher: on the voxels nobody decided "
     "(the border band, Ignore, unlabelled) its membrane probabilities are the targets, so "
     "the network learns the corrections without drifting elsewhere; 0 turns it off. "
-    "Needs --checkpoint. Default: the fine-tuning default from a checkpoint, else 0.",
+    f"Needs --checkpoint. Default: {FINE_TUNING_DATA['teacher']:g} from a checkpoint, else 0.",
 )
 _TEACHER_CLEARANCE = typer.Option(
     "--teacher-clearance",
