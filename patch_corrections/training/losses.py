@@ -56,12 +56,20 @@ def masked_bce(
     logits: torch.Tensor, target: torch.Tensor, mean: VoxelMean = local_mean
 ) -> torch.Tensor:
     """Binary cross-entropy averaged over annotated voxels; 0 when there are none."""
-    annotated = target != IGNORE
-    safe = torch.where(annotated, logits, torch.zeros_like(logits))
     membrane = (target == MEMBRANE).to(logits.dtype)
-    per_voxel = F.binary_cross_entropy_with_logits(safe, membrane, reduction="none")
-    total = torch.where(annotated, per_voxel, torch.zeros_like(per_voxel)).sum()
-    return mean(total, annotated.sum())
+    return _bce_where(logits, membrane, target != IGNORE, mean)
+
+
+def _bce_where(
+    logits: torch.Tensor, wanted: torch.Tensor, where: torch.Tensor, mean: VoxelMean
+) -> torch.Tensor:
+    """Binary cross-entropy of ``logits`` against ``wanted`` (probabilities), over the
+    voxels of ``where`` only: the others' logits are replaced first, so nothing they hold
+    reaches the value or its gradient."""
+    safe = torch.where(where, logits, torch.zeros_like(logits))
+    per_voxel = F.binary_cross_entropy_with_logits(safe, wanted, reduction="none")
+    total = torch.where(where, per_voxel, torch.zeros_like(per_voxel)).sum()
+    return mean(total, where.sum())
 
 
 def taught_bce(
@@ -80,10 +88,7 @@ def taught_bce(
     if clearance:
         membrane = (target == MEMBRANE).float()
         undecided &= F.max_pool3d(membrane, 2 * clearance + 1, 1, clearance) == 0
-    safe = torch.where(undecided, logits, torch.zeros_like(logits))
-    per_voxel = F.binary_cross_entropy_with_logits(safe, taught.to(logits.dtype), reduction="none")
-    total = torch.where(undecided, per_voxel, torch.zeros_like(per_voxel)).sum()
-    return mean(total, undecided.sum())
+    return _bce_where(logits, taught.to(logits.dtype), undecided, mean)
 
 
 def masked_soft_dice(
