@@ -189,9 +189,8 @@ def _cut(source: _Source, offset, size, name: str, normalisation: str, hidden) -
     box = PatchBox(offset, size)
     start, stop = box.inside(source.shape)
     with closing_reader(source.tomogram) as reader:
-        image = image_patch(reader.read_block(start, stop).astype(np.float32), box, source.shape)[
-            0
-        ]
+        block = reader.read_block(start, stop).astype(np.float32)
+    image, _, _ = image_patch(block, box, source.shape)
     with closing_reader(source.segmentation) as reader:
         block = reader.read_block(start, stop)
     binarisation = Binarisation(source.threshold, "recorded")
