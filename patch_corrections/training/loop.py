@@ -37,7 +37,8 @@ from ..network.unet import UNet
 from .augment import AugmentConfig, augment
 from .config import TrainConfig, learning_rate, make_optimizer
 from .data import TrainingPatch, batch_for_step
-from .losses import deep_supervision_loss, make_loss, pooled_mean, taught_bce
+from .losses import deep_supervision_loss, make_loss
+from .teacher import Teacher
 from .validation import moved, selection_score, validate
 
 
@@ -112,10 +113,10 @@ def train(
         now, which is the starting network unless the run resumes).
     """
     ranks = ranks or distributed.current()
-    if config.teacher and teacher is None:
-        teacher = copy.deepcopy(network)
     session = _Session.open(network, config, Path(out_dir), device, resume, split, ranks)
-    session.teach(teacher)
+    if config.teacher:
+        start = teacher if teacher is not None else copy.deepcopy(network)
+        session.teacher = Teacher(start, config, device, ranks)
     state = session.state
     batches = _Batches(train_patches, config, device, ranks, state)
     # torchrun passes a terminal's Ctrl-C on to its workers, which get it twice at once.
@@ -165,17 +166,8 @@ class _Session:
     unread: list[torch.Tensor] = field(default_factory=list)
     """Step losses not yet read from the device: one transfer at each metrics row and
     checkpoint, instead of a wait for the device after every step."""
-    teacher: Callable[[torch.Tensor], torch.Tensor] | None = None
-    """The starting network's logits of a batch, frozen (with ``config.teacher``)."""
-
-    def teach(self, teacher: UNet | None) -> None:
-        """Make ``teacher`` (frozen, on the device) this session's, if the run has one."""
-        if not self.config.teacher or teacher is None:
-            return
-        teacher = teacher.to(self.device).eval().requires_grad_(False)
-        if self.device.type == "cuda" and self.config.channels_last:
-            teacher.to(memory_format=torch.channels_last_3d)
-        self.teacher = teacher.forward_zyx
+    teacher: Teacher | None = None
+    """The starting network as the teacher of undecided voxels (with ``config.teacher``)."""
 
     @classmethod
     def open(cls, network, config, out_dir, device, resume, split, ranks) -> _Session:
@@ -239,13 +231,7 @@ class _Session:
             outputs = self.forward(x)
         loss = deep_supervision_loss([o.float() for o in outputs], y, self.loss)
         if self.teacher is not None:
-            with torch.no_grad(), self.precision.autocast():
-                taught = torch.sigmoid(self.teacher(x).float())
-            taught_mean = pooled_mean(self.ranks)
-            taught_loss = taught_bce(
-                outputs[0].float(), taught, y, taught_mean, config.teacher_clearance
-            )
-            loss = loss + config.teacher * taught_loss
+            loss = loss + self.teacher.term(x, outputs[0], y, self.precision)
         self.optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(self.optimizer)

@@ -203,7 +203,7 @@ class RunStart:
     split: dict | None = None
     resume: dict | None = None
     teacher: object | None = None
-    """The starting network of a resumed run with a teacher (see :func:`teacher_of`); a
+    """The starting network of a resumed run with a teacher (see :func:`.teacher.teacher_of`); a
     new run's teacher is its network as it starts."""
 
     @classmethod
@@ -243,19 +243,6 @@ class RunStart:
             content["split"],
             content,
         )
-
-
-def teacher_of(config: TrainConfig, trust: bool = False):
-    """The teacher of a resumed run: the network of the checkpoint it started from."""
-    from ..network.checkpoints import load_network
-
-    path = Path(config.teacher_from or "")
-    if not path.is_file():
-        raise InputError(
-            f"{path}: the checkpoint this run started from, its teacher (--teacher), is not "
-            "there; put it back to resume, or start a new run from last.pt"
-        )
-    return load_network(path, trust).network
 
 
 def run_training(

@@ -299,7 +299,8 @@ def _prepare(train_dir, out_dir, checkpoint, val_dir, s: RetrainSettings, ranks)
     from ..training.data import check_crop_size
     from ..training.datasets import load_split, shared_pixel_size
     from ..training.relabel_rounds import relabel_candidates_of
-    from ..training.runs import RunStart, refuse_folder, teacher_of
+    from ..training.runs import RunStart, refuse_folder
+    from ..training.teacher import teacher_of
 
     loss = _loss_name(s.loss)
     relabeling = bool(s.relabel_rounds)
