@@ -3,7 +3,7 @@
     python benchmarks/held_out_round.py [--arms worst suggest random control]
         [--seeds 0 1 2] [--draws 2] [--window 64] [--iterations 300]
         [--retrain context=4 --retrain membrane_centres=0] [--painted-in-band]
-        [--label NAME] [--held-out-window 160 --reuse]
+        [--label NAME] [--held-out-window 160 --reuse] [--no-spread]
         [--scratch /tmp/held_out] [--results /tmp/held_out.jsonl]
         [--generator physics_sim|physics_tomograms]
 
@@ -22,7 +22,8 @@ fine-tuning) with each ``--seeds`` seed, and the fine-tuned
 network segments the held-out tomograms at ``--window``. Arms:
 
 - ``worst``: the boxes holding most wrong voxels (what MemBrain-seg's guide advises);
-- ``suggest``: ``patch_corrections suggest``'s 4 boxes (its network pass at ``--window``);
+- ``suggest``: ``patch_corrections suggest``'s 4 boxes (its network pass at ``--window``;
+  ``--no-spread``: ``suggest --no-spread``'s);
 - ``random``: random boxes anywhere in the tomogram (``--draws`` draws);
 - ``control``: the ``worst`` boxes trained on the network's own labels, uncorrected;
 - ``worst2``: a second round after ``worst``: its network segments the corrected
@@ -88,20 +89,28 @@ def _segment(tomogram: Path, checkpoint: Path, out: Path, window: int) -> np.nda
     return read_volume(out / "tomogram_segmented.mrc")[0] != 0
 
 
-def centres_of(arm: str, draw: int, corrected: Path, prediction, truth, window: int) -> list:
+def centres_of(
+    arm: str, draw: int, corrected: Path, prediction, truth, window: int, spread: bool = True
+) -> list:
     """The box centres ``(x, y, z)`` an arm corrects."""
     if arm in ("worst", "control"):
         return _pick(*_grid_sums(prediction != truth), BOXES)
     if arm == "random":
         values, axes = _grid_sums(truth)
         return _pick(np.random.default_rng([draw, 99]).random(values.shape), axes, BOXES)
-    maps = corrected / f"suggest_w{window}"
-    if not (maps / "tomogram_suggestions.csv").exists():
-        network = replace(DEMO_SEGMENT, window=window)
-        settings = SuggestSettings(count=BOXES, patch_size=PATCH, previews=False, network=network)
+    maps = corrected / f"suggest_w{window}"  # the network's pass, once per window
+    network = replace(DEMO_SEGMENT, window=window)
+    settings = SuggestSettings(count=BOXES, patch_size=PATCH, previews=False, network=network)
+    if not (maps / "tomogram_probabilities.mrc").exists():
         suggest(corrected / "tomogram.mrc", maps, STARTING, settings=settings)
-    rows = (maps / "tomogram_suggestions.csv").read_text().splitlines()[1:]
-    return [tuple(int(float(v)) for v in row.split(",")[:3]) for row in rows]
+    chosen = suggest(
+        corrected / "tomogram.mrc",
+        maps / ("spread" if spread else "no_spread"),
+        probabilities=maps / "tomogram_probabilities.mrc",
+        uncertainty=maps / "tomogram_uncertainty.mrc",
+        settings=replace(settings, spread=spread, overwrite=True),
+    )
+    return [s.centre_xyz for s in chosen.suggestions]
 
 
 def paint(run: Path, prediction: np.ndarray, truth: np.ndarray) -> float:
@@ -221,6 +230,7 @@ def _row(arm, draw, seed, args, centres, run, seconds, metrics) -> dict:
         "seed": seed,
         "retrain": args.retrain,
         "painted_in_band": args.painted_in_band,
+        "spread": args.spread,
         "centres": centres,
         "interior_membrane": float((run / "share.txt").read_text()),
         "retrain_seconds": seconds,
@@ -230,7 +240,7 @@ def _row(arm, draw, seed, args, centres, run, seconds, metrics) -> dict:
 
 def one_run(arm, draw, seed, args, corrected, prediction, truth, tests) -> dict:
     run = args.scratch / args.label / f"w{args.window}" / f"{arm}_d{draw}_s{seed}"
-    centres = centres_of(arm, draw, corrected, prediction, truth, args.window)
+    centres = centres_of(arm, draw, corrected, prediction, truth, args.window, args.spread)
     if not (run / "train").exists():
         extract_patches(
             corrected / "tomogram.mrc",
@@ -293,6 +303,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--painted-in-band", action="store_true", help="merge with --painted-in-band"
+    )
+    parser.add_argument(
+        "--no-spread",
+        dest="spread",
+        action="store_false",
+        help="the suggest arm with suggest --no-spread (the most uncertain boxes on membrane)",
     )
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/held_out"))
     parser.add_argument("--results", type=Path, default=Path("/tmp/held_out.jsonl"))

@@ -28,8 +28,11 @@ from patch_corrections.workflows.suggestion import SuggestSettings, suggest
 
 SHAPE = (24, 32, 96)  # z, y, x
 PATCH, BORDER = 16, 2
-SMALL = SuggestSettings(count=3, patch_size=PATCH, border=BORDER, max_overlap=0, previews=False)
-"""Boxes that do not touch: each region then gets one suggestion at most."""
+SMALL = SuggestSettings(
+    count=3, patch_size=PATCH, border=BORDER, max_overlap=0, previews=False, spread=False
+)
+"""Boxes that do not touch: each region then gets one suggestion at most. Most tests rank
+on uncertain membrane (``--no-spread``), whose order is known; ``--spread`` has its own."""
 A_X, B_X, C_X = 16, 48, 80
 """x of the three regions: an uncertain membrane (A), uncertain empty space (B), a
 confident membrane (C); each spans y 8-24 and z 4-20."""
@@ -186,6 +189,20 @@ def test_uncertain_membrane_beats_uncertain_empty_space_and_confident_membrane(m
     assert report.segmentation is None and report.warnings == []
 
 
+def test_spread_takes_each_kind_of_region_and_says_so(maps, tmp_path):
+    # The confident membrane (C) holds no uncertainty worth a box by the rule, but it is
+    # a kind of region of its own: with --spread one box goes there, and the reason says
+    # which share of the boxes its kind holds.
+    spread = _run(maps, tmp_path / "spread", replace(SMALL, spread=True))
+    assert sorted(_region(s.centre_xyz) for s in spread.suggestions) == ["A", "B", "C"]
+    assert all("most uncertain of a kind holding" in s.reason for s in spread.suggestions)
+    rows = spread.centres.read_text().splitlines()[1:]
+    assert all("of boxes; TTA passes disagree" in row for row in rows)
+    shares = [int(s.reason.split("holding ")[1].split("%")[0]) for s in spread.suggestions]
+    assert 98 <= sum(shares) <= 102  # three kinds, one box each: all the boxes (rounded)
+    assert SuggestSettings().spread  # the default
+
+
 def test_written_centres_are_extracted_as_they_are(maps, tmp_path):
     settings = SuggestSettings(count=3, patch_size=PATCH, border=BORDER, max_overlap=0)
     report = _run(maps, tmp_path / "out", settings)
@@ -216,7 +233,7 @@ def test_written_centres_are_extracted_as_they_are(maps, tmp_path):
 
 
 def test_patches_in_an_extraction_manifest_are_not_suggested_again(maps, tmp_path):
-    first = _run(maps, tmp_path / "first", SuggestSettings(count=1, patch_size=PATCH, border=2))
+    first = _run(maps, tmp_path / "first", replace(SMALL, count=1))
     tomogram = maps[0]
     extract_patches(
         tomogram,
@@ -390,7 +407,7 @@ def test_command_runs_the_network_and_writes_everything(tmp_path, run_cli, check
         "cpu",
     )
     assert result.exit_code == 0, result.output
-    assert "suggestion(s), best first" in result.output
+    assert "suggestion(s), one per kind of region, the largest kind first:" in result.output
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
     suggested = len(read_centres(out / "tomo_suggestions.csv"))
     assert names == sorted(
@@ -437,8 +454,11 @@ def test_command_takes_segment_s_threads_and_compile(tmp_path, run_cli, checkpoi
     common = ("suggest", "-t", tmp_path / "tomo.mrc", "--checkpoint", checkpoint)
     small = ("--count", 1, "--patch-size", 16, "--border", 2, "--window", 16, "--device", "cpu")
     try:
-        result = run_cli(*common, "-o", tmp_path / "out", *small, "--threads", 1, "--compile")
+        result = run_cli(
+            *common, "-o", tmp_path / "out", *small, "--threads", 1, "--compile", "--no-spread"
+        )
         assert result.exit_code == 0, result.output
+        assert "suggestion(s), best first:" in result.output  # --no-spread ranks, best first
         assert torch.get_num_threads() == 1 and len(compiled) == 1
         refused = run_cli(*common, "-o", tmp_path / "other", *small, "--threads", 0)
         assert refused.exit_code == 1

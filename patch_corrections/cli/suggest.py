@@ -44,6 +44,12 @@ _MAX_OVERLAP = typer.Option(
     help="Largest share of a patch that may lie inside another suggestion or an excluded patch.",
     rich_help_panel=_RANKING,
 )
+_SPREAD = typer.Option(
+    "--spread/--no-spread",
+    help="The most uncertain box of each kind of region (intensity, texture, membrane, "
+    "disagreement; as many kinds as --count), or the most uncertain boxes on membrane.",
+    rich_help_panel=_RANKING,
+)
 _EXCLUDE_MANIFEST = typer.Option(
     "--exclude-manifest",
     help="An extract_patches output folder: skip its patches of this tomogram.",
@@ -75,6 +81,7 @@ def suggest_command(
     patch_size: Annotated[int, options.patch_size(_RANKING)] = SuggestSettings.patch_size,
     border: Annotated[int, options.border(_RANKING, scored=False)] = SuggestSettings.border,
     max_overlap: Annotated[float, _MAX_OVERLAP] = SuggestSettings.max_overlap,
+    spread: Annotated[bool, _SPREAD] = SuggestSettings.spread,
     exclude_manifest: Annotated[Path | None, _EXCLUDE_MANIFEST] = None,
     mask: Annotated[Path | None, _MASK] = None,
     allow_border: Annotated[bool, _ALLOW_BORDER] = SuggestSettings.allow_border,
@@ -99,16 +106,18 @@ def suggest_command(
 ) -> None:
     """Suggest patch centres where a correction would teach the network most.
 
-    Boxes of --patch-size are ranked by how much the network's 8 flipped (TTA) passes
-    disagree inside them, where it sees membrane; the best that do not overlap are
-    written as a centres file for extract_patches --centres, a napari points CSV and
-    one preview PNG each.
+    Boxes of --patch-size are grouped into as many kinds of region as --count, and the
+    box of each kind where the network's 8 flipped (TTA) passes disagree most is chosen
+    (--no-spread: the boxes where they disagree most on membrane); boxes that do not
+    overlap are written as a centres file for extract_patches --centres, a napari points
+    CSV and one preview PNG each.
     """
     settings = SuggestSettings(
         count=count,
         patch_size=patch_size,
         border=border,
         max_overlap=max_overlap,
+        spread=spread,
         allow_border=allow_border,
         threshold=threshold,
         previews=not no_previews,
@@ -150,7 +159,8 @@ def render(report: SuggestReport) -> None:
     typer.echo(
         f"Scored {report.candidates} boxes of {s.patch_size}³ voxels in "
         f"{report.tomogram.name} ({'x'.join(map(str, report.shape_xyz))}){excluded}; "
-        f"{len(report.suggestions)} suggestion(s), best first:"
+        f"{len(report.suggestions)} suggestion(s), "
+        + ("one per kind of region, the largest kind first:" if s.spread else "best first:")
     )
     for item in report.suggestions:
         x, y, z = item.centre_xyz

@@ -1,6 +1,7 @@
 """Where a correction would teach the network most: scores of patch-sized boxes over a
 tomogram's membrane probabilities and test-time-augmentation variance, and the choice of
-the best boxes that do not overlap (:mod:`.box_choice`). Pure NumPy.
+the best boxes that do not overlap (:mod:`.box_choice`; by default one box per kind of
+region, :mod:`.box_kinds`). Pure NumPy.
 
 The rule, per voxel (probability ``p``, variance ``v`` of the 8 flipped passes'
 probabilities, threshold ``t``):
@@ -124,14 +125,15 @@ class CellSums:
     cell
         Cell edge in voxels.
     sums
-        One float64 array per term of :data:`TERMS`, ``ceil(shape / cell)``.
+        One float64 array per term (``terms`` of them; by default those of
+        :data:`TERMS`), ``ceil(shape / cell)``.
     """
 
-    def __init__(self, shape: Index3, cell: int) -> None:
+    def __init__(self, shape: Index3, cell: int, terms: int = len(TERMS)) -> None:
         self.shape = tuple(int(n) for n in shape)
         self.cell = int(cell)
         cells = tuple(-(-n // self.cell) for n in self.shape)
-        self.sums = [np.zeros(cells, np.float64) for _ in TERMS]
+        self.sums = [np.zeros(cells, np.float64) for _ in range(terms)]
 
     def add(self, z0: int, terms: tuple[np.ndarray, ...]) -> None:
         """Add the terms of slices ``[z0, z0 + n)``, each ``(n, y, x)``."""
@@ -269,14 +271,16 @@ def score_maps(
     threshold: float = 0.5,
     allow_border: bool = False,
     mask: VolumeReader | None = None,
+    image: VolumeReader | None = None,
     progress: Callable[[int, int], None] | None = None,
-) -> tuple[BoxScores, np.ndarray | None]:
+) -> tuple[BoxScores, np.ndarray | None, CellSums | None]:
     """Score every box of edge ``size`` over the maps of ``probabilities`` and
     ``variance`` (of the 8 flipped passes' probabilities), read slab by slab into cell sums.
 
     With ``mask`` (the maps' shape; non-zero voxels count), also returns which candidates
-    have their centre inside it (a grid like the scores), else ``None``. ``progress`` hears
-    ``(slabs done, slabs)``.
+    have their centre inside it (a grid like the scores), else ``None``. With ``image``
+    (the tomogram), also returns its cell sums of :data:`.box_kinds.IMAGE_TERMS` (inside
+    the mask), else ``None``. ``progress`` hears ``(slabs done, slabs)``.
 
     Raises
     ------
@@ -286,6 +290,7 @@ def score_maps(
     shape = probabilities.info.shape
     cell = cell_size(size)
     sums = CellSums(shape, cell)
+    image_sums = CellSums(shape, cell, terms=2) if image is not None else None
     axes = [axis_candidates(n, size, cell, allow_border) for n in shape]
     centre_rows = {int(z): k for k, z in enumerate(axes[0].centres)}
     allowed = np.ones([len(a.centres) for a in axes], bool) if mask is not None else None
@@ -306,6 +311,10 @@ def score_maps(
                     picked = np.ix_(axes[1].centres, axes[2].centres)
                     allowed[centre_rows[z]] = inside[z - z0][picked]  # type: ignore[index]
         sums.add(z0, voxel_terms(p, v, threshold, inside))
+        if image_sums is not None:
+            assert image is not None
+            values = image.read_block(start, stop)
+            image_sums.add(z0, _image_terms(values, inside))
         if progress is not None:
             progress(done, total)
     if nonfinite:
@@ -313,7 +322,17 @@ def score_maps(
             f"{probabilities.info.path}, {variance.info.path}: {nonfinite} NaN or infinite "
             "voxel(s), read as 0"
         )
-    return box_scores(sums, size, border, allow_border, MEMBRANE_SATURATION), allowed
+    scores = box_scores(sums, size, border, allow_border, MEMBRANE_SATURATION)
+    return scores, allowed, image_sums
+
+
+def _image_terms(values: np.ndarray, inside: np.ndarray | None) -> tuple[np.ndarray, ...]:
+    """The image's intensity and squared intensity (float64; NaN, infinities and voxels
+    outside ``inside`` read as 0)."""
+    intensity = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    if inside is not None:
+        intensity[~inside] = 0
+    return intensity, intensity * intensity
 
 
 def _check_maps(p: np.ndarray, v: np.ndarray, p_path, v_path) -> int:

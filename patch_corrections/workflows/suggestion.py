@@ -18,13 +18,13 @@ from pathlib import Path
 
 from ..constants import BORDER_WIDTH, PATCH_SIZE
 from ..errors import InputError, collect_warnings, warn
-from ..inference.box_choice import choose
+from ..inference.box_choice import choose, choose_spread
 from ..inference.box_scores import MAX_OVERLAP, BoxScores, describe_box, score_maps
 from ..io.centres import centres_tables
 from ..io.geometry import Index3, as_xyz
 from ..io.manifest import records_cut_from
 from ..io.names import suggestion_preview, suggestion_previews, suggestion_tables
-from ..io.readers import VolumeInfo, VolumeReader, orthogonal_planes
+from ..io.readers import VolumeReader, orthogonal_planes
 from ..io.staging import staged
 from ..io.volumes import closing_reader, read_info, volume_stem
 from ..labels.patches import check_fits, check_patch_size
@@ -52,6 +52,10 @@ class SuggestSettings:
     max_overlap
         Largest share of a patch's volume that may lie inside another suggestion (or a
         patch of ``exclude_manifest``), of the smaller one.
+    spread
+        The most uncertain box of each kind of region (as many kinds as boxes, see
+        :mod:`patch_corrections.inference.box_kinds`), so that the boxes represent the
+        tomogram; otherwise the most uncertain boxes on membrane.
     allow_border
         Let patches cross the tomogram's border (their centre stays inside); by default
         every patch lies inside it, and a tomogram shorter than a patch along some axis is
@@ -71,6 +75,7 @@ class SuggestSettings:
     patch_size: int = PATCH_SIZE
     border: int = BORDER_WIDTH
     max_overlap: float = MAX_OVERLAP
+    spread: bool = True
     allow_border: bool = False
     threshold: float = 0.5
     previews: bool = True
@@ -245,7 +250,11 @@ def _check_inputs(
     shape = read_info(tomogram).shape
     given = (Path(maps[0]), Path(maps[1])) if None not in maps else None
     for path in (*(given or ()), *([Path(mask)] if mask is not None else [])):
-        _same_shape(path, read_info(path), tomogram, shape)
+        if (other := read_info(path).shape) != shape:
+            raise InputError(
+                f"{path}: shape x,y,z={tuple(as_xyz(other))} differs from the tomogram "
+                f"{tomogram}: x,y,z={tuple(as_xyz(shape))}"
+            )
     return shape, given
 
 
@@ -261,23 +270,13 @@ def _check_sources(checkpoint, probabilities, uncertainty) -> None:
             "give either --checkpoint (to run the network) or --probabilities and "
             "--uncertainty (written by segment --tta --uncertainty)"
         )
-    if checkpoint is None and uncertainty is None:
+    if checkpoint is None and None in maps:
         raise InputError(
             "--probabilities needs --uncertainty: the variance of the 8 flipped passes "
             "that segment --tta --uncertainty writes as <stem>_uncertainty.mrc"
-        )
-    if checkpoint is None and probabilities is None:
-        raise InputError(
-            "--uncertainty needs --probabilities: the <stem>_probabilities.mrc that "
+            if uncertainty is None
+            else "--uncertainty needs --probabilities: the <stem>_probabilities.mrc that "
             "segment --tta --uncertainty writes beside it"
-        )
-
-
-def _same_shape(path: Path, info: VolumeInfo, tomogram: Path, shape: tuple) -> None:
-    if info.shape != shape:
-        raise InputError(
-            f"{path}: shape x,y,z={tuple(as_xyz(info.shape))} differs from the tomogram "
-            f"{tomogram}: x,y,z={tuple(as_xyz(shape))}"
         )
 
 
@@ -294,8 +293,9 @@ def _rank(
         closing_reader(maps[0]) as probabilities,
         closing_reader(maps[1]) as variance,
         closing_reader(mask) if mask is not None else nullcontext() as region,
+        closing_reader(tomogram) if settings.spread else nullcontext() as image,
     ):
-        scores, allowed = score_maps(
+        scores, allowed, image_sums = score_maps(
             probabilities,
             variance,
             settings.patch_size,
@@ -303,26 +303,34 @@ def _rank(
             threshold=settings.threshold,
             allow_border=settings.allow_border,
             mask=region,
+            image=image,
             progress=lambda done, total: listener.progress(Progress("Scoring", done, total)),
         )
-    size, count = settings.patch_size, settings.count
-    chosen = choose(scores, size, count, settings.max_overlap, excluded, allowed)
+    size, count, overlap = settings.patch_size, settings.count, settings.max_overlap
+    shares = None
+    if image_sums is None:
+        chosen = choose(scores, size, count, overlap, excluded, allowed)
+    else:
+        chosen, shares = choose_spread(scores, image_sums, size, count, overlap, excluded, allowed)
     if len(chosen) < count:
         warn(
             f"{tomogram}: {len(chosen)} of the {count} suggestions asked for; no other box "
-            "holds uncertain membrane"
+            + ("holds uncertain voxels" if settings.spread else "holds uncertain membrane")
             + ("" if settings.allow_border else " inside the tomogram")
             + f" without overlapping more than {settings.max_overlap:.0%} of another"
         )
-    return scores, _suggestions(scores, chosen, tomogram)
+    return scores, _suggestions(scores, chosen, shares)
 
 
-def _suggestions(scores: BoxScores, chosen: list, tomogram: Path) -> list[Suggestion]:
+def _suggestions(scores: BoxScores, chosen: list, shares: list | None) -> list[Suggestion]:
     found = []
     for rank, index in enumerate(chosen, start=1):
         disagreement = float(scores.disagreement[index])
         near = float(scores.near_threshold[index])
         membrane = float(scores.membrane[index])
+        reason = describe_box(disagreement, near, membrane)
+        if shares is not None:
+            reason = f"most uncertain of a kind holding {shares[rank - 1]:.0%} of boxes; {reason}"
         found.append(
             Suggestion(
                 rank=rank,
@@ -331,7 +339,7 @@ def _suggestions(scores: BoxScores, chosen: list, tomogram: Path) -> list[Sugges
                 disagreement=disagreement,
                 near_threshold=near,
                 membrane_share=membrane,
-                reason=describe_box(disagreement, near, membrane),
+                reason=reason,
                 preview=None,
             )
         )
