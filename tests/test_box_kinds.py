@@ -78,3 +78,18 @@ def test_spread_takes_one_box_of_each_kind_where_uncertainty_alone_takes_one_kin
     excluded = [((0, 0, 0), (8, 8, 32))]  # that half already cut: the rest, by kind
     again, _ = choose_spread(scores, pixels, SIZE, 2, 0, excluded)
     assert all(x[i[2]] - SIZE // 2 >= 32 for i in again)
+
+
+def test_features_of_boxes_crossing_the_border_describe_their_part_inside():
+    shape = (8, 12, 12)
+    maps, pixels = CellSums(shape, CELL), CellSums(shape, CELL, terms=2)
+    maps.add(0, voxel_terms(np.full(shape, 0.7, np.float32), np.full(shape, 0.05, np.float32)))
+    image = np.full(shape, 2.0)
+    pixels.add(0, (image, image * image))
+    scores = box_scores(maps, SIZE, BORDER, allow_border=True)
+    assert scores.membrane.min() < 1  # a box half outside: the score counts the outside as 0
+    features = box_kinds.box_features(scores, pixels)
+    np.testing.assert_allclose(features[..., 0], 2.0)  # mean intensity inside
+    np.testing.assert_allclose(features[..., 1:3], 0.0, atol=1e-3)  # no noise, no texture
+    np.testing.assert_allclose(features[..., 3], 1.0, rtol=1e-5)  # all membrane inside
+    np.testing.assert_allclose(features[..., 4], 0.2, rtol=1e-5)  # 4 × variance 0.05

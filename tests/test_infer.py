@@ -232,6 +232,34 @@ def test_segment_warns_about_nan(tmp_path, run_cli, tiny_checkpoint):
     assert np.isfinite(mrcfile.read(tmp_path / "out" / "tomo_probabilities.mrc")).all()
 
 
+def test_segment_warns_when_the_window_is_padded(tmp_path, tiny_checkpoint):
+    # A tomogram thinner than the window: every window is padded with the normalised mean
+    # along z, which moved fine-tuned networks' calls (benchmarks/RESULTS.md, "The window").
+    from patch_corrections.network.unet import PRESETS
+    from patch_corrections.workflows import SegmentSettings, segment
+
+    divisor = PRESETS["tiny"].divisor
+    depth = 2 * divisor + divisor // 2
+    volume = np.random.default_rng(7).normal(size=(depth, 4 * divisor, 4 * divisor))
+    write_mrc(tmp_path / "tomo.mrc", volume.astype(np.float32))
+    padded = segment(
+        tmp_path / "tomo.mrc",
+        tiny_checkpoint,
+        tmp_path / "padded",
+        settings=SegmentSettings(window=4 * divisor, device="cpu"),
+    )
+    (line,) = [w for w in padded.warnings if "padded" in w]
+    assert f"shorter than the {4 * divisor}³ window along z," in line
+    assert line.endswith(f"give --window {2 * divisor} or less")
+    fitting = segment(
+        tmp_path / "tomo.mrc",
+        tiny_checkpoint,
+        tmp_path / "fitting",
+        settings=SegmentSettings(window=2 * divisor, device="cpu"),
+    )
+    assert not [w for w in fitting.warnings if "padded" in w]
+
+
 def test_windows_are_read_ahead_by_threads_and_a_read_error_stops_the_pass():
     import threading
 

@@ -47,9 +47,9 @@ def _cell_counts(shape: tuple[int, ...], cell: int) -> np.ndarray:
 
 
 def box_features(scores: BoxScores, image: CellSums) -> np.ndarray:
-    """The features of every candidate box of ``scores`` (see :data:`FEATURES`), from the
-    image's cell sums over the same cells and boxes: ``score``'s shape + ``(5,)``,
-    float32."""
+    """The features of every candidate box of ``scores`` (see :data:`FEATURES`) over its
+    part inside the volume, from the image's cell sums over the same cells and boxes:
+    ``score``'s shape + ``(5,)``, float32."""
     axes: tuple[AxisCandidates, ...] = scores.axes
     counts = _cell_counts(image.shape, image.cell)
     voxels = np.maximum(box_sums(counts, axes), 1.0)
@@ -61,7 +61,10 @@ def box_features(scores: BoxScores, image: CellSums) -> np.ndarray:
     coarse = box_sums(cell_means, axes) / cells
     texture = box_sums(cell_means * cell_means, axes) / cells - coarse * coarse
     texture = np.sqrt(np.maximum(texture, 0.0))
-    stacked = (mean, noise, texture, scores.membrane, scores.disagreement)
+    # The scores' means count voxels beyond the volume as 0 (a box crossing its faces with
+    # --allow-border); the kinds describe the part inside it.
+    inside = voxels.max() / voxels
+    stacked = (mean, noise, texture, scores.membrane * inside, scores.disagreement * inside)
     return np.stack(stacked, axis=-1).astype(np.float32)
 
 

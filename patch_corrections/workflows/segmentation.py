@@ -268,6 +268,7 @@ def _segment_one(
         geometry = geometry_or_unit(reader.info.geometry, tomogram, "outputs are written")
         grid, pixel_sizes = predictor.grid(reader.info.geometry, settings.pixel_size, tomogram)
         windows = windows_count(shape, grid, settings.overlap)
+        _warn_padding(tomogram, shape, grid, predictor, pixel_sizes is None)
         progress = _Counter(listener, windows * (len(FLIPS) if settings.tta else 1))
         slabs = predictor.slabs(
             reader, grid, settings.overlap, settings.tta, settings.uncertainty, progress.add
@@ -297,6 +298,22 @@ def _segment_one(
         component_count=count,
         settings=settings,
         warnings=[],
+    )
+
+
+def _warn_padding(tomogram: Path, shape, grid: int, predictor, plain: bool) -> None:
+    """Warn when an axis is shorter than the window: the window is then padded with the
+    normalised mean, which moves the network's normalisation inside it."""
+    short = [name for name, n in zip("zyx", shape) if n < grid]
+    if not short:
+        return
+    divisor = predictor.checkpoint.network.config.divisor
+    fit = min(shape) // divisor * divisor
+    advice = f"--window {fit} or less" if plain and fit >= 2 * divisor else "a smaller --window"
+    warn(
+        f"{tomogram}: shorter than the {grid}³ window along {' and '.join(short)}, so each "
+        "window is padded with the normalised mean; networks fine-tuned here lost most of "
+        f'their precision that way (benchmarks/RESULTS.md, "The window"): give {advice}'
     )
 
 
