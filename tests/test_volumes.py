@@ -182,6 +182,17 @@ def test_truncated_mrc(tmp_path):
         read_info(path)
 
 
+def test_an_extended_header_larger_than_the_file_is_refused_before_it_is_read(tmp_path):
+    # mrcfile would allocate and read the 2 GiB the header claims first (a garbage file's
+    # header claims such sizes); read big-endian the field is negative, so no order fits.
+    path = write_mrc(tmp_path / "t.mrc", _marked())
+    data = bytearray(path.read_bytes())
+    data[92:96] = (2**31 - 1).to_bytes(4, "little", signed=True)
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="extended header of 2147483647 bytes does not fit"):
+        read_info(path)
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(InputError, match="file not found"):
         read_info(tmp_path / "nope.mrc")

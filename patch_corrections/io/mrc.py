@@ -131,6 +131,7 @@ def _read_header(path: Path, size: int) -> tuple[Any, list[str]]:
     if start[208:211] != _MAP_ID[:3] and start[:2] in (b"\x1f\x8b", b"BZ"):
         kind = "gzip" if start[:2] == b"\x1f\x8b" else "bzip2"
         raise InputError(f"{path}: a {kind}-compressed MRC file; decompress it first")
+    _check_extended_size(path, start, size)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -150,6 +151,20 @@ def _read_header(path: Path, size: int) -> tuple[Any, list[str]]:
         if not _plausible(header, size) and _plausible(turned, size):
             header = turned
     return header, quirks
+
+
+def _check_extended_size(path: Path, start: bytes, size: int) -> None:
+    """InputError when the header's extended-header size (``nsymbt``) fits the file in
+    neither byte order: mrcfile would allocate and read that many bytes (gigabytes for a
+    file that is no MRC) before it gives up."""
+    if len(start) < 96 or size < 1024:
+        return  # too short for a header: mrcfile says so
+    sizes = [int.from_bytes(start[92:96], order, signed=True) for order in ("little", "big")]
+    if not any(0 <= extended <= size - 1024 for extended in sizes):
+        raise InputError(
+            f"{path}: not a readable MRC file (its header's extended header of "
+            f"{sizes[0]} bytes does not fit in the file's {size})"
+        )
 
 
 def _byte_order(header: Any) -> str:
