@@ -12,16 +12,27 @@ recorded and the rest still run:
    MemBrain-seg way (``train_speed.measure``): it/s, voxels/s, data-wait share, peak GPU
    memory, MFU;
 3. ``segment``: the ``segment`` workflow end to end on a synthetic 928 x 928 x 464 float32
-   MRC tomogram, without and with 8-flip TTA (``segment_speed.measure_case``, one process
-   per case): wall time, voxels/s, peak GPU memory, peak host RSS;
-4. ``profile``: where the time goes, from ``torch.profiler``: a few training steps of the
+   MRC tomogram (``segment_speed.measure_case``, one process per case): as it runs by
+   default, with its batches handed to the GPU from pageable instead of pinned memory,
+   compiled, and compiled with 8-flip TTA: wall time, voxels/s, peak GPU memory, peak host
+   RSS and what the resident memory was made of at its peak;
+4. ``membrain``: ``membrain segment`` against ours on the same tomogram and the same
+   full-size MemBrain-seg checkpoint, whole commands (``membrain_speed.measure``), without
+   TTA and with it on a 320 x 320 x 160 crop; MemBrain-seg from its own folder of carried
+   wheels (``.whl/membrain/``);
+5. ``window``: the network's forward pass over a batch of 160³ windows alone, each way of
+   running it on its own (``window_speed.measure``: batch 1 / 2 / 4, channels-last or not,
+   bf16 weights, compiled, compiled as CUDA graphs): ms per window and MFU;
+6. ``profile``: where the time goes, from ``torch.profiler``: a few training steps of the
    full network at 160³ x 2 and one ``segment`` pass over a 160 x 464 x 464 tomogram, each
    with the device's busy share of the wall time, the costliest operations, and the
-   device-to-host copies and stream synchronisations per step (or per window);
-5. ``membrain_seg``: whether MemBrain-seg is importable here.
+   device-to-host copies and stream synchronisations per step (or per window).
 
 Prints a Markdown table ready for benchmarks/RESULTS.md and writes every number to a JSON
-file (``--json``; default ``gpu_check.json`` in ``$OUT`` when set, else here).
+file (``--json``; default ``gpu_check.json`` in ``$OUT`` when set, else here). The full
+check runs segment, membrain, window, train and pytest in that order, within ``--deadline``
+seconds in all (default 510): each section gets its own budget or what is left, whichever
+is less, and one that would start with under 20 s left is skipped.
 
 ``--smoke`` runs every section at toy sizes (tiny network, 32³ crops, a 48 x 64 x 64
 tomogram) in well under a minute on a CPU; tests/test_gpu_check.py runs it so the script
@@ -57,14 +68,44 @@ FULL = {
         "batch": 2,
         "steps": 20,
         "warmup": 5,
+        "compile": True,
     },
     "segment": {
-        "budget_s": 170,
+        "budget_s": 220,
         "preset": "full",
         "shape": (464, 928, 928),
-        "tta_shape": (464, 928, 928),
         "window": 160,
         "batch_size": 2,
+        "cases": (
+            {"name": "default"},
+            {"name": "pageable batches", "pin": False},
+            {"name": "compiled", "compile": True},
+            {"name": "compiled, 8-flip TTA", "compile": True, "tta": True},
+        ),
+    },
+    "membrain": {
+        "budget_s": 180,
+        "preset": "full",
+        "shape": (464, 928, 928),
+        "crop": (160, 320, 320),
+        "window": 160,
+    },
+    "window": {
+        "budget_s": 100,
+        "preset": "full",
+        "window": 160,
+        "steps": 10,
+        "warmup": 3,
+        "variants": (
+            "eager_b2",
+            "eager_b1",
+            "eager_b4",
+            "bf16_b2",
+            "eager_b2_contiguous",
+            "compile_b2",
+            "graphs_b2",
+            "compile_b4",
+        ),
     },
     "profile": {
         "budget_s": 60,
@@ -85,9 +126,28 @@ SMOKE = {
         "budget_s": 60,
         "preset": "tiny",
         "shape": (48, 64, 64),
-        "tta_shape": (32, 48, 48),
         "window": 32,
         "batch_size": 2,
+        "cases": (
+            {"name": "default"},
+            {"name": "pageable batches", "pin": False},
+            {"name": "8-flip TTA", "tta": True, "shape": (32, 48, 48)},
+        ),
+    },
+    "membrain": {
+        "budget_s": 60,
+        "preset": "tiny",
+        "shape": (48, 64, 64),
+        "crop": (32, 64, 64),
+        "window": 64,
+    },
+    "window": {
+        "budget_s": 30,
+        "preset": "tiny",
+        "window": 32,
+        "steps": 2,
+        "warmup": 1,
+        "variants": ("eager_b2", "eager_b1", "bf16_b2"),
     },
     "profile": {
         "budget_s": 60,
@@ -101,6 +161,8 @@ SMOKE = {
         "batch_size": 2,
     },
 }
+SCRATCH = Path(tempfile.gettempdir()) / "gpu_check"
+"""Inputs shared by the sections (the tomogram, the checkpoints), kept for a second run."""
 
 
 def run_pytest(settings: dict, env: dict) -> dict:
@@ -168,42 +230,94 @@ def run_train(settings: dict) -> dict:
         settings["batch"],
         settings["steps"],
         settings["warmup"],
+        compile=settings.get("compile", False),
         membrain=True,
     )
 
 
 def run_segment(settings: dict, budget_left, partial) -> dict:
-    """The segment workflow, without and with TTA, each case in its own process; a case
-    that fails is recorded with its error and the next one still runs. ``partial`` is
-    given the result so far after each case, so a section cut short still reports."""
+    """The segment workflow, each case of the settings in its own process; a case that
+    fails is recorded with its error and the next one still runs. ``partial`` is given the
+    result so far after each case, so a section cut short still reports."""
     from segment_speed import make_inputs, measure_case
 
     cases = []
-    with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
-        for tta, shape in ((False, settings["shape"]), (True, settings["tta_shape"])):
-            case = {"tta": tta, "shape_xyz": list(shape[::-1]), "preset": settings["preset"]}
-            try:
-                tomogram, checkpoint = make_inputs(Path(tmp), tuple(shape), settings["preset"])
-                case |= measure_case(
-                    tomogram,
-                    checkpoint,
-                    Path(tmp) / "out",
-                    tta=tta,
-                    batch_size=settings["batch_size"],
-                    window=settings["window"],
-                    timeout=budget_left(),
-                )
-            except subprocess.TimeoutExpired:
-                case["error"] = "over the section's time budget"
-            except Exception as exc:
-                case["error"] = f"{type(exc).__name__}: {exc}"
-            cases.append(case)
-            partial({"cases": cases})
+    SCRATCH.mkdir(parents=True, exist_ok=True)
+    for spec in settings["cases"]:
+        shape = spec.get("shape", settings["shape"])
+        case = {
+            "name": spec["name"],
+            "tta": spec.get("tta", False),
+            "shape_xyz": list(shape[::-1]),
+            "preset": settings["preset"],
+        }
+        try:
+            tomogram, checkpoint = make_inputs(SCRATCH, tuple(shape), settings["preset"])
+            case |= measure_case(
+                tomogram,
+                checkpoint,
+                SCRATCH / "out",
+                tta=case["tta"],
+                batch_size=settings["batch_size"],
+                window=settings["window"],
+                timeout=budget_left(),
+                compile=spec.get("compile", False),
+                pin=spec.get("pin", True),
+            )
+        except subprocess.TimeoutExpired:
+            case["error"] = "over the section's time budget"
+        except Exception as exc:
+            case["error"] = f"{type(exc).__name__}: {exc}"
+        cases.append(case)
+        partial({"cases": cases})
     return {"cases": cases}
 
 
-SECTIONS = ("pytest", "train", "segment", "profile", "membrain_seg")
-"""In the order a full check runs them: the targets' figures before the profiles."""
+def run_membrain(settings: dict, budget_left, partial) -> dict:
+    """``membrain segment`` and ours side by side (``membrain_speed.measure``), run by
+    ``$MEMBRAIN_PYTHON`` (default: this python) with MemBrain-seg's carried wheels
+    (``.whl/membrain/``) or its own installation; not measured where neither is at hand."""
+    from membrain_speed import WHEELS, measure
+    from segment_speed import make_inputs
+
+    python = os.environ.get("MEMBRAIN_PYTHON") or sys.executable
+    wanted = "pytorch_lightning, monai" if not any(WHEELS.glob("*.whl")) else "pytorch_lightning"
+    probe = subprocess.run([python, "-c", f"import {wanted}"], capture_output=True, text=True)
+    if probe.returncode:
+        missing = (probe.stderr.strip().splitlines() or ["?"])[-1]
+        return {"available": False, "detail": f"{python} cannot run MemBrain-seg: {missing}"}
+    SCRATCH.mkdir(parents=True, exist_ok=True)
+    tomogram, _ = make_inputs(SCRATCH, tuple(settings["shape"]), settings["preset"])
+    deadline = time.perf_counter() + budget_left() - 5
+    result = measure(
+        tomogram,
+        SCRATCH / "membrain",
+        python=python,
+        crop=tuple(settings["crop"]),
+        deadline=deadline,
+        window=settings["window"],
+        tiny=settings["preset"] == "tiny",
+        partial=partial,
+    )
+    return {"available": True, **result}
+
+
+def run_window(settings: dict, budget_left, partial) -> dict:
+    from window_speed import measure
+
+    return measure(
+        settings["preset"],
+        settings["window"],
+        settings["steps"],
+        settings["warmup"],
+        tuple(settings["variants"]),
+        deadline=time.perf_counter() + budget_left() - 10,
+        partial=partial,
+    )
+
+
+SECTIONS = ("segment", "membrain", "window", "train", "pytest", "profile")
+"""In the order a full check runs them: the targets' figures and the peer's first."""
 
 SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
 """Host calls that wait for the device."""
@@ -320,30 +434,24 @@ def run_profile(settings: dict) -> dict:
     return result
 
 
-def run_membrain_seg() -> dict:
-    try:
-        import membrain_seg
-    except ImportError as exc:
-        return {"installed": False, "detail": f"not installed ({exc})"}
-    version = getattr(membrain_seg, "__version__", "unknown version")
-    return {"installed": True, "detail": f"installed, {version}"}
-
-
-def _section_child(name: str, smoke: bool, out: Path) -> None:
+def _section_child(name: str, smoke: bool, out: Path, budget: float) -> None:
     """Entry point of a section's child process: write its result as JSON to ``out``."""
     settings = (SMOKE if smoke else FULL)[name]
     started = time.perf_counter()
-    budget = settings["budget_s"]
 
     def budget_left() -> float:
         return max(1.0, budget - (time.perf_counter() - started))
+
+    def partial(result: dict) -> None:
+        out.write_text(json.dumps(result))
 
     if name == "train":
         result = run_train(settings)
     elif name == "profile":
         result = run_profile(settings)
     else:
-        result = run_segment(settings, budget_left, lambda r: out.write_text(json.dumps(r)))
+        run = {"segment": run_segment, "membrain": run_membrain, "window": run_window}[name]
+        result = run(settings, budget_left, partial)
     out.write_text(json.dumps(result))
 
 
@@ -355,55 +463,56 @@ class _Partial(Exception):
         self.result = result
 
 
-def run_section(name: str, smoke: bool, env: dict) -> dict:
-    """One section, within its time budget (a child process but for membrain_seg); the
-    outcome is recorded in the result, never raised."""
-    settings = (SMOKE if smoke else FULL).get(name, {"budget_s": 0})
+def run_section(name: str, smoke: bool, env: dict, left: float = float("inf")) -> dict:
+    """One section, within its time budget or the ``left`` seconds of the whole check,
+    whichever is less (a child process but for pytest); the outcome is recorded in the
+    result, never raised."""
+    settings = dict((SMOKE if smoke else FULL)[name])
+    settings["budget_s"] = budget = min(settings["budget_s"], left)
     started = time.perf_counter()
+    if budget < 20:
+        return {"status": "skipped", "error": "no time left", "seconds_total": 0.0}
     try:
         if name == "pytest":
             result = run_pytest(settings, env)
             passed = result["failed"] == 0 and result["exit_code"] in (0, 5)
             status = "ok" if passed else "failed"
-        elif name == "membrain_seg":
-            result, status = run_membrain_seg(), "ok"
         else:
             with tempfile.TemporaryDirectory() as tmp:
                 out = Path(tmp) / "result.json"
                 command = [sys.executable, __file__, "--section", name, str(out)]
-                if smoke:
-                    command.append("--smoke")
+                command += ["--budget", str(budget), *(["--smoke"] if smoke else [])]
                 try:
                     done = subprocess.run(
                         command,
                         env=env,
                         capture_output=True,
                         text=True,
-                        timeout=settings["budget_s"] + 30,
+                        timeout=budget + 15,
                     )
                 except subprocess.TimeoutExpired:
                     if not out.exists():
                         raise
                     result = json.loads(out.read_text())  # what it finished in time
-                    result["error"] = f"over its budget of {settings['budget_s']} s"
+                    result["error"] = f"over its budget of {budget:.0f} s"
                     result["status"] = "timeout"
                     raise _Partial(result) from None
                 if done.returncode or not out.exists():
                     tail = (done.stdout + done.stderr).strip().splitlines()[-15:]
                     raise RuntimeError(f"exit code {done.returncode}:\n" + "\n".join(tail))
                 result = json.loads(out.read_text())
-                errors = [c for c in result.get("cases", []) if "error" in c]
+                parts = result.get("cases", []) + result.get("rows", [])
+                errors = [c for c in parts if "error" in c and "skipped" not in c["error"]]
                 status = "failed" if errors else "ok"
     except _Partial as cut:
         result, status = cut.result, "timeout"
     except subprocess.TimeoutExpired:
-        result, status = {"error": f"over its budget of {settings['budget_s']} s"}, "timeout"
+        result, status = {"error": f"over its budget of {budget:.0f} s"}, "timeout"
     except Exception as exc:  # recorded, not fatal: the other sections still run
         result, status = {"error": f"{type(exc).__name__}: {exc}"}, "failed"
     result["status"] = status
     result["seconds_total"] = time.perf_counter() - started
-    if name in FULL:
-        result["settings"] = settings
+    result["settings"] = settings
     return result
 
 
@@ -421,61 +530,102 @@ def table(report: dict) -> str:
         "| check | setting | result |",
         "|---|---|---|",
     ]
+    sections = report["sections"]
+    for name in SECTIONS:
+        section = sections.get(name)
+        if section is None:
+            continue
+        rows = _ROWS[name](section)
+        if not rows:
+            error = section.get("error", "").strip().splitlines() or [""]
+            rows = [f"| {name} | | **{section['status']}**: {error[-1][:200]} |"]
+        lines += rows
+    return "\n".join(lines)
 
-    def failure(what: str, section: dict) -> None:
-        error = section.get("error", "").strip().splitlines() or [""]
-        lines.append(f"| {what} | | **{section['status']}**: {error[-1][:200]} |")
 
-    pytest, train, segment, profiled, membrain = (
-        report["sections"].get(name, {"status": "not run"}) for name in SECTIONS
+def _pytest_rows(pytest: dict) -> list[str]:
+    if "passed" not in pytest:
+        return []
+    names = ", ".join(t.split("::")[-1] for t in pytest["failed_tests"])
+    modules = ", ".join(pytest["not_collected"])
+    uncollected = f"; not importable here: {modules}" if modules else ""
+    return [
+        f"| pytest -m cuda | `{pytest['command']}` | {pytest['passed']} passed, "
+        f"{pytest['failed']} failed{f' ({names})' if names else ''}, "
+        f"{pytest['skipped']} skipped in {pytest['seconds']:.0f} s "
+        f"(exit code {pytest['exit_code']}){uncollected} |"
+    ]
+
+
+def _train_rows(train: dict) -> list[str]:
+    setting = (
+        f"{train['settings']['preset']}, {train.get('crop')}³ x {train.get('batch')}, "
+        f"{train.get('steps')} steps after {train.get('warmup')}"
+        f"{', compiled' if train['settings'].get('compile') else ''}"
     )
-    if pytest["status"] == "not run":
-        pass
-    elif "passed" in pytest:
-        names = ", ".join(t.split("::")[-1] for t in pytest["failed_tests"])
-        modules = ", ".join(pytest["not_collected"])
-        uncollected = f"; not importable here: {modules}" if modules else ""
+    lines = []
+    for row in train.get("rows", []):
+        mfu = "" if row["mfu"] is None else f", MFU {100 * row['mfu']:.1f} %"
         lines.append(
-            f"| pytest -m cuda | `{pytest['command']}` | {pytest['passed']} passed, "
-            f"{pytest['failed']} failed{f' ({names})' if names else ''}, "
-            f"{pytest['skipped']} skipped in {pytest['seconds']:.0f} s "
-            f"(exit code {pytest['exit_code']}){uncollected} |"
+            f"| training, {row['name']} | {setting} | {row['it_per_s']:.2f} it/s, "
+            f"{row['voxels_per_s'] / 1e6:.2f} Mvoxel/s, data wait "
+            f"{100 * row['data_wait_share']:.1f} %, peak GPU {_gib(row['peak_gpu_gib'])}"
+            f"{mfu} |"
         )
-    else:
-        failure("pytest -m cuda", pytest)
-    if train["status"] == "not run":
-        pass
-    elif "rows" in train:
-        setting = (
-            f"{train['preset']}, {train['crop']}³ x {train['batch']}, {train['steps']} steps "
-            f"after {train['warmup']}"
-        )
-        for row in train["rows"]:
-            mfu = "" if row["mfu"] is None else f", MFU {100 * row['mfu']:.1f} %"
-            lines.append(
-                f"| training, {row['name']} | {setting} | {row['it_per_s']:.2f} it/s, "
-                f"{row['voxels_per_s'] / 1e6:.2f} Mvoxel/s, data wait "
-                f"{100 * row['data_wait_share']:.1f} %, peak GPU {_gib(row['peak_gpu_gib'])}"
-                f"{mfu} |"
-            )
-    else:
-        failure("training throughput", train)
+    return lines
+
+
+def _segment_rows(segment: dict) -> list[str]:
+    lines = []
     for case in segment.get("cases", []):
         x, y, z = case["shape_xyz"]
-        what = f"segment, {'8-flip TTA' if case['tta'] else 'no TTA'}"
+        what = f"segment, {case['name']}"
         setting = f"{x} x {y} x {z} (x,y,z), {case['preset']}"
         if "error" in case:
             error = " ".join(case["error"].split())[-200:]
             lines.append(f"| {what} | {setting} | **failed**: {error} |")
             continue
+        parts = case.get("rss_at_peak") or {}
+        made_of = ""
+        if "anonymous" in parts:
+            made_of = "; at the peak " + ", ".join(
+                f"{kind} {parts[kind]:.2f}" for kind in ("anonymous", "driver", "libraries")
+            )
         lines.append(
             f"| {what} | {setting}, batch {case['batch_size']}, {case['windows']} windows | "
             f"{case['wall_s']:.1f} s, {case['voxels_per_s'] / 1e6:.2f} Mvoxel/s, peak GPU "
             f"{_gib(case['peak_gpu_gib'])}, peak RSS {_gib(case['peak_rss_gib'])} "
-            f"({_gib(case.get('rss_after_gib'))} still resident after the run) |"
+            f"({_gib(case.get('rss_after_gib'))} still resident after the run){made_of} |"
         )
-    if "cases" not in segment and segment["status"] != "not run":
-        failure("segment", segment)
+    return lines
+
+
+def _membrain_rows(membrain: dict) -> list[str]:
+    if not membrain.get("available", True):
+        return [f"| membrain segment | | not measured: {membrain['detail']} |"]
+    from membrain_speed import case_line
+
+    stand_ins = ", ".join(membrain.get("stand_ins", [])) or "none"
+    return [
+        f"| membrain segment vs ours | MemBrain-seg checkpoint, window "
+        f"{membrain['settings']['window']}, stand-ins: {stand_ins} | {case_line(case)} |"
+        for case in membrain.get("cases", [])
+        if "membrain" in case and "ours" in case
+    ]
+
+
+def _window_rows(window: dict) -> list[str]:
+    from window_speed import row_line
+
+    setting = f"{window.get('preset')}, {window.get('window')}³, {window.get('steps')} batches"
+    return [
+        f"| forward, {row['variant']} | {setting} | {row_line(row)[23:]} |"
+        for row in window.get("rows", [])
+    ]
+
+
+def _profile_rows(profiled: dict) -> list[str]:
+    lines = []
     for what, unit in (("train", "step"), ("segment", "window")):
         if what not in profiled:
             continue
@@ -490,15 +640,17 @@ def table(report: dict) -> str:
             f"device-to-host copies and {part['host_waits_per_unit']:.1f} host waits per "
             f"{unit}; top: {top} |"
         )
-    if "train" not in profiled and profiled["status"] != "not run":
-        failure("profile", profiled)
-    if membrain["status"] == "not run":
-        pass
-    elif "detail" in membrain:
-        lines.append(f"| membrain_seg | `import membrain_seg` | {membrain['detail']} |")
-    else:
-        failure("membrain_seg", membrain)
-    return "\n".join(lines)
+    return lines
+
+
+_ROWS = {
+    "pytest": _pytest_rows,
+    "train": _train_rows,
+    "segment": _segment_rows,
+    "membrain": _membrain_rows,
+    "window": _window_rows,
+    "profile": _profile_rows,
+}
 
 
 def _torch_facts() -> dict:
@@ -522,10 +674,14 @@ def main() -> None:
     parser.add_argument(
         "--sections", nargs="+", choices=SECTIONS, default=SECTIONS, help="which to run"
     )
+    parser.add_argument(
+        "--deadline", type=float, default=510, help="seconds for all the sections together"
+    )
     parser.add_argument("--section", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--budget", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.section:
-        _section_child(args.section[0], args.smoke, Path(args.section[1]))
+        _section_child(args.section[0], args.smoke, Path(args.section[1]), args.budget)
         return
     target = args.json or Path(os.environ.get("OUT") or ".") / "gpu_check.json"
 
@@ -546,9 +702,11 @@ def main() -> None:
         "smoke": args.smoke,
         "sections": {},
     }
+    started = time.perf_counter()
     for name in dict.fromkeys(args.sections):  # in the order given
         print(f"[gpu_check] {name} ...", flush=True)
-        result = run_section(name, args.smoke, env)
+        left = args.deadline - (time.perf_counter() - started)
+        result = run_section(name, args.smoke, env, left)
         report["sections"][name] = result
         print(
             f"[gpu_check] {name}: {result['status']} in {result['seconds_total']:.0f} s",

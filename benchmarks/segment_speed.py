@@ -76,9 +76,12 @@ def measure_case(
     device: str = "auto",
     timeout: float | None = None,
     compile: bool = False,
+    pin: bool = True,
 ) -> dict:
     """Segment ``tomogram`` in a fresh process (so its peak RSS is this case's alone); a
-    dict of wall seconds, voxels/s, windows, peak RSS and peak GPU memory (GiB).
+    dict of wall seconds, voxels/s, windows, peak RSS and peak GPU memory (GiB), and what
+    the resident memory was made of at its peak (:class:`MemoryWatch`). ``pin`` false
+    hands the GPU its batches from ordinary (pageable) memory instead of pinned.
 
     Raises ``RuntimeError`` with the process's last output if it fails and
     ``subprocess.TimeoutExpired`` after ``timeout`` seconds."""
@@ -98,6 +101,7 @@ def measure_case(
         device,
         *(["--tta"] if tta else []),
         *(["--compile"] if compile else []),
+        *([] if pin else ["--no-pin"]),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     shutil.rmtree(out, ignore_errors=True)
@@ -116,18 +120,24 @@ def _case(
     window: int,
     device: str,
     compile: bool = False,
+    pin: bool = True,
 ) -> None:
     """Run one case in this process and print its numbers as one JSON line."""
     import resource
     import time
 
     from patch_corrections import SegmentSettings, segment
+    from patch_corrections.inference.predictor import Predictor
 
+    if not pin:  # the batches go to the GPU from pageable memory
+        Predictor._prepare = lambda self: None
     settings = SegmentSettings(
         window=window, tta=tta, batch_size=batch, device=device, compile=compile
     )
+    watch = MemoryWatch()
     started = time.perf_counter()
-    report = segment(tomogram, checkpoint, out, settings=settings)
+    with watch:
+        report = segment(tomogram, checkpoint, out, settings=settings)
     wall = time.perf_counter() - started
     voxels = int(np.prod(report.shape_xyz))
     rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
@@ -135,6 +145,7 @@ def _case(
         "shape_xyz": list(report.shape_xyz),
         "tta": tta,
         "compile": compile,
+        "pinned": pin,
         "batch_size": batch,
         "window": window,
         "device": report.device,
@@ -147,8 +158,100 @@ def _case(
         "rss_after_gib": _resident_kib() / 2**20,
         "peak_gpu_gib": report.peak_gpu_gib,
         "warnings": report.warnings,
+        "rss_at_peak": watch.at_peak,
+        "host_allocator": _host_allocator_stats(),
     }
     print(json.dumps(result), flush=True)
+
+
+class MemoryWatch:
+    """Samples the process's resident memory every 50 ms in a thread while in use, and
+    whenever it passes its highest so far by 128 MiB or more, records what it is made of,
+    from ``/proc/self/smaps`` (:func:`resident_parts`): ``at_peak``, within 128 MiB of the
+    true peak (reading smaps often would slow the run it watches). Linux only (empty
+    elsewhere)."""
+
+    def __init__(self, period: float = 0.05, step_kib: float = 128 * 1024):
+        import threading
+
+        self.period, self.step_kib = period, step_kib
+        self.at_peak: dict = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> MemoryWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        highest = 0.0
+        while not self._stop.wait(self.period):
+            now = _resident_kib()
+            if now != now or now < highest + self.step_kib:  # NaN: not Linux
+                continue
+            highest = now
+            self.at_peak = {"rss_gib": now / 2**20, **resident_parts()}
+
+
+def resident_parts() -> dict:
+    """The resident memory of this process by kind of mapping, in GiB: ``anonymous``
+    (NumPy's and Python's heap, torch's CPU tensors), ``driver`` (mappings of the GPU
+    driver's devices: pinned host memory among them), ``libraries`` (shared objects),
+    ``files`` (other mapped files), ``other`` ([heap], [stack] and the like), and the three
+    largest single mappings."""
+    parts = dict.fromkeys(("anonymous", "driver", "libraries", "files", "other"), 0.0)
+    largest: dict[str, float] = {}
+    name = ""
+    try:
+        lines = Path("/proc/self/smaps").read_text().splitlines()
+    except OSError:
+        return {}
+    for line in lines:
+        head = line.split()
+        if not head:
+            continue
+        if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+            name = head[5] if len(head) > 5 else ""
+            continue
+        if head[0] != "Rss:":
+            continue
+        kib = float(head[1])
+        if not name:
+            kind = "anonymous"
+        elif name.startswith("/dev/nvidia"):
+            kind = "driver"
+        elif ".so" in Path(name).name:
+            kind = "libraries"
+        elif name.startswith("/"):
+            kind = "files"
+        else:
+            kind = "other"
+        parts[kind] += kib / 2**20
+        label = name or "anonymous"
+        largest[label] = largest.get(label, 0.0) + kib / 2**20
+    top = sorted(largest.items(), key=lambda item: -item[1])[:3]
+    return {**parts, "largest": [[label, gib] for label, gib in top]}
+
+
+def _host_allocator_stats() -> dict | None:
+    """What torch's pinned (host) memory allocator holds, where it says (CUDA only)."""
+    import torch
+
+    stats = getattr(torch.cuda, "host_memory_stats", None)
+    if not torch.cuda.is_available() or stats is None:
+        return None
+    try:
+        raw = stats()
+    except Exception:
+        return None
+    wanted = ("allocated_bytes.current", "reserved_bytes.current", "reserved_bytes.peak")
+    return {key: raw[key] / 2**30 for key in wanted if key in raw} or {
+        key: value for key, value in raw.items() if isinstance(value, int | float)
+    }
 
 
 def _resident_kib() -> float:
@@ -170,6 +273,12 @@ def case_line(label: str, case: dict) -> str:
     )
     if case["peak_gpu_gib"] is not None:
         line += f", peak GPU memory {case['peak_gpu_gib']:.1f} GiB"
+    parts = case.get("rss_at_peak") or {}
+    if "anonymous" in parts:
+        line += "; at the peak: " + ", ".join(
+            f"{kind} {parts[kind]:.2f}"
+            for kind in ("anonymous", "driver", "libraries", "files", "other")
+        )
     return line
 
 
@@ -187,6 +296,9 @@ def main() -> None:
     parser.add_argument("--case", nargs=3, type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--tta", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
+        "--no-pin", action="store_true", help="batches to the GPU from pageable memory"
+    )
+    parser.add_argument(
         "--compile", action="store_true", help="torch.compile the network (segment --compile)"
     )
     parser.add_argument(
@@ -198,7 +310,15 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.case:
-        _case(*args.case, args.tta, args.batch_size, args.window, args.device, args.compile)
+        _case(
+            *args.case,
+            args.tta,
+            args.batch_size,
+            args.window,
+            args.device,
+            args.compile,
+            not args.no_pin,
+        )
         return
     import torch
 
@@ -227,6 +347,7 @@ def main() -> None:
             window=args.window,
             device=args.device,
             compile=args.compile,
+            pin=not args.no_pin,
         )
         print(case_line(label, case), flush=True)
     if args.scratch is None:

@@ -36,8 +36,9 @@ def test_gpu_check_smoke_reports_every_section(tmp_path):
         "pytest",
         "train",
         "segment",
+        "membrain",
+        "window",
         "profile",
-        "membrain_seg",
     }
     for name, section in sections.items():
         assert section["status"] == "ok", (name, section)
@@ -49,15 +50,31 @@ def test_gpu_check_smoke_reports_every_section(tmp_path):
         for key in ("it_per_s", "voxels_per_s", "data_wait_share"):
             assert _number(row[key]) and row["it_per_s"] > 0, (key, row)
     cases = sections["segment"]["cases"]
-    assert [case["tta"] for case in cases] == [False, True]
+    assert [(case["tta"], case["pinned"]) for case in cases] == [
+        (False, True),
+        (False, False),
+        (True, True),
+    ]
     for case in cases:
         for key in ("wall_s", "voxels_per_s", "peak_rss_gib", "windows"):
             assert _number(case[key]) and case[key] > 0, (key, case)
+        parts = case["rss_at_peak"]
+        if parts:  # Linux: what the resident memory was made of, near its peak
+            assert 0 < parts["anonymous"] + parts["libraries"] <= parts["rss_gib"] * 1.01
+    windows = {row["variant"]: row for row in sections["window"]["rows"]}
+    assert set(windows) == {"eager_b2", "eager_b1", "bf16_b2"}
+    assert all(
+        _number(row["ms_per_window"]) and row["ms_per_window"] > 0 for row in windows.values()
+    )
     for part in ("train", "segment"):
         profiled = sections["profile"][part]
         assert _number(profiled["wall_s"]) and profiled["top"], (part, profiled)
         assert all(_number(op["seconds"]) for op in profiled["top"]), profiled["top"]
-    assert isinstance(sections["membrain_seg"]["installed"], bool)
+    membrain = sections["membrain"]
+    # Measured where MemBrain-seg can run (a rehearsal with its venv), else said why not.
+    membrain_rows = len(membrain["cases"]) if membrain["available"] else 1
+    if membrain["available"]:
+        assert all(case["membrain"]["seconds"] > 0 for case in membrain["cases"])
     table = done.stdout[done.stdout.index("| check |") :]
-    # pytest, 2 training rows, 2 segment cases, 2 profile rows, membrain_seg
-    assert table.count("\n| ") == 8
+    # pytest, 2 training rows, 3 segment cases, 3 forward variants, 2 profile rows, membrain
+    assert table.count("\n| ") == 11 + membrain_rows
