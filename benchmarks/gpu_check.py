@@ -31,7 +31,7 @@ recorded and the rest still run:
 Prints a Markdown table ready for benchmarks/RESULTS.md and writes every number to a JSON
 file (``--json``; default ``gpu_check.json`` in ``$OUT`` when set, else here). The full
 check runs segment, membrain, window, train and pytest in that order, within ``--deadline``
-seconds in all (default 510): each section gets its own budget or what is left, whichever
+seconds in all (default 525): each section gets its own budget or what is left, whichever
 is less, and one that would start with under 20 s left is skipped.
 
 ``--smoke`` runs every section at toy sizes (tiny network, 32³ crops, a 48 x 64 x 64
@@ -71,20 +71,21 @@ FULL = {
         "compile": True,
     },
     "segment": {
-        "budget_s": 220,
+        "budget_s": 250,
         "preset": "full",
         "shape": (464, 928, 928),
         "window": 160,
         "batch_size": 2,
         "cases": (
             {"name": "default"},
+            {"name": "tiny network: the host side, sampled", "preset": "tiny", "sample": True},
             {"name": "pageable batches", "pin": False},
             {"name": "compiled", "compile": True},
             {"name": "compiled, 8-flip TTA", "compile": True, "tta": True},
         ),
     },
     "membrain": {
-        "budget_s": 180,
+        "budget_s": 200,
         "preset": "full",
         "shape": (464, 928, 928),
         "crop": (160, 320, 320),
@@ -130,6 +131,7 @@ SMOKE = {
         "batch_size": 2,
         "cases": (
             {"name": "default"},
+            {"name": "sampled", "sample": True},
             {"name": "pageable batches", "pin": False},
             {"name": "8-flip TTA", "tta": True, "shape": (32, 48, 48)},
         ),
@@ -249,10 +251,10 @@ def run_segment(settings: dict, budget_left, partial) -> dict:
             "name": spec["name"],
             "tta": spec.get("tta", False),
             "shape_xyz": list(shape[::-1]),
-            "preset": settings["preset"],
+            "preset": spec.get("preset", settings["preset"]),
         }
         try:
-            tomogram, checkpoint = make_inputs(SCRATCH, tuple(shape), settings["preset"])
+            tomogram, checkpoint = make_inputs(SCRATCH, tuple(shape), case["preset"])
             case |= measure_case(
                 tomogram,
                 checkpoint,
@@ -263,6 +265,7 @@ def run_segment(settings: dict, budget_left, partial) -> dict:
                 timeout=budget_left(),
                 compile=spec.get("compile", False),
                 pin=spec.get("pin", True),
+                sample=spec.get("sample", False),
             )
         except subprocess.TimeoutExpired:
             case["error"] = "over the section's time budget"
@@ -591,6 +594,17 @@ def _segment_rows(segment: dict) -> list[str]:
             made_of = "; at the peak " + ", ".join(
                 f"{kind} {parts[kind]:.2f}" for kind in ("anonymous", "driver", "libraries")
             )
+        phases = case.get("phases")
+        if phases:
+            made_of += (
+                f"; {phases['before_windows_s']:.1f} s before the windows, "
+                f"{phases['windows_s']:.1f} s of windows, {phases['after_windows_s']:.1f} s "
+                f"after (peak RSS {phases['peak_rss_after_windows_gib']:.1f} GiB at the last "
+                "window)"
+            )
+        for thread, places in (case.get("threads") or {}).items():
+            shown = ", ".join(f"{place} {100 * share:.0f} %" for place, share in places[:3])
+            made_of += f"; {thread}: {shown}"
         lines.append(
             f"| {what} | {setting}, batch {case['batch_size']}, {case['windows']} windows | "
             f"{case['wall_s']:.1f} s, {case['voxels_per_s'] / 1e6:.2f} Mvoxel/s, peak GPU "
@@ -675,7 +689,7 @@ def main() -> None:
         "--sections", nargs="+", choices=SECTIONS, default=SECTIONS, help="which to run"
     )
     parser.add_argument(
-        "--deadline", type=float, default=510, help="seconds for all the sections together"
+        "--deadline", type=float, default=525, help="seconds for all the sections together"
     )
     parser.add_argument("--section", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--budget", type=float, default=None, help=argparse.SUPPRESS)

@@ -20,6 +20,7 @@ returns one case's numbers as a dict (used by ``gpu_check.py``). ``--compile`` r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import subprocess
@@ -77,11 +78,13 @@ def measure_case(
     timeout: float | None = None,
     compile: bool = False,
     pin: bool = True,
+    sample: bool = False,
 ) -> dict:
     """Segment ``tomogram`` in a fresh process (so its peak RSS is this case's alone); a
     dict of wall seconds, voxels/s, windows, peak RSS and peak GPU memory (GiB), and what
     the resident memory was made of at its peak (:class:`MemoryWatch`). ``pin`` false
-    hands the GPU its batches from ordinary (pageable) memory instead of pinned.
+    hands the GPU its batches from ordinary (pageable) memory instead of pinned;
+    ``sample`` adds where each thread spent its time (:class:`StackSampler`).
 
     Raises ``RuntimeError`` with the process's last output if it fails and
     ``subprocess.TimeoutExpired`` after ``timeout`` seconds."""
@@ -102,6 +105,7 @@ def measure_case(
         *(["--tta"] if tta else []),
         *(["--compile"] if compile else []),
         *([] if pin else ["--no-pin"]),
+        *(["--sample"] if sample else []),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     shutil.rmtree(out, ignore_errors=True)
@@ -121,6 +125,7 @@ def _case(
     device: str,
     compile: bool = False,
     pin: bool = True,
+    sample: bool = False,
 ) -> None:
     """Run one case in this process and print its numbers as one JSON line."""
     import resource
@@ -134,11 +139,34 @@ def _case(
     settings = SegmentSettings(
         window=window, tta=tta, batch_size=batch, device=device, compile=compile
     )
+    from patch_corrections.workflows.events import Listener
+
+    marks: dict[str, float] = {}
+
+    def mark(progress) -> None:
+        # The windows run from the first progress report to the last: before them, loading
+        # the network and the intensity statistics; after them, the last writes.
+        if progress.done == 0:
+            marks["windows_start"], marks["hwm_before_windows"] = time.perf_counter(), _hwm()
+        if progress.done == progress.total:
+            marks["windows_end"], marks["hwm_after_windows"] = time.perf_counter(), _hwm()
+
     watch = MemoryWatch()
+    sampler = StackSampler() if sample else None
+    at_start = _hwm()
     started = time.perf_counter()
-    with watch:
-        report = segment(tomogram, checkpoint, out, settings=settings)
+    with watch, sampler or contextlib.nullcontext():
+        report = segment(tomogram, checkpoint, out, settings=settings, listener=Listener(mark))
     wall = time.perf_counter() - started
+    phases = {
+        "before_windows_s": marks["windows_start"] - started,
+        "windows_s": marks["windows_end"] - marks["windows_start"],
+        "after_windows_s": started + wall - marks["windows_end"],
+        # The process's highest resident memory so far, at each boundary (GiB).
+        "peak_rss_at_start_gib": at_start / 2**20,
+        "peak_rss_before_windows_gib": marks["hwm_before_windows"] / 2**20,
+        "peak_rss_after_windows_gib": marks["hwm_after_windows"] / 2**20,
+    }
     voxels = int(np.prod(report.shape_xyz))
     rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     result = {
@@ -158,34 +186,52 @@ def _case(
         "rss_after_gib": _resident_kib() / 2**20,
         "peak_gpu_gib": report.peak_gpu_gib,
         "warnings": report.warnings,
+        "phases": phases,
         "rss_at_peak": watch.at_peak,
+        "threads": sampler.summary() if sampler else None,
         "host_allocator": _host_allocator_stats(),
     }
     print(json.dumps(result), flush=True)
 
 
-class MemoryWatch:
-    """Samples the process's resident memory every 50 ms in a thread while in use, and
-    whenever it passes its highest so far by 128 MiB or more, records what it is made of,
-    from ``/proc/self/smaps`` (:func:`resident_parts`): ``at_peak``, within 128 MiB of the
-    true peak (reading smaps often would slow the run it watches). Linux only (empty
-    elsewhere)."""
+class _Sampling:
+    """A daemon thread that runs ``_run`` while the object is used as a context manager;
+    ``_run`` loops until ``_stop`` is set."""
 
-    def __init__(self, period: float = 0.05, step_kib: float = 128 * 1024):
+    name = "sampling"
+
+    def __init__(self, period: float):
         import threading
 
-        self.period, self.step_kib = period, step_kib
-        self.at_peak: dict = {}
+        self.period = period
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
 
-    def __enter__(self) -> MemoryWatch:
+    def __enter__(self):
         self._thread.start()
         return self
 
     def __exit__(self, *_) -> None:
         self._stop.set()
         self._thread.join()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class MemoryWatch(_Sampling):
+    """Samples the process's resident memory every 50 ms in a thread while in use, and
+    whenever it passes its highest so far by 128 MiB or more, records what it is made of,
+    from ``/proc/self/smaps`` (:func:`resident_parts`): ``at_peak``, within 128 MiB of the
+    true peak (reading smaps often would slow the run it watches). Linux only (empty
+    elsewhere)."""
+
+    name = "memory-watch"
+
+    def __init__(self, period: float = 0.05, step_kib: float = 128 * 1024):
+        super().__init__(period)
+        self.step_kib = step_kib
+        self.at_peak: dict = {}
 
     def _run(self) -> None:
         highest = 0.0
@@ -195,6 +241,58 @@ class MemoryWatch:
                 continue
             highest = now
             self.at_peak = {"rss_gib": now / 2**20, **resident_parts()}
+
+
+class StackSampler(_Sampling):
+    """Where each thread is, sampled every ``period`` seconds while in use: for each
+    thread (by name), the share of samples in each of its ``top`` commonest places, a
+    place being the innermost frame's function and the innermost one of this package
+    (``file:function`` each), so that time spent inside NumPy or torch is charged to the
+    line of ours that called it. A Python-level profile of the host side, portable (no
+    py-spy on a bare node); waiting threads show where they wait."""
+
+    name = "stack-sampler"
+
+    def __init__(self, period: float = 0.01, top: int = 8):
+        super().__init__(period)
+        self.top = top
+        self.counts: dict[str, dict[str, int]] = {}
+
+    def _run(self) -> None:
+        import threading
+
+        own = threading.get_ident()
+        while not self._stop.wait(self.period):
+            names = {t.ident: t.name for t in threading.enumerate()}
+            for ident, frame in sys._current_frames().items():
+                name = names.get(ident, "?").split("_")[0]
+                if ident == own or name == "memory-watch":
+                    continue
+                counts = self.counts.setdefault(name, {})
+                place = _place(frame)
+                counts[place] = counts.get(place, 0) + 1
+
+    def summary(self) -> dict:
+        """``{thread name: [[place, share of its samples], ...]}``."""
+        result = {}
+        for name, counts in self.counts.items():
+            total = sum(counts.values())
+            ranked = sorted(counts.items(), key=lambda item: -item[1])[: self.top]
+            result[name] = [[place, count / total] for place, count in ranked]
+        return result
+
+
+def _place(frame) -> str:
+    def label(f) -> str:
+        return f"{Path(f.f_code.co_filename).name}:{f.f_code.co_name}"
+
+    inner, ours = label(frame), None
+    while frame is not None:
+        if "patch_corrections" in frame.f_code.co_filename:
+            ours = label(frame)
+            break
+        frame = frame.f_back
+    return inner if ours in (None, inner) else f"{inner} < {ours}"
 
 
 def resident_parts() -> dict:
@@ -254,14 +352,19 @@ def _host_allocator_stats() -> dict | None:
     }
 
 
-def _resident_kib() -> float:
-    """The process's resident memory now, in KiB (Linux; NaN elsewhere)."""
+def _resident_kib(field: str = "VmRSS") -> float:
+    """The process's resident memory now (``VmRSS``) or at its highest so far (``VmHWM``),
+    in KiB (Linux; NaN elsewhere)."""
     try:
         status = Path("/proc/self/status").read_text()
     except OSError:
         return float("nan")
-    line = next((x for x in status.splitlines() if x.startswith("VmRSS:")), None)
+    line = next((x for x in status.splitlines() if x.startswith(field + ":")), None)
     return float(line.split()[1]) if line else float("nan")
+
+
+def _hwm() -> float:
+    return _resident_kib("VmHWM")
 
 
 def case_line(label: str, case: dict) -> str:
@@ -273,6 +376,17 @@ def case_line(label: str, case: dict) -> str:
     )
     if case["peak_gpu_gib"] is not None:
         line += f", peak GPU memory {case['peak_gpu_gib']:.1f} GiB"
+    phases = case.get("phases")
+    if phases:
+        line += (
+            f"; {phases['before_windows_s']:.1f} s before the windows (peak RSS "
+            f"{phases['peak_rss_before_windows_gib']:.1f} GiB), {phases['windows_s']:.1f} s of "
+            f"windows (peak RSS then {phases['peak_rss_after_windows_gib']:.1f} GiB), "
+            f"{phases['after_windows_s']:.1f} s after"
+        )
+    for thread, places in (case.get("threads") or {}).items():
+        shown = ", ".join(f"{place} {100 * share:.0f} %" for place, share in places[:4])
+        line += f"\n    {thread}: {shown}"
     parts = case.get("rss_at_peak") or {}
     if "anonymous" in parts:
         line += "; at the peak: " + ", ".join(
@@ -299,6 +413,9 @@ def main() -> None:
         "--no-pin", action="store_true", help="batches to the GPU from pageable memory"
     )
     parser.add_argument(
+        "--sample", action="store_true", help="sample where each thread spends its time"
+    )
+    parser.add_argument(
         "--compile", action="store_true", help="torch.compile the network (segment --compile)"
     )
     parser.add_argument(
@@ -318,6 +435,7 @@ def main() -> None:
             args.device,
             args.compile,
             not args.no_pin,
+            args.sample,
         )
         return
     import torch
@@ -348,8 +466,10 @@ def main() -> None:
             device=args.device,
             compile=args.compile,
             pin=not args.no_pin,
+            sample=args.sample,
         )
         print(case_line(label, case), flush=True)
+        print(json.dumps(case), flush=True)
     if args.scratch is None:
         shutil.rmtree(scratch, ignore_errors=True)
 

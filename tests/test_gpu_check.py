@@ -52,9 +52,15 @@ def test_gpu_check_smoke_reports_every_section(tmp_path):
     cases = sections["segment"]["cases"]
     assert [(case["tta"], case["pinned"]) for case in cases] == [
         (False, True),
+        (False, True),
         (False, False),
         (True, True),
     ]
+    # Where the threads spent the sampled case, the window loop's in the main thread
+    threads = cases[1]["threads"]
+    assert "MainThread" in threads and all(
+        0 < share <= 1 for places in threads.values() for _, share in places
+    )
     for case in cases:
         for key in ("wall_s", "voxels_per_s", "peak_rss_gib", "windows"):
             assert _number(case[key]) and case[key] > 0, (key, case)
@@ -76,5 +82,5 @@ def test_gpu_check_smoke_reports_every_section(tmp_path):
     if membrain["available"]:
         assert all(case["membrain"]["seconds"] > 0 for case in membrain["cases"])
     table = done.stdout[done.stdout.index("| check |") :]
-    # pytest, 2 training rows, 3 segment cases, 3 forward variants, 2 profile rows, membrain
-    assert table.count("\n| ") == 11 + membrain_rows
+    # pytest, 2 training rows, 4 segment cases, 3 forward variants, 2 profile rows, membrain
+    assert table.count("\n| ") == 12 + membrain_rows
