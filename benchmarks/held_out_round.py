@@ -5,7 +5,7 @@
         [--retrain context=4 --retrain membrane_centres=0] [--painted-in-band]
         [--label NAME] [--held-out-window 160 --reuse] [--no-spread]
         [--scratch /tmp/held_out] [--results /tmp/held_out.jsonl]
-        [--generator physics_sim|physics_tomograms]
+        [--generator physics_sim|physics_tomograms] [--box-statistics]
 
 Tomograms from ``benchmarks/physics_sim.py`` or, with ``--generator physics_tomograms``,
 ``benchmarks/physics_tomograms.py`` (two independent phantoms, each projected through a
@@ -34,6 +34,9 @@ network segments the held-out tomograms at ``--window``. Arms:
 ``--held-out-window`` segments the held-out tomograms at another window than the one the
 boxes were chosen and cut at; with ``--reuse`` the networks of earlier runs are scored
 again without training.
+
+``--box-statistics`` trains nothing: it prints, per arm, the starting network's precision
+and recall inside the boxes' trained interiors (see :func:`box_statistics`).
 
 Reported per arm, pooled over the held-out tomograms, mean ± sd over seeds (and draws):
 Dice, precision, recall, tolerant Dice (2 voxels), the share of false membrane lying more
@@ -73,6 +76,7 @@ from patch_corrections import (  # noqa: E402
     suggest,
 )
 from patch_corrections.io.volumes import Geometry, read_volume, write_volume  # noqa: E402
+from patch_corrections.labels.patches import centre_index  # noqa: E402
 from patch_corrections.metrics import add_counts, counts, summarise  # noqa: E402
 from patch_corrections.workflows.demo import DEMO_FINE_TUNING, DEMO_SEGMENT  # noqa: E402
 
@@ -263,6 +267,28 @@ def one_run(arm, draw, seed, args, corrected, prediction, truth, tests) -> dict:
 COLUMNS = ("dice", "precision", "recall", "tolerant_dice_2", "far_false")
 
 
+def box_statistics(centres: list, prediction: np.ndarray, truth: np.ndarray) -> dict:
+    """The starting network's precision and recall inside the boxes' trained interiors
+    (96³ less the band), their true and predicted membrane shares, and the tomogram's
+    share estimated from what the boxes show: the predicted share of the whole tomogram x
+    precision / recall on the boxes."""
+    inner = []
+    for centre in centres:  # (x, y, z), rounded as extract_patches rounds it
+        starts = [index - PATCH // 2 + BORDER for index in centre_index(tuple(centre))]
+        inner.append(tuple(slice(max(a, 0), a + PATCH - 2 * BORDER) for a in starts))
+    t = np.concatenate([truth[box].ravel() for box in inner])
+    q = np.concatenate([prediction[box].ravel() for box in inner])
+    hits = int((t & q).sum())
+    precision, recall = hits / max(int(q.sum()), 1), hits / max(int(t.sum()), 1)
+    return {
+        "precision": precision,
+        "recall": recall,
+        "true_share": float(t.mean()),
+        "predicted_share": float(q.mean()),
+        "estimated_tomogram_share": float(prediction.mean() * precision / max(recall, 1e-9)),
+    }
+
+
 def table(rows: list[dict], start: dict) -> str:
     lines = [
         "| arm | runs | " + " | ".join(COLUMNS) + " | trained interior membrane |",
@@ -310,6 +336,11 @@ def main() -> None:
         action="store_false",
         help="the suggest arm with suggest --no-spread (the most uncertain boxes on membrane)",
     )
+    parser.add_argument(
+        "--box-statistics",
+        action="store_true",
+        help="only print the starting network's precision and recall inside each arm's boxes",
+    )
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/held_out"))
     parser.add_argument("--results", type=Path, default=Path("/tmp/held_out.jsonl"))
     args = parser.parse_args()
@@ -329,6 +360,21 @@ def main() -> None:
         tomogram, truth_path = generator.write(seed, args.scratch / f"tomo_{seed}")
         held = read_volume(truth_path)[0] != 0
         tests[seed] = (tomogram, held, ndimage.distance_transform_edt(~held))
+    if args.box_statistics:
+        hits = int((truth & prediction).sum())
+        print(
+            f"whole tomogram: precision {hits / prediction.sum():.3f}, recall "
+            f"{hits / truth.sum():.3f}, true share {truth.mean():.3f}, predicted share "
+            f"{prediction.mean():.3f}"
+        )
+        for arm in args.arms:
+            for draw in range(args.draws if arm == "random" else 1):
+                found = centres_of(arm, draw, corrected, prediction, truth, args.window)
+                figures = box_statistics(found, prediction, truth)
+                print(
+                    f"{arm} draw {draw}: " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items())
+                )
+        return
     start = _held_out(STARTING, tests, args.scratch / "start", args)
     print(f"starting network on held-out tomograms {HELD_OUT}: {start}", flush=True)
     rows = []
