@@ -579,6 +579,8 @@ def _train_rows(train: dict) -> list[str]:
 
 
 def _segment_rows(segment: dict) -> list[str]:
+    from segment_speed import case_details
+
     lines = []
     for case in segment.get("cases", []):
         x, y, z = case["shape_xyz"]
@@ -588,23 +590,7 @@ def _segment_rows(segment: dict) -> list[str]:
             error = " ".join(case["error"].split())[-200:]
             lines.append(f"| {what} | {setting} | **failed**: {error} |")
             continue
-        parts = case.get("rss_at_peak") or {}
-        made_of = ""
-        if "anonymous" in parts:
-            made_of = "; at the peak " + ", ".join(
-                f"{kind} {parts[kind]:.2f}" for kind in ("anonymous", "driver", "libraries")
-            )
-        phases = case.get("phases")
-        if phases:
-            made_of += (
-                f"; {phases['before_windows_s']:.1f} s before the windows, "
-                f"{phases['windows_s']:.1f} s of windows, {phases['after_windows_s']:.1f} s "
-                f"after (peak RSS {phases['peak_rss_after_windows_gib']:.1f} GiB at the last "
-                "window)"
-            )
-        for thread, places in (case.get("threads") or {}).items():
-            shown = ", ".join(f"{place} {100 * share:.0f} %" for place, share in places[:3])
-            made_of += f"; {thread}: {shown}"
+        made_of = "".join(f"; {detail}" for detail in case_details(case, top=3))
         lines.append(
             f"| {what} | {setting}, batch {case['batch_size']}, {case['windows']} windows | "
             f"{case['wall_s']:.1f} s, {case['voxels_per_s'] / 1e6:.2f} Mvoxel/s, peak GPU "

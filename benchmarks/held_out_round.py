@@ -294,8 +294,8 @@ def one_run(arm, draw, seed, args, corrected, prediction, truth, tests) -> dict:
         share = paint(run, prediction, truth) if arm != "control" else 0.0
         _merge(run, arm == "control", args)
         (run / "share.txt").write_text(str(share))
-    started = time.perf_counter()
     delta = prior_shift(centres, prediction, truth) if args.prior_shift else 0.0
+    started = time.perf_counter()
     if not (run / "model" / "last.pt").exists() or not args.reuse:
         with shifted_loss(delta) if delta else contextlib.nullcontext():
             retrain(run / "train", run / "model", STARTING, settings=_settings(seed, args))
@@ -316,16 +316,22 @@ def box_statistics(centres: list, prediction: np.ndarray, truth: np.ndarray) -> 
     for centre in centres:  # (x, y, z), rounded as extract_patches rounds it
         starts = [index - PATCH // 2 + BORDER for index in centre_index(tuple(centre))]
         inner.append(tuple(slice(max(a, 0), a + PATCH - 2 * BORDER) for a in starts))
-    t = np.concatenate([truth[box].ravel() for box in inner])
-    q = np.concatenate([prediction[box].ravel() for box in inner])
-    hits = int((t & q).sum())
-    precision, recall = hits / max(int(q.sum()), 1), hits / max(int(t.sum()), 1)
+    figures = calls(
+        np.concatenate([prediction[box].ravel() for box in inner]),
+        np.concatenate([truth[box].ravel() for box in inner]),
+    )
+    implied = prediction.mean() * figures["precision"] / max(figures["recall"], 1e-9)
+    return {**figures, "estimated_tomogram_share": float(implied)}
+
+
+def calls(prediction: np.ndarray, truth: np.ndarray) -> dict:
+    """Precision and recall of the binary ``prediction``, and both membrane shares."""
+    hits = int((truth & prediction).sum())
     return {
-        "precision": precision,
-        "recall": recall,
-        "true_share": float(t.mean()),
-        "predicted_share": float(q.mean()),
-        "estimated_tomogram_share": float(prediction.mean() * precision / max(recall, 1e-9)),
+        "precision": hits / max(int(prediction.sum()), 1),
+        "recall": hits / max(int(truth.sum()), 1),
+        "true_share": float(truth.mean()),
+        "predicted_share": float(prediction.mean()),
     }
 
 
@@ -400,17 +406,10 @@ def main() -> None:
     prediction = _segment(
         corrected / "tomogram.mrc", STARTING, corrected / f"start_w{args.window}", args.window
     )
-    tests = {}
-    for seed in HELD_OUT:
-        tomogram, truth_path = generator.write(seed, args.scratch / f"tomo_{seed}")
-        held = read_volume(truth_path)[0] != 0
-        tests[seed] = (tomogram, held, ndimage.distance_transform_edt(~held))
     if args.box_statistics:
-        hits = int((truth & prediction).sum())
         print(
-            f"whole tomogram: precision {hits / prediction.sum():.3f}, recall "
-            f"{hits / truth.sum():.3f}, true share {truth.mean():.3f}, predicted share "
-            f"{prediction.mean():.3f}"
+            "whole tomogram: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in calls(prediction, truth).items())
         )
         for arm in args.arms:
             for draw in range(args.draws if arm == "random" else 1):
@@ -420,6 +419,11 @@ def main() -> None:
                     f"{arm} draw {draw}: " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items())
                 )
         return
+    tests = {}
+    for seed in HELD_OUT:
+        tomogram, truth_path = generator.write(seed, args.scratch / f"tomo_{seed}")
+        held = read_volume(truth_path)[0] != 0
+        tests[seed] = (tomogram, held, ndimage.distance_transform_edt(~held))
     start = _held_out(STARTING, tests, args.scratch / "start", args)
     print(f"starting network on held-out tomograms {HELD_OUT}: {start}", flush=True)
     rows = []

@@ -376,24 +376,29 @@ def case_line(label: str, case: dict) -> str:
     )
     if case["peak_gpu_gib"] is not None:
         line += f", peak GPU memory {case['peak_gpu_gib']:.1f} GiB"
+    return "; ".join([line, *case_details(case)])
+
+
+def case_details(case: dict, top: int = 4) -> list[str]:
+    """A case's phases, the ``top`` places of each sampled thread, and what its resident
+    memory was made of near its peak, as phrases (those the case has)."""
+    details = []
     phases = case.get("phases")
     if phases:
-        line += (
-            f"; {phases['before_windows_s']:.1f} s before the windows (peak RSS "
+        details.append(
+            f"{phases['before_windows_s']:.1f} s before the windows (peak RSS "
             f"{phases['peak_rss_before_windows_gib']:.1f} GiB), {phases['windows_s']:.1f} s of "
             f"windows (peak RSS then {phases['peak_rss_after_windows_gib']:.1f} GiB), "
             f"{phases['after_windows_s']:.1f} s after"
         )
     for thread, places in (case.get("threads") or {}).items():
-        shown = ", ".join(f"{place} {100 * share:.0f} %" for place, share in places[:4])
-        line += f"\n    {thread}: {shown}"
+        shown = ", ".join(f"{place} {100 * share:.0f} %" for place, share in places[:top])
+        details.append(f"{thread}: {shown}")
     parts = case.get("rss_at_peak") or {}
     if "anonymous" in parts:
-        line += "; at the peak: " + ", ".join(
-            f"{kind} {parts[kind]:.2f}"
-            for kind in ("anonymous", "driver", "libraries", "files", "other")
-        )
-    return line
+        kinds = ("anonymous", "driver", "libraries", "files", "other")
+        details.append("at the peak: " + ", ".join(f"{k} {parts[k]:.2f}" for k in kinds))
+    return details
 
 
 def main() -> None:
