@@ -50,11 +50,15 @@ def test_gpu_check_smoke_reports_every_section(tmp_path):
         for key in ("it_per_s", "voxels_per_s", "data_wait_share"):
             assert _number(row[key]) and row["it_per_s"] > 0, (key, row)
     cases = sections["segment"]["cases"]
-    assert [(case["tta"], case["pinned"]) for case in cases] == [
-        (False, True),
-        (False, True),
-        (False, False),
-        (True, True),
+    settings = [
+        (case["tta"], case["pinned"], case["readers"], case["mapped_reads"]) for case in cases
+    ]
+    assert settings == [
+        (False, True, None, False),
+        (False, True, None, False),
+        (False, False, None, False),
+        (False, True, 3, True),
+        (True, True, None, False),
     ]
     # Where the threads spent the sampled case, the window loop's in the main thread
     threads = cases[1]["threads"]
@@ -82,5 +86,5 @@ def test_gpu_check_smoke_reports_every_section(tmp_path):
     if membrain["available"]:
         assert all(case["membrain"]["seconds"] > 0 for case in membrain["cases"])
     table = done.stdout[done.stdout.index("| check |") :]
-    # pytest, 2 training rows, 4 segment cases, 3 forward variants, 2 profile rows, membrain
-    assert table.count("\n| ") == 12 + membrain_rows
+    # pytest, 2 training rows, 5 segment cases, 3 forward variants, 2 profile rows, membrain
+    assert table.count("\n| ") == 13 + membrain_rows
