@@ -35,11 +35,11 @@ network segments the held-out tomograms at ``--window``. Arms:
 boxes were chosen and cut at; with ``--reuse`` the networks of earlier runs are scored
 again without training.
 
-``--prior-shift`` trains every arm on logits shifted by logit(the boxes' membrane share) -
-logit(the tomogram's share they imply) (see :func:`prior_shift`), a logit adjustment
-toward the tomogram's class prior. ``--box-statistics`` trains nothing: it prints, per
-arm, the starting network's precision and recall inside the boxes' trained interiors (see
-:func:`box_statistics`).
+``retrain`` from a checkpoint trains toward the tomogram's class prior by default (its
+``--class-prior tomogram``); each row records the shift δ its run applied.
+``--retrain class_prior=patches`` trains on the boxes' own share instead.
+``--box-statistics`` trains nothing: it prints, per arm, the starting network's precision
+and recall inside the boxes' trained interiors (see :func:`box_statistics`).
 
 Reported per arm, pooled over the held-out tomograms, mean ± sd over seeds (and draws):
 Dice, precision, recall, tolerant Dice (2 voxels), the share of false membrane lying more
@@ -50,15 +50,12 @@ against the tomogram's. Every run is appended to ``--results`` as a JSON line.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import json
-import math
 import shutil
 import statistics
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -244,40 +241,16 @@ def _row(arm, draw, seed, args, centres, run, seconds, metrics) -> dict:
         "centres": centres,
         "interior_membrane": float((run / "share.txt").read_text()),
         "retrain_seconds": seconds,
+        "prior_shift": _trained_config(run / "model" / "last.pt").get("prior_shift", 0.0),
         **metrics,
     }
 
 
-def prior_shift(centres: list, prediction: np.ndarray, truth: np.ndarray) -> float:
-    """logit(the boxes' membrane share) - logit(the tomogram's share they imply), from
-    :func:`box_statistics`: what the corrected labels and the network's own segmentation
-    tell, no truth beyond the corrected boxes (their interiors are corrected everywhere)."""
-    figures = box_statistics(centres, prediction, truth)
+def _trained_config(checkpoint: Path) -> dict:
+    """The training config a run saved in its checkpoint."""
+    import torch
 
-    def logit(p: float) -> float:
-        return math.log(p / (1 - p))
-
-    return logit(figures["true_share"]) - logit(figures["estimated_tomogram_share"])
-
-
-@contextmanager
-def shifted_loss(delta: float):
-    """Train with the loss of ``logits + delta`` (logit adjustment): the network learns
-    logits ``delta`` lower than the boxes' own share would teach it, i.e. the tomogram's
-    estimated share instead of the boxes'. The teacher's term is not shifted."""
-    from patch_corrections.training import loop
-
-    original = loop.make_loss
-
-    def make(name, ranks):
-        inner = original(name, ranks)
-        return lambda logits, target: inner(logits + delta, target)
-
-    loop.make_loss = make
-    try:
-        yield
-    finally:
-        loop.make_loss = original
+    return torch.load(checkpoint, map_location="cpu", weights_only=False)["train_config"]
 
 
 def one_run(arm, draw, seed, args, corrected, prediction, truth, tests) -> dict:
@@ -294,14 +267,12 @@ def one_run(arm, draw, seed, args, corrected, prediction, truth, tests) -> dict:
         share = paint(run, prediction, truth) if arm != "control" else 0.0
         _merge(run, arm == "control", args)
         (run / "share.txt").write_text(str(share))
-    delta = prior_shift(centres, prediction, truth) if args.prior_shift else 0.0
     started = time.perf_counter()
     if not (run / "model" / "last.pt").exists() or not args.reuse:
-        with shifted_loss(delta) if delta else contextlib.nullcontext():
-            retrain(run / "train", run / "model", STARTING, settings=_settings(seed, args))
+        retrain(run / "train", run / "model", STARTING, settings=_settings(seed, args))
     seconds = time.perf_counter() - started
     metrics = _held_out(run / "model" / "last.pt", tests, run, args)
-    return {**_row(arm, draw, seed, args, centres, run, seconds, metrics), "prior_shift": delta}
+    return _row(arm, draw, seed, args, centres, run, seconds, metrics)
 
 
 COLUMNS = ("dice", "precision", "recall", "tolerant_dice_2", "far_false")
@@ -381,11 +352,6 @@ def main() -> None:
         dest="spread",
         action="store_false",
         help="the suggest arm with suggest --no-spread (the most uncertain boxes on membrane)",
-    )
-    parser.add_argument(
-        "--prior-shift",
-        action="store_true",
-        help="train on logits shifted by the boxes' excess membrane share (prior_shift)",
     )
     parser.add_argument(
         "--box-statistics",

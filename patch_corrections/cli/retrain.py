@@ -17,6 +17,7 @@ from ..constants import (
     WARMUP_SHARE,
 )
 from ..training.config import DEFAULT_LR, FINE_TUNING_DATA, SCHEDULES
+from ..training.prior import CLASS_PRIORS
 from ..workflows.training import RetrainReport, RetrainSettings, retrain
 from . import options
 from ._console import console, print_warnings
@@ -25,6 +26,7 @@ from ._errors import user_errors
 Preset = Enum("Preset", {n: n for n in PRESET_NAMES}, type=str)
 Optimiser = Enum("Optimiser", {n: n for n in DEFAULT_LR}, type=str)
 Schedule = Enum("Schedule", {n: n for n in SCHEDULES}, type=str)
+ClassPrior = Enum("ClassPrior", {n: n for n in CLASS_PRIORS}, type=str)
 
 # The help's panels, so that 30 options read at 80 columns.
 _DATA, _OUTPUT, _NETWORK, _DEVICE = "Data", "Output", "Network", "Device"
@@ -156,6 +158,16 @@ _TEACHER_CLEARANCE = typer.Option(
     "teacher leaves alone: a membrane you labelled may go on into the band, where the "
     "starting network missed it.",
 )
+_CLASS_PRIOR = typer.Option(
+    "--class-prior",
+    rich_help_panel=_DATA,
+    help="The membrane share to train toward. Patches chosen where the network is wrong "
+    "hold more membrane than the tomogram; 'tomogram' shifts the loss's logits so the "
+    "network keeps the tomogram's share, estimated from how the corrections changed the "
+    "membrane of the segmentation the patches were cut from (recorded by extract_patches "
+    "and merge_corrections); 'patches' trains on the patches' own share. Default: "
+    f"{FINE_TUNING_DATA['class_prior']} from a checkpoint, else patches.",
+)
 _RELABEL_ROUNDS = typer.Option(
     "--relabel-rounds",
     rich_help_panel=_RELABELING,
@@ -224,6 +236,7 @@ def retrain_command(
     ] = RetrainSettings.membrane_centres,
     teacher: Annotated[float | None, _TEACHER] = RetrainSettings.teacher,
     teacher_clearance: Annotated[int, _TEACHER_CLEARANCE] = RetrainSettings.teacher_clearance,
+    class_prior: Annotated[ClassPrior | None, _CLASS_PRIOR] = RetrainSettings.class_prior,
     overwrite: Annotated[bool, options.overwrite(_OVERWRITE, _OUTPUT)] = RetrainSettings.overwrite,
 ) -> None:
     """Fine-tune the U-Net on training pairs; ignore voxels are left out of the loss.
@@ -265,6 +278,7 @@ def retrain_command(
         membrane_centres=membrane_centres,
         teacher=teacher,
         teacher_clearance=teacher_clearance,
+        class_prior=class_prior.value if class_prior is not None else None,
     )
     options.use_threads(threads)
     with console() as listener:

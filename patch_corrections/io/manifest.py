@@ -66,6 +66,9 @@ class PatchRecord:
         :func:`patch_corrections.inference.intensity.tomogram_statistics`).
     label_threshold
         Segmentation values above it were membrane (``None``: not recorded).
+    membrane_share
+        The share of the whole segmentation that is membrane (by ``label_threshold``),
+        estimated from slices spread through it (``None``: not recorded).
     """
 
     name: str
@@ -82,6 +85,7 @@ class PatchRecord:
     border: int | None = None
     intensity_statistics: dict | None = None
     label_threshold: float | None = None
+    membrane_share: float | None = None
 
     @classmethod
     def from_entry(cls, entry: dict, folder: Path) -> PatchRecord:
@@ -113,6 +117,7 @@ class PatchRecord:
             border=None if border is None else int(border),
             intensity_statistics=_mapping(entry.get("intensity_statistics")),
             label_threshold=_number(entry.get("label_threshold")),
+            membrane_share=_share(entry.get("segmentation_membrane_share")),
         )
 
     def cut_from(self, tomogram: Path, shape: Index3) -> bool:
@@ -152,6 +157,11 @@ def _text(value: object) -> str | None:
 def _number(value: object) -> float | None:
     finite = isinstance(value, (int, float)) and not isinstance(value, bool)
     return float(value) if finite and math.isfinite(value) else None
+
+
+def _share(value: object) -> float | None:
+    share = _number(value)
+    return share if share is not None and 0 <= share <= 1 else None
 
 
 def _mapping(value: object) -> dict | None:

@@ -29,6 +29,10 @@ class MergeCounts:
     band_painted
         Voxels painted Add or Remove inside the border band, outside Ignore and padding:
         labels with ``painted_in_band``, ignore like the rest of the band without it.
+    membrane, base_membrane
+        Of the annotated voxels, those that are membrane after the merge, and those that
+        were membrane before it: how much the corrections changed the membrane the
+        network found, where training learns (see :mod:`patch_corrections.training.prior`).
     """
 
     added: int
@@ -36,6 +40,8 @@ class MergeCounts:
     ignored: int
     annotated: int
     band_painted: int = 0
+    membrane: int = 0
+    base_membrane: int = 0
 
 
 def union_mask(masks: Iterable[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
@@ -91,8 +97,8 @@ def merge_labels(
     merged
         New ``uint8`` label patch.
     counts
-        Voxels added, removed and ignored relative to ``base``, left to train on, and
-        painted inside the band.
+        Voxels added, removed and ignored relative to ``base``, left to train on, painted
+        inside the band, and membrane among those left to train on, after and before.
     """
     merged = base.astype(np.uint8, copy=True)
     if keep is not None:
@@ -119,6 +125,8 @@ def merge_labels(
         ignored=int(np.count_nonzero((merged == IGNORE) & (base != IGNORE))),
         annotated=int(np.count_nonzero(merged != IGNORE)),
         band_painted=int(np.count_nonzero(drawn & band & inside)),
+        membrane=int(np.count_nonzero(merged == MEMBRANE)),
+        base_membrane=int(np.count_nonzero((merged != IGNORE) & (base == MEMBRANE))),
     )
     return merged, counts
 

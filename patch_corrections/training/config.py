@@ -4,10 +4,12 @@ pure functions of it a step uses, the learning-rate schedule and the optimiser."
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..constants import DEFAULT_LOSS, NORMALISATION, WARMUP_SHARE
+from ..errors import InputError
 
 if TYPE_CHECKING:
     import torch
@@ -38,9 +40,15 @@ class."""
 
 PROBES = 2
 """Probes of a run from a checkpoint (see :attr:`TrainConfig.probes`)."""
-FINE_TUNING_DATA = {"context": 0, "membrane_centres": MEMBRANE_CENTRES, "teacher": 0.3}
+FINE_TUNING_DATA = {
+    "context": 0,
+    "membrane_centres": MEMBRANE_CENTRES,
+    "teacher": 0.3,
+    "class_prior": "tomogram",
+}
 """What a run from a checkpoint trains on when not told: context boxes, the share of
-crops centred on membrane, and the starting network's weight as a teacher.
+crops centred on membrane, the starting network's weight as a teacher, and the class
+prior it trains toward (:mod:`.prior`).
 
 Chosen on held-out tomograms of two phantoms written apart from the starting network's
 generator (``benchmarks/held_out_round.py``, ``benchmarks/RESULTS.md``): correcting the
@@ -50,7 +58,12 @@ boxes gained 0.02 Dice there; on the other, whose starting network finds a sixth
 membrane, it cost 0.007 Dice (inside one sd) for the worst boxes and 0.014 for random
 ones, for more precision. A teacher of 1 kept the first's precision (0.66) but cost the
 other 0.05 Dice; context boxes and fewer membrane-centred crops did less."""
-FROM_SCRATCH_DATA = {"context": 0, "membrane_centres": MEMBRANE_CENTRES, "teacher": 0.0}
+FROM_SCRATCH_DATA = {
+    "context": 0,
+    "membrane_centres": MEMBRANE_CENTRES,
+    "teacher": 0.0,
+    "class_prior": "patches",
+}
 """The same for a new network (which has no teacher)."""
 
 
@@ -110,6 +123,9 @@ class TrainConfig:
     network may have missed it."""
     teacher_from: str | None = None
     """The checkpoint the teacher's weights come from, for a resumed run to load again."""
+    prior_shift: float = 0.0
+    """What the loss adds to the network's logits: logit(the patches' membrane share) −
+    logit(the tomograms'), so the network keeps the tomograms' prior (:mod:`.prior`)."""
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -147,3 +163,66 @@ def make_optimizer(network: torch.nn.Module, config: TrainConfig) -> torch.optim
         nesterov=True,
         weight_decay=config.weight_decay,
     )
+
+
+def run_config(s, start, patches: int, ranks, loss: str, pixel_size) -> TrainConfig:
+    """A run's training config: the saved one (extended by ``iterations`` or ``epochs``)
+    when resuming, else made from the settings ``s`` (a ``RetrainSettings``) for ``start``
+    (a ``RunStart``) with ``patches`` training patches; ``InputError`` for settings that
+    cannot make a run."""
+    # On resume an epoch counts in the saved run's batch size, not the option's default;
+    # under torchrun a step trains every process's batch.
+    per_step = (start.config.batch_size if s.resume else s.batch_size) * ranks.size
+    steps_per_epoch = max(1, math.ceil(patches / per_step))
+    total = s.iterations if s.epochs is None else s.epochs * steps_per_epoch
+    if s.resume:
+        if total is None:
+            return start.config
+        if total <= start.resume["step"]:
+            raise InputError(
+                f"the saved run is at iteration {start.resume['step']}; to extend it, give "
+                f"more iterations than that (got {total})"
+            )
+        return replace(start.config, iterations=total)
+    if total is None:
+        raise InputError("give --iterations or --epochs")
+    if total < 1:
+        raise InputError(f"the run needs at least one step, got {total}")
+    if s.warmup is not None and s.warmup >= total:
+        raise InputError(f"--warmup {s.warmup} must be shorter than the run ({total})")
+    optimizer, lr, _ = optimiser_and_rate(s.optimizer, s.lr, start.checkpoint is not None)
+    data = run_data(s, start)
+    if data["teacher"] and start.checkpoint is None:
+        raise InputError("--teacher needs a starting network; give --checkpoint")
+    return TrainConfig(
+        iterations=total,
+        batch_size=s.batch_size,
+        crop_size=s.crop_size,
+        optimizer=optimizer,
+        lr=lr,
+        schedule=s.schedule,
+        warmup=s.warmup if s.warmup is not None else default_warmup(total),
+        seed=s.seed,
+        val_every=s.val_every,
+        save_every=s.save_every or s.val_every,
+        augment=s.augment,
+        compile=s.compile,
+        channels_last=s.channels_last,
+        loss=loss,
+        normalisation=start.normalisation,
+        pixel_size=pixel_size,
+        membrane_centres=data["membrane_centres"],
+        context=data["context"],
+        probes=PROBES if start.checkpoint is not None else 0,
+        teacher=data["teacher"],
+        teacher_clearance=s.teacher_clearance,
+        teacher_from=str(Path(start.checkpoint.path).resolve()) if data["teacher"] else None,
+    )
+
+
+def run_data(s, start) -> dict:
+    """What a run trains on (see :func:`fine_tuning_data`): the settings' choices, else
+    the defaults of a run from a checkpoint or from scratch."""
+    keys = ("context", "membrane_centres", "teacher", "class_prior")
+    given = {key: getattr(s, key) for key in keys}
+    return fine_tuning_data(given, start.checkpoint is not None and not s.relabel_rounds)

@@ -209,7 +209,7 @@ class _Session:
             optimizer=optimizer,
             precision=precision,
             forward=forward,
-            loss=make_loss(config.loss, ranks),
+            loss=make_loss(config.loss, ranks, config.prior_shift),
             augmenter=torch.Generator(device=device),
             state=state,
             started=started,

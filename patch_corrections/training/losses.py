@@ -233,9 +233,10 @@ def parse_loss(name: str) -> tuple[str, ...]:
     return tuple(t for t in LOSS_TERMS if t in terms)  # one name per sum: dice+bce is bce+dice
 
 
-def make_loss(name: str = DEFAULT_LOSS, ranks: Ranks = SINGLE) -> LossFunction:
-    """The sum of the named terms, computed in float32; under torchrun (``ranks``) their
-    voxel means are pooled over the ranks (see :func:`pooled_mean`)."""
+def make_loss(name: str = DEFAULT_LOSS, ranks: Ranks = SINGLE, shift: float = 0.0) -> LossFunction:
+    """The sum of the named terms, computed in float32 on the logits + ``shift`` (the class
+    prior's logit adjustment, see :mod:`.prior`); under torchrun (``ranks``) their voxel
+    means are pooled over the ranks (see :func:`pooled_mean`)."""
     mean = pooled_mean(ranks)
     terms = [
         partial(LOSS_TERMS[t], mean=mean) if t in VOXEL_MEANS else LOSS_TERMS[t]
@@ -243,7 +244,7 @@ def make_loss(name: str = DEFAULT_LOSS, ranks: Ranks = SINGLE) -> LossFunction:
     ]
 
     def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()
+        logits = logits.float() + shift if shift else logits.float()
         return sum((term(logits, target) for term in terms[1:]), terms[0](logits, target))
 
     return loss

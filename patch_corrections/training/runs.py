@@ -205,6 +205,8 @@ class RunStart:
     teacher: object | None = None
     """The starting network of a resumed run with a teacher (see :func:`.teacher.teacher_of`); a
     new run's teacher is its network as it starts."""
+    prior: object | None = None
+    """A new run's class-prior shift (a :class:`.prior.PriorShift`), where it has one."""
 
     @classmethod
     def load(cls, out_dir: Path, checkpoint: Path | None, settings, val_dir, ranks) -> RunStart:
@@ -356,8 +358,8 @@ def announce(start: RunStart, config, checkpoint, s, device, ranks, patches) -> 
             if config.teacher
             else ""
         )
-        + ", "
-        f"{config.iterations} iterations of {batch} x {config.crop_size}³, "
+        + (f"; {start.prior.describe()};" if start.prior is not None else ",")
+        + f" {config.iterations} iterations of {batch} x {config.crop_size}³, "
         f"intensities normalised by {config.normalisation}"
         + (f", at {config.pixel_size:g} Å per voxel." if config.pixel_size else ".")
         + recipe

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..constants import BORDER_WIDTH, IMAGES_SUBDIR, LABELS_SUBDIR, PATCH_SIZE, PREVIEWS_SUBDIR
 from ..errors import InputError, collect_warnings, warn
-from ..inference.intensity import tomogram_statistics
+from ..inference.intensity import spread_sample, tomogram_statistics
 from ..io.centres import Centre, read_centres
 from ..io.geometry import Geometry, Index3, as_xyz, geometry_or_unit, xyz_text
 from ..io.manifest import PatchRecord, load_manifest, manifest_path, manifest_text, new_entry
@@ -201,7 +201,9 @@ def _extract(
     binarisation = _binarisation(image, labels, blocks, settings.threshold)
     # What training needs to normalise the patches as segment normalises the tomogram.
     statistics = tomogram_statistics(image) if plan.new else None
-    cutter = _Cutter(image, labels, geometry, binarisation, settings, statistics)
+    # What retrain needs to train toward the tomogram's membrane share, not the patches'.
+    share = float(binarisation.apply(spread_sample(labels)).mean()) if plan.new else None
+    cutter = _Cutter(image, labels, geometry, binarisation, settings, (statistics, share))
     # The patches, then the manifest, and only then the replaced files go: recorded first
     # in a journal, so that a run killed part-way is finished by the next one.
     with staged(out_dir) as files:
@@ -272,9 +274,10 @@ class _Cutter:
     """Cuts one patch pair after another into staged files, counting the NaN and infinite
     voxels it meets in the tomogram and the segmentation."""
 
-    def __init__(self, image, labels, geometry, binarisation, settings, statistics):
+    def __init__(self, image, labels, geometry, binarisation, settings, whole):
         self.image, self.labels, self.geometry = image, labels, geometry
-        self.binarisation, self.settings, self.statistics = binarisation, settings, statistics
+        self.binarisation, self.settings = binarisation, settings
+        self.statistics, self.share = whole  # the tomogram's, the segmentation's
         self.nonfinite = [0, 0]
 
     def cut(self, name, centre, index, plan: _Plan, files: StagedFiles, out_dir: Path) -> dict:
@@ -315,6 +318,7 @@ class _Cutter:
             image_pad_value=pad_value,
             label_rule=self.binarisation.rule,
             label_threshold=self.binarisation.threshold,
+            segmentation_membrane_share=self.share,
             intensity_statistics=self.statistics,
         )
 

@@ -359,6 +359,8 @@ def _merge_one(plan: _MergePlan, files: StagedFiles) -> dict:
         "removed": counts.removed,
         "ignored": counts.ignored,
         "annotated": counts.annotated,
+        "membrane": counts.membrane,
+        "base_membrane": counts.base_membrane,
         "sparse": plan.sparse,
         "kept_slices": plan.keep_slices,
         "border": plan.border,
@@ -372,6 +374,7 @@ def _merge_one(plan: _MergePlan, files: StagedFiles) -> dict:
         "intensity_statistics": patch.record.intensity_statistics if patch.record else None,
         # Where the patch lies in the tomogram it was cut from, for retrain's context boxes.
         "cut_from": source_of(patch.record),
+        "segmentation_membrane_share": patch.record.membrane_share if patch.record else None,
     }
 
 

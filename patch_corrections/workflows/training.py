@@ -23,7 +23,8 @@ from ..constants import (
     PATCH_SIZE,
 )
 from ..errors import InputError, RunInterrupted, collect_warnings
-from ..training.config import DEFAULT_LR, SCHEDULES, optimiser_and_rate
+from ..training.config import DEFAULT_LR, SCHEDULES
+from ..training.prior import CLASS_PRIORS
 from ._common import run_folder
 from .events import SILENT, Listener, Progress
 
@@ -77,6 +78,10 @@ class RetrainSettings:
     ``None``: the fine-tuning default from a checkpoint, else 0."""
     teacher_clearance: int = 0
     """Voxels near labelled membrane the teacher leaves alone (see ``TrainConfig``)."""
+    class_prior: str | None = None
+    """``tomogram`` or ``patches``: the membrane share the loss trains toward (see
+    :mod:`patch_corrections.training.prior`); ``None``: the tomogram's from a checkpoint,
+    else the patches'."""
 
     def __post_init__(self) -> None:
         if self.relabel_rounds < 0:
@@ -98,6 +103,10 @@ class RetrainSettings:
             )
         if (self.context or self.teacher) and self.relabel_rounds:
             raise InputError("--context and --teacher do not combine with --relabel-rounds")
+        if self.class_prior not in (None, *CLASS_PRIORS):
+            raise InputError(f"--class-prior must be tomogram or patches, got {self.class_prior}")
+        if self.class_prior == "tomogram" and self.relabel_rounds:
+            raise InputError("--class-prior tomogram does not combine with --relabel-rounds")
         if self.membrane_centres is not None and not 0 <= self.membrane_centres <= 1:
             raise InputError(f"--membrane-centres must be in [0, 1], got {self.membrane_centres}")
         if self.teacher is not None and not (math.isfinite(self.teacher) and self.teacher >= 0):
@@ -295,6 +304,7 @@ def _prepare(train_dir, out_dir, checkpoint, val_dir, s: RetrainSettings, ranks)
     and validation patches and their split, its config, and for relabeling the voxels each
     patch may adopt (with the border widths kept out)."""
     from ..network.unet import PRESETS
+    from ..training.config import run_config, run_data
     from ..training.context import Context, context_boxes
     from ..training.data import check_crop_size
     from ..training.datasets import load_split, shared_pixel_size
@@ -319,7 +329,10 @@ def _prepare(train_dir, out_dir, checkpoint, val_dir, s: RetrainSettings, ranks)
     train, val, split = load_split(train_dir, val_dir, s.val_fraction, seed, start.split, *sizes)
     pixel_size = start.pixel_size or shared_pixel_size(train_dir, train + val)
     candidates = relabel_candidates_of(train, train_dir) if relabeling else None
-    config = _config(s, start, len(train), ranks, loss, pixel_size)
+    config = run_config(s, start, len(train), ranks, loss, pixel_size)
+    if not s.resume and run_data(s, start)["class_prior"] == "tomogram":
+        start.prior = _prior_shift(train_dir, [p.name for p in train], s.class_prior)
+        config = replace(config, prior_shift=start.prior.delta if start.prior else 0.0)
     check_crop_size(config.crop_size, start.network.config.divisor, train)
     if config.teacher and s.resume:
         start.teacher = teacher_of(config, s.trust_checkpoint)
@@ -339,57 +352,17 @@ def _loss_name(name: str) -> str:
         raise InputError(f"--loss {name}: {exc}") from None
 
 
-def _config(s: RetrainSettings, start, patches: int, ranks, loss: str, pixel_size):
-    """The run's training config: the saved one (extended by ``iterations`` or ``epochs``)
-    when resuming, else made from the settings."""
-    from ..training.config import PROBES, TrainConfig, default_warmup, fine_tuning_data
+def _prior_shift(train_dir: Path, names: list[str], chosen: str | None):
+    """The class-prior shift of the training patches ``names`` of ``train_dir`` (see
+    :mod:`patch_corrections.training.prior`); ``None`` with a warning where it cannot be
+    estimated, an ``InputError`` where ``chosen``."""
+    from ..errors import warn
+    from ..training.prior import summary_prior_shift
 
-    # On resume an epoch counts in the saved run's batch size, not the option's default;
-    # under torchrun a step trains every process's batch.
-    per_step = (start.config.batch_size if s.resume else s.batch_size) * ranks.size
-    steps_per_epoch = max(1, math.ceil(patches / per_step))
-    total = s.iterations if s.epochs is None else s.epochs * steps_per_epoch
-    if s.resume:
-        if total is None:
-            return start.config
-        if total <= start.resume["step"]:
-            raise InputError(
-                f"the saved run is at iteration {start.resume['step']}; to extend it, give "
-                f"more iterations than that (got {total})"
-            )
-        return replace(start.config, iterations=total)
-    if total is None:
-        raise InputError("give --iterations or --epochs")
-    if total < 1:
-        raise InputError(f"the run needs at least one step, got {total}")
-    if s.warmup is not None and s.warmup >= total:
-        raise InputError(f"--warmup {s.warmup} must be shorter than the run ({total})")
-    optimizer, lr, _ = optimiser_and_rate(s.optimizer, s.lr, start.checkpoint is not None)
-    given = {"context": s.context, "membrane_centres": s.membrane_centres, "teacher": s.teacher}
-    data = fine_tuning_data(given, start.checkpoint is not None and not s.relabel_rounds)
-    if data["teacher"] and start.checkpoint is None:
-        raise InputError("--teacher needs a starting network; give --checkpoint")
-    return TrainConfig(
-        iterations=total,
-        batch_size=s.batch_size,
-        crop_size=s.crop_size,
-        optimizer=optimizer,
-        lr=lr,
-        schedule=s.schedule,
-        warmup=s.warmup if s.warmup is not None else default_warmup(total),
-        seed=s.seed,
-        val_every=s.val_every,
-        save_every=s.save_every or s.val_every,
-        augment=s.augment,
-        compile=s.compile,
-        channels_last=s.channels_last,
-        loss=loss,
-        normalisation=start.normalisation,
-        pixel_size=pixel_size,
-        membrane_centres=data["membrane_centres"],
-        context=data["context"],
-        probes=PROBES if start.checkpoint is not None else 0,
-        teacher=data["teacher"],
-        teacher_clearance=s.teacher_clearance,
-        teacher_from=str(Path(start.checkpoint.path).resolve()) if data["teacher"] else None,
-    )
+    shift = summary_prior_shift(train_dir, names)
+    if not isinstance(shift, str):
+        return shift
+    if chosen:
+        raise InputError(f"--class-prior tomogram: {shift}; extract and merge them again")
+    warn(f"{train_dir}: the patches' own class prior is trained: {shift}")
+    return None
