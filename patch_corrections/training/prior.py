@@ -58,15 +58,13 @@ class PriorShift:
 def prior_shift(rows: list[dict]) -> PriorShift | str:
     """The shift toward the tomograms' membrane share, from the merge summary ``rows`` of
     the patches that train; or why there is none, as a phrase."""
-    usable = [r for r in rows if _counts(r) is not None]
-    if not rows or len(usable) < len(rows):
+    counts = [_counts(r) for r in rows]
+    if not counts or None in counts:
         return (
             "the merge summary does not record the membrane of every patch and of its "
             "segmentation (patches extracted or merged by an older version, or simulated)"
         )
-    annotated, membrane, base, weighted = (
-        sum(values) for values in zip(*(_counts(r) for r in usable))
-    )
+    annotated, membrane, base, weighted = (sum(values) for values in zip(*counts))
     if not membrane or not base or membrane == annotated:
         return "the patches' trained voxels hold no membrane, or no background, before or after"
     predicted = weighted / annotated
