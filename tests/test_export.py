@@ -40,14 +40,12 @@ from patch_corrections.network.checkpoints import (
     network_from_checkpoint,
     save_checkpoint,
 )
-from patch_corrections.network.unet import (
-    PRESETS,
-    UNet,
-    UNetConfig,
+from patch_corrections.network.membrain_weights import (
     config_from_state_dict,
     lightning_state_dict,
     membrain_state_dict,
 )
+from patch_corrections.network.unet import PRESETS, UNet, UNetConfig
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 EXPORT = FIXTURES / "membrain_export"

@@ -8,13 +8,12 @@ import pytest
 import torch
 
 from patch_corrections.errors import InputError
+from patch_corrections.network.membrain_weights import config_from_state_dict, membrain_state_dict
 from patch_corrections.network.unet import (
     PRESETS,
     InstanceNorm,
     UNet,
-    config_from_state_dict,
     instance_norm,
-    membrain_state_dict,
     upsample_heads,
 )
 

@@ -76,15 +76,7 @@ class Predictor:
             raise InputError(
                 f"{path}: the network takes {config.in_channels} input channels; a tomogram has 1"
             )
-        if window % config.divisor:
-            raise InputError(
-                f"--window {window}: must be a multiple of {config.divisor} for this network"
-            )
-        if window < 2 * config.divisor:
-            raise InputError(
-                f"--window {window}: at least {2 * config.divisor} for this network (its "
-                "deepest level needs more than one voxel)"
-            )
+        config.check_edge(window, "--window")
         if rescale and loaded.pixel_size is None:
             raise InputError(
                 f"{path}: records no pixel size it was trained at, so --rescale cannot "

@@ -24,14 +24,8 @@ import torch
 from ..constants import MEMBRAIN_PIXEL_SIZE, NORMALISATION, NORMALISATIONS, ZSCORE
 from ..errors import InputError
 from ..io.staging import atomic_target
-from .unet import (
-    PRESETS,
-    UNet,
-    UNetConfig,
-    config_from_state_dict,
-    lightning_state_dict,
-    membrain_state_dict,
-)
+from .membrain_weights import config_from_state_dict, lightning_state_dict, membrain_state_dict
+from .unet import PRESETS, UNet, UNetConfig
 
 FORMAT = "patch_corrections/unet-1"
 

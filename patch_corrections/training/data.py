@@ -191,20 +191,13 @@ def check_step_memory(network: UNetConfig, config: TrainConfig, device: torch.de
         )
 
 
-def check_crop_size(crop_size: int, divisor: int, patches: list[TrainingPatch]) -> None:
-    """``InputError`` unless ``crop_size`` is a multiple of the network's ``divisor`` and
-    fits in a training patch."""
-    if crop_size % divisor:
-        raise InputError(
-            f"--crop-size {crop_size}: must be a multiple of {divisor} for this network"
-        )
-    if crop_size < 2 * divisor:
-        raise InputError(
-            f"--crop-size {crop_size}: at least {2 * divisor} for this network (its deepest "
-            "level needs more than one voxel)"
-        )
+def check_crop_size(crop_size: int, network: UNetConfig, patches: list[TrainingPatch]) -> None:
+    """``InputError`` unless ``crop_size`` suits the ``network`` (see
+    :meth:`UNetConfig.check_edge`) and fits in a training patch."""
+    network.check_edge(crop_size, "--crop-size")
     largest = max(max(p.image.shape) for p in patches)
     if crop_size > largest:
+        divisor = network.divisor
         fits = max(divisor, largest // divisor * divisor)
         raise InputError(
             f"--crop-size {crop_size}: larger than every training patch (the largest edge "

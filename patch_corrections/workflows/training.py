@@ -333,7 +333,7 @@ def _prepare(train_dir, out_dir, checkpoint, val_dir, s: RetrainSettings, ranks)
     if not s.resume and run_data(s, start)["class_prior"] == "tomogram":
         start.prior = _prior_shift(train_dir, [p.name for p in train], s.class_prior)
         config = replace(config, prior_shift=start.prior.delta if start.prior else 0.0)
-    check_crop_size(config.crop_size, start.network.config.divisor, train)
+    check_crop_size(config.crop_size, start.network.config, train)
     if config.teacher and s.resume:
         start.teacher = teacher_of(config, s.trust_checkpoint)
     context = Context([], [])
