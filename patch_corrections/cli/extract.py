@@ -9,6 +9,7 @@ import typer
 
 from ..errors import InputError
 from ..io.centres import Centre
+from ..io.volumes import at_scale_level, volume_name
 from ..workflows.extraction import ExtractReport, ExtractSettings, extract_patches
 from . import options
 from ._console import console, print_warnings
@@ -37,6 +38,7 @@ def extract_patches_command(
     tomogram: Annotated[Path, options.tomogram()],
     segmentation: Annotated[Path, options.segmentation(_SEGMENTATION)],
     out_dir: Annotated[Path, options.out_dir(_OUT_DIR)],
+    scale_level: Annotated[int | None, options.scale_level()] = None,
     centres: Annotated[Path | None, _CENTRES] = None,
     x: Annotated[float | None, _X] = None,
     y: Annotated[float | None, _Y] = None,
@@ -73,7 +75,7 @@ def extract_patches_command(
     )
     with console() as listener:
         report = extract_patches(
-            tomogram,
+            at_scale_level(tomogram, scale_level),
             segmentation,
             out_dir,
             centres,
@@ -89,7 +91,8 @@ def render(report: ExtractReport) -> None:
     s = report.settings
     typer.echo(
         f"Extracted {len(report.patches)} patch pair(s) of {s.patch_size}³ voxels from "
-        f"{report.tomogram.name} into {report.out_dir} ({s.format}, ignore border {s.border})."
+        f"{volume_name(report.tomogram)} into {report.out_dir} ({s.format}, ignore border "
+        f"{s.border})."
     )
     for patch in report.patches:
         padded = [f"{axis} {b}/{a}" for axis, (b, a) in zip("xyz", patch.padding_xyz) if b or a]
@@ -106,7 +109,7 @@ def render(report: ExtractReport) -> None:
         typer.echo(f"Previews: {report.previews[0].parent} ({len(report.previews)} PNG)")
     if report.skipped:
         typer.echo(
-            f"Skipped {report.skipped} centre(s) already extracted from {report.tomogram.name} "
-            "(see the manifest); --overwrite re-extracts them."
+            f"Skipped {report.skipped} centre(s) already extracted from "
+            f"{volume_name(report.tomogram)} (see the manifest); --overwrite re-extracts them."
         )
     print_warnings(report.warnings)

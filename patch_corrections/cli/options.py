@@ -23,7 +23,7 @@ from ..constants import (
     TRAIN_IMAGES_SUBDIR,
     TRAIN_LABELS_SUBDIR,
 )
-from ..io.volumes import MRC_SUFFIXES, NIFTI_SUFFIXES, NRRD_SUFFIXES
+from ..io.volumes import MRC_SUFFIXES, NIFTI_SUFFIXES, NRRD_SUFFIXES, ZARR_SUFFIXES
 
 
 class OutputFormat(str, Enum):
@@ -39,8 +39,18 @@ class OutputFormat(str, Enum):
 
 def tomogram(panel: str | None = None) -> Any:
     """``--tomogram/-t``: one tomogram (extract_patches, suggest)."""
-    suffixes = " ".join(MRC_SUFFIXES + NRRD_SUFFIXES + NIFTI_SUFFIXES)
+    suffixes = " ".join(MRC_SUFFIXES + NRRD_SUFFIXES + NIFTI_SUFFIXES + ZARR_SUFFIXES)
     return typer.Option("--tomogram", "-t", help=f"Tomogram ({suffixes}).", rich_help_panel=panel)
+
+
+def scale_level(panel: str | None = None) -> Any:
+    """``--scale-level``: which level of an OME-Zarr tomogram to read (segment, suggest,
+    extract_patches)."""
+    return typer.Option(
+        "--scale-level",
+        help="Level of an OME-Zarr (.zarr) tomogram to read, 0 the finest [default: the finest].",
+        rich_help_panel=panel,
+    )
 
 
 def segmentation(text: str) -> Any:

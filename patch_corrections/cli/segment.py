@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from ..io.volumes import at_scale_level, is_volume_folder, volume_name
 from ..workflows.batch_segmentation import BatchSegmentReport, is_segmented, segment_many
 from ..workflows.segmentation import SegmentReport, SegmentSettings, segment
 from . import options
 from ._console import console, print_warnings
 from ._errors import user_errors
+
+
+class SegmentFormat(str, Enum):
+    """What segment writes (``--format``)."""
+
+    mrc = "mrc"
+    zarr = "zarr"
+
 
 # The help's panels, so that 22 options read at 80 columns.
 _FILES = "Input and output"
@@ -75,6 +85,14 @@ def segment_command(
         Path,
         options.out_dir("Folder for <stem>_probabilities.mrc and <stem>_segmented.mrc.", _FILES),
     ],
+    output_format: Annotated[
+        SegmentFormat,
+        typer.Option(
+            "--format",
+            help="Write the outputs as MRC files or OME-Zarr images (.zarr).",
+            rich_help_panel=_FILES,
+        ),
+    ] = SegmentFormat(SegmentSettings.format),
     window: Annotated[int, options.window(_WINDOWS)] = SegmentSettings.window,
     overlap: Annotated[float, options.overlap(_WINDOWS)] = SegmentSettings.overlap,
     tta: Annotated[bool, _TTA] = SegmentSettings.tta,
@@ -94,10 +112,11 @@ def segment_command(
     overwrite: Annotated[
         bool, options.overwrite("earlier outputs", _FILES)
     ] = SegmentSettings.overwrite,
+    scale_level: Annotated[int | None, options.scale_level(_FILES)] = None,
     part: Annotated[int, _PART] = _WHOLE[0],
     parts: Annotated[int, _PARTS] = _WHOLE[1],
 ) -> None:
-    """Segment whole tomograms: a probability scoremap and a binary segmentation (MRC).
+    """Segment whole tomograms: a probability scoremap and a binary segmentation.
 
     With several tomograms, one that cannot be read or segmented is reported and the others
     are done; the exit code is then 1. Several runs may share one --out-dir (one per GPU
@@ -119,9 +138,11 @@ def segment_command(
         min_component_size=min_component_size,
         overwrite=overwrite,
         compile=compile_network,
+        format=output_format.value,
     )
     options.use_threads(threads)
-    single = len(tomograms) == 1 and not tomograms[0].is_dir() and (part, parts) == _WHOLE
+    tomograms = [at_scale_level(t, scale_level) for t in tomograms]
+    single = len(tomograms) == 1 and not is_volume_folder(tomograms[0]) and (part, parts) == _WHOLE
     with console() as listener:
         # A tomogram already segmented is skipped alone as in a folder (segment_many says
         # so, exit 0): a job array that resubmits single files goes through.
@@ -191,7 +212,8 @@ def render(report: SegmentReport) -> None:
             f"network's {s.window}³ at {network:g} Å."
         )
     typer.echo(
-        f"Segmented {report.tomogram.name} ({'x'.join(map(str, report.shape_xyz))} voxels, "
+        f"Segmented {volume_name(report.tomogram)} "
+        f"({'x'.join(map(str, report.shape_xyz))} voxels, "
         f"{report.windows} windows of {report.grid_window}³, overlap {s.overlap:g}"
         f"{', 8-flip TTA' if s.tta else ''}) on {report.device}: "
         f"{report.membrane_share:.2%} membrane at probability > {s.threshold:g}."

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ..io.names import segmentation_beside
+from ..io.volumes import at_scale_level, volume_name
 from ..network.threads import check_threads
 from ..workflows.segmentation import SegmentSettings
 from ..workflows.suggestion import SuggestReport, SuggestSettings, suggest
@@ -75,6 +76,7 @@ def suggest_command(
     tomogram: Annotated[Path, options.tomogram(_INPUT)],
     out_dir: Annotated[Path, options.out_dir(_OUT_DIR, _OUTPUT)],
     checkpoint: Annotated[Path | None, options.checkpoint(_CHECKPOINT, _INPUT)] = None,
+    scale_level: Annotated[int | None, options.scale_level(_INPUT)] = None,
     probabilities: Annotated[Path | None, _PROBABILITIES] = None,
     uncertainty: Annotated[Path | None, _UNCERTAINTY] = None,
     count: Annotated[int, _COUNT] = SuggestSettings.count,
@@ -139,7 +141,7 @@ def suggest_command(
         check_threads(threads)
     with console() as listener:
         report = suggest(
-            tomogram,
+            at_scale_level(tomogram, scale_level),
             out_dir,
             checkpoint,
             probabilities=probabilities,
@@ -158,7 +160,7 @@ def render(report: SuggestReport) -> None:
     excluded = f", {report.excluded} extracted patch(es) left out" if report.excluded else ""
     typer.echo(
         f"Scored {report.candidates} boxes of {s.patch_size}³ voxels in "
-        f"{report.tomogram.name} ({'x'.join(map(str, report.shape_xyz))}){excluded}; "
+        f"{volume_name(report.tomogram)} ({'x'.join(map(str, report.shape_xyz))}){excluded}; "
         f"{len(report.suggestions)} suggestion(s), "
         + ("one per kind of region, the largest kind first:" if s.spread else "best first:")
     )

@@ -53,13 +53,39 @@ def statistics_of(normalisation: str, values: np.ndarray) -> tuple[float, float]
     return zscore_statistics(values) if normalisation == ZSCORE else robust_statistics(values)
 
 
+SAMPLE_CHUNKS = 32
+"""Chunks of a chunked (OME-Zarr) volume read for its sample, at least (more when 32
+hold fewer voxels than the sample): a slice through it would read (and decompress) every
+chunk it crosses whole."""
+
+
 def spread_sample(reader: VolumeReader, count: int = NORMALISATION_SAMPLE) -> np.ndarray:
-    """About ``count`` voxels spread evenly through the volume, read slice by slice."""
+    """About ``count`` voxels spread evenly through the volume: read from 32 slices, or
+    from whole chunks, fixed but spread at random, of a chunked volume (a reader with
+    ``chunks``; see :data:`SAMPLE_CHUNKS`)."""
+    chunks = getattr(reader, "chunks", None)
+    if chunks is not None:
+        return _chunk_sample(reader, chunks, count)
     nz, ny, nx = reader.info.shape
     slices = np.unique(np.linspace(0, nz - 1, min(nz, 32)).astype(int))
     stride = max(1, int(np.sqrt(ny * nx * len(slices) / count)))
     parts = [reader.read_block((z, 0, 0), (z + 1, ny, nx))[0, ::stride, ::stride] for z in slices]
     return np.concatenate([p.ravel() for p in parts])
+
+
+def _chunk_sample(reader: VolumeReader, chunks, count: int) -> np.ndarray:
+    shape = reader.info.shape
+    grid = [math.ceil(n / c) for n, c in zip(shape, chunks)]
+    total = math.prod(grid)
+    wanted = max(SAMPLE_CHUNKS, math.ceil(count / math.prod(chunks)))
+    chosen = np.random.default_rng(0).choice(total, min(total, wanted), replace=False)
+    parts = []
+    for index in np.sort(chosen):
+        start = [int(i) * c for i, c in zip(np.unravel_index(index, grid), chunks)]
+        stop = [min(a + c, n) for a, c, n in zip(start, chunks, shape)]
+        parts.append(reader.read_block(tuple(start), tuple(stop)).ravel())
+    values = np.concatenate(parts)
+    return values[:: max(1, values.size // count)]
 
 
 def tomogram_statistics(reader: VolumeReader) -> dict:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, warn
 from ..io.geometry import Geometry
 from ..io.readers import VolumeReader
 from ..network.checkpoints import LoadedCheckpoint, load_network
@@ -114,6 +114,25 @@ class Predictor:
         if given == self.pixel_size:
             return self.window, None
         return grid_window(self.window, given, self.pixel_size), (given, self.pixel_size)
+
+    def warn_padding(self, path: Path, shape, grid: int, plain: bool) -> None:
+        """Warn when an axis of the tomogram at ``path`` is shorter than the ``grid``
+        window: the window is then padded with the normalised mean, which moves the
+        network's normalisation inside it (``plain``: not rescaled, so a window that fits
+        can be named)."""
+        short = [name for name, n in zip("zyx", shape) if n < grid]
+        if not short:
+            return
+        divisor = self.checkpoint.network.config.divisor
+        fit = min(shape) // divisor * divisor
+        advice = (
+            f"--window {fit} or less" if plain and fit >= 2 * divisor else "a smaller --window"
+        )
+        warn(
+            f"{path}: shorter than the {grid}³ window along {' and '.join(short)}, so each "
+            "window is padded with the normalised mean; networks fine-tuned here lost most of "
+            f'their precision that way (benchmarks/RESULTS.md, "The window"): give {advice}'
+        )
 
     def _predict(self, grid: int) -> Callable:
         """The sliding window's ``predict`` for windows of ``grid`` voxels: logits of a

@@ -114,27 +114,30 @@ def preview_path(out_dir: Path, name: str) -> Path:
 
 
 SEGMENT_OUTPUTS = ("probabilities", "segmented", "uncertainty", "components")
-"""What ``segment`` writes per tomogram, as ``<stem>_<kind>.mrc``."""
+"""What ``segment`` writes per tomogram, as ``<stem>_<kind>.mrc`` (or ``.zarr``)."""
+SEGMENT_FORMATS = {"mrc": ".mrc", "zarr": ".zarr"}
+"""The formats ``segment`` writes (``--format``), with their suffixes."""
 
 
-def segment_output(out_dir: Path, stem: str, kind: str) -> Path:
+def segment_output(out_dir: Path, stem: str, kind: str, fmt: str = "mrc") -> Path:
     """Where ``segment`` writes its ``kind`` (one of :data:`SEGMENT_OUTPUTS`) output of the
-    tomogram ``stem``: ``<stem>_probabilities.mrc`` is named apart from MemBrain-seg's
-    ``<stem>_scores.mrc``, which holds logits."""
+    tomogram ``stem`` in format ``fmt``: ``<stem>_probabilities.mrc`` is named apart from
+    MemBrain-seg's ``<stem>_scores.mrc``, which holds logits."""
     if kind not in SEGMENT_OUTPUTS:
         raise ValueError(f"segment writes no {kind!r} output")
-    return Path(out_dir) / f"{stem}_{kind}.mrc"
+    return Path(out_dir) / f"{stem}_{kind}{SEGMENT_FORMATS[fmt]}"
 
 
 def segmentation_beside(probabilities: Path) -> Path | None:
     """The segmentation ``segment`` wrote beside its ``probabilities`` file, if that is
     one of its outputs and the segmentation is there."""
-    suffix = "_probabilities.mrc"
-    if not probabilities.name.endswith(suffix):
-        return None
-    stem = probabilities.name.removesuffix(suffix)
-    segmented = segment_output(probabilities.parent, stem, "segmented")
-    return segmented if segmented.exists() else None
+    for fmt, suffix in SEGMENT_FORMATS.items():
+        ending = f"_probabilities{suffix}"
+        if probabilities.name.endswith(ending):
+            stem = probabilities.name.removesuffix(ending)
+            segmented = segment_output(probabilities.parent, stem, "segmented", fmt)
+            return segmented if segmented.exists() else None
+    return None
 
 
 def suggestion_tables(out_dir: Path, stem: str) -> tuple[Path, Path]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,9 +53,31 @@ def atomic_target(path: Path, suffix: str = "") -> Iterator[Path]:
     try:
         with naming_errors(path, temporary):
             yield temporary
-            os.replace(temporary, path)
+            replace_path(temporary, path)
     finally:
-        temporary.unlink(missing_ok=True)
+        remove_path(temporary)
+
+
+def replace_path(temporary: Path, final: Path) -> None:
+    """``os.replace``, also for a folder (an OME-Zarr volume) replacing a folder: the old
+    one is moved aside, the new one renamed into place, then the old one removed."""
+    temporary, final = Path(temporary), Path(final)
+    if temporary.is_dir() and final.is_dir() and not final.is_symlink():
+        aside = final.with_name(f".{final.name}.partial-{secrets.token_hex(4)}-replaced")
+        os.replace(final, aside)
+        os.replace(temporary, final)
+        shutil.rmtree(aside)
+    else:
+        os.replace(temporary, final)
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file, or a folder an OME-Zarr volume is written as, if it is there."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -144,7 +167,7 @@ class StagedFiles:
     def discard(self) -> None:
         """Remove staged files and the folders created for them (if left empty)."""
         for temporary, _ in self._staged:
-            temporary.unlink(missing_ok=True)
+            remove_path(temporary)
         self._staged, self._texts, self._remove = [], {}, []
         for folder in sorted(self._created, key=lambda p: len(p.parts), reverse=True):
             try:
@@ -191,11 +214,11 @@ def _finish(renames, texts: dict[Path, str], remove: list[Path]) -> None:
     """Carry out a commit; every step may be repeated (a rename already done is skipped)."""
     for temporary, final in renames:
         if Path(temporary).exists():
-            os.replace(temporary, final)
+            replace_path(temporary, final)
     for path, text in texts.items():
         write_text_atomic(Path(path), text)
     for path in remove:
-        Path(path).unlink(missing_ok=True)
+        remove_path(path)
 
 
 def recover(folder: Path) -> tuple[int, int]:
@@ -226,10 +249,10 @@ def recover(folder: Path) -> tuple[int, int]:
     leftovers = [
         path
         for path in (*folder.glob(".*"), *folder.glob("*/.*"))
-        if path.is_file() and any(mark in path.name for mark in LEFTOVERS)
+        if (path.is_file() or path.is_dir()) and any(mark in path.name for mark in LEFTOVERS)
     ]
     for path in leftovers:
-        path.unlink(missing_ok=True)
+        remove_path(path)
     return finished, len(leftovers)
 
 
@@ -242,6 +265,6 @@ def remove_leftovers_of(finals: Iterable[Path]) -> int:
         final = Path(final)
         for mark in LEFTOVERS:
             for path in final.parent.glob(f".{final.name}{mark}*"):
-                path.unlink(missing_ok=True)
+                remove_path(path)
                 removed += 1
     return removed

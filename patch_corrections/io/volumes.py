@@ -1,14 +1,16 @@
-"""Reading and writing volumes (MRC, NRRD, NIfTI) with their geometry.
+"""Reading and writing volumes (MRC, NRRD, NIfTI, OME-Zarr) with their geometry.
 
 This is the one face of volume I/O: it tells the formats apart by file name and hands each
-file to its module (``mrc``, ``nrrd``, ``nifti``), which owns that format's axis
-conversion. In memory, every array is ``(z, y, x)`` and every per-axis tuple (voxel size,
+file to its module (``mrc``, ``nrrd``, ``nifti``, ``omezarr``), which owns that format's
+axis conversion. In memory, every array is ``(z, y, x)`` and every per-axis tuple (voxel size,
 origin, offsets) is ``(z, y, x)`` too, whatever the file's order:
 
 - MRC is already ``(z, y, x)`` in memory; only its header records are ``x, y, z``.
 - NRRD is read and written in C order, so the array is ``(z, y, x)``; its header lists
   ``x`` first.
 - NIfTI arrays are ``(x, y, z)`` (the MemBrain-seg convention) and are transposed.
+- OME-Zarr arrays are ``(z, y, x)`` as their metadata lists them; a ``.zarr`` "file" is a
+  folder, and a path inside it names one scale level (see :mod:`.omezarr`).
 
 Geometry (voxel size and origin, Å) is read from and written into every format's header.
 """
@@ -24,10 +26,20 @@ import numpy as np
 from ..errors import InputError
 from .geometry import Geometry, Triple
 from .mrc import MRC_SUFFIXES, MrcReader, read_mrc_info
-from .mrc_writer import mrc_dtype, set_mrc_geometry, write_mrc
+from .mrc_writer import MrcSlabWriter, mrc_dtype, set_mrc_geometry, write_mrc
 from .names import is_plain_name
 from .nifti import NIFTI_SUFFIXES, open_nifti, read_nifti_info, write_nifti
 from .nrrd import NRRD_SUFFIXES, open_nrrd, read_nrrd_info, write_nrrd
+from .omezarr import (
+    ZARR_SUFFIXES,
+    ZarrSlabWriter,
+    is_zarr_volume,
+    open_zarr,
+    read_zarr_info,
+    scale_level,
+    write_zarr,
+    zarr_root,
+)
 from .readers import VolumeInfo, VolumeReader, basic_dtype
 from .staging import atomic_target
 
@@ -36,19 +48,26 @@ __all__ = [
     "NIFTI_SUFFIXES",
     "NRRD_SUFFIXES",
     "WRITE_FORMATS",
+    "ZARR_SUFFIXES",
     "Geometry",
     "Triple",
     "VolumeInfo",
     "VolumeReader",
+    "at_scale_level",
+    "check_slab_output",
     "closing_reader",
     "is_volume_file",
+    "is_volume_folder",
     "open_volume",
     "output_path",
     "read_info",
     "read_volume",
     "set_mrc_geometry",
+    "slab_writer",
     "storable_dtype",
+    "volume_exists",
     "volume_format",
+    "volume_name",
     "volume_stem",
     "volume_suffix",
     "write_volume",
@@ -57,27 +76,33 @@ __all__ = [
 WRITE_FORMATS = {"mrc": ".mrc", "nrrd": ".nrrd", "nii.gz": ".nii.gz"}
 """Output format names accepted on the command line, with the file suffix each one writes."""
 
-_SUFFIXES = MRC_SUFFIXES + NRRD_SUFFIXES + NIFTI_SUFFIXES
+_SUFFIXES = MRC_SUFFIXES + NRRD_SUFFIXES + NIFTI_SUFFIXES + ZARR_SUFFIXES
 
 _INFO: dict[str, Callable[[Path], VolumeInfo]] = {
     "mrc": read_mrc_info,
     "nrrd": read_nrrd_info,
     "nifti": read_nifti_info,
+    "zarr": read_zarr_info,
 }
 _OPEN: dict[str, Callable[[Path], VolumeReader]] = {
     "mrc": MrcReader,
     "nrrd": open_nrrd,
     "nifti": open_nifti,
+    "zarr": open_zarr,
 }
 _WRITE: dict[str, Callable[[Path, np.ndarray, Geometry], None]] = {
     "mrc": write_mrc,
     "nrrd": write_nrrd,
     "nifti": write_nifti,
+    "zarr": write_zarr,
 }
 
 
 def volume_format(path: Path) -> str:
-    """Return ``"mrc"``, ``"nrrd"`` or ``"nifti"`` from the file name, else raise InputError."""
+    """Return ``"mrc"``, ``"nrrd"``, ``"nifti"`` or ``"zarr"`` from the file name (a path
+    inside a ``.zarr`` folder is ``"zarr"``), else raise InputError."""
+    if zarr_root(path) is not None:
+        return "zarr"
     name = path.name.lower()
     for fmt, suffixes in (
         ("mrc", MRC_SUFFIXES),
@@ -90,8 +115,43 @@ def volume_format(path: Path) -> str:
 
 
 def is_volume_file(path: Path) -> bool:
-    """Whether ``path`` is a file with a suffix this module reads."""
+    """Whether ``path`` is a file with a suffix this module reads, or a ``.zarr`` folder
+    holding a Zarr group or array."""
+    if path.name.lower().endswith(ZARR_SUFFIXES):
+        return is_zarr_volume(path)
     return path.is_file() and path.name.lower().endswith(_SUFFIXES)
+
+
+def volume_exists(path: Path) -> bool:
+    """Whether the volume ``path`` is there: a file, or a Zarr group or array."""
+    path = Path(path)
+    return is_zarr_volume(path) if zarr_root(path) is not None else path.is_file()
+
+
+def is_volume_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder of volumes, not a volume stored as a folder (OME-Zarr)."""
+    return path.is_dir() and zarr_root(path) is None
+
+
+def at_scale_level(path: Path, level: int | None) -> Path:
+    """The path of scale level ``level`` of the OME-Zarr image ``path`` (``None``: ``path``
+    as given, the finest level for an image); ``--scale-level`` of the commands that read
+    a tomogram. Other formats hold one scale, so only ``None`` suits them."""
+    if level is None:
+        return Path(path)
+    if zarr_root(Path(path)) is None:
+        raise InputError(
+            f"{path}: --scale-level picks a level of an OME-Zarr (.zarr) tomogram; "
+            + ("name each .zarr tomogram" if Path(path).is_dir() else "this format has one")
+        )
+    return scale_level(Path(path), level)
+
+
+def volume_name(path: Path) -> str:
+    """A volume's name for messages: its file name, or for a scale level inside a
+    ``.zarr`` folder the folder's name and the level's path (``a.zarr/1``)."""
+    root = zarr_root(Path(path))
+    return f"{root[0].name}/{root[1]}" if root is not None and root[1] else Path(path).name
 
 
 def volume_suffix(path: Path) -> str:
@@ -104,7 +164,11 @@ def volume_suffix(path: Path) -> str:
 
 
 def volume_stem(path: Path) -> str:
-    """File name without its volume suffix (``a.nii.gz`` -> ``a``)."""
+    """File name without its volume suffix (``a.nii.gz`` -> ``a``); for a scale level
+    inside a ``.zarr`` folder, the folder's (``a.zarr/1`` -> ``a``)."""
+    root = zarr_root(path)
+    if root is not None:
+        path = root[0]
     suffix = volume_suffix(path)
     return path.name[: -len(suffix)] if suffix else path.name
 
@@ -143,6 +207,8 @@ def closing_reader(path: Path) -> Iterator[VolumeReader]:
 def _require_file(path: Path) -> None:
     if not path.exists():
         raise InputError(f"{path}: file not found")
+    if zarr_root(path) is not None:
+        return  # a folder; omezarr says what is wrong with it
     if not path.is_file():
         raise InputError(f"{path}: not a file")
 
@@ -172,8 +238,37 @@ def write_volume(
     if path.exists() and not overwrite:
         raise InputError(f"{path}: already exists; pass --overwrite to replace it")
     fmt = volume_format(path)
+    if fmt == "zarr" and zarr_root(path)[1]:  # type: ignore[index]
+        raise InputError(f"{path}: inside a .zarr folder; name the .zarr folder to write")
     with atomic_target(path, volume_suffix(path)) as temporary:
         _WRITE[fmt](temporary, data, geometry)
+
+
+def check_slab_output(path: Path, option: str, source: Path, read: str) -> None:
+    """``InputError`` unless ``path`` names what :func:`slab_writer` writes, an MRC file or
+    an OME-Zarr image (not a folder of anything else), other than ``source``, the volume
+    the command reads (``read`` says which)."""
+    name = path.name.lower()
+    if not name.endswith(MRC_SUFFIXES + ZARR_SUFFIXES):
+        raise InputError(
+            f"{option} {path}: the output is an MRC file or an OME-Zarr image; end its name "
+            "with .mrc or .zarr"
+        )
+    if is_volume_folder(path):
+        raise InputError(f"{option} {path}: is a folder; give the MRC file to write")
+    if path.exists() and path.resolve() == Path(source).resolve():
+        beside = path.with_name(f"{volume_stem(path)}_corrected{volume_suffix(path)}")
+        raise InputError(
+            f"{option} {path}: that is {read}; write the result beside it, e.g. {beside}"
+        )
+
+
+def slab_writer(path: Path, shape, dtype, geometry: Geometry):
+    """A writer of a new MRC file or OME-Zarr image (by ``path``'s name) that takes the
+    volume slab by slab along z (see :class:`.mrc_writer.MrcSlabWriter`)."""
+    if volume_format(Path(path)) == "zarr":
+        return ZarrSlabWriter(path, shape, dtype, geometry)
+    return MrcSlabWriter(path, shape, dtype, geometry)
 
 
 def storable_dtype(dtype: np.dtype, fmt: str, high: float = 0) -> np.dtype:
@@ -183,6 +278,8 @@ def storable_dtype(dtype: np.dtype, fmt: str, high: float = 0) -> np.dtype:
     NIfTI (nibabel) has no float16 either. ``high`` is the data's maximum, which decides
     whether uint8 fits MRC's int8 mode.
     """
+    if fmt == "zarr":  # any dtype but bool, which viewers take as uint8 anyway
+        return basic_dtype(dtype) if np.dtype(dtype).kind == "b" else np.dtype(dtype)
     if fmt in ("nrrd", "nifti") or (np.dtype(dtype).kind == "b" and fmt != "mrc"):
         # Other names (WRITE_FORMATS' "nii.gz" among them) keep their old answer: bool as
         # uint8, the rest by MRC's rules.

@@ -27,7 +27,7 @@ from ..constants import IGNORE, NORMALISATION
 from ..errors import warn
 from ..io.geometry import PatchBox, from_xyz
 from ..io.summary import summary_path, summary_rows
-from ..io.volumes import closing_reader, read_info
+from ..io.volumes import closing_reader, read_info, volume_exists
 from ..labels.patches import Binarisation, image_patch, label_patch
 from .data import TrainingPatch
 
@@ -76,7 +76,7 @@ def sources_of(train_dir: Path, pixel_size: float | None = None) -> list[_Source
     for tomogram, group in groups.items():
         segmentation = _newest({r["cut_from"]["segmentation"] for r in group})
         group = sorted(group, key=lambda r: r["cut_from"]["segmentation"] == segmentation)
-        missing = [p for p in (tomogram, segmentation) if not Path(p).is_file()]
+        missing = [p for p in (tomogram, segmentation) if not volume_exists(p)]
         if missing:
             warn(
                 f"{missing[0]} (recorded in {train_dir}'s merge summary) is not here: no "
@@ -94,7 +94,7 @@ def sources_of(train_dir: Path, pixel_size: float | None = None) -> list[_Source
 
 def _newest(paths: set[str]) -> str:
     """The most recently written of ``paths`` that exists (any, if none does)."""
-    present = [p for p in sorted(paths) if Path(p).is_file()]
+    present = [p for p in sorted(paths) if volume_exists(p)]
     return max(present, key=lambda p: Path(p).stat().st_mtime) if present else min(paths)
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError, collect_warnings, os_error_text
-from ..io.volumes import is_volume_file, volume_stem
+from ..io.volumes import is_volume_file, is_volume_folder, volume_stem
 from ._common import check_out_dir
 from .events import SILENT, Listener
 from .segmentation import (
@@ -161,10 +161,10 @@ def _tomogram_files(tomograms: Sequence[Path]) -> list[Path]:
     """The tomogram files given (files, or folders of them), each once, sorted by name."""
     files: dict[Path, Path] = {}  # the same file named twice (./a.mrc, /data/a.mrc) is one
     for given in map(Path, tomograms):
-        if given.is_dir():
+        if is_volume_folder(given):
             found = sorted(p for p in given.iterdir() if is_volume_file(p))
             if not found:
-                raise InputError(f"{given}: no tomogram (.mrc .rec .nrrd .nii.gz …) in it")
+                raise InputError(f"{given}: no tomogram (.mrc .rec .nrrd .nii.gz .zarr …) in it")
         else:
             found = [given]
         for path in found:

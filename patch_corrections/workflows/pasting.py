@@ -24,12 +24,19 @@ from ..errors import InputError, collect_warnings, warn
 from ..io.geometry import Geometry, as_xyz, xyz_text
 from ..io.locks import folder_lock
 from ..io.manifest import PatchRecord, manifest_path, padding_zyx, read_records
-from ..io.mrc_writer import MrcSlabWriter, mrc_dtype
+from ..io.mrc_writer import mrc_dtype
 from ..io.patch_folders import find_label_patches
 from ..io.placement import Placement, check_offsets, place_patch
 from ..io.staging import remove_leftovers_of, staged
 from ..io.summary import summary_path, summary_rows
-from ..io.volumes import MRC_SUFFIXES, VolumeInfo, closing_reader, read_volume
+from ..io.volumes import (
+    VolumeInfo,
+    check_slab_output,
+    closing_reader,
+    read_volume,
+    slab_writer,
+    volume_suffix,
+)
 from ..labels.compositing import Tally, composite
 from ..labels.corrections import require_label_values
 from ..labels.density import refuse_density_of
@@ -165,7 +172,12 @@ def paste_corrections(
                     warn(f"{out}: removed the temporary files an interrupted run left")
                 with staged() as files:
                     totals, per_patch, odd = _paste(
-                        reader, placements, files.stage(out, ".mrc"), dtype, settings, listener
+                        reader,
+                        placements,
+                        files.stage(out, volume_suffix(out)),
+                        dtype,
+                        settings,
+                        listener,
                     )
         if odd:
             warn(
@@ -199,15 +211,7 @@ def _rows(placements: list[Placement], per_patch: dict[str, np.ndarray]) -> list
 
 
 def _check_out(out: Path, segmentation: Path, settings: PasteSettings) -> None:
-    if not out.name.lower().endswith(MRC_SUFFIXES):
-        raise InputError(f"--out {out}: the output is an MRC file; end its name with .mrc")
-    if out.exists() and out.resolve() == segmentation.resolve():
-        raise InputError(
-            f"--out {out}: that is the segmentation pasted into; write the corrected one "
-            "beside it, e.g. " + str(out.with_name(out.stem + "_corrected.mrc"))
-        )
-    if out.is_dir():
-        raise InputError(f"--out {out}: is a folder; give the MRC file to write")
+    check_slab_output(out, "--out", segmentation, "the segmentation pasted into")
     check_out_dir(out.parent)
     require_free([out], settings.overwrite)
 
@@ -365,7 +369,7 @@ def _paste(
     odd = 0
     slabs = math.ceil(nz / step)
     listener.progress(Progress("Pasting corrections", 0, slabs))
-    with MrcSlabWriter(path, shape, dtype, geometry) as writer:
+    with slab_writer(path, shape, dtype, geometry) as writer:
         for number, z0 in enumerate(range(0, nz, step), start=1):
             z1 = min(nz, z0 + step)
             before = reader.read_block((z0, 0, 0), (z1, ny, nx))

@@ -15,10 +15,16 @@ from ..constants import NORMALISATION, PATCH_SIZE, ZSCORE
 from ..errors import InputError, collect_warnings, warn
 from ..io.geometry import as_xyz, geometry_or_unit
 from ..io.locks import lock_file, new_folder
-from ..io.mrc_writer import MrcSlabWriter
-from ..io.names import segment_output
+from ..io.names import SEGMENT_FORMATS, segment_output
 from ..io.staging import StagedFiles, remove_leftovers_of, staged
-from ..io.volumes import closing_reader, read_volume, volume_stem, write_volume
+from ..io.volumes import (
+    closing_reader,
+    read_volume,
+    slab_writer,
+    volume_stem,
+    volume_suffix,
+    write_volume,
+)
 from ._common import check_out_dir, require_free
 from .events import SILENT, Listener, Progress
 
@@ -56,6 +62,8 @@ class SegmentSettings:
         With ``components``, drop components of fewer voxels.
     overwrite
         Replace earlier outputs.
+    format
+        ``mrc`` or ``zarr`` (OME-Zarr): what the outputs are written as.
     compile
         ``torch.compile`` the network (fuses its norms and activations): a slow first
         window, faster ones after; for large tomograms, TTA or many tomograms per run.
@@ -75,8 +83,13 @@ class SegmentSettings:
     min_component_size: int = 1
     overwrite: bool = False
     compile: bool = False
+    format: str = "mrc"
 
     def __post_init__(self) -> None:
+        if self.format not in SEGMENT_FORMATS:
+            raise InputError(
+                f"--format {self.format}: expected one of {', '.join(SEGMENT_FORMATS)}"
+            )
         if self.pixel_size is not None and not (
             math.isfinite(self.pixel_size) and self.pixel_size > 0
         ):
@@ -117,13 +130,13 @@ class SegmentReport:
     """Share of voxels above the threshold."""
     peak_gpu_gib: float | None
     probabilities: Path
-    """Float16 membrane probabilities, MRC (``<stem>_probabilities.mrc``)."""
+    """Float16 membrane probabilities (``<stem>_probabilities.mrc`` or ``.zarr``)."""
     segmentation: Path
-    """Int8 binary segmentation, MRC."""
+    """Int8 binary segmentation."""
     uncertainty: Path | None
-    """Float16 variance of the 8 flipped passes' probabilities, MRC, when asked for."""
+    """Float16 variance of the 8 flipped passes' probabilities, when asked for."""
     components: Path | None
-    """Labels of the connected membrane components, MRC, when asked for."""
+    """Labels of the connected membrane components, when asked for."""
     component_count: int | None
     settings: SegmentSettings
     warnings: list[str]
@@ -210,7 +223,7 @@ def output_paths(tomogram: Path, out_dir: Path, settings: SegmentSettings) -> di
     kinds = ["probabilities", "segmented"]
     kinds += ["uncertainty"] * settings.uncertainty + ["components"] * settings.components
     stem = volume_stem(tomogram)
-    return {kind: segment_output(out_dir, stem, kind) for kind in kinds}
+    return {kind: segment_output(out_dir, stem, kind, settings.format) for kind in kinds}
 
 
 def segment_one(
@@ -268,7 +281,7 @@ def _segment_one(
         geometry = geometry_or_unit(reader.info.geometry, tomogram, "outputs are written")
         grid, pixel_sizes = predictor.grid(reader.info.geometry, settings.pixel_size, tomogram)
         windows = windows_count(shape, grid, settings.overlap)
-        _warn_padding(tomogram, shape, grid, predictor, pixel_sizes is None)
+        predictor.warn_padding(tomogram, shape, grid, plain=pixel_sizes is None)
         progress = _Counter(listener, windows * (len(FLIPS) if settings.tta else 1))
         slabs = predictor.slabs(
             reader, grid, settings.overlap, settings.tta, settings.uncertainty, progress.add
@@ -301,22 +314,6 @@ def _segment_one(
     )
 
 
-def _warn_padding(tomogram: Path, shape, grid: int, predictor, plain: bool) -> None:
-    """Warn when an axis is shorter than the window: the window is then padded with the
-    normalised mean, which moves the network's normalisation inside it."""
-    short = [name for name, n in zip("zyx", shape) if n < grid]
-    if not short:
-        return
-    divisor = predictor.checkpoint.network.config.divisor
-    fit = min(shape) // divisor * divisor
-    advice = f"--window {fit} or less" if plain and fit >= 2 * divisor else "a smaller --window"
-    warn(
-        f"{tomogram}: shorter than the {grid}³ window along {' and '.join(short)}, so each "
-        "window is padded with the normalised mean; networks fine-tuned here lost most of "
-        f'their precision that way (benchmarks/RESULTS.md, "The window"): give {advice}'
-    )
-
-
 class _Counter:
     """Tells the listener how many windows of all passes are done, from :meth:`start` on."""
 
@@ -340,9 +337,9 @@ def _write_slabs(slabs, outputs: dict, files: StagedFiles, volume, settings, pro
     # the staged files are discarded: a batch goes on to the next tomogram.
     with ExitStack() as stack:
 
-        def writer(kind: str, dtype) -> MrcSlabWriter:
-            path = files.stage(outputs[kind], ".mrc")
-            return stack.enter_context(MrcSlabWriter(path, shape, dtype, geometry))
+        def writer(kind: str, dtype):
+            path = files.stage(outputs[kind], volume_suffix(outputs[kind]))
+            return stack.enter_context(slab_writer(path, shape, dtype, geometry))
 
         scores = writer("probabilities", np.float16)
         labels = writer("segmented", np.int8)
@@ -366,7 +363,7 @@ def _write_components(outputs: dict, files: StagedFiles, geometry, min_size: int
 
     segmentation, _ = read_volume(files.temporary(outputs["segmented"]))
     found = connected_components(segmentation, min_size)
-    path = files.stage(outputs["components"], ".mrc")
+    path = files.stage(outputs["components"], volume_suffix(outputs["components"]))
     write_volume(path, found.astype(smallest_label_dtype(found)), geometry)
     return int(found.max()) if found.size else 0
 

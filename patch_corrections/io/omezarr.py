@@ -1,0 +1,349 @@
+"""OME-Zarr volumes (``.zarr`` folders), through ``zarr``: the CZ cryoET Data Portal's and
+copick's tomograms and segmentations.
+
+An OME-Zarr image is a Zarr group whose ``multiscales`` metadata (OME-NGFF 0.4 in
+``.zattrs``, or 0.5 under ``ome`` in ``zarr.json``) lists one array per scale level, finest
+first, each with its scale (the voxel size) and optional translation (the origin), in the
+unit of its axes. A path names one level:
+
+- ``tomo.zarr``: the finest level (``datasets[0]``);
+- ``tomo.zarr/2``: the level stored at ``2`` inside it, with that level's geometry from
+  the group's metadata (:func:`scale_level` turns a level number into such a path);
+- a plain Zarr array (``seg.zarr`` holding ``.zarray``), without metadata: no geometry,
+  as an MRC header with a voxel size of 0.
+
+Arrays are ``(z, y, x)`` as everywhere here; axes other than ``z``, ``y``, ``x`` must have
+one voxel. Blocks are read as slices of the Zarr array, so only the chunks a block touches
+are read. Volumes are written as OME-NGFF 0.4 (Zarr format 2, what the Data Portal and
+copick write), one level in chunks of :data:`CHUNK` voxels, voxel size and origin in Å.
+
+``zarr`` is an optional dependency (``pip install "patch-corrections[zarr]"``): nothing
+imports it until a ``.zarr`` path is read or written.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError, warn
+from .geometry import Geometry
+from .readers import READ_ERRORS, ArrayReader, VolumeInfo, as_3d, quoted, reason
+
+ZARR_SUFFIXES = (".zarr",)
+CHUNK = 64
+"""Edge of the chunks volumes are written in (a 64³ float32 chunk is 1 MiB)."""
+UNITS_IN_ANGSTROM = {
+    "angstrom": 1.0,
+    "nanometer": 10.0,
+    "micrometer": 1e4,
+    "millimeter": 1e7,
+    "meter": 1e10,
+    "picometer": 0.01,
+}
+"""OME-NGFF space units, in Å."""
+_SPACE = ("z", "y", "x")
+
+
+def _zarr():
+    try:
+        import zarr
+    except ImportError:
+        raise InputError(
+            'reading or writing .zarr volumes needs zarr: pip install "patch-corrections[zarr]"'
+        ) from None
+    return zarr
+
+
+def zarr_root(path: Path) -> tuple[Path, str] | None:
+    """The ``.zarr`` folder holding ``path`` (itself or a parent) and the path inside it
+    (``""`` for the folder itself); ``None`` when no part of ``path`` ends in ``.zarr``."""
+    path = Path(path)
+    for depth, folder in enumerate((path, *path.parents)):
+        if folder.name.lower().endswith(ZARR_SUFFIXES):
+            inner = path.parts[len(path.parts) - depth :]
+            return folder, "/".join(inner)
+    return None
+
+
+def is_zarr_volume(path: Path) -> bool:
+    """Whether ``path`` is a folder that Zarr metadata makes a group or an array (not a
+    ``.zarr`` folder of anything else)."""
+    path = Path(path)
+    markers = (".zgroup", ".zarray", "zarr.json")
+    return path.is_dir() and any((path / m).is_file() for m in markers)
+
+
+def scale_level(path: Path, level: int) -> Path:
+    """The path of scale level ``level`` (0: the finest) of the OME-Zarr image ``path``.
+
+    Raises
+    ------
+    InputError
+        If ``path`` holds no multiscales metadata or no such level; the message lists the
+        levels there are.
+    """
+    if level < 0:
+        raise InputError(f"--scale-level must be 0 or more, got {level}")
+    node = _open_node(Path(path))
+    multiscale = _multiscale(Path(path), _attributes(node)) if _is_group(node) else None
+    if multiscale is None:
+        if level == 0:
+            return Path(path)
+        raise InputError(f"{path}: no OME-Zarr multiscales metadata, so no --scale-level {level}")
+    datasets = multiscale["datasets"]
+    if level >= len(datasets):
+        paths = ", ".join(f"{i} ({d['path']})" for i, d in enumerate(datasets))
+        raise InputError(f"{path}: no scale level {level}; it holds {paths}")
+    return Path(path) / datasets[level]["path"]
+
+
+def read_zarr_info(path: Path) -> VolumeInfo:
+    """The shape ``(z, y, x)``, dtype and geometry of the level ``path`` names."""
+    return _level(path)[1]
+
+
+def open_zarr(path: Path) -> ArrayReader:
+    """Open the level ``path`` names for block reads ``(z, y, x)``."""
+    array, info = _level(path)
+    return _ZarrReader(info, array)
+
+
+class _ZarrReader(ArrayReader):
+    """Block reads of a Zarr array; its axes beyond ``z, y, x`` have one voxel."""
+
+    @property
+    def chunks(self) -> tuple[int, int, int]:
+        """The chunk shape ``(z, y, x)``: a read decompresses every chunk it touches."""
+        return tuple(int(c) for c in self._data.chunks[-3:])  # type: ignore[return-value]
+
+    def read_block(self, start, stop) -> np.ndarray:
+        (z0, y0, x0), (z1, y1, x1) = start, stop
+        extra = (0,) * (self._data.ndim - 3)
+        try:
+            block = self._data[(*extra, slice(z0, z1), slice(y0, y1), slice(x0, x1))]
+        except READ_ERRORS as exc:
+            raise InputError(f"{self.info.path}: cannot read its data ({reason(exc)})") from None
+        return np.array(block)
+
+
+def _level(path: Path) -> tuple[Any, VolumeInfo]:
+    path = Path(path)
+    node = _open_node(path)
+    multiscale, dataset = None, None
+    if _is_group(node):
+        multiscale = _multiscale(path, _attributes(node))
+        if multiscale is None:
+            raise InputError(
+                f"{path}: a Zarr group without OME-Zarr multiscales metadata; name one of "
+                f"its arrays ({', '.join(sorted(node.array_keys())) or 'none'})"
+            )
+        dataset = multiscale["datasets"][0]
+        node = _open_node(path / dataset["path"])
+    else:
+        multiscale, dataset = _parent_dataset(path)
+    if _is_group(node):
+        raise InputError(f"{path}: its first scale level is a group, not an array")
+    axes = _axes(path, multiscale, node.ndim)
+    if axes[-3:] != list(_SPACE) or any(node.shape[i] != 1 for i in range(node.ndim - 3)):
+        raise InputError(
+            f"{path}: axes {','.join(axes)} of shape {tuple(node.shape)}; expected z, y, x "
+            "last and one voxel along any other"
+        )
+    shape = as_3d(path, tuple(node.shape))
+    geometry = _geometry(path, multiscale, dataset) if dataset is not None else None
+    return node, VolumeInfo(path, shape, np.dtype(node.dtype), geometry)
+
+
+def _open_node(path: Path):
+    zarr = _zarr()
+    if not is_zarr_volume(path):
+        raise InputError(f"{path}: not a Zarr array or group (no .zgroup, .zarray or zarr.json)")
+    try:
+        return zarr.open(str(path), mode="r")
+    except (*READ_ERRORS, zarr.errors.BaseZarrError) as exc:
+        raise InputError(f"{path}: cannot read it as Zarr ({reason(exc)})") from None
+
+
+def _is_group(node) -> bool:
+    return hasattr(node, "array_keys")
+
+
+def _attributes(node) -> dict:
+    return dict(node.attrs)
+
+
+def _multiscale(path: Path, attributes: dict) -> dict | None:
+    """The first multiscales entry of a group's attributes (0.4, or 0.5's under ``ome``),
+    checked: ``None`` when there is none."""
+    found = attributes.get("ome", attributes).get("multiscales")
+    if not found:
+        return None
+    multiscale = found[0] if isinstance(found, list) else None
+    datasets = multiscale.get("datasets") if isinstance(multiscale, dict) else None
+    if not isinstance(datasets, list) or not datasets:
+        raise InputError(f"{path}: its OME-Zarr multiscales metadata lists no datasets")
+    for dataset in datasets:
+        name = dataset.get("path") if isinstance(dataset, dict) else None
+        if not isinstance(name, str) or not name or ".." in name.split("/"):
+            raise InputError(f"{path}: its multiscales metadata names a dataset {quoted(name)}")
+    return multiscale
+
+
+def _parent_dataset(path: Path) -> tuple[dict | None, dict | None]:
+    """The multiscales entry and dataset of the group holding the array ``path``, when
+    that group's metadata lists it."""
+    root = zarr_root(path)
+    if root is None or not root[1]:
+        return None, None
+    folder, inner = root
+    parent, name = (folder / inner).parent, (folder / inner).name
+    if not is_zarr_volume(parent):
+        return None, None
+    node = _open_node(parent)
+    multiscale = _multiscale(parent, _attributes(node)) if _is_group(node) else None
+    for dataset in (multiscale or {}).get("datasets", []):
+        if dataset["path"] == name:
+            return multiscale, dataset
+    return None, None
+
+
+def _axes(path: Path, multiscale: dict | None, ndim: int) -> list[str]:
+    """Axis names, outermost first: the metadata's (0.4 objects or 0.3 names), else
+    ``z, y, x`` after singleton axes."""
+    listed = (multiscale or {}).get("axes")
+    if listed is None:
+        return ["?"] * (ndim - 3) + list(_SPACE)
+    names = [a.get("name") if isinstance(a, dict) else a for a in listed]
+    if len(names) != ndim or not all(isinstance(n, str) for n in names):
+        raise InputError(f"{path}: its metadata lists {len(names)} axes for a {ndim}D array")
+    return [n.lower() for n in names]
+
+
+def _geometry(path: Path, multiscale: dict, dataset: dict) -> Geometry | None:
+    """Voxel size and origin (Å) of a level: its scale and translation, then the
+    multiscale's own, in the unit of its axes; ``None``, with a warning, without a scale."""
+    ndim = len(multiscale.get("axes") or _SPACE)
+    scale, translation, scaled = np.ones(ndim), np.zeros(ndim), False
+    own, shared = (
+        dataset.get("coordinateTransformations"),
+        multiscale.get("coordinateTransformations"),
+    )
+    for transforms in (own, shared):
+        for transform in transforms if isinstance(transforms, list) else []:
+            kind = transform.get("type") if isinstance(transform, dict) else None
+            if kind not in ("scale", "translation") or kind not in transform:
+                continue
+            values = _numbers(path, kind, transform[kind], ndim)
+            if kind == "scale":
+                scale, translation, scaled = scale * values, translation * values, True
+            else:
+                translation = translation + values
+    factor = _unit(path, multiscale)
+    size = tuple(float(v) * factor for v in scale[-3:])
+    if not scaled or not all(math.isfinite(v) and v > 0 for v in size):
+        what = (
+            f"scale {tuple(scale[-3:].tolist())} is not a voxel size"
+            if scaled
+            else "gives no scale"
+        )
+        warn(f"{path}: its OME-Zarr metadata {what}; its voxel size is unknown")
+        return None
+    origin = tuple(float(v) * factor for v in translation[-3:])
+    return Geometry(size, origin)  # type: ignore[arg-type]
+
+
+def _numbers(path: Path, kind: str, values, ndim: int) -> np.ndarray:
+    try:
+        array = np.asarray(values, dtype=float)
+    except (TypeError, ValueError):
+        array = np.zeros(0)
+    if array.shape != (ndim,) or not np.all(np.isfinite(array)):
+        raise InputError(f"{path}: its metadata's {kind} {quoted(values)} is not {ndim} numbers")
+    return array
+
+
+def _unit(path: Path, multiscale: dict) -> float:
+    """Å per unit of the spatial axes; 1 when no unit is given (Å, as the Data Portal
+    and copick write)."""
+    axes = [a for a in multiscale.get("axes") or [] if isinstance(a, dict)]
+    given = {str(a["unit"]) for a in axes if a.get("name") in _SPACE and a.get("unit")}
+    if not given:
+        return 1.0
+    unit = given.pop()
+    if given or unit not in UNITS_IN_ANGSTROM:
+        raise InputError(
+            f"{path}: spatial axes in {quoted(unit)}{' and others' if given else ''}; "
+            f"expected one of {', '.join(UNITS_IN_ANGSTROM)}"
+        )
+    return UNITS_IN_ANGSTROM[unit]
+
+
+def write_zarr(path: Path, data: np.ndarray, geometry: Geometry) -> None:
+    """Write ``data`` ``(z, y, x)`` as a one-level OME-NGFF 0.4 image at ``path`` (a new
+    folder), chunked, with the voxel size and origin in Å."""
+    with ZarrSlabWriter(path, data.shape, data.dtype, geometry) as writer:
+        writer.write(0, data)
+
+
+def _metadata(geometry: Geometry) -> list[dict]:
+    """One-level OME-NGFF 0.4 multiscales metadata with ``geometry`` in Å."""
+    transforms = [
+        {"type": "scale", "scale": [float(v) for v in geometry.voxel_size]},
+        {"type": "translation", "translation": [float(v) for v in geometry.origin]},
+    ]
+    return [
+        {
+            "version": "0.4",
+            "axes": [{"name": n, "type": "space", "unit": "angstrom"} for n in _SPACE],
+            "datasets": [{"path": "0", "coordinateTransformations": transforms}],
+        }
+    ]
+
+
+class ZarrSlabWriter:
+    """A new one-level OME-Zarr image written slab by slab along z, as
+    :class:`.mrc_writer.MrcSlabWriter` writes an MRC file: the same ``write``, ``mean``
+    and ``close``, the metadata written by ``close``. ``path`` must not exist: write to a
+    temporary name and rename it into place."""
+
+    def __init__(self, path: Path, shape, dtype, geometry: Geometry):
+        zarr = _zarr()
+        self.path, self.geometry = Path(path), geometry
+        self.shape = (int(shape[0]), int(shape[1]), int(shape[2]))
+        self._group = zarr.open_group(str(self.path), mode="w-", zarr_format=2)
+        chunks = tuple(min(CHUNK, n) for n in self.shape)
+        self._array = self._group.create_array("0", shape=self.shape, chunks=chunks, dtype=dtype)
+        self._count, self._total = 0, 0.0
+
+    def write(self, z0: int, slab: np.ndarray) -> None:
+        """Store ``slab`` ``(n, y, x)`` as sections ``z0 .. z0 + n``."""
+        slab = np.asarray(slab)
+        nz, ny, nx = self.shape
+        if slab.ndim != 3 or slab.shape[1:] != (ny, nx) or not 0 <= z0 <= nz - len(slab):
+            raise ValueError(
+                f"{self.path}: a slab of shape {slab.shape} does not fit at z {z0} "
+                f"in a volume of shape {self.shape}"
+            )
+        self._array[z0 : z0 + len(slab)] = slab
+        self._count += slab.size
+        self._total += float(slab.sum(dtype=np.float64))
+
+    @property
+    def mean(self) -> float:
+        """Mean of every value written so far (0 before the first slab)."""
+        return self._total / self._count if self._count else 0.0
+
+    def close(self) -> None:
+        """Write the multiscales metadata."""
+        self._group.attrs["multiscales"] = _metadata(self.geometry)
+
+    def __enter__(self) -> ZarrSlabWriter:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is None:
+            self.close()
