@@ -58,6 +58,26 @@ def _zarr():
     return zarr
 
 
+def _zarr_errors(zarr) -> tuple[type[Exception], ...]:
+    """What zarr raises on a damaged or foreign store: zarr 3's base error, zarr 2's."""
+    names = ("BaseZarrError", "_BaseZarrError", "MetadataError")
+    return tuple(getattr(zarr.errors, n) for n in names if hasattr(zarr.errors, n))
+
+
+def _new_group(zarr, path: Path):
+    """A new group at ``path`` in Zarr format 2, with zarr 3 (``zarr_format``) or zarr 2
+    (which copick pins)."""
+    if zarr.__version__.split(".")[0] == "2":
+        return zarr.open_group(str(path), mode="w-")
+    return zarr.open_group(str(path), mode="w-", zarr_format=2)
+
+
+def _new_array(group, name: str, shape, chunks, dtype):
+    if hasattr(group, "create_array"):  # zarr 3
+        return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype)
+    return group.create_dataset(name, shape=shape, chunks=chunks, dtype=dtype)
+
+
 def zarr_root(path: Path) -> tuple[Path, str] | None:
     """The ``.zarr`` folder holding ``path`` (itself or a parent) and the path inside it
     (``""`` for the folder itself); ``None`` when no part of ``path`` ends in ``.zarr``."""
@@ -164,7 +184,7 @@ def _open_node(path: Path):
         raise InputError(f"{path}: not a Zarr array or group (no .zgroup, .zarray or zarr.json)")
     try:
         return zarr.open(str(path), mode="r")
-    except (*READ_ERRORS, zarr.errors.BaseZarrError) as exc:
+    except (*READ_ERRORS, *_zarr_errors(zarr)) as exc:
         raise InputError(f"{path}: cannot read it as Zarr ({reason(exc)})") from None
 
 
@@ -314,9 +334,9 @@ class ZarrSlabWriter:
         zarr = _zarr()
         self.path, self.geometry = Path(path), geometry
         self.shape = (int(shape[0]), int(shape[1]), int(shape[2]))
-        self._group = zarr.open_group(str(self.path), mode="w-", zarr_format=2)
+        self._group = _new_group(zarr, self.path)
         chunks = tuple(min(CHUNK, n) for n in self.shape)
-        self._array = self._group.create_array("0", shape=self.shape, chunks=chunks, dtype=dtype)
+        self._array = _new_array(self._group, "0", self.shape, chunks, dtype)
         self._count, self._total = 0, 0.0
 
     def write(self, z0: int, slab: np.ndarray) -> None:
