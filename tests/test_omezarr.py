@@ -164,9 +164,25 @@ def _group(path: Path, array: np.ndarray, attrs: dict | None = None, name: str =
             ),
             "names a dataset '../x'",
         ),
+        (
+            lambda p: _group(
+                p,
+                np.zeros((4, 5, 6)),
+                {"multiscales": _multiscales([_level(str(p / "0"), [1] * 3)])},
+            ),
+            "names a dataset '/",
+        ),
         (lambda p: p.mkdir() or p, "not a Zarr array or group"),
     ],
-    ids=["2d", "xyz-order", "no-metadata", "unit", "path-outside", "empty-folder"],
+    ids=[
+        "2d",
+        "xyz-order",
+        "no-metadata",
+        "unit",
+        "path-outside",
+        "path-absolute",
+        "empty-folder",
+    ],
 )
 def test_foreign_zarr_is_one_error_line(tmp_path, run_cli, make, message):
     path = make(tmp_path / "tomo.zarr")

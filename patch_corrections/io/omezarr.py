@@ -208,7 +208,12 @@ def _multiscale(path: Path, attributes: dict) -> dict | None:
         raise InputError(f"{path}: its OME-Zarr multiscales metadata lists no datasets")
     for dataset in datasets:
         name = dataset.get("path") if isinstance(dataset, dict) else None
-        if not isinstance(name, str) or not name or ".." in name.split("/"):
+        if (
+            not isinstance(name, str)
+            or not name
+            or Path(name).is_absolute()
+            or ".." in Path(name).parts
+        ):
             raise InputError(f"{path}: its multiscales metadata names a dataset {quoted(name)}")
     return multiscale
 
