@@ -401,3 +401,22 @@ def test_the_intensity_sample_of_a_chunked_tomogram_reads_few_whole_chunks(tmp_p
     assert centre == pytest.approx(whole[0], rel=0.03) and scale == pytest.approx(
         whole[1], rel=0.03
     )
+
+
+def test_a_folder_of_zarr_and_mrc_tomograms_is_segmented_as_one_batch(tmp_path, run_cli):
+    from conftest import save_tiny_checkpoint
+
+    volume = np.random.default_rng(3).normal(size=(16, 32, 32)).astype(np.float32)
+    folder = tmp_path / "tomograms"
+    folder.mkdir()
+    portal_image(folder / "a.zarr", volume)
+    mrcfile.write(folder / "b.mrc", volume, voxel_size=10.0)
+    (folder / "notes.zarr").mkdir()  # a folder named .zarr that holds no Zarr: not a tomogram
+    model = save_tiny_checkpoint(tmp_path / "tiny.pt")
+    args = ["-t", folder, "--checkpoint", model, "-o", tmp_path / "seg", "--window", 16]
+    result = run_cli("segment", *args, "--device", "cpu", "--format", "zarr")
+    assert result.exit_code == 0, result.output
+    written = sorted(p.name for p in (tmp_path / "seg").iterdir() if not p.name.startswith("."))
+    assert written == [f"{s}_{k}.zarr" for s in "ab" for k in ("probabilities", "segmented")]
+    a, b = (read_volume(tmp_path / "seg" / f"{s}_probabilities.zarr")[0] for s in "ab")
+    assert np.array_equal(a, b)  # the same voxels, whichever format they came in
