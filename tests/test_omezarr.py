@@ -173,6 +173,16 @@ def _group(path: Path, array: np.ndarray, attrs: dict | None = None, name: str =
             "names a dataset '/",
         ),
         (lambda p: p.mkdir() or p, "not a Zarr array or group"),
+        (
+            lambda p: _group(p, np.zeros((4, 5, 6)), {"ome": 5, "multiscales": 7}),
+            "without OME-Zarr",
+        ),
+        (
+            lambda p: _group(
+                p, np.zeros((4, 5, 6), "U1"), {"multiscales": _multiscales([_level("0", [1] * 3)])}
+            ),
+            "holds <U1 values, not numbers",
+        ),
     ],
     ids=[
         "2d",
@@ -182,6 +192,8 @@ def _group(path: Path, array: np.ndarray, attrs: dict | None = None, name: str =
         "path-outside",
         "path-absolute",
         "empty-folder",
+        "odd-metadata",
+        "text",
     ],
 )
 def test_foreign_zarr_is_one_error_line(tmp_path, run_cli, make, message):

@@ -173,6 +173,8 @@ def _level(path: Path) -> tuple[Any, VolumeInfo]:
             f"{path}: axes {','.join(axes)} of shape {tuple(node.shape)}; expected z, y, x "
             "last and one voxel along any other"
         )
+    if np.dtype(node.dtype).kind not in "biuf":
+        raise InputError(f"{path}: holds {np.dtype(node.dtype)} values, not numbers")
     shape = as_3d(path, tuple(node.shape))
     geometry = _geometry(path, multiscale, dataset) if dataset is not None else None
     return node, VolumeInfo(path, shape, np.dtype(node.dtype), geometry)
@@ -199,7 +201,8 @@ def _attributes(node) -> dict:
 def _multiscale(path: Path, attributes: dict) -> dict | None:
     """The first multiscales entry of a group's attributes (0.4, or 0.5's under ``ome``),
     checked: ``None`` when there is none."""
-    found = attributes.get("ome", attributes).get("multiscales")
+    ome = attributes.get("ome")
+    found = (ome if isinstance(ome, dict) else attributes).get("multiscales")
     if not found:
         return None
     multiscale = found[0] if isinstance(found, list) else None
