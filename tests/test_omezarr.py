@@ -175,7 +175,7 @@ def _group(path: Path, array: np.ndarray, attrs: dict | None = None, name: str =
         (lambda p: p.mkdir() or p, "not a Zarr array or group"),
         (
             lambda p: _group(p, np.zeros((4, 5, 6)), {"ome": 5, "multiscales": 7}),
-            "without OME-Zarr",
+            "metadata lists no datasets",
         ),
         (
             lambda p: _group(
