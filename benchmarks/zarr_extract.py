@@ -48,9 +48,8 @@ print(json.dumps({"wall": wall, "rss_mib": rss / 1024, "read_mib": (rchar() - be
 def as_zarr(mrc: Path, chunk: int) -> Path:
     """The MRC volume ``mrc`` written beside it as a one-level OME-Zarr image."""
     import mrcfile
-    import zarr
 
-    from patch_corrections.io.omezarr import _metadata
+    from patch_corrections.io.omezarr_writer import ZarrSlabWriter
     from patch_corrections.io.volumes import read_info
 
     path = mrc.with_suffix(f".c{chunk}.zarr")
@@ -58,12 +57,10 @@ def as_zarr(mrc: Path, chunk: int) -> Path:
         return path
     geometry = read_info(mrc).geometry
     with mrcfile.mmap(mrc, mode="r") as source:
-        group = zarr.open_group(str(path), mode="w", zarr_format=2)
         shape, dtype = source.data.shape, source.data.dtype
-        array = group.create_array("0", shape=shape, chunks=(chunk,) * 3, dtype=dtype)
-        for z0 in range(0, shape[0], chunk):
-            array[z0 : z0 + chunk] = source.data[z0 : z0 + chunk]
-        group.attrs["multiscales"] = _metadata(geometry)
+        with ZarrSlabWriter(path, shape, dtype, geometry, chunk) as writer:
+            for z0 in range(0, shape[0], chunk):
+                writer.write(z0, source.data[z0 : z0 + chunk])
     return path
 
 

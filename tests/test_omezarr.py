@@ -89,7 +89,8 @@ def test_scale_levels_are_named_by_number_or_path(tmp_path):
     binned, info = read_volume(level)
     assert np.array_equal(binned, data[::2, ::2, ::2])
     assert info.geometry == Geometry((20.0,) * 3, (5.0,) * 3) and info.shape == (16, 32, 32)
-    assert volume_stem(level) == "TS_01" and volume_name(level) == "TS_01.zarr/1"
+    assert volume_stem(level) == "TS_01_1" and volume_name(level) == "TS_01.zarr/1"
+    assert volume_stem(image) == "TS_01"
     assert is_volume_file(image) and not is_volume_file(tmp_path)
     with pytest.raises(InputError, match=r"no scale level 2; it holds 0 \(0\), 1 \(1\)"):
         at_scale_level(image, 2)
@@ -370,7 +371,7 @@ def test_segment_reads_a_coarser_level_and_writes_its_geometry(tmp_path, run_cli
     result = run_cli("segment", *args, "--scale-level", 1)
     assert result.exit_code == 0, result.output
     assert "Segmented tomogram.zarr/1 (112x112x32 voxels" in result.output
-    with mrcfile.open(tmp_path / "seg" / "tomogram_segmented.mrc") as mrc:
+    with mrcfile.open(tmp_path / "seg" / "tomogram_1_segmented.mrc") as mrc:
         assert mrc.data.shape == (32, 112, 112) and float(mrc.voxel_size.x) == 20.0
         assert float(mrc.header.origin.x) == 5.0
     result = run_cli("segment", *args, "--scale-level", 3)
@@ -432,3 +433,124 @@ def test_a_folder_of_zarr_and_mrc_tomograms_is_segmented_as_one_batch(tmp_path, 
     assert written == [f"{s}_{k}.zarr" for s in "ab" for k in ("probabilities", "segmented")]
     a, b = (read_volume(tmp_path / "seg" / f"{s}_probabilities.zarr")[0] for s in "ab")
     assert np.array_equal(a, b)  # the same voxels, whichever format they came in
+
+
+def test_a_name_read_from_a_manifest_never_removes_a_folder(tmp_path, run_cli):
+    import json
+
+    volume = np.random.default_rng(4).normal(size=(24, 24, 24)).astype(np.float32)
+    mrcfile.write(tmp_path / "tomo.mrc", volume, voxel_size=10.0)
+    mrcfile.write(tmp_path / "seg.mrc", (volume > 1).astype(np.int8), voxel_size=10.0)
+    args = ["-t", tmp_path / "tomo.mrc", "-s", tmp_path / "seg.mrc", "-o", tmp_path / "out"]
+    args += ["--x", 12, "--y", 12, "--z", 12, "--patch-size", 16, "--border", 2]
+    assert run_cli("extract_patches", *args).exit_code == 0
+    manifest = tmp_path / "out" / "manifest.json"
+    content = json.loads(manifest.read_text())
+    for folder in ("mydata", "data.zarr"):  # a user's folder, one named like an image too
+        (tmp_path / "out" / folder).mkdir()
+        (tmp_path / "out" / folder / "notes.txt").write_text("keep")
+        content["patches"][0]["label"] = folder
+        manifest.write_text(json.dumps(content))
+        result = run_cli("extract_patches", *args, "--overwrite")
+        assert result.exit_code == 1 and len(result.output.splitlines()) == 1, result.output
+        assert (tmp_path / "out" / folder / "notes.txt").read_text() == "keep"
+
+
+def test_paste_never_replaces_its_source_image_or_a_folder_that_is_no_zarr(tmp_path, run_cli):
+    labels = (np.random.default_rng(5).random((24, 24, 24)) > 0.8).astype(np.int8)
+    image = portal_image(tmp_path / "pred.zarr", labels)
+    train = tmp_path / "train"  # the output is checked before anything is read
+    (tmp_path / "docs.zarr" / "sub").mkdir(parents=True)
+    (tmp_path / "docs.zarr" / "sub" / "thesis.tex").write_text("keep")
+    for source, out, said in (
+        (image / "0", image, "that is the segmentation pasted into"),
+        (image, tmp_path / "docs.zarr", "is a folder that holds no Zarr"),
+    ):
+        result = run_cli("paste_corrections", "-m", train, "-s", source, "-o", out, "--overwrite")
+        assert result.exit_code == 1 and said in result.output, result.output
+    assert (image / "1").is_dir() and (tmp_path / "docs.zarr" / "sub" / "thesis.tex").exists()
+
+
+def test_files_in_a_folder_named_zarr_are_files(tmp_path):
+    volume = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    folder = tmp_path / "data.zarr"
+    folder.mkdir()
+    mrcfile.write(folder / "tomo.mrc", volume, voxel_size=10.0)
+    assert np.array_equal(read_volume(folder / "tomo.mrc")[0], volume)
+    assert volume_stem(folder / "tomo.mrc") == "tomo"
+    write_volume(folder / "copy.mrc", volume, Geometry((10.0,) * 3))
+    assert mrcfile.read(folder / "copy.mrc").shape == (2, 3, 4)
+
+
+def test_odd_metadata_upper_case_axes_and_nested_levels(tmp_path):
+    path = _group(tmp_path / "bad.zarr", np.zeros((4, 5, 6)))
+    (path / ".zattrs").write_text("{not json")
+    with pytest.raises(InputError, match=r"bad\.zarr"):
+        read_info(path)
+    axes = [{"name": n, "type": "space", "unit": "nanometer"} for n in "ZYX"]
+    path = _group(
+        tmp_path / "nm.zarr",
+        np.zeros((4, 5, 6)),
+        {"multiscales": _multiscales([_level("0", [1, 1, 1])], axes)},
+    )
+    assert read_info(path).geometry.voxel_size == (10.0, 10.0, 10.0)
+    group = zarr.open_group(str(tmp_path / "nest.zarr"), mode="w", **FORMAT_2)
+    for level, size in (("s0", 8), ("s1", 4)):
+        put(group.require_group(level), "data", np.zeros((size,) * 3, np.float32))
+    levels = [_level("s0/data", [5.0] * 3), _level("s1/data", [10.0] * 3, [2.5] * 3)]
+    group.attrs["multiscales"] = _multiscales(levels)
+    info = read_info(at_scale_level(tmp_path / "nest.zarr", 1))
+    assert info.geometry == Geometry((10.0,) * 3, (2.5,) * 3) and info.shape == (4, 4, 4)
+
+
+def test_evaluate_takes_an_ome_zarr_reference(tmp_path, run_cli):
+    labels = (np.random.default_rng(6).random((8, 16, 16)) > 0.8).astype(np.int8)
+    reference = portal_image(tmp_path / "truth.zarr", labels)
+    mrcfile.write(tmp_path / "pred.mrc", labels, voxel_size=10.0)
+    result = run_cli("evaluate", "-p", tmp_path / "pred.mrc", "-r", reference, "--json")
+    assert result.exit_code == 0 and '"dice": 1.0' in result.output, result.output
+
+
+def test_a_replaced_image_killed_half_way_is_put_back(tmp_path):
+    from patch_corrections.io.staging import replace_path
+
+    final = tmp_path / "tomo_segmented.zarr"
+    write_volume(final, np.zeros((2, 3, 4), np.int8), Geometry((1.0,) * 3))
+    aside = tmp_path / ".tomo_segmented.zarr.partial-0123abcd-replaced.zarr"
+    final.rename(aside)  # killed after the old image went aside, before the new came in
+    staged_new = tmp_path / ".tomo_segmented.zarr.staged-0123abcd.zarr"
+    write_volume(staged_new, np.ones((2, 3, 4), np.int8), Geometry((1.0,) * 3))
+    assert remove_leftovers_of([final]) == 2
+    assert np.array_equal(read_volume(final)[0], np.zeros((2, 3, 4), np.int8))
+    # A file or a link under the image's name is replaced, not followed.
+    (tmp_path / "file.zarr").write_text("old")
+    new = tmp_path / ".new.zarr"
+    write_volume(new, np.ones((2, 3, 4), np.int8), Geometry((1.0,) * 3))
+    replace_path(new, tmp_path / "file.zarr")
+    assert read_info(tmp_path / "file.zarr").shape == (2, 3, 4)
+    (tmp_path / "link.zarr").symlink_to(final)
+    write_volume(new, np.ones((2, 3, 4), np.int8), Geometry((1.0,) * 3))
+    replace_path(new, tmp_path / "link.zarr")
+    assert not (tmp_path / "link.zarr").is_symlink() and final.is_dir()
+    assert np.array_equal(read_volume(final)[0], np.zeros((2, 3, 4), np.int8))
+
+
+def test_slabs_of_any_depth_and_order_store_the_volume(tmp_path):
+    from patch_corrections.io.omezarr_writer import ZarrSlabWriter
+
+    volume = np.random.default_rng(7).integers(0, 100, size=(100, 20, 20)).astype(np.int16)
+    with ZarrSlabWriter(
+        tmp_path / "v.zarr", volume.shape, volume.dtype, Geometry((1.0,) * 3), 16
+    ) as writer:
+        for z0 in range(0, 100, 7):  # slabs that straddle rows of 16-section chunks
+            writer.write(z0, volume[z0 : z0 + 7])
+        writer.write(3, volume[3:5] + 1)  # back to a row already stored
+    expected = volume.copy()
+    expected[3:5] += 1
+    assert np.array_equal(read_volume(tmp_path / "v.zarr")[0], expected)
+    assert writer.mean == pytest.approx((volume.sum() + expected[3:5].sum()) / (volume.size + 800))
+
+
+def test_an_mrc_file_holds_scale_level_0(tmp_path):
+    mrcfile.write(tmp_path / "t.mrc", np.zeros((2, 3, 4), np.float32))
+    assert at_scale_level(tmp_path / "t.mrc", 0) == tmp_path / "t.mrc"

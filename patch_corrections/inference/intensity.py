@@ -10,6 +10,7 @@ whole for them; ``volume_statistics`` reads every voxel, as ``membrain segment``
 from __future__ import annotations
 
 import math
+import random
 
 import numpy as np
 
@@ -76,16 +77,19 @@ def spread_sample(reader: VolumeReader, count: int = NORMALISATION_SAMPLE) -> np
 def _chunk_sample(reader: VolumeReader, chunks, count: int) -> np.ndarray:
     shape = reader.info.shape
     grid = [math.ceil(n / c) for n, c in zip(shape, chunks)]
-    total = math.prod(grid)
-    wanted = max(SAMPLE_CHUNKS, math.ceil(count / math.prod(chunks)))
-    chosen = np.random.default_rng(0).choice(total, min(total, wanted), replace=False)
+    total, voxels = math.prod(grid), math.prod(chunks)
+    wanted = min(total, max(SAMPLE_CHUNKS, math.ceil(count / voxels)))
+    step = max(1, voxels * wanted // count)  # each chunk thinned as it is read
     parts = []
-    for index in np.sort(chosen):
-        start = [int(i) * c for i, c in zip(np.unravel_index(index, grid), chunks)]
+    for index in sorted(random.Random(0).sample(range(total), wanted)):
+        start = []
+        for edge in reversed(grid):  # the chunk's place in the grid, x fastest
+            index, place = divmod(index, edge)
+            start.insert(0, place)
+        start = [i * c for i, c in zip(start, chunks)]
         stop = [min(a + c, n) for a, c, n in zip(start, chunks, shape)]
-        parts.append(reader.read_block(tuple(start), tuple(stop)).ravel())
-    values = np.concatenate(parts)
-    return values[:: max(1, values.size // count)]
+        parts.append(reader.read_block(tuple(start), tuple(stop)).ravel()[::step].copy())
+    return np.concatenate(parts)
 
 
 def tomogram_statistics(reader: VolumeReader) -> dict:

@@ -14,8 +14,7 @@ unit of its axes. A path names one level:
 
 Arrays are ``(z, y, x)`` as everywhere here; axes other than ``z``, ``y``, ``x`` must have
 one voxel. Blocks are read as slices of the Zarr array, so only the chunks a block touches
-are read. Volumes are written as OME-NGFF 0.4 (Zarr format 2, what the Data Portal and
-copick write), one level in chunks of :data:`CHUNK` voxels, voxel size and origin in Å.
+are read. :mod:`.omezarr_writer` writes them.
 
 ``zarr`` is an optional dependency (``pip install "patch-corrections[zarr]"``): nothing
 imports it until a ``.zarr`` path is read or written.
@@ -31,6 +30,7 @@ import numpy as np
 
 from ..errors import InputError, warn
 from .geometry import Geometry
+from .names import warn_links_out
 from .readers import READ_ERRORS, ArrayReader, VolumeInfo, as_3d, quoted, reason
 
 ZARR_SUFFIXES = (".zarr",)
@@ -45,10 +45,11 @@ UNITS_IN_ANGSTROM = {
     "picometer": 0.01,
 }
 """OME-NGFF space units, in Å."""
-_SPACE = ("z", "y", "x")
+SPACE_AXES = ("z", "y", "x")
 
 
-def _zarr():
+def import_zarr():
+    """The ``zarr`` module, or an ``InputError`` giving the install line."""
     try:
         import zarr
     except ImportError:
@@ -62,20 +63,6 @@ def _zarr_errors(zarr) -> tuple[type[Exception], ...]:
     """What zarr raises on a damaged or foreign store: zarr 3's base error, zarr 2's."""
     names = ("BaseZarrError", "_BaseZarrError", "MetadataError")
     return tuple(getattr(zarr.errors, n) for n in names if hasattr(zarr.errors, n))
-
-
-def _new_group(zarr, path: Path):
-    """A new group at ``path`` in Zarr format 2, with zarr 3 (``zarr_format``) or zarr 2
-    (which copick pins)."""
-    if zarr.__version__.split(".")[0] == "2":
-        return zarr.open_group(str(path), mode="w-")
-    return zarr.open_group(str(path), mode="w-", zarr_format=2)
-
-
-def _new_array(group, name: str, shape, chunks, dtype):
-    if hasattr(group, "create_array"):  # zarr 3
-        return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype)
-    return group.create_dataset(name, shape=shape, chunks=chunks, dtype=dtype)
 
 
 def zarr_root(path: Path) -> tuple[Path, str] | None:
@@ -109,7 +96,9 @@ def scale_level(path: Path, level: int) -> Path:
     if level < 0:
         raise InputError(f"--scale-level must be 0 or more, got {level}")
     node = _open_node(Path(path))
-    multiscale = _multiscale(Path(path), _attributes(node)) if _is_group(node) else None
+    multiscale = (
+        _multiscale(Path(path), _attributes(node, Path(path))) if _is_group(node) else None
+    )
     if multiscale is None:
         if level == 0:
             return Path(path)
@@ -155,20 +144,21 @@ def _level(path: Path) -> tuple[Any, VolumeInfo]:
     node = _open_node(path)
     multiscale, dataset = None, None
     if _is_group(node):
-        multiscale = _multiscale(path, _attributes(node))
+        multiscale = _multiscale(path, _attributes(node, path))
         if multiscale is None:
             raise InputError(
                 f"{path}: a Zarr group without OME-Zarr multiscales metadata; name one of "
                 f"its arrays ({', '.join(sorted(node.array_keys())) or 'none'})"
             )
         dataset = multiscale["datasets"][0]
+        warn_links_out(path, [path / dataset["path"]])
         node = _open_node(path / dataset["path"])
     else:
         multiscale, dataset = _parent_dataset(path)
     if _is_group(node):
         raise InputError(f"{path}: its first scale level is a group, not an array")
     axes = _axes(path, multiscale, node.ndim)
-    if axes[-3:] != list(_SPACE) or any(node.shape[i] != 1 for i in range(node.ndim - 3)):
+    if axes[-3:] != list(SPACE_AXES) or any(node.shape[i] != 1 for i in range(node.ndim - 3)):
         raise InputError(
             f"{path}: axes {','.join(axes)} of shape {tuple(node.shape)}; expected z, y, x "
             "last and one voxel along any other"
@@ -181,12 +171,16 @@ def _level(path: Path) -> tuple[Any, VolumeInfo]:
 
 
 def _open_node(path: Path):
-    zarr = _zarr()
+    zarr = import_zarr()
     if not is_zarr_volume(path):
         raise InputError(f"{path}: not a Zarr array or group (no .zgroup, .zarray or zarr.json)")
     try:
         return zarr.open(str(path), mode="r")
-    except (*READ_ERRORS, *_zarr_errors(zarr)) as exc:
+    except (*READ_ERRORS, AttributeError, *_zarr_errors(zarr)) as exc:
+        if (path / "zarr.json").is_file() and zarr.__version__.startswith("2."):
+            raise InputError(
+                f'{path}: Zarr format 3 (zarr.json), which needs zarr 3: pip install "zarr>=3"'
+            ) from None
         raise InputError(f"{path}: cannot read it as Zarr ({reason(exc)})") from None
 
 
@@ -194,8 +188,13 @@ def _is_group(node) -> bool:
     return hasattr(node, "array_keys")
 
 
-def _attributes(node) -> dict:
-    return dict(node.attrs)
+def _attributes(node, path: Path) -> dict:
+    """A node's attributes (zarr 2 reads them only now)."""
+    try:
+        attributes = dict(node.attrs)
+    except (*READ_ERRORS, AttributeError) as exc:
+        raise InputError(f"{path}: its Zarr attributes are unreadable ({reason(exc)})") from None
+    return attributes
 
 
 def _multiscale(path: Path, attributes: dict) -> dict | None:
@@ -228,14 +227,16 @@ def _parent_dataset(path: Path) -> tuple[dict | None, dict | None]:
     if root is None or not root[1]:
         return None, None
     folder, inner = root
-    parent, name = (folder / inner).parent, (folder / inner).name
-    if not is_zarr_volume(parent):
-        return None, None
-    node = _open_node(parent)
-    multiscale = _multiscale(parent, _attributes(node)) if _is_group(node) else None
-    for dataset in (multiscale or {}).get("datasets", []):
-        if dataset["path"] == name:
-            return multiscale, dataset
+    parts = inner.split("/")
+    for depth in range(len(parts) - 1, -1, -1):  # the nearest group first, the root last
+        group, name = folder.joinpath(*parts[:depth]), "/".join(parts[depth:])
+        if not is_zarr_volume(group):
+            continue
+        node = _open_node(group)
+        multiscale = _multiscale(group, _attributes(node, group)) if _is_group(node) else None
+        for dataset in (multiscale or {}).get("datasets", []):
+            if dataset["path"].strip("/") == name:
+                return multiscale, dataset
     return None, None
 
 
@@ -244,7 +245,9 @@ def _axes(path: Path, multiscale: dict | None, ndim: int) -> list[str]:
     ``z, y, x`` after singleton axes."""
     listed = (multiscale or {}).get("axes")
     if listed is None:
-        return ["?"] * (ndim - 3) + list(_SPACE)
+        return ["?"] * (ndim - 3) + list(SPACE_AXES)
+    if not isinstance(listed, list):
+        raise InputError(f"{path}: its metadata's axes {quoted(listed)} are not a list")
     names = [a.get("name") if isinstance(a, dict) else a for a in listed]
     if len(names) != ndim or not all(isinstance(n, str) for n in names):
         raise InputError(f"{path}: its metadata lists {len(names)} axes for a {ndim}D array")
@@ -254,7 +257,7 @@ def _axes(path: Path, multiscale: dict | None, ndim: int) -> list[str]:
 def _geometry(path: Path, multiscale: dict, dataset: dict) -> Geometry | None:
     """Voxel size and origin (Å) of a level: its scale and translation, then the
     multiscale's own, in the unit of its axes; ``None``, with a warning, without a scale."""
-    ndim = len(multiscale.get("axes") or _SPACE)
+    ndim = len(multiscale.get("axes") or SPACE_AXES)
     scale, translation, scaled = np.ones(ndim), np.zeros(ndim), False
     own, shared = (
         dataset.get("coordinateTransformations"),
@@ -298,7 +301,9 @@ def _unit(path: Path, multiscale: dict) -> float:
     """Å per unit of the spatial axes; 1 when no unit is given (Å, as the Data Portal
     and copick write)."""
     axes = [a for a in multiscale.get("axes") or [] if isinstance(a, dict)]
-    given = {str(a["unit"]) for a in axes if a.get("name") in _SPACE and a.get("unit")}
+    given = {
+        str(a["unit"]) for a in axes if str(a.get("name")).lower() in SPACE_AXES and a.get("unit")
+    }
     if not given:
         return 1.0
     unit = given.pop()
@@ -308,70 +313,3 @@ def _unit(path: Path, multiscale: dict) -> float:
             f"expected one of {', '.join(UNITS_IN_ANGSTROM)}"
         )
     return UNITS_IN_ANGSTROM[unit]
-
-
-def write_zarr(path: Path, data: np.ndarray, geometry: Geometry) -> None:
-    """Write ``data`` ``(z, y, x)`` as a one-level OME-NGFF 0.4 image at ``path`` (a new
-    folder), chunked, with the voxel size and origin in Å."""
-    with ZarrSlabWriter(path, data.shape, data.dtype, geometry) as writer:
-        writer.write(0, data)
-
-
-def _metadata(geometry: Geometry) -> list[dict]:
-    """One-level OME-NGFF 0.4 multiscales metadata with ``geometry`` in Å."""
-    transforms = [
-        {"type": "scale", "scale": [float(v) for v in geometry.voxel_size]},
-        {"type": "translation", "translation": [float(v) for v in geometry.origin]},
-    ]
-    return [
-        {
-            "version": "0.4",
-            "axes": [{"name": n, "type": "space", "unit": "angstrom"} for n in _SPACE],
-            "datasets": [{"path": "0", "coordinateTransformations": transforms}],
-        }
-    ]
-
-
-class ZarrSlabWriter:
-    """A new one-level OME-Zarr image written slab by slab along z, as
-    :class:`.mrc_writer.MrcSlabWriter` writes an MRC file: the same ``write``, ``mean``
-    and ``close``, the metadata written by ``close``. ``path`` must not exist: write to a
-    temporary name and rename it into place."""
-
-    def __init__(self, path: Path, shape, dtype, geometry: Geometry):
-        zarr = _zarr()
-        self.path, self.geometry = Path(path), geometry
-        self.shape = (int(shape[0]), int(shape[1]), int(shape[2]))
-        self._group = _new_group(zarr, self.path)
-        chunks = tuple(min(CHUNK, n) for n in self.shape)
-        self._array = _new_array(self._group, "0", self.shape, chunks, dtype)
-        self._count, self._total = 0, 0.0
-
-    def write(self, z0: int, slab: np.ndarray) -> None:
-        """Store ``slab`` ``(n, y, x)`` as sections ``z0 .. z0 + n``."""
-        slab = np.asarray(slab)
-        nz, ny, nx = self.shape
-        if slab.ndim != 3 or slab.shape[1:] != (ny, nx) or not 0 <= z0 <= nz - len(slab):
-            raise ValueError(
-                f"{self.path}: a slab of shape {slab.shape} does not fit at z {z0} "
-                f"in a volume of shape {self.shape}"
-            )
-        self._array[z0 : z0 + len(slab)] = slab
-        self._count += slab.size
-        self._total += float(slab.sum(dtype=np.float64))
-
-    @property
-    def mean(self) -> float:
-        """Mean of every value written so far (0 before the first slab)."""
-        return self._total / self._count if self._count else 0.0
-
-    def close(self) -> None:
-        """Write the multiscales metadata."""
-        self._group.attrs["multiscales"] = _metadata(self.geometry)
-
-    def __enter__(self) -> ZarrSlabWriter:
-        return self
-
-    def __exit__(self, kind, error, traceback) -> None:
-        if kind is None:
-            self.close()

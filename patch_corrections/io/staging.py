@@ -58,26 +58,61 @@ def atomic_target(path: Path, suffix: str = "") -> Iterator[Path]:
         remove_path(temporary)
 
 
-def replace_path(temporary: Path, final: Path) -> None:
-    """``os.replace``, also for a folder (an OME-Zarr volume) replacing a folder: the old
-    one is moved aside, the new one renamed into place, then the old one removed."""
-    temporary, final = Path(temporary), Path(final)
-    if temporary.is_dir() and final.is_dir() and not final.is_symlink():
-        aside = final.with_name(f".{final.name}.partial-{secrets.token_hex(4)}-replaced")
-        os.replace(final, aside)
-        os.replace(temporary, final)
-        shutil.rmtree(aside)
-    else:
-        os.replace(temporary, final)
-
-
-def remove_path(path: Path) -> None:
-    """Remove a file, or a folder an OME-Zarr volume is written as, if it is there."""
+def is_zarr_folder(path: Path) -> bool:
+    """Whether ``path`` is a real folder (not a link) named ``*.zarr`` that holds Zarr
+    metadata, or is empty: the only folders a commit replaces or removes, so that a
+    name read from a manifest or a journal never takes a user's folder with it."""
     path = Path(path)
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
+    if path.is_symlink() or not path.is_dir() or not path.name.lower().endswith(".zarr"):
+        return False
+    markers = (".zgroup", ".zarray", "zarr.json")
+    return any((path / m).is_file() for m in markers) or not any(path.iterdir())
+
+
+_REPLACED = "-replaced.zarr"
+"""Ends the name an OME-Zarr folder is moved aside under while its new version goes in."""
+
+
+def replace_path(temporary: Path, final: Path) -> None:
+    """``os.replace``, also for an OME-Zarr folder replacing whatever is at ``final``: that
+    is moved aside, the new folder renamed into place, then the old one removed (a run
+    killed in between leaves the old one aside, which :func:`remove_leftovers_of` and
+    :func:`recover` put back). Any other folder is left to ``os.replace``, which refuses
+    to replace a folder that is not empty."""
+    temporary, final = Path(temporary), Path(final)
+    old = os.path.lexists(final) and (
+        final.is_symlink() or is_zarr_folder(final) or not final.is_dir()
+    )
+    if not (is_zarr_folder(temporary) and old):
+        os.replace(temporary, final)
+        return
+    aside = final.with_name(f".{final.name}.partial-{secrets.token_hex(4)}{_REPLACED}")
+    os.replace(final, aside)
+    os.replace(temporary, final)
+    remove_path(aside, missing_ok=True)
+
+
+def remove_path(path: Path, missing_ok: bool = True) -> None:
+    """Remove a file or link, or an OME-Zarr folder (see :func:`is_zarr_folder`); any
+    other folder is an error, as ``unlink`` makes it."""
+    path = Path(path)
+    if is_zarr_folder(path):
+        shutil.rmtree(path, ignore_errors=True)
     else:
-        path.unlink(missing_ok=True)
+        path.unlink(missing_ok=missing_ok)
+
+
+def _put_back(leftover: Path) -> bool:
+    """Rename an output moved aside by :func:`replace_path` back to its final name when
+    a killed run left that name empty; whether it did."""
+    name = leftover.name
+    if not name.endswith(_REPLACED) or ".partial-" not in name:
+        return False
+    final = leftover.with_name(name[1 : name.index(".partial-")])
+    if os.path.lexists(final):
+        return False
+    os.replace(leftover, final)
+    return True
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -249,10 +284,12 @@ def recover(folder: Path) -> tuple[int, int]:
     leftovers = [
         path
         for path in (*folder.glob(".*"), *folder.glob("*/.*"))
-        if (path.is_file() or path.is_dir()) and any(mark in path.name for mark in LEFTOVERS)
+        if (path.is_file() or is_zarr_folder(path))
+        and any(mark in path.name for mark in LEFTOVERS)
     ]
     for path in leftovers:
-        remove_path(path)
+        if not _put_back(path):
+            remove_path(path)
     return finished, len(leftovers)
 
 
@@ -265,6 +302,9 @@ def remove_leftovers_of(finals: Iterable[Path]) -> int:
         final = Path(final)
         for mark in LEFTOVERS:
             for path in final.parent.glob(f".{final.name}{mark}*"):
-                remove_path(path)
+                if path.is_dir() and not path.is_symlink() and not is_zarr_folder(path):
+                    continue  # not one this package writes: left alone
+                if not _put_back(path):
+                    remove_path(path)
                 removed += 1
     return removed

@@ -32,14 +32,13 @@ from .nifti import NIFTI_SUFFIXES, open_nifti, read_nifti_info, write_nifti
 from .nrrd import NRRD_SUFFIXES, open_nrrd, read_nrrd_info, write_nrrd
 from .omezarr import (
     ZARR_SUFFIXES,
-    ZarrSlabWriter,
     is_zarr_volume,
     open_zarr,
     read_zarr_info,
     scale_level,
-    write_zarr,
     zarr_root,
 )
+from .omezarr_writer import ZarrSlabWriter, write_zarr
 from .readers import VolumeInfo, VolumeReader, basic_dtype
 from .staging import atomic_target
 
@@ -76,7 +75,8 @@ __all__ = [
 WRITE_FORMATS = {"mrc": ".mrc", "nrrd": ".nrrd", "nii.gz": ".nii.gz"}
 """Output format names accepted on the command line, with the file suffix each one writes."""
 
-_SUFFIXES = MRC_SUFFIXES + NRRD_SUFFIXES + NIFTI_SUFFIXES + ZARR_SUFFIXES
+_FILE_SUFFIXES = MRC_SUFFIXES + NRRD_SUFFIXES + NIFTI_SUFFIXES
+_SUFFIXES = _FILE_SUFFIXES + ZARR_SUFFIXES
 
 _INFO: dict[str, Callable[[Path], VolumeInfo]] = {
     "mrc": read_mrc_info,
@@ -98,10 +98,17 @@ _WRITE: dict[str, Callable[[Path, np.ndarray, Geometry], None]] = {
 }
 
 
+def _zarr_of(path: Path) -> tuple[Path, str] | None:
+    """The ``.zarr`` folder ``path`` names or lies in (see :func:`.omezarr.zarr_root`),
+    unless its own name is a file format's (``data.zarr/tomo.mrc`` is an MRC file)."""
+    path = Path(path)
+    return None if path.name.lower().endswith(_FILE_SUFFIXES) else zarr_root(path)
+
+
 def volume_format(path: Path) -> str:
     """Return ``"mrc"``, ``"nrrd"``, ``"nifti"`` or ``"zarr"`` from the file name (a path
     inside a ``.zarr`` folder is ``"zarr"``), else raise InputError."""
-    if zarr_root(path) is not None:
+    if _zarr_of(path) is not None:
         return "zarr"
     name = path.name.lower()
     for fmt, suffixes in (
@@ -125,21 +132,21 @@ def is_volume_file(path: Path) -> bool:
 def volume_exists(path: Path) -> bool:
     """Whether the volume ``path`` is there: a file, or a Zarr group or array."""
     path = Path(path)
-    return is_zarr_volume(path) if zarr_root(path) is not None else path.is_file()
+    return is_zarr_volume(path) if _zarr_of(path) is not None else path.is_file()
 
 
 def is_volume_folder(path: Path) -> bool:
     """Whether ``path`` is a folder of volumes, not a volume stored as a folder (OME-Zarr)."""
-    return path.is_dir() and zarr_root(path) is None
+    return path.is_dir() and not is_zarr_volume(path)
 
 
 def at_scale_level(path: Path, level: int | None) -> Path:
     """The path of scale level ``level`` of the OME-Zarr image ``path`` (``None``: ``path``
     as given, the finest level for an image); ``--scale-level`` of the commands that read
-    a tomogram. Other formats hold one scale, so only ``None`` suits them."""
-    if level is None:
+    a tomogram. Other formats hold one scale, level 0."""
+    if level is None or (level == 0 and _zarr_of(Path(path)) is None and Path(path).is_file()):
         return Path(path)
-    if zarr_root(Path(path)) is None:
+    if _zarr_of(Path(path)) is None:
         raise InputError(
             f"{path}: --scale-level picks a level of an OME-Zarr (.zarr) tomogram; "
             + ("name each .zarr tomogram" if Path(path).is_dir() else "this format has one")
@@ -150,7 +157,7 @@ def at_scale_level(path: Path, level: int | None) -> Path:
 def volume_name(path: Path) -> str:
     """A volume's name for messages: its file name, or for a scale level inside a
     ``.zarr`` folder the folder's name and the level's path (``a.zarr/1``)."""
-    root = zarr_root(Path(path))
+    root = _zarr_of(Path(path))
     return f"{root[0].name}/{root[1]}" if root is not None and root[1] else Path(path).name
 
 
@@ -165,12 +172,14 @@ def volume_suffix(path: Path) -> str:
 
 def volume_stem(path: Path) -> str:
     """File name without its volume suffix (``a.nii.gz`` -> ``a``); for a scale level
-    inside a ``.zarr`` folder, the folder's (``a.zarr/1`` -> ``a``)."""
-    root = zarr_root(path)
+    inside a ``.zarr`` folder, the folder's and the level's (``a.zarr/1`` -> ``a_1``), so
+    that two levels' outputs never share a name."""
+    root = _zarr_of(path)
+    inner = ""
     if root is not None:
-        path = root[0]
+        path, inner = root[0], "".join(f"_{part}" for part in root[1].split("/") if part)
     suffix = volume_suffix(path)
-    return path.name[: -len(suffix)] if suffix else path.name
+    return (path.name[: -len(suffix)] if suffix else path.name) + inner
 
 
 def read_info(path: Path) -> VolumeInfo:
@@ -207,7 +216,7 @@ def closing_reader(path: Path) -> Iterator[VolumeReader]:
 def _require_file(path: Path) -> None:
     if not path.exists():
         raise InputError(f"{path}: file not found")
-    if zarr_root(path) is not None:
+    if _zarr_of(path) is not None:
         return  # a folder; omezarr says what is wrong with it
     if not path.is_file():
         raise InputError(f"{path}: not a file")
@@ -238,8 +247,9 @@ def write_volume(
     if path.exists() and not overwrite:
         raise InputError(f"{path}: already exists; pass --overwrite to replace it")
     fmt = volume_format(path)
-    if fmt == "zarr" and zarr_root(path)[1]:  # type: ignore[index]
+    if fmt == "zarr" and _zarr_of(path)[1]:  # type: ignore[index]
         raise InputError(f"{path}: inside a .zarr folder; name the .zarr folder to write")
+    _refuse_foreign_folder(path, "output")
     with atomic_target(path, volume_suffix(path)) as temporary:
         _WRITE[fmt](temporary, data, geometry)
 
@@ -247,19 +257,30 @@ def write_volume(
 def check_slab_output(path: Path, option: str, source: Path, read: str) -> None:
     """``InputError`` unless ``path`` names what :func:`slab_writer` writes, an MRC file or
     an OME-Zarr image (not a folder of anything else), other than ``source``, the volume
-    the command reads (``read`` says which)."""
+    the command reads (``read`` says which), or the OME-Zarr image it is a level of."""
     name = path.name.lower()
     if not name.endswith(MRC_SUFFIXES + ZARR_SUFFIXES):
         raise InputError(
             f"{option} {path}: the output is an MRC file or an OME-Zarr image; end its name "
             "with .mrc or .zarr"
         )
-    if is_volume_folder(path):
-        raise InputError(f"{option} {path}: is a folder; give the MRC file to write")
-    if path.exists() and path.resolve() == Path(source).resolve():
+    _refuse_foreign_folder(path, option)
+    images = [_zarr_of(p) for p in (path, Path(source))]
+    same = [r[0].resolve() if r else Path(p).resolve() for r, p in zip(images, (path, source))]
+    if path.exists() and same[0] == same[1]:
         beside = path.with_name(f"{volume_stem(path)}_corrected{volume_suffix(path)}")
         raise InputError(
             f"{option} {path}: that is {read}; write the result beside it, e.g. {beside}"
+        )
+
+
+def _refuse_foreign_folder(path: Path, option: str) -> None:
+    """``InputError`` when ``path`` is a folder that is no OME-Zarr image: an output
+    never replaces a user's folder."""
+    if path.is_dir() and not is_zarr_volume(path):
+        raise InputError(
+            f"{option} {path}: is a folder that holds no Zarr; give the file or .zarr image "
+            "to write"
         )
 
 

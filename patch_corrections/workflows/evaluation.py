@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import InputError, collect_warnings, warn
 from ..io.geometry import as_xyz
 from ..io.names import warn_links_out
-from ..io.volumes import Geometry, closing_reader, is_volume_file, read_volume
+from ..io.volumes import Geometry, closing_reader, is_volume_file, is_volume_folder, read_volume
 from ..labels.corrections import require_label_values
 from ..metrics import add_counts, counts, summarise
 
@@ -111,7 +111,7 @@ def _references(
 ) -> Iterator[tuple[Path, np.ndarray, tuple[int, int, int]]]:
     """``(name, labels, start)`` for a reference volume, or for each label patch of a folder
     (placed in the prediction by its origin; the part outside the prediction is dropped)."""
-    if reference.is_dir():
+    if is_volume_folder(reference):
         files = sorted(p for p in reference.iterdir() if is_volume_file(p))
         if not files:
             raise InputError(f"{reference}: no label patches")
