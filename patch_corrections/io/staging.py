@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..errors import WRITE_ERRNOS, InputError
 from .names import inside
+from .omezarr import ZARR_SUFFIXES, is_zarr_volume
 
 
 @contextmanager
@@ -63,10 +64,9 @@ def is_zarr_folder(path: Path) -> bool:
     metadata, or is empty: the only folders a commit replaces or removes, so that a
     name read from a manifest or a journal never takes a user's folder with it."""
     path = Path(path)
-    if path.is_symlink() or not path.is_dir() or not path.name.lower().endswith(".zarr"):
+    if path.is_symlink() or not path.is_dir() or not path.name.lower().endswith(ZARR_SUFFIXES):
         return False
-    markers = (".zgroup", ".zarray", "zarr.json")
-    return any((path / m).is_file() for m in markers) or not any(path.iterdir())
+    return is_zarr_volume(path) or not any(path.iterdir())
 
 
 _REPLACED = "-replaced.zarr"

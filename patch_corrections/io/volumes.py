@@ -144,14 +144,15 @@ def at_scale_level(path: Path, level: int | None) -> Path:
     """The path of scale level ``level`` of the OME-Zarr image ``path`` (``None``: ``path``
     as given, the finest level for an image); ``--scale-level`` of the commands that read
     a tomogram. Other formats hold one scale, level 0."""
-    if level is None or (level == 0 and _zarr_of(Path(path)) is None and Path(path).is_file()):
-        return Path(path)
-    if _zarr_of(Path(path)) is None:
+    path, image = Path(path), _zarr_of(Path(path))
+    if level is None or (level == 0 and image is None and path.is_file()):
+        return path
+    if image is None:
         raise InputError(
             f"{path}: --scale-level picks a level of an OME-Zarr (.zarr) tomogram; "
-            + ("name each .zarr tomogram" if Path(path).is_dir() else "this format has one")
+            + ("name each .zarr tomogram" if path.is_dir() else "this format has one")
         )
-    return scale_level(Path(path), level)
+    return scale_level(path, level)
 
 
 def volume_name(path: Path) -> str:
@@ -265,13 +266,17 @@ def check_slab_output(path: Path, option: str, source: Path, read: str) -> None:
             "with .mrc or .zarr"
         )
     _refuse_foreign_folder(path, option)
-    images = [_zarr_of(p) for p in (path, Path(source))]
-    same = [r[0].resolve() if r else Path(p).resolve() for r, p in zip(images, (path, source))]
-    if path.exists() and same[0] == same[1]:
+    if path.exists() and _whole(path) == _whole(Path(source)):
         beside = path.with_name(f"{volume_stem(path)}_corrected{volume_suffix(path)}")
         raise InputError(
             f"{option} {path}: that is {read}; write the result beside it, e.g. {beside}"
         )
+
+
+def _whole(path: Path) -> Path:
+    """The file, or the whole OME-Zarr image, that ``path`` names (resolved)."""
+    image = _zarr_of(path)
+    return (image[0] if image else path).resolve()
 
 
 def _refuse_foreign_folder(path: Path, option: str) -> None:
@@ -299,8 +304,6 @@ def storable_dtype(dtype: np.dtype, fmt: str, high: float = 0) -> np.dtype:
     NIfTI (nibabel) has no float16 either. ``high`` is the data's maximum, which decides
     whether uint8 fits MRC's int8 mode.
     """
-    if fmt == "zarr":  # any dtype but bool, which viewers take as uint8 anyway
-        return basic_dtype(dtype) if np.dtype(dtype).kind == "b" else np.dtype(dtype)
     if fmt in ("nrrd", "nifti") or (np.dtype(dtype).kind == "b" and fmt != "mrc"):
         # Other names (WRITE_FORMATS' "nii.gz" among them) keep their old answer: bool as
         # uint8, the rest by MRC's rules.
