@@ -3,11 +3,13 @@ Portal and copick lay them out, read and written through the same face as MRC.""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mrcfile
 import numpy as np
 import pytest
+from conftest import BRIEF_RETRAIN
 
 from patch_corrections.errors import InputError
 from patch_corrections.io.geometry import Geometry
@@ -73,6 +75,9 @@ def test_a_volume_written_as_ome_zarr_reads_back_with_its_geometry(tmp_path):
     assert multiscale["version"] == "0.4" and multiscale["axes"] == ANGSTROM
     assert multiscale["datasets"] == [_level("0", (8.0, 9.0, 10.0), (1.0, -2.0, 3.0))]
     assert group["0"].chunks == (20, 64, 64) and np.array_equal(group["0"][:], data)
+    # Chunks in nested folders, said in the metadata: copick's stores read no other layout.
+    assert json.loads((path / "0" / ".zarray").read_text())["dimension_separator"] == "/"
+    assert (path / "0" / "0" / "1" / "1").is_file()
     with pytest.raises(InputError, match="already exists"):
         write_volume(path, data, geometry)
     write_volume(path, data + 1, geometry, overwrite=True)
@@ -307,16 +312,9 @@ def test_the_correction_loop_on_an_ome_zarr_tomogram_matches_mrc(tmp_path, run_c
         tmp_path / "model",
         "--checkpoint",
         model,
-        "--crop-size",
-        48,
-        "--iterations",
-        2,
         "--optimizer",
         "adamw",
-        "--val-fraction",
-        0,
-        "--device",
-        "cpu",
+        *BRIEF_RETRAIN,
     )
     assert trained.exit_code == 0 and "not here" not in trained.output, trained.output
     out = tmp_path / "seg" / "tomogram_corrected.zarr"

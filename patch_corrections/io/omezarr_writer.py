@@ -21,9 +21,19 @@ def _new_group(zarr, path: Path):
 
 
 def _new_array(group, name: str, shape, chunks, dtype):
+    """A new array whose chunks are nested folders (``0/1/2``), recorded in its metadata:
+    the layout copick's stores assume, which a reader of ``0.1.2`` keys would miss."""
     if hasattr(group, "create_array"):  # zarr 3
-        return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype)
-    return group.create_dataset(name, shape=shape, chunks=chunks, dtype=dtype)
+        return group.create_array(
+            name,
+            shape=shape,
+            chunks=chunks,
+            dtype=dtype,
+            chunk_key_encoding={"name": "v2", "separator": "/"},
+        )
+    return group.create_dataset(
+        name, shape=shape, chunks=chunks, dtype=dtype, dimension_separator="/"
+    )
 
 
 def write_zarr(path: Path, data: np.ndarray, geometry: Geometry) -> None:
