@@ -42,6 +42,10 @@ def run_cli():
     return run
 
 
+BRIEF_RETRAIN = ("--crop-size", 48, "--iterations", 2, "--val-fraction", 0, "--device", "cpu")
+"""``retrain``'s options for a run that only shows the loop goes through."""
+
+
 def save_tiny_checkpoint(path: Path, normalisation: str | None = "robust_z") -> Path:
     """A tiny network with seeded random weights saved as our checkpoint at ``path``."""
     import torch

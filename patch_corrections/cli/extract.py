@@ -9,14 +9,19 @@ import typer
 
 from ..errors import InputError
 from ..io.centres import Centre
+from ..io.copick_project import DEFAULT_NAME, DEFAULT_SESSION, SegmentationName
 from ..io.volumes import at_scale_level, volume_name
 from ..workflows.extraction import ExtractReport, ExtractSettings, extract_patches
-from . import options
+from . import _copick, options
 from ._console import console, print_warnings
 from ._errors import user_errors
 from .options import OutputFormat
 
-_SEGMENTATION = "The network's segmentation of the tomogram, same shape."
+_SEGMENTATION = (
+    "The network's segmentation of the tomogram, same shape (with --copick-config: the "
+    "copick segmentation --copick-name/--copick-user/--copick-session)."
+)
+_READ = "cut label patches from"
 _OUT_DIR = "Folder for images/, labels/ and manifest.json; created if missing."
 _CENTRES = typer.Option(
     "--centres",
@@ -29,14 +34,18 @@ _Z = typer.Option("--z", help="Centre z of a single patch.")
 _ANGSTROM = typer.Option(
     "--angstrom", help="Centres are in Å from the first voxel, not in voxels."
 )
-_TOKEN = typer.Option("--token", help="Patch name prefix; default: the tomogram's file name stem.")
+_TOKEN = typer.Option(
+    "--token",
+    help="Patch name prefix (default: the tomogram's file name stem, or the copick run).",
+)
 _OVERWRITE = "this token's patches instead of adding to them"
 
 
 @user_errors
 def extract_patches_command(
-    tomogram: Annotated[Path, options.tomogram()],
-    segmentation: Annotated[Path, options.segmentation(_SEGMENTATION)],
+    tomogram: Annotated[Path | None, options.tomogram()] = None,
+    segmentation: Annotated[Path | None, options.segmentation(_SEGMENTATION)] = None,
+    *,
     out_dir: Annotated[Path, options.out_dir(_OUT_DIR)],
     scale_level: Annotated[int | None, options.scale_level()] = None,
     centres: Annotated[Path | None, _CENTRES] = None,
@@ -57,8 +66,26 @@ def extract_patches_command(
     preview: Annotated[
         bool, options.preview("image and network labels")
     ] = ExtractSettings.preview,
+    copick_config: Annotated[Path | None, options.copick_config()] = None,
+    run: Annotated[str | None, options.copick_run(many=False)] = None,
+    tomo_type: Annotated[str | None, options.tomo_type()] = None,
+    voxel_spacing: Annotated[float | None, options.voxel_spacing()] = None,
+    copick_name: Annotated[str, options.copick_name(_READ)] = DEFAULT_NAME,
+    copick_user: Annotated[str | None, options.copick_user(_READ)] = None,
+    copick_session: Annotated[str, options.copick_session(_READ)] = DEFAULT_SESSION,
 ) -> None:
     """Cut image and label patches around centres, ready to be corrected."""
+    project = _copick.project(
+        copick_config, [run] if run else None, tomo_type, voxel_spacing, tomogram is not None
+    )
+    if project is not None:
+        chosen = _copick.one_tomogram(project)
+        tomogram, token = chosen.path, token or chosen.run
+        if segmentation is None:
+            name = SegmentationName(copick_name, copick_user, copick_session)
+            segmentation = project.existing_segmentation(chosen.run, chosen.voxel_spacing, name)
+    if segmentation is None:
+        raise InputError("give --segmentation, the network's segmentation of the tomogram")
     given = [v is not None for v in (x, y, z)]
     if any(given) and not all(given):
         raise InputError("give all three of --x, --y and --z, or a --centres file")
@@ -75,7 +102,7 @@ def extract_patches_command(
     )
     with console() as listener:
         report = extract_patches(
-            at_scale_level(tomogram, scale_level),
+            at_scale_level(tomogram, scale_level),  # type: ignore[arg-type]
             segmentation,
             out_dir,
             centres,

@@ -48,7 +48,7 @@ def scale_level(panel: str | None = None) -> Any:
     extract_patches)."""
     return typer.Option(
         "--scale-level",
-        help="Level of an OME-Zarr (.zarr) tomogram to read, 0 the finest [default: the finest].",
+        help="Level of an OME-Zarr (.zarr) tomogram to read, 0 the finest (default: the finest).",
         rich_help_panel=panel,
     )
 
@@ -231,3 +231,76 @@ def use_threads(requested: int | None) -> None:
     note = set_threads(requested)
     if note is not None:
         typer.echo(note, err=True)
+
+
+# copick projects (the copick extra): where a tomogram path is accepted.
+
+COPICK_PANEL = "copick project (instead of --tomogram)"
+
+
+def copick_config() -> Any:
+    """``--copick-config``: a copick project's configuration file."""
+    return typer.Option(
+        "--copick-config",
+        help="A copick project's configuration (JSON): its tomograms instead of --tomogram "
+        '(pip install "patch_corrections\\[copick]").',
+        rich_help_panel=COPICK_PANEL,
+    )
+
+
+def copick_run(many: bool) -> Any:
+    """``--run``: which runs of the project (segment: several, default all; suggest,
+    extract_patches: one)."""
+    text = (
+        "A run of the project; repeat for several (default: every run)."
+        if many
+        else ("The run of the project (default: its only run).")
+    )
+    return typer.Option("--run", metavar="<run>", help=text, rich_help_panel=COPICK_PANEL)
+
+
+def tomo_type() -> Any:
+    """``--tomo-type``: which tomogram of a run."""
+    return typer.Option(
+        "--tomo-type",
+        help="The tomogram type, e.g. wbp or denoised (default: the only one).",
+        rich_help_panel=COPICK_PANEL,
+    )
+
+
+def voxel_spacing() -> Any:
+    """``--voxel-spacing``: which voxel spacing of a run (Å)."""
+    return typer.Option(
+        "--voxel-spacing",
+        help="The voxel spacing in Å, e.g. 10 (default: the only one).",
+        rich_help_panel=COPICK_PANEL,
+    )
+
+
+def copick_name(role: str) -> Any:
+    """``--copick-name``: the pickable object a copick segmentation is named after; ``role``
+    says which segmentation."""
+    return typer.Option(
+        "--copick-name",
+        help=f"Name of the copick segmentation {role}: a pickable object of the project.",
+        rich_help_panel=COPICK_PANEL,
+    )
+
+
+def copick_user(role: str) -> Any:
+    """``--copick-user``: the user of a copick segmentation."""
+    return typer.Option(
+        "--copick-user",
+        help=f"User of the copick segmentation {role} (default: the configuration's "
+        "user_id, else patch-corrections).",
+        rich_help_panel=COPICK_PANEL,
+    )
+
+
+def copick_session(role: str) -> Any:
+    """``--copick-session``: the session of a copick segmentation."""
+    return typer.Option(
+        "--copick-session",
+        help=f"Session of the copick segmentation {role}.",
+        rich_help_panel=COPICK_PANEL,
+    )

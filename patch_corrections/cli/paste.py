@@ -7,8 +7,10 @@ from typing import Annotated
 
 import typer
 
+from ..errors import InputError
+from ..io.copick_project import DEFAULT_NAME, DEFAULT_SESSION, SegmentationName
 from ..workflows.pasting import PasteReport, PasteSettings, paste_corrections
-from . import options
+from . import _copick, options
 from ._console import console, print_warnings
 from ._errors import user_errors
 
@@ -19,12 +21,20 @@ _MERGED_DIR = typer.Option(
 )
 _SEGMENTATION = (
     "The full-size segmentation to correct: segment's <stem>_segmented.mrc, or the one given "
-    "to extract_patches."
+    "to extract_patches (with --copick-config: the copick segmentation --copick-name/"
+    "--copick-user/--copick-session)."
 )
 _OUT = typer.Option(
     "--out",
     "-o",
-    help="MRC file to write, with the segmentation's shape, voxel size and origin.",
+    help="MRC file or OME-Zarr image (.zarr) to write, with the segmentation's shape, voxel "
+    "size and origin (with --copick-config: none, the result goes into the project).",
+)
+_READ = "to correct"
+_OUT_SESSION = typer.Option(
+    "--copick-out-session",
+    help="Session of the corrected copick segmentation written (same name and user).",
+    rich_help_panel=options.COPICK_PANEL,
 )
 _PATCHES_DIR = typer.Option(
     "--patches-dir",
@@ -46,14 +56,21 @@ _TOKEN = typer.Option(
 @user_errors
 def paste_corrections_command(
     merged_dir: Annotated[Path, _MERGED_DIR],
-    segmentation: Annotated[Path, options.segmentation(_SEGMENTATION)],
-    out: Annotated[Path, _OUT],
+    segmentation: Annotated[Path | None, options.segmentation(_SEGMENTATION)] = None,
+    out: Annotated[Path | None, _OUT] = None,
     patches_dir: Annotated[Path | None, _PATCHES_DIR] = None,
     mark_ignore: Annotated[int | None, _MARK_IGNORE] = PasteSettings.mark_ignore,
     token: Annotated[str | None, _TOKEN] = PasteSettings.token,
     overwrite: Annotated[
         bool, options.overwrite("an existing --out file")
     ] = PasteSettings.overwrite,
+    copick_config: Annotated[Path | None, options.copick_config()] = None,
+    run: Annotated[str | None, options.copick_run(many=False)] = None,
+    voxel_spacing: Annotated[float | None, options.voxel_spacing()] = None,
+    copick_name: Annotated[str, options.copick_name(_READ)] = DEFAULT_NAME,
+    copick_user: Annotated[str | None, options.copick_user(_READ)] = None,
+    copick_session: Annotated[str, options.copick_session(_READ)] = DEFAULT_SESSION,
+    copick_out_session: Annotated[str, _OUT_SESSION] = "corrected",
 ) -> None:
     """Paste corrected patches back into a full segmentation; ignore keeps its values.
 
@@ -64,14 +81,58 @@ def paste_corrections_command(
     (farther from that patch's nearest face) wins, at equal depth the later patch by name.
     Each patch is placed by its header's origin and voxel size on the segmentation's grid
     (checked against the manifest with --patches-dir). The segmentation is read and the
-    output written slab by slab.
+    output written slab by slab. With --copick-config, the segmentation is read from the
+    copick project and the result written into it as a segmentation of --copick-out-session.
     """
+    if copick_config is not None:
+        segmentation, out = _copick_paths(
+            copick_config,
+            run,
+            voxel_spacing,
+            SegmentationName(copick_name, copick_user, copick_session),
+            copick_out_session,
+            segmentation,
+            out,
+        )
+    elif run is not None or voxel_spacing is not None:
+        raise InputError(
+            "--run and --voxel-spacing select in a copick project: give --copick-config"
+        )
+    if segmentation is None or out is None:
+        raise InputError(
+            f"give {'--segmentation' if segmentation is None else '--out'}, or a copick "
+            "project with --copick-config"
+        )
     settings = PasteSettings(mark_ignore=mark_ignore, token=token, overwrite=overwrite)
     with console() as listener:
         report = paste_corrections(
             merged_dir, segmentation, out, patches_dir, settings=settings, listener=listener
         )
     render(report)
+
+
+def _copick_paths(
+    config: Path,
+    run: str | None,
+    voxel_spacing: float | None,
+    name: SegmentationName,
+    out_session: str,
+    segmentation: Path | None,
+    out: Path | None,
+) -> tuple[Path, Path]:
+    """The copick segmentation to read and the one to write."""
+    if segmentation is not None or out is not None:
+        given = "--segmentation" if segmentation is not None else "--out"
+        raise InputError(
+            f"{given}: with --copick-config the segmentation is read from the project and the "
+            "result written into it; give one or the other"
+        )
+    project = _copick.project(config, [run] if run else None, None, voxel_spacing, False)
+    assert project is not None
+    run_name, spacing = project.run_and_spacing()
+    read = project.existing_segmentation(run_name, spacing, name)
+    written = SegmentationName(name.name, name.user, out_session)
+    return read, project.new_segmentation(run_name, spacing, written, "--copick-out-session")
 
 
 def render(report: PasteReport) -> None:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from enum import Enum
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from ..errors import InputError
+from ..io.copick_project import DEFAULT_NAME, DEFAULT_SESSION, SegmentationName
 from ..io.volumes import at_scale_level, is_volume_folder, volume_name
 from ..workflows.batch_segmentation import BatchSegmentReport, is_segmented, segment_many
+from ..workflows.copick_runs import CopickSegmentReport, segment_runs
 from ..workflows.segmentation import SegmentReport, SegmentSettings, segment
-from . import options
+from . import _copick, options
 from ._console import console, print_warnings
 from ._errors import user_errors
 
@@ -77,9 +82,13 @@ _WHOLE = (0, 1)
 """``--part`` and ``--parts`` when the tomograms are not split: all of them in one part."""
 
 
+_WRITTEN = "segment writes"
+
+
 @user_errors
 def segment_command(
-    tomograms: Annotated[list[Path], _TOMOGRAMS],
+    tomograms: Annotated[list[Path] | None, _TOMOGRAMS] = None,
+    *,
     checkpoint: Annotated[Path, options.checkpoint("Weights", _FILES)],
     out_dir: Annotated[
         Path,
@@ -115,13 +124,21 @@ def segment_command(
     scale_level: Annotated[int | None, options.scale_level(_FILES)] = None,
     part: Annotated[int, _PART] = _WHOLE[0],
     parts: Annotated[int, _PARTS] = _WHOLE[1],
+    copick_config: Annotated[Path | None, options.copick_config()] = None,
+    runs: Annotated[list[str] | None, options.copick_run(many=True)] = None,
+    tomo_type: Annotated[str | None, options.tomo_type()] = None,
+    voxel_spacing: Annotated[float | None, options.voxel_spacing()] = None,
+    copick_name: Annotated[str, options.copick_name(_WRITTEN)] = DEFAULT_NAME,
+    copick_user: Annotated[str | None, options.copick_user(_WRITTEN)] = None,
+    copick_session: Annotated[str, options.copick_session(_WRITTEN)] = DEFAULT_SESSION,
 ) -> None:
     """Segment whole tomograms: a probability scoremap and a binary segmentation.
 
     With several tomograms, one that cannot be read or segmented is reported and the others
     are done; the exit code is then 1. Several runs may share one --out-dir (one per GPU
     with CUDA_VISIBLE_DEVICES, or a job array with --part/--parts): a tomogram another run
-    is segmenting is left to it.
+    is segmenting is left to it. With --copick-config, every selected run's tomogram is
+    segmented into <out-dir>/<run>/ and its segmentation written into the project.
     """
     settings = SegmentSettings(
         window=window,
@@ -141,27 +158,34 @@ def segment_command(
         format=output_format.value,
     )
     options.use_threads(threads)
-    tomograms = [at_scale_level(t, scale_level) for t in tomograms]
-    single = len(tomograms) == 1 and not is_volume_folder(tomograms[0]) and (part, parts) == _WHOLE
+    project = _copick.project(copick_config, runs, tomo_type, voxel_spacing, bool(tomograms))
+    files = [at_scale_level(t, scale_level) for t in tomograms or []]
+    single = len(files) == 1 and not is_volume_folder(files[0]) and (part, parts) == _WHOLE
+    if project is not None:
+        if scale_level:
+            raise InputError(
+                "--scale-level: a copick segmentation is stored at its tomogram's voxel "
+                "spacing; choose a coarser tomogram with --voxel-spacing"
+            )
+        name = SegmentationName(copick_name, copick_user, copick_session)
+        many = partial(segment_runs, project, name)
+    else:
+        many = partial(segment_many, files)
     with console() as listener:
         # A tomogram already segmented is skipped alone as in a folder (segment_many says
         # so, exit 0): a job array that resubmits single files goes through.
-        if single and (overwrite or not is_segmented(tomograms[0], out_dir, settings)):
-            render(
-                segment(tomograms[0], checkpoint, out_dir, settings=settings, listener=listener)
-            )
+        if single and (overwrite or not is_segmented(files[0], out_dir, settings)):
+            render(segment(files[0], checkpoint, out_dir, settings=settings, listener=listener))
             return
-        batch = segment_many(
-            tomograms,
-            checkpoint,
-            out_dir,
-            settings=settings,
-            part=part,
-            parts=parts,
-            listener=listener,
+        result = many(
+            checkpoint, out_dir, settings=settings, part=part, parts=parts, listener=listener
         )
-    render_batch(batch, out_dir, part, parts)
-    if batch.failed:
+    if isinstance(result, CopickSegmentReport):
+        render_runs(result, out_dir, part, parts)
+        result = result.batch
+    else:
+        render_batch(result, out_dir, part, parts)
+    if result.failed:
         raise typer.Exit(1)
 
 
@@ -200,6 +224,29 @@ def render_batch(batch: BatchSegmentReport, out_dir: Path, part: int, parts: int
         f"Segmented {len(batch.done)} tomogram(s), skipped {len(batch.skipped)}, "
         f"failed {len(batch.failed)}{busy}{which}."
     )
+
+
+def render_runs(report: CopickSegmentReport, out_dir: Path, part: int, parts: int) -> None:
+    """The batch's lines, each tomogram named by its run, then each segmentation written
+    into the copick project."""
+
+    def run(path: Path) -> Path:
+        return Path(f"run {report.runs.get(path, path)}")
+
+    batch = report.batch
+    render_batch(
+        replace(
+            batch,
+            done=[replace(r, tomogram=run(r.tomogram)) for r in batch.done],
+            skipped=[run(p) for p in batch.skipped],
+            busy=[run(p) for p in batch.busy],
+        ),
+        out_dir,
+        part,
+        parts,
+    )
+    for run, folder in report.written:
+        typer.echo(f"Written into the copick project, run {run}: {folder}")
 
 
 def render(report: SegmentReport) -> None:

@@ -7,12 +7,13 @@ from typing import Annotated
 
 import typer
 
+from ..errors import InputError
 from ..io.names import segmentation_beside
 from ..io.volumes import at_scale_level, volume_name
 from ..network.threads import check_threads
 from ..workflows.segmentation import SegmentSettings
 from ..workflows.suggestion import SuggestReport, SuggestSettings, suggest
-from . import options
+from . import _copick, options
 from ._console import console, print_warnings
 from ._errors import user_errors
 
@@ -73,7 +74,8 @@ _NO_PREVIEWS = typer.Option(
 
 @user_errors
 def suggest_command(
-    tomogram: Annotated[Path, options.tomogram(_INPUT)],
+    tomogram: Annotated[Path | None, options.tomogram(_INPUT)] = None,
+    *,
     out_dir: Annotated[Path, options.out_dir(_OUT_DIR, _OUTPUT)],
     checkpoint: Annotated[Path | None, options.checkpoint(_CHECKPOINT, _INPUT)] = None,
     scale_level: Annotated[int | None, options.scale_level(_INPUT)] = None,
@@ -105,6 +107,10 @@ def suggest_command(
     overwrite: Annotated[
         bool, options.overwrite("this tomogram's earlier outputs in --out-dir", _OUTPUT)
     ] = SuggestSettings.overwrite,
+    copick_config: Annotated[Path | None, options.copick_config()] = None,
+    run: Annotated[str | None, options.copick_run(many=False)] = None,
+    tomo_type: Annotated[str | None, options.tomo_type()] = None,
+    voxel_spacing: Annotated[float | None, options.voxel_spacing()] = None,
 ) -> None:
     """Suggest patch centres where a correction would teach the network most.
 
@@ -135,6 +141,19 @@ def suggest_command(
             compile=compile_network,
         ),
     )
+    project = _copick.project(
+        copick_config, [run] if run else None, tomo_type, voxel_spacing, tomogram is not None
+    )
+    source = None
+    if project is not None:
+        chosen = _copick.one_tomogram(project)
+        tomogram = chosen.path
+        source = (
+            f"--copick-config {copick_config} --run {chosen.run} --tomo-type "
+            f"{chosen.tomo_type} --voxel-spacing {chosen.voxel_spacing:g}"
+        )
+    if tomogram is None:
+        raise InputError("give --tomogram, or a copick project with --copick-config")
     if checkpoint is not None:  # only the network needs PyTorch
         options.use_threads(threads)
     else:
@@ -151,11 +170,12 @@ def suggest_command(
             settings=settings,
             listener=listener,
         )
-    render(report)
+    render(report, source)
 
 
-def render(report: SuggestReport) -> None:
-    """The suggestions, best first, and where they were written."""
+def render(report: SuggestReport, source: str | None = None) -> None:
+    """The suggestions, best first, and where they were written; ``source`` gives the
+    tomogram's options for the next command (default ``-t <tomogram>``)."""
     s = report.settings
     excluded = f", {report.excluded} extracted patch(es) left out" if report.excluded else ""
     typer.echo(
@@ -180,7 +200,8 @@ def render(report: SuggestReport) -> None:
             report.segmentation or segmentation_beside(report.probabilities) or "<segmentation>"
         )
         typer.echo(
-            f"Next: patch_corrections extract_patches -t {report.tomogram} -s {segmentation} "
+            f"Next: patch_corrections extract_patches {source or f'-t {report.tomogram}'} "
+            f"-s {segmentation} "
             f"-c {report.centres} --patch-size {s.patch_size} -o <patches-dir>"
         )
     print_warnings(report.warnings)

@@ -55,6 +55,7 @@ __all__ = [
     "at_scale_level",
     "check_slab_output",
     "closing_reader",
+    "copy_volume",
     "is_volume_file",
     "is_volume_folder",
     "open_volume",
@@ -297,13 +298,36 @@ def slab_writer(path: Path, shape, dtype, geometry: Geometry):
     return MrcSlabWriter(path, shape, dtype, geometry)
 
 
+_COPY_SLAB_VOXELS = 1 << 24
+"""Voxels :func:`copy_volume` holds at once."""
+
+
+def copy_volume(source: Path, target: Path, dtype) -> None:
+    """Write ``source``'s voxels as ``dtype`` into ``target`` (an MRC file or OME-Zarr
+    image, replaced if it exists), slab by slab, with ``source``'s geometry; atomically."""
+    target = Path(target)
+    _refuse_foreign_folder(target, "output")
+    with closing_reader(source) as reader:
+        info = reader.info
+        nz, ny, nx = info.shape
+        step = max(1, _COPY_SLAB_VOXELS // max(ny * nx, 1))
+        geometry = info.geometry or Geometry((1.0, 1.0, 1.0))
+        with atomic_target(target, volume_suffix(target)) as temporary:
+            with slab_writer(temporary, info.shape, dtype, geometry) as writer:
+                for z0 in range(0, nz, step):
+                    z1 = min(nz, z0 + step)
+                    writer.write(z0, reader.read_block((z0, 0, 0), (z1, ny, nx)).astype(dtype))
+
+
 def storable_dtype(dtype: np.dtype, fmt: str, high: float = 0) -> np.dtype:
     """The dtype ``fmt`` stores ``dtype`` as, losslessly where the format allows.
 
     MRC has int8, int16, uint16, float16 and float32 modes; NRRD (pynrrd) has no float16;
-    NIfTI (nibabel) has no float16 either. ``high`` is the data's maximum, which decides
-    whether uint8 fits MRC's int8 mode.
+    NIfTI (nibabel) has no float16 either; OME-Zarr (``zarr``) keeps every number type.
+    ``high`` is the data's maximum, which decides whether uint8 fits MRC's int8 mode.
     """
+    if fmt == "zarr":
+        return np.dtype(np.uint8) if np.dtype(dtype).kind == "b" else np.dtype(dtype)
     if fmt in ("nrrd", "nifti") or (np.dtype(dtype).kind == "b" and fmt != "mrc"):
         # Other names (WRITE_FORMATS' "nii.gz" among them) keep their old answer: bool as
         # uint8, the rest by MRC's rules.

@@ -72,7 +72,7 @@ def segment_many(
     once complete, so readers never see a partial file.
     """
     out_dir = Path(out_dir)
-    _check_part(part, parts)
+    check_part(part, parts)
     with collect_warnings() as warned:
         files = _tomogram_files(tomograms)
         check_out_dir(out_dir)
@@ -87,13 +87,13 @@ def segment_many(
         predictor = load_predictor(Path(checkpoint), settings, listener) if todo else None
         for number, tomogram in enumerate(todo, start=1):
             listener.message(f"[{number}/{len(todo)}] {tomogram}")
-            _segment_in_turn(tomogram, predictor, out_dir, settings, listener, report)
+            segment_in_turn(tomogram, predictor, out_dir, settings, listener, report)
     report.skipped.sort(key=mine.index)
     report.warnings.extend(warned)
     return report
 
 
-def _check_part(part: int, parts: int) -> None:
+def check_part(part: int, parts: int) -> None:
     if parts < 1:
         raise InputError(f"--parts must be at least 1, got {parts}")
     if parts == 1 and part != 0:
@@ -108,7 +108,7 @@ def _check_part(part: int, parts: int) -> None:
         )
 
 
-def _segment_in_turn(
+def segment_in_turn(
     tomogram: Path,
     predictor,
     out_dir: Path,

@@ -24,7 +24,6 @@ from ..errors import InputError, collect_warnings, warn
 from ..io.geometry import Geometry, as_xyz, xyz_text
 from ..io.locks import folder_lock
 from ..io.manifest import PatchRecord, manifest_path, padding_zyx, read_records
-from ..io.mrc_writer import mrc_dtype
 from ..io.patch_folders import find_label_patches
 from ..io.placement import Placement, check_offsets, place_patch
 from ..io.staging import remove_leftovers_of, staged
@@ -35,6 +34,8 @@ from ..io.volumes import (
     closing_reader,
     read_volume,
     slab_writer,
+    storable_dtype,
+    volume_format,
     volume_suffix,
 )
 from ..labels.compositing import Tally, composite
@@ -163,7 +164,7 @@ def paste_corrections(
                 {r.tomogram for r in records.values() if r.tomogram},
                 "Paste into the network's segmentation (segment's <stem>_segmented.mrc)",
             )
-            dtype = _output_dtype(target, settings.mark_ignore)
+            dtype = _output_dtype(target, settings.mark_ignore, volume_format(out))
             # The folder is locked, not recovered: `segment` writes into its folders without
             # a lock, so only this run's own leftovers are removed there.
             with folder_lock(out.parent):
@@ -319,13 +320,13 @@ def _check_inside(placement: Placement, target: VolumeInfo, row: dict | None) ->
             )
 
 
-def _output_dtype(target: VolumeInfo, mark: int | None) -> np.dtype:
-    """The MRC mode the output stores: the target's (or the smallest that holds it)."""
+def _output_dtype(target: VolumeInfo, mark: int | None, fmt: str) -> np.dtype:
+    """The dtype an output of format ``fmt`` stores: the target's, or the mode that holds it."""
     dtype = target.dtype
     if dtype.kind not in "biuf":
         raise InputError(f"{target.path}: holds {dtype} values; a segmentation holds numbers")
     high = float(np.iinfo(dtype).max) if dtype.kind in "iu" else 0
-    stored = mrc_dtype(dtype, high)
+    stored = storable_dtype(dtype, fmt, high)
     if mark is not None and stored.kind in "iu":
         limits = np.iinfo(stored)
         if not limits.min <= mark <= limits.max:

@@ -1,0 +1,44 @@
+"""The copick options turned into a project and the tomogram they name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import InputError
+from ..io.copick_project import CopickProject, CopickSelection, CopickTomogram
+
+
+def project(
+    config: Path | None,
+    runs: list[str] | None,
+    tomo_type: str | None,
+    voxel_spacing: float | None,
+    tomogram_given: bool,
+) -> CopickProject | None:
+    """The project ``--copick-config`` names (``None`` without it); copick options without
+    a project, or a project and a tomogram both, are one error line."""
+    if config is None:
+        stray = [
+            flag
+            for flag, value in (
+                ("--run", runs),
+                ("--tomo-type", tomo_type),
+                ("--voxel-spacing", voxel_spacing),
+            )
+            if value
+        ]
+        if stray:
+            raise InputError(f"{stray[0]} selects in a copick project: give --copick-config")
+        if not tomogram_given:
+            raise InputError("give --tomogram, or a copick project with --copick-config")
+        return None
+    if tomogram_given:
+        raise InputError("give --tomogram or --copick-config, not both")
+    return CopickProject(
+        CopickSelection(Path(config), tuple(runs or ()), tomo_type, voxel_spacing)
+    )
+
+
+def one_tomogram(chosen: CopickProject) -> CopickTomogram:
+    """The one tomogram a command that reads one (suggest, extract_patches) was given."""
+    return chosen.tomograms(one=True)[0]
