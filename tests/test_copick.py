@@ -89,11 +89,14 @@ def test_the_correction_loop_on_a_copick_project(tmp_path, run_cli):
     stored = copick_segmentation(config, "TS_01", "0")
     assert stored.dtype == np.uint8 and np.array_equal(stored != 0, prediction != 0)
     # Each run's outputs in its folder; the copick segmentation is its segmentation.
-    own = mrcfile.read(tmp_path / "seg" / "TS_02" / "wbp_segmented.mrc")
+    outputs = tmp_path / "seg" / "TS_02" / "VoxelSpacing10.000"
+    own = mrcfile.read(outputs / "wbp_segmented.mrc")
     assert np.array_equal(copick_segmentation(config, "TS_02", "0"), own)
-    assert (tmp_path / "seg" / "TS_02" / "wbp_probabilities.mrc").exists()
+    assert (outputs / "wbp_probabilities.mrc").exists()
     again = run_cli("segment", *project, "--checkpoint", model, "-o", tmp_path / "seg", *WINDOW)
-    assert "skipped 2" in again.output and "run TS_01, run TS_02" in again.output
+    assert "whose copick segmentation exists (--overwrite redoes them): run TS_01, run TS_02" in (
+        again.output
+    )
 
     # Patches cut from the project: its tomogram and the segmentation segment wrote.
     patches, train = tmp_path / "patches", tmp_path / "train"
@@ -287,7 +290,42 @@ def test_segment_splits_the_runs_into_parts_and_writes_only_what_is_missing(tmp_
     again = run_cli("segment", *common, "--run", "TS_02")
     assert again.exit_code == 0 and "Segmented 0 tomogram(s)" in again.output
     assert "Written into the copick project, run TS_02" in again.output
-    assert copick_segmentation(config, "TS_02", "0").shape == (64, 96, 112)
+    kept = copick_segmentation(config, "TS_02", "0")
+    assert kept.shape == (64, 96, 112)
+    # A copick segmentation is the project's: another output folder does not replace it.
+    elsewhere = run_cli("segment", *segment_args(config, tmp_path / "other"), "--run", "TS_02")
+    assert elsewhere.exit_code == 0 and "whose copick segmentation exists" in elsewhere.output
+    assert not (tmp_path / "other").exists()
+
+
+def test_runs_without_the_tomogram_are_left_out_of_all_runs_and_refused_by_name(tmp_path, run_cli):
+    config = new_project(tmp_path)
+    import copick
+
+    copick.from_file(str(config)).new_run("TS_03")
+    common = segment_args(config, tmp_path / "seg")
+    named = run_cli("segment", *common, "--run", "TS_03")
+    assert named.exit_code == 1
+    assert "holds no tomogram in run(s) TS_03" in named.output
+    every = run_cli("segment", *common, "--part", 1, "--parts", 2, *WINDOW)
+    assert every.exit_code == 0, every.output
+    assert "1 run(s) of the copick project" in every.output and "left out: TS_03" in every.output
+    pasted = run_cli(
+        "paste_corrections", "-m", tmp_path, "--copick-config", config, "--copick-out-session", "0"
+    )
+    assert pasted.exit_code == 1 and "that is the session read" in pasted.output
+
+
+def test_a_project_on_remote_storage_is_one_line_before_anything_is_listed(tmp_path, run_cli):
+    pytest.importorskip("copick")
+    config = tmp_path / "copick.json"
+    config.write_text(
+        json.dumps({"config_type": "filesystem", "overlay_root": "s3://bucket/project"})
+    )
+    result = run_cli("segment", *segment_args(config, tmp_path / "seg"))
+    assert result.exit_code == 1
+    assert "its overlay_root lies on s3:// storage" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_without_copick_the_error_gives_the_install_line(tmp_path, monkeypatch):

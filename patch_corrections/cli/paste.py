@@ -127,6 +127,12 @@ def _copick_paths(
             f"{given}: with --copick-config the segmentation is read from the project and the "
             "result written into it; give one or the other"
         )
+    if out_session == name.session:
+        raise InputError(
+            f"--copick-out-session {out_session}: that is the session read "
+            f"(--copick-session); write the corrected segmentation under another, e.g. "
+            f"--copick-out-session {out_session}-2"
+        )
     project = _copick.project(config, [run] if run else None, None, voxel_spacing, False)
     assert project is not None
     run_name, spacing = project.run_and_spacing()

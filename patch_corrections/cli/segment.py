@@ -189,8 +189,11 @@ def segment_command(
         raise typer.Exit(1)
 
 
-def render_batch(batch: BatchSegmentReport, out_dir: Path, part: int, parts: int) -> None:
-    """Each tomogram segmented, then what was skipped, left to another run, or failed."""
+def render_batch(
+    batch: BatchSegmentReport, out_dir: Path, part: int, parts: int, done: str | None = None
+) -> None:
+    """Each tomogram segmented, then what was skipped (``done`` says why: default,
+    already segmented in ``out_dir``), left to another run, or failed."""
     if parts > 1 and not (batch.done or batch.skipped or batch.failed or batch.busy):
         typer.echo(
             f"Part {part} of {parts} holds no tomogram ({batch.total} given in all); "
@@ -201,8 +204,9 @@ def render_batch(batch: BatchSegmentReport, out_dir: Path, part: int, parts: int
         render(report)
     if batch.skipped:
         typer.echo(
-            f"Skipped {len(batch.skipped)} tomogram(s) already segmented in {out_dir} "
-            f"(--overwrite redoes them): {', '.join(p.name for p in batch.skipped)}"
+            f"Skipped {len(batch.skipped)} tomogram(s) "
+            f"{done or f'already segmented in {out_dir}'} (--overwrite redoes them): "
+            f"{', '.join(p.name for p in batch.skipped)}"
         )
     if batch.busy:
         typer.echo(
@@ -244,6 +248,7 @@ def render_runs(report: CopickSegmentReport, out_dir: Path, part: int, parts: in
         out_dir,
         part,
         parts,
+        "whose copick segmentation exists",
     )
     for run, folder in report.written:
         typer.echo(f"Written into the copick project, run {run}: {folder}")

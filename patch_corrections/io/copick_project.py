@@ -13,10 +13,11 @@ mounted file system.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, warn
 
 COPICK_INSTALL = 'pip install "patch_corrections[copick]"'
 
@@ -92,7 +93,8 @@ class CopickProject:
                 f"({COPICK_INSTALL})"
             ) from None
         try:
-            kind = json.loads(config.read_text(encoding="utf-8")).get("config_type")
+            content = json.loads(config.read_text(encoding="utf-8"))
+            kind = content.get("config_type")
         except (OSError, ValueError, AttributeError) as exc:
             text = getattr(exc, "strerror", None) or str(exc)
             raise InputError(
@@ -103,12 +105,24 @@ class CopickProject:
                 f"--copick-config {config}: a {kind!r} project; patch_corrections reads copick "
                 'projects on a file system (config_type "filesystem")'
             )
+        for key in ("overlay_root", "static_root"):
+            root = content.get(key)
+            scheme = root.split("://", 1)[0] if isinstance(root, str) and "://" in root else "file"
+            if scheme not in ("file", "local"):
+                raise InputError(
+                    f"--copick-config {config}: its {key} lies on {scheme}:// storage; "
+                    "patch_corrections reads copick projects on a local or mounted file system"
+                )
         try:
-            self.root = copick.from_file(str(config))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # copick warns, then raises, on odd names
+                self.root = copick.from_file(str(config))
         except (ValueError, TypeError, KeyError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            text = "; ".join(line for line in lines if not line.startswith("For further"))
             raise InputError(
-                f"--copick-config {config}: not a copick configuration: {first}"
+                f"--copick-config {config}: not a copick configuration: "
+                f"{text or type(exc).__name__}"
             ) from None
         self.name = str(config)
 
@@ -134,15 +148,17 @@ class CopickProject:
         runs = self._one_run() if one else self.runs()
         spacing = self._voxel_spacing(runs)
         tomo_type = self._tomo_type(runs, spacing)
-        found = []
+        found, lacking = [], []
         for run in runs:
             tomogram = _tomogram_of(run, spacing, tomo_type)
+            if tomogram is None and not self.selection.runs:
+                lacking.append(run.name)  # every run was asked for: those that have it
+                continue
             if tomogram is None:
                 raise InputError(
                     f"run {run.name} of the copick project {self.name} holds no {tomo_type!r} "
                     f"tomogram at {_spacing(spacing)} Å; it holds "
                     f"{_listing(_held_tomograms(run))}"
-                    + ("" if self.selection.runs else "; choose the runs with --run")
                 )
             path = _local_path(
                 tomogram.fs_static if tomogram.read_only else tomogram.fs_overlay,
@@ -150,6 +166,11 @@ class CopickProject:
                 f"tomogram {run.name}/{tomo_type}",
             )
             found.append(CopickTomogram(run.name, spacing, tomo_type, path))
+        if lacking:
+            warn(
+                f"{len(lacking)} run(s) of the copick project {self.name} hold no {tomo_type!r} "
+                f"tomogram at {_spacing(spacing)} Å and were left out: {_listing(lacking)}"
+            )
         return found
 
     def run_and_spacing(self) -> tuple[str, float]:
@@ -167,7 +188,14 @@ class CopickProject:
         return runs
 
     def _voxel_spacing(self, runs) -> float:
-        held = sorted({round(vs.voxel_size, 3) for run in runs for vs in run.voxel_spacings})
+        held = sorted(
+            {round(vs.voxel_size, 3) for run in runs for vs in run.voxel_spacings if vs.tomograms}
+        )
+        if not held:
+            raise InputError(
+                f"the copick project {self.name} holds no tomogram in run(s) "
+                f"{_listing(r.name for r in runs)}"
+            )
         given = self.selection.voxel_spacing
         if given is not None:
             if not any(abs(v - given) < _SPACING_TOLERANCE for v in held):
@@ -228,6 +256,8 @@ class CopickProject:
         if not found:
             held = [
                 f"{s.name} by {s.user_id}, session {s.session_id}, {_spacing(s.voxel_size)} Å"
+                + (" (multilabel)" if s.is_multilabel else "")
+                + (" (instance)" if getattr(s, "is_instance", False) else "")
                 for s in run.segmentations
             ]
             raise InputError(
@@ -236,7 +266,7 @@ class CopickProject:
                 f"{_spacing(spacing)} Å (--copick-name, --copick-user, "
                 f"--copick-session); it holds {_listing(held)}"
             )
-        s = found[0]
+        s = min(found, key=lambda f: bool(f.read_only))  # the overlay's shadows the static one
         return _local_path(s.fs, s.path, f"segmentation {run.name}/{seg.name}")
 
     def new_segmentation(
@@ -272,8 +302,8 @@ class CopickProject:
             raise InputError(
                 f"--copick-name {seg.name}: the copick project {self.name} has no pickable "
                 f"object of that name (it has {_listing(objects)}); a binary segmentation is "
-                "named after one: add it to the configuration (is_particle false) or pass "
-                "--copick-name"
+                "named after one: add it to the configuration (is_particle false) or name one "
+                "it has with --copick-name"
             )
         run = self._run(run_name)
         name = segmentation_store_name(spacing, user, seg.session, seg.name)
