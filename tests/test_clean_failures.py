@@ -174,7 +174,7 @@ def test_segment_with_a_damaged_checkpoint_says_so_in_one_line(tmp_path, run_cli
         ),
         (["segment", "--window", "abc"], "Error: --window abc: "),
         (["evaluate", "-p", "a", "-r", "b", "--tolerance", "1.5"], "Error: --tolerance 1.5: "),
-        (["segment", "-o", "out"], "Error: --tomogram: missing; this option is required"),
+        (["segment", "-o", "out"], "Error: --checkpoint: missing; this option is required"),
         (["segment", "--tomog", "t.mrc"], "Error: --tomog: no such option (did you mean --tomo"),
         (["segment", "--bogus"], "Error: --bogus: no such option"),
         (["evaluate", "-p"], "Error: -p: Option '-p' requires an argument."),

@@ -261,6 +261,11 @@ def test_names_copick_refuses_are_refused_before_segmenting(tmp_path, run_cli):
     assert (
         level.exit_code == 1 and "choose a coarser tomogram with --voxel-spacing" in level.output
     )
+    nothing = run_cli(
+        "segment", "--checkpoint", SAMPLE / "starting_model.pt", "-o", tmp_path / "seg"
+    )
+    assert nothing.exit_code == 1
+    assert "give --tomogram, or a copick project with --copick-config" in nothing.output
     stray = run_cli(
         "segment",
         "--run",

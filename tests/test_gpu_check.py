@@ -27,7 +27,7 @@ def test_gpu_check_smoke_reports_every_section(tmp_path):
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,  # a bound, not a timing: the smoke run takes about a minute idle
     )
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(target.read_text())
