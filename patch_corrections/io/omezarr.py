@@ -129,14 +129,12 @@ class _ZarrReader(ArrayReader):
         """The chunk shape ``(z, y, x)``: a read decompresses every chunk it touches."""
         return tuple(int(c) for c in self._data.chunks[-3:])  # type: ignore[return-value]
 
-    def read_block(self, start, stop) -> np.ndarray:
+    read_errors = READ_ERRORS  # codecs and stores raise more kinds than nibabel
+
+    def _read(self, start, stop) -> np.ndarray:
         (z0, y0, x0), (z1, y1, x1) = start, stop
         extra = (0,) * (self._data.ndim - 3)
-        try:
-            block = self._data[(*extra, slice(z0, z1), slice(y0, y1), slice(x0, x1))]
-        except READ_ERRORS as exc:
-            raise InputError(f"{self.info.path}: cannot read its data ({reason(exc)})") from None
-        return np.array(block)
+        return np.array(self._data[(*extra, slice(z0, z1), slice(y0, y1), slice(x0, x1))])
 
 
 def _level(path: Path) -> tuple[Any, VolumeInfo]:

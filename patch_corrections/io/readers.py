@@ -95,11 +95,14 @@ class ArrayReader:
         self.info = info
         self._data = data
 
+    read_errors: tuple[type[Exception], ...] = (ValueError, OSError, EOFError, zlib.error)
+    """What a damaged file raises only when its data is read (nibabel and zarr read
+    lazily); a format's reader may name more."""
+
     def read_block(self, start: Index3, stop: Index3) -> np.ndarray:
         try:
             return self._read(start, stop)
-        except (ValueError, OSError, EOFError, zlib.error) as exc:
-            # nibabel reads lazily: a truncated or corrupt file shows up only now.
+        except self.read_errors as exc:
             raise InputError(f"{self.info.path}: cannot read its data ({reason(exc)})") from None
 
     def _read(self, start: Index3, stop: Index3) -> np.ndarray:
