@@ -9,7 +9,7 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 import pytest
-from conftest import BRIEF_RETRAIN
+from conftest import BRIEF_RETRAIN, save_tiny_checkpoint
 
 from patch_corrections.errors import InputError
 from patch_corrections.io.geometry import Geometry
@@ -415,8 +415,6 @@ def test_the_intensity_sample_of_a_chunked_tomogram_reads_few_whole_chunks(tmp_p
 
 
 def test_a_folder_of_zarr_and_mrc_tomograms_is_segmented_as_one_batch(tmp_path, run_cli):
-    from conftest import save_tiny_checkpoint
-
     volume = np.random.default_rng(3).normal(size=(16, 32, 32)).astype(np.float32)
     folder = tmp_path / "tomograms"
     folder.mkdir()
@@ -552,3 +550,36 @@ def test_slabs_of_any_depth_and_order_store_the_volume(tmp_path):
 def test_an_mrc_file_holds_scale_level_0(tmp_path):
     mrcfile.write(tmp_path / "t.mrc", np.zeros((2, 3, 4), np.float32))
     assert at_scale_level(tmp_path / "t.mrc", 0) == tmp_path / "t.mrc"
+
+
+def test_suggest_reads_an_ome_zarr_level_and_names_it_in_the_next_command(tmp_path, run_cli):
+    tomogram, _ = read_volume(SAMPLE / "tomogram.mrc")
+    image = portal_image(tmp_path / "tomogram.zarr", np.ascontiguousarray(tomogram[:, :96, :112]))
+    network = save_tiny_checkpoint(tmp_path / "tiny.pt")
+    result = run_cli(
+        "suggest",
+        "-t",
+        image,
+        "--scale-level",
+        1,
+        "--checkpoint",
+        network,
+        "-o",
+        tmp_path / "s",
+        "--patch-size",
+        16,
+        "--border",
+        4,
+        "--count",
+        2,
+        "--no-previews",
+        "--window",
+        32,
+        "--device",
+        "cpu",
+    )
+    assert result.exit_code == 0, result.output
+    assert f"extract_patches -t {image / '1'}" in result.output
+    centres = (tmp_path / "s" / "tomogram_1_suggestions.csv").read_text().splitlines()
+    assert len(centres) == 3  # the header and 2 centres
+    assert read_info(tmp_path / "s" / "tomogram_1_probabilities.mrc").shape == (32, 48, 56)
