@@ -431,6 +431,23 @@ def test_a_folder_of_zarr_and_mrc_tomograms_is_segmented_as_one_batch(tmp_path, 
     assert np.array_equal(a, b)  # the same voxels, whichever format they came in
 
 
+def test_a_tomogram_without_the_scale_level_fails_alone_in_a_batch(tmp_path, run_cli):
+    volume = np.random.default_rng(5).normal(size=(16, 32, 32)).astype(np.float32)
+    folder = tmp_path / "tomograms"
+    folder.mkdir()
+    portal_image(folder / "a.zarr", volume)
+    write_volume(folder / "b.zarr", volume, Geometry((10.0,) * 3))  # one level
+    mrcfile.write(folder / "c.mrc", volume, voxel_size=10.0)
+    model = save_tiny_checkpoint(tmp_path / "tiny.pt")
+    args = ["-t", folder, "--checkpoint", model, "-o", tmp_path / "seg", "--window", 16]
+    result = run_cli("segment", *args, "--device", "cpu", "--scale-level", 1)
+    assert result.exit_code == 1
+    assert "Segmented 1 tomogram(s), skipped 0, failed 2." in result.output
+    assert "b.zarr: no scale level 1; it holds 0 (0)" in result.output
+    assert "c.mrc: --scale-level picks a level of an OME-Zarr" in result.output
+    assert read_info(tmp_path / "seg" / "a_1_segmented.mrc").shape == (8, 16, 16)
+
+
 def test_a_name_read_from_a_manifest_never_removes_a_folder(tmp_path, run_cli):
     import json
 

@@ -159,8 +159,11 @@ def segment_command(
     )
     options.use_threads(threads)
     project = _copick.project(copick_config, runs, tomo_type, voxel_spacing, bool(tomograms))
-    files = [at_scale_level(t, scale_level) for t in tomograms or []]
+    files = list(tomograms or [])
     single = len(files) == 1 and not is_volume_folder(files[0]) and (part, parts) == _WHOLE
+    level = scale_level  # a batch takes each tomogram's level in turn
+    if single:
+        files, level = [at_scale_level(files[0], scale_level)], None
     if project is not None:
         if scale_level:
             raise InputError(
@@ -170,7 +173,7 @@ def segment_command(
         name = SegmentationName(copick_name, copick_user, copick_session)
         many = partial(segment_runs, project, name)
     else:
-        many = partial(segment_many, files)
+        many = partial(segment_many, files, scale_level=level)
     with console() as listener:
         # A tomogram already segmented is skipped alone as in a folder (segment_many says
         # so, exit 0): a job array that resubmits single files goes through.

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError, collect_warnings, os_error_text
-from ..io.volumes import is_volume_file, is_volume_folder, volume_stem
+from ..io.volumes import at_scale_level, is_volume_file, is_volume_folder, volume_stem
 from ._common import check_out_dir
 from .events import SILENT, Listener
 from .segmentation import (
@@ -48,9 +48,11 @@ def segment_many(
     settings: SegmentSettings = SegmentSettings(),
     part: int = 0,
     parts: int = 1,
+    scale_level: int | None = None,
     listener: Listener = SILENT,
 ) -> BatchSegmentReport:
-    """Segment several tomograms (files, or folders of them) with one loaded network.
+    """Segment several tomograms (files, or folders of them) with one loaded network;
+    with ``scale_level``, that level of each (OME-Zarr) tomogram.
 
     A tomogram whose outputs are all in ``out_dir`` already is skipped, unless
     ``settings.overwrite``; so a run that stopped can be started again as it was.
@@ -82,15 +84,31 @@ def segment_many(
                 f"Part {part} of {parts} (counted from 0): {len(mine)} of the {len(files)} "
                 "tomograms"
             )
-        todo = [f for f in mine if settings.overwrite or not is_segmented(f, out_dir, settings)]
-        report = BatchSegmentReport([], [f for f in mine if f not in todo], total=len(files))
+        levels, failed = _at_level(mine, scale_level)
+        todo = [f for f in levels if settings.overwrite or not is_segmented(f, out_dir, settings)]
+        report = BatchSegmentReport(
+            [], [f for f in levels if f not in todo], failed, total=len(files)
+        )
         predictor = load_predictor(Path(checkpoint), settings, listener) if todo else None
         for number, tomogram in enumerate(todo, start=1):
             listener.message(f"[{number}/{len(todo)}] {tomogram}")
             segment_in_turn(tomogram, predictor, out_dir, settings, listener, report)
-    report.skipped.sort(key=mine.index)
+    report.skipped.sort(key=levels.index)
     report.warnings.extend(warned)
     return report
+
+
+def _at_level(files: list[Path], level: int | None) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Scale level ``level`` of each file, and the files without it with the reason: a
+    tomogram that lacks the level fails alone, as one that cannot be read."""
+    found: list[Path] = []
+    failed: list[tuple[Path, str]] = []
+    for path in files:
+        try:
+            found.append(at_scale_level(path, level))
+        except InputError as exc:
+            failed.append((path, _reason(exc, path)))
+    return found, failed
 
 
 def check_part(part: int, parts: int) -> None:
