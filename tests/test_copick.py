@@ -196,6 +196,7 @@ def test_suggest_reads_one_run_and_names_it_in_the_next_command(tmp_path, run_cl
     )
     assert result.exit_code == 0, result.output
     assert f"extract_patches --copick-config {config} --run TS_02 --tomo-type wbp" in result.output
+    assert "boxes of 48³ voxels in run TS_02 (wbp at 10 Å)" in result.output
     shape = read_volume(tmp_path / "s" / "wbp_probabilities.mrc")[1].shape
     assert shape == (64, 96, 112)
 

@@ -42,3 +42,9 @@ def project(
 def one_tomogram(chosen: CopickProject) -> CopickTomogram:
     """The one tomogram a command that reads one (suggest, extract_patches) was given."""
     return chosen.tomograms(one=True)[0]
+
+
+def shown(chosen: CopickTomogram) -> Path:
+    """How a report names a copick tomogram: by its run, type and spacing, not by the
+    folder name every run's tomogram shares (``wbp.zarr``)."""
+    return Path(f"run {chosen.run} ({chosen.tomo_type} at {chosen.voxel_spacing:g} Å)")

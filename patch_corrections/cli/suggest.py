@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -170,6 +171,8 @@ def suggest_command(
             settings=settings,
             listener=listener,
         )
+    if project is not None:
+        report = replace(report, tomogram=_copick.shown(chosen))
     render(report, source)
 
 
