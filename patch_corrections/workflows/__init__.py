@@ -5,6 +5,7 @@ cluster job) calls these; they validate once, never print, and report progress t
 """
 
 from .batch_segmentation import BatchSegmentReport, segment_many
+from .copick_runs import CopickSegmentReport, segment_runs
 from .demo import DemoReport, DemoSettings, demo
 from .evaluation import EvaluateReport, EvaluateSettings, evaluate
 from .events import Listener, Progress
@@ -19,6 +20,7 @@ from .training import RetrainReport, RetrainSettings, retrain
 
 __all__ = [
     "BatchSegmentReport",
+    "CopickSegmentReport",
     "DemoReport",
     "DemoSettings",
     "EvaluateReport",
@@ -52,6 +54,7 @@ __all__ = [
     "retrain",
     "segment",
     "segment_many",
+    "segment_runs",
     "simulate_sparse",
     "suggest",
 ]
