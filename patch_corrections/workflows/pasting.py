@@ -325,8 +325,7 @@ def _output_dtype(target: VolumeInfo, mark: int | None, fmt: str) -> np.dtype:
     dtype = target.dtype
     if dtype.kind not in "biuf":
         raise InputError(f"{target.path}: holds {dtype} values; a segmentation holds numbers")
-    high = float(np.iinfo(dtype).max) if dtype.kind in "iu" else 0
-    stored = storable_dtype(dtype, fmt, high)
+    stored = storable_dtype(dtype, fmt, float(np.iinfo(dtype).max) if dtype.kind in "iu" else 0)
     if mark is not None and stored.kind in "iu":
         limits = np.iinfo(stored)
         if not limits.min <= mark <= limits.max:
