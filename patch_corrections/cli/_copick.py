@@ -39,9 +39,17 @@ def project(
     )
 
 
-def one_tomogram(chosen: CopickProject) -> CopickTomogram:
-    """The one tomogram a command that reads one (suggest, extract_patches) was given."""
-    return chosen.tomograms(one=True)[0]
+def one_tomogram(
+    config: Path | None,
+    run: str | None,
+    tomo_type: str | None,
+    voxel_spacing: float | None,
+    tomogram_given: bool,
+) -> tuple[CopickProject, CopickTomogram] | None:
+    """The project and the one tomogram a command that reads one (suggest,
+    extract_patches) was given; ``None`` when ``--tomogram`` names it (see :func:`project`)."""
+    chosen = project(config, [run] if run else None, tomo_type, voxel_spacing, tomogram_given)
+    return None if chosen is None else (chosen, chosen.tomograms(one=True)[0])
 
 
 def shown(chosen: CopickTomogram) -> Path:

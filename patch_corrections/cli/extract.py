@@ -76,11 +76,11 @@ def extract_patches_command(
     copick_session: Annotated[str, options.copick_session(_READ)] = DEFAULT_SESSION,
 ) -> None:
     """Cut image and label patches around centres, ready to be corrected."""
-    project = _copick.project(
-        copick_config, [run] if run else None, tomo_type, voxel_spacing, tomogram is not None
+    picked = _copick.one_tomogram(
+        copick_config, run, tomo_type, voxel_spacing, tomogram is not None
     )
-    if project is not None:
-        chosen = _copick.one_tomogram(project)
+    if picked is not None:
+        project, chosen = picked
         tomogram, token = chosen.path, token or chosen.run
         if segmentation is None:
             name = SegmentationName(copick_name, copick_user, copick_session)
@@ -111,8 +111,8 @@ def extract_patches_command(
             settings=settings,
             listener=listener,
         )
-    if project is not None:
-        report = replace(report, tomogram=_copick.shown(chosen))
+    if picked is not None:
+        report = replace(report, tomogram=_copick.shown(picked[1]))
     render(report)
 
 

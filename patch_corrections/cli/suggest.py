@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from ..errors import InputError
 from ..io.names import segmentation_beside
 from ..io.volumes import at_scale_level, volume_name
 from ..network.threads import check_threads
@@ -142,26 +141,24 @@ def suggest_command(
             compile=compile_network,
         ),
     )
-    project = _copick.project(
-        copick_config, [run] if run else None, tomo_type, voxel_spacing, tomogram is not None
+    picked = _copick.one_tomogram(
+        copick_config, run, tomo_type, voxel_spacing, tomogram is not None
     )
     source = None
-    if project is not None:
-        chosen = _copick.one_tomogram(project)
+    if picked is not None:
+        chosen = picked[1]
         tomogram = chosen.path
         source = (
             f"--copick-config {copick_config} --run {chosen.run} --tomo-type "
             f"{chosen.tomo_type} --voxel-spacing {chosen.voxel_spacing:g}"
         )
-    if tomogram is None:
-        raise InputError("give --tomogram, or a copick project with --copick-config")
     if checkpoint is not None:  # only the network needs PyTorch
         options.use_threads(threads)
     else:
         check_threads(threads)
     with console() as listener:
         report = suggest(
-            at_scale_level(tomogram, scale_level),
+            at_scale_level(tomogram, scale_level),  # type: ignore[arg-type]
             out_dir,
             checkpoint,
             probabilities=probabilities,
@@ -171,8 +168,8 @@ def suggest_command(
             settings=settings,
             listener=listener,
         )
-    if project is not None:
-        report = replace(report, tomogram=_copick.shown(chosen))
+    if picked is not None:
+        report = replace(report, tomogram=_copick.shown(picked[1]))
     render(report, source)
 
 

@@ -326,8 +326,8 @@ def storable_dtype(dtype: np.dtype, fmt: str, high: float = 0) -> np.dtype:
     NIfTI (nibabel) has no float16 either; OME-Zarr (``zarr``) keeps every number type.
     ``high`` is the data's maximum, which decides whether uint8 fits MRC's int8 mode.
     """
-    if fmt == "zarr":
-        return np.dtype(np.uint8) if np.dtype(dtype).kind == "b" else np.dtype(dtype)
+    if fmt == "zarr":  # any dtype but bool, which viewers take as uint8 anyway
+        return basic_dtype(dtype) if np.dtype(dtype).kind == "b" else np.dtype(dtype)
     if fmt in ("nrrd", "nifti") or (np.dtype(dtype).kind == "b" and fmt != "mrc"):
         # Other names (WRITE_FORMATS' "nii.gz" among them) keep their old answer: bool as
         # uint8, the rest by MRC's rules.
