@@ -198,7 +198,7 @@ class CopickProject:
             )
         given = self.selection.voxel_spacing
         if given is not None:
-            if not any(abs(v - given) < _SPACING_TOLERANCE for v in held):
+            if not any(_same_spacing(v, given) for v in held):
                 raise InputError(
                     f"--voxel-spacing {given:g}: the copick project {self.name} holds "
                     f"{_listing(map(_spacing, held))} Å"
@@ -213,15 +213,7 @@ class CopickProject:
         return held[0]
 
     def _tomo_type(self, runs, spacing: float) -> str:
-        held = sorted(
-            {
-                t.tomo_type
-                for run in runs
-                for vs in run.voxel_spacings
-                if abs(vs.voxel_size - spacing) < _SPACING_TOLERANCE
-                for t in vs.tomograms
-            }
-        )
+        held = sorted({t.tomo_type for run in runs for t in _tomograms_at(run, spacing)})
         given = self.selection.tomo_type
         if given is not None:
             if given not in held:
@@ -250,7 +242,7 @@ class CopickProject:
             if s.name == seg.name
             and s.user_id == user
             and s.session_id == seg.session
-            and abs(s.voxel_size - spacing) < _SPACING_TOLERANCE
+            and _same_spacing(s.voxel_size, spacing)
             and not (s.is_multilabel or getattr(s, "is_instance", False))
         ]
         if not found:
@@ -321,13 +313,22 @@ class CopickProject:
         return seg.user or self.root.config.user_id or DEFAULT_USER
 
 
+def _same_spacing(a: float, b: float) -> bool:
+    return abs(a - b) < _SPACING_TOLERANCE
+
+
+def _tomograms_at(run, spacing: float) -> list:
+    """The run's tomograms at voxel spacing ``spacing``."""
+    return [
+        t
+        for vs in run.voxel_spacings
+        if _same_spacing(vs.voxel_size, spacing)
+        for t in vs.tomograms
+    ]
+
+
 def _tomogram_of(run, spacing: float, tomo_type: str):
-    for vs in run.voxel_spacings:
-        if abs(vs.voxel_size - spacing) < _SPACING_TOLERANCE:
-            for tomogram in vs.tomograms:
-                if tomogram.tomo_type == tomo_type:
-                    return tomogram
-    return None
+    return next((t for t in _tomograms_at(run, spacing) if t.tomo_type == tomo_type), None)
 
 
 def _held_tomograms(run) -> list[str]:
