@@ -273,6 +273,53 @@ def test_readers_give_scale_translate_and_layer_type(extraction, tmp_path):
     assert tuple(layer.translate) == pytest.approx(origin)
 
 
+def test_an_ome_zarr_opens_lazily_as_a_multiscale_layer_with_its_geometry(tmp_path):
+    """A copick or Data Portal tomogram opens as all its scale levels, read only where
+    napari looks; a binary segmentation written by the package opens as labels."""
+    zarr = pytest.importorskip("zarr")
+    volume = np.random.default_rng(0).normal(size=(32, 48, 64)).astype(np.float32)
+    group = zarr.open_group(str(tmp_path / "tomo.zarr"), mode="w")
+    make = getattr(group, "create_array", None) or group.create_dataset  # zarr 3, zarr 2
+    datasets = []
+    for level in range(3):
+        step = 2**level
+        data = volume[::step, ::step, ::step]
+        make(str(level), shape=data.shape, chunks=(16,) * 3, dtype=data.dtype)[...] = data
+        transforms = [
+            {"type": "scale", "scale": [10.0 * step] * 3},
+            {"type": "translation", "translation": [5.0, 6.0, 7.0]},
+        ]
+        datasets.append({"path": str(level), "coordinateTransformations": transforms})
+    axes = [{"name": n, "type": "space", "unit": "angstrom"} for n in "zyx"]
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": datasets}]
+
+    reader = get_reader(str(tmp_path / "tomo.zarr"))
+    assert reader is not None
+    [(levels, kwargs, kind)] = reader(str(tmp_path / "tomo.zarr"))
+    assert kind == "image" and kwargs["multiscale"]
+    assert [level.shape for level in levels] == [(32, 48, 64), (16, 24, 32), (8, 12, 16)]
+    assert not isinstance(levels[0], np.ndarray)  # not read whole
+    np.testing.assert_array_equal(np.asarray(levels[1][3]), volume[6, ::2, ::2])
+    assert kwargs["scale"] == pytest.approx((10.0,) * 3)
+    assert kwargs["translate"] == pytest.approx((5.0, 6.0, 7.0))
+    # One level named inside the image is one plain layer at that level's voxel size.
+    level, kwargs, _ = layer_data(tmp_path / "tomo.zarr" / "1")
+    assert level.shape == (16, 24, 32) and kwargs["scale"] == pytest.approx((20.0,) * 3)
+
+    seg = tmp_path / "membrane.zarr"
+    pc.write_volume(seg, (volume > 1).astype(np.uint8), Geometry((10.0,) * 3, (0.0,) * 3))
+    plugins = npe2.PluginManager.instance()
+    plugins.discover(include_npe1=False)
+    viewer = ViewerModel()
+    [image] = viewer.open(str(tmp_path / "tomo.zarr"), plugin="patch_corrections")
+    [labels] = viewer.open(str(seg), plugin="patch_corrections")
+    assert image.multiscale and tuple(image.translate) == pytest.approx((5.0, 6.0, 7.0))
+    assert labels.__class__.__name__ == "Labels" and not labels.multiscale
+    np.testing.assert_array_equal(np.asarray(labels.data), volume > 1)
+    (tmp_path / "empty.zarr").mkdir()
+    assert get_reader(str(tmp_path / "empty.zarr")) is None  # no Zarr metadata: not ours
+
+
 def test_the_widget_docks_in_a_napari_window(napari_window, extraction, tmp_path):
     widget = CorrectionsWidget(napari_window)
     napari_window.window.add_dock_widget(widget, name="Patch corrections")

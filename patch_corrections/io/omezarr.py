@@ -95,19 +95,32 @@ def scale_level(path: Path, level: int) -> Path:
     """
     if level < 0:
         raise InputError(f"--scale-level must be 0 or more, got {level}")
-    node = _open_node(Path(path))
-    multiscale = (
-        _multiscale(Path(path), _attributes(node, Path(path))) if _is_group(node) else None
-    )
-    if multiscale is None:
-        if level == 0:
-            return Path(path)
+    levels = scale_levels(path)
+    if level == 0:
+        return levels[0]
+    if levels == [Path(path)]:
         raise InputError(f"{path}: no OME-Zarr multiscales metadata, so no --scale-level {level}")
-    datasets = multiscale["datasets"]
-    if level >= len(datasets):
-        paths = ", ".join(f"{i} ({d['path']})" for i, d in enumerate(datasets))
-        raise InputError(f"{path}: no scale level {level}; it holds {paths}")
-    return Path(path) / datasets[level]["path"]
+    if level >= len(levels):
+        held = ", ".join(f"{i} ({p.relative_to(path).as_posix()})" for i, p in enumerate(levels))
+        raise InputError(f"{path}: no scale level {level}; it holds {held}")
+    return levels[level]
+
+
+def scale_levels(path: Path) -> list[Path]:
+    """The paths of every scale level of the OME-Zarr image ``path``, finest first; a plain
+    array, or a path naming one level, is its only level."""
+    path = Path(path)
+    node = _open_node(path)
+    multiscale = _multiscale(path, _attributes(node, path)) if _is_group(node) else None
+    if multiscale is None:
+        return [path]
+    return [path / dataset["path"] for dataset in multiscale["datasets"]]
+
+
+def zarr_array(path: Path) -> tuple[Any, VolumeInfo]:
+    """The Zarr array of the level ``path`` names, not read, and its shape ``(z, y, x)``,
+    dtype and geometry: index it with a leading 0 for each axis beyond ``z, y, x``."""
+    return _level(path)
 
 
 def read_zarr_info(path: Path) -> VolumeInfo:

@@ -1,9 +1,14 @@
-"""napari readers for MRC, NRRD and NIfTI volumes, through the package's own I/O.
+"""napari readers for MRC, NRRD, NIfTI and OME-Zarr volumes, through the package's own I/O.
 
-Each file opens as one layer whose ``scale`` is the voxel size and whose ``translate`` is
+Each volume opens as one layer whose ``scale`` is the voxel size and whose ``translate`` is
 the origin, both ``(z, y, x)`` in Å, so patches overlay on their tomogram. Label volumes
 (files in a ``labels`` folder, correction masks, or integer volumes holding only 0, 1 and
 2) open as labels layers.
+
+An OME-Zarr image (a copick or CZ cryoET Data Portal tomogram or segmentation) is not read
+whole: it opens as a multiscale layer of all its scale levels, each read chunk by chunk
+as napari shows it (through dask, which napari brings), so a tomogram of many GB opens
+at once. Whether it is a label volume is judged on a sample of its coarsest level.
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ import numpy as np
 
 from ..constants import IGNORE
 from ..errors import InputError
+from ..inference.intensity import spread_sample
 from ..io.correction_folders import correction_kind
 from ..io.geometry import Geometry
+from ..io.omezarr import open_zarr, scale_levels, zarr_array
 from ..io.patch_folders import LABEL_FOLDERS
-from ..io.volumes import is_volume_file, read_info, read_volume, volume_stem
+from ..io.volumes import is_volume_file, read_info, read_volume, volume_format, volume_stem
 
 LayerData = tuple[np.ndarray, dict, str]
 """napari's layer-data tuple: array ``(z, y, x)``, layer keyword arguments, layer type."""
@@ -49,11 +56,35 @@ def layer_data(path: Path) -> LayerData:
         If the file cannot be read (the message names it).
     """
     path = Path(path)
+    if volume_format(path) == "zarr":
+        return zarr_layer_data(path)
     data, info = read_volume(path)
     kwargs = {"name": volume_stem(path), **geometry_kwargs(info.geometry)}
     if is_label_volume(path, data):
         if data.dtype.kind == "b":
             data = data.astype(np.uint8)
+        return data, kwargs, "labels"
+    return data, kwargs, "image"
+
+
+def zarr_layer_data(path: Path) -> LayerData:
+    """An OME-Zarr image (or one level, or a plain Zarr array) as a layer of lazy arrays,
+    one per scale level, finest first, with the finest level's geometry; a single array
+    when there is one level."""
+    import dask.array as da  # napari's own dependency; the package never imports it
+
+    arrays, infos, levels = [], [], scale_levels(path)
+    for level in levels:
+        array, info = zarr_array(level)
+        lazy = da.from_array(array, chunks=array.chunks, fancy=False)
+        arrays.append(lazy[(0,) * (array.ndim - 3)])
+        infos.append(info)
+    kwargs = {"name": volume_stem(path), **geometry_kwargs(infos[0].geometry)}
+    if len(arrays) > 1:
+        kwargs["multiscale"] = True
+    data = arrays if len(arrays) > 1 else arrays[0]
+    sample = spread_sample(open_zarr(levels[-1]))  # a few whole chunks
+    if is_label_volume(path, sample):
         return data, kwargs, "labels"
     return data, kwargs, "image"
 
