@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, warn
+from .chunk_cache import ChunkCache
 from .geometry import Geometry
 from .names import warn_links_out
 from .readers import READ_ERRORS, ArrayReader, VolumeInfo, as_3d, quoted, reason
@@ -135,7 +136,12 @@ def open_zarr(path: Path) -> ArrayReader:
 
 
 class _ZarrReader(ArrayReader):
-    """Block reads of a Zarr array; its axes beyond ``z, y, x`` have one voxel."""
+    """Block reads of a Zarr array; its axes beyond ``z, y, x`` have one voxel. Chunks
+    are kept decompressed for the reads that come back to them (:mod:`.chunk_cache`)."""
+
+    def __init__(self, info: VolumeInfo, data: Any):
+        super().__init__(info, data)
+        self._cache = ChunkCache(self._region, info.shape, self.chunks, info.dtype)
 
     @property
     def chunks(self) -> tuple[int, int, int]:
@@ -145,9 +151,16 @@ class _ZarrReader(ArrayReader):
     read_errors = READ_ERRORS  # codecs and stores raise more kinds than nibabel
 
     def _read(self, start, stop) -> np.ndarray:
+        return self._cache.read(start, stop)
+
+    def _region(self, start, stop) -> np.ndarray:
         (z0, y0, x0), (z1, y1, x1) = start, stop
         extra = (0,) * (self._data.ndim - 3)
         return np.array(self._data[(*extra, slice(z0, z1), slice(y0, y1), slice(x0, x1))])
+
+    def close(self) -> None:
+        self._cache.clear()
+        super().close()
 
 
 def _level(path: Path) -> tuple[Any, VolumeInfo]:
