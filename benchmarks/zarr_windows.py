@@ -40,6 +40,8 @@ if budget != "default":  # exactly this budget
 start = time.perf_counter()
 reader = open_volume(path)
 read = normalised_reader(reader, NORMALISATION)
+if hasattr(reader, "keep_chunks"):
+    reader.keep_chunks()  # as segment's Predictor.slabs does
 shape = reader.info.shape
 size = tuple(max(n, window) for n in shape)
 before = tuple((s - n) // 2 for s, n in zip(size, shape))

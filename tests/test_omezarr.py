@@ -247,6 +247,24 @@ def test_blocks_read_only_the_chunks_they_touch(tmp_path):
             reader.read_block((0, 0, 0), (32, 64, 64))
 
 
+def test_only_segment_keeps_decompressed_chunks(tmp_path):
+    """Overlapping windows share chunks; patches cut far apart do not, so extraction's
+    reads keep nothing (their chunks would only take memory)."""
+    data = np.random.default_rng(1).normal(size=(32, 64, 64)).astype(np.float32)
+    image = portal_image(tmp_path / "tomo.zarr", data, chunks=(16, 32, 32))
+    with closing_reader(image) as reader:
+        reader.read_block((0, 0, 0), (16, 32, 32))
+        reader.read_block((0, 0, 0), (16, 32, 32))
+        chunk = 16 * 32 * 32 * 4
+        assert reader._cache.decompressed == 2 * chunk and not reader._cache._blocks
+        reader.keep_chunks()
+        for _ in range(2):
+            np.testing.assert_array_equal(
+                reader.read_block((0, 8, 8), (16, 40, 40)), data[:16, 8:40, 8:40]
+            )
+        assert reader._cache.decompressed == (2 + 4) * chunk  # 4 chunks, each read once
+
+
 def test_the_correction_loop_on_an_ome_zarr_tomogram_matches_mrc(tmp_path, run_cli):
     tomogram, _ = read_volume(SAMPLE / "tomogram.mrc")
     image = portal_image(tmp_path / "tomogram.zarr", tomogram)

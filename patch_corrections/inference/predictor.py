@@ -181,6 +181,9 @@ class Predictor:
         passes' probabilities, with ``tta``) is ``None`` unless asked for. The volume's
         intensity statistics are taken here, before the first slab is asked for."""
         read = normalised_reader(reader, self.checkpoint.normalisation)
+        keep_chunks = getattr(reader, "keep_chunks", None)  # a chunked (Zarr) volume's
+        if keep_chunks is not None:  # overlapping windows come back to the chunks they share
+            keep_chunks()
         run = (read, reader.info.shape, self._predict(grid), grid, overlap, self.batch_size)
         if variance:
             return tta_with_variance(*run, on_window=on_window, prepare=self._prepare())

@@ -11,8 +11,8 @@ block lacks in one read of the array (their bounding box): 4 and 2.5 times the v
 
 Reads may come from several threads at once (``segment`` reads windows ahead of the
 network in a few): a chunk being read by one thread is waited for by the others, not
-read twice. A read larger than half the budget (a whole volume) goes straight to the
-array and leaves the cache as it was.
+read twice. A read larger than half the budget (a whole volume; every read with a budget
+of 0) goes straight to the array and leaves the cache as it was.
 
 Blocks are ``(z, y, x)``.
 """
@@ -55,9 +55,7 @@ class ChunkCache:
     ):
         self._read_region, self.shape, self.chunks = read_region, shape, chunks
         self.dtype = np.dtype(dtype)
-        self.budget = (
-            max(BUDGET_BYTES, MIN_CHUNKS * self._chunk_bytes()) if budget is None else budget
-        )
+        self.budget = self.default_budget(chunks, dtype) if budget is None else budget
         self.decompressed = 0
         """Bytes of the whole chunks read from the array so far (each read decompresses
         every chunk it touches)."""
@@ -65,6 +63,11 @@ class ChunkCache:
         self._pending: dict[Key, threading.Event] = {}
         self._held = 0
         self._lock = threading.Lock()
+
+    @staticmethod
+    def default_budget(chunks: Index3, dtype: np.dtype) -> int:
+        """:data:`BUDGET_BYTES`, or :data:`MIN_CHUNKS` chunks if they take more."""
+        return max(BUDGET_BYTES, MIN_CHUNKS * int(np.prod(chunks)) * np.dtype(dtype).itemsize)
 
     def read(self, start: Index3, stop: Index3) -> np.ndarray:
         """The block ``[start, stop)`` as a new array."""

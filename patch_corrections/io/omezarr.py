@@ -136,12 +136,19 @@ def open_zarr(path: Path) -> ArrayReader:
 
 
 class _ZarrReader(ArrayReader):
-    """Block reads of a Zarr array; its axes beyond ``z, y, x`` have one voxel. Chunks
-    are kept decompressed for the reads that come back to them (:mod:`.chunk_cache`)."""
+    """Block reads of a Zarr array; its axes beyond ``z, y, x`` have one voxel. After
+    :meth:`keep_chunks`, chunks are kept decompressed for the reads that come back to
+    them (:mod:`.chunk_cache`); before, every read decompresses what it touches."""
 
     def __init__(self, info: VolumeInfo, data: Any):
         super().__init__(info, data)
-        self._cache = ChunkCache(self._region, info.shape, self.chunks, info.dtype)
+        self._cache = ChunkCache(self._region, info.shape, self.chunks, info.dtype, budget=0)
+
+    def keep_chunks(self) -> None:
+        """Keep decompressed chunks from now on, within the cache's default budget: for
+        reads that overlap (``segment``'s windows), not for reads that seldom meet (the
+        patches of ``extract_patches``), whose chunks would only take memory."""
+        self._cache.budget = ChunkCache.default_budget(self.chunks, self.info.dtype)
 
     @property
     def chunks(self) -> tuple[int, int, int]:
