@@ -209,6 +209,51 @@ def test_reopen_shows_saved_masks_and_saves_the_next_number(widget, extraction, 
     assert sorted(p.name for p in folder.iterdir()) == ["Add2.nrrd", "Remove1.nrrd", "add1.nrrd"]
 
 
+def test_strokes_are_saved_before_their_patch_is_left_or_merged(
+    widget, extraction, tmp_path, qtbot, monkeypatch
+):
+    """Nothing painted is lost: choosing another patch, opening a folder again or merging
+    first saves the open patch's new strokes, as Save masks would."""
+    first, second = widget.patches[0].name, widget.patches[1].name
+    assert widget.select_patch(first)
+    base, _ = pc.read_volume(extraction / _record(extraction, first)["label"])
+    add, remove = _strokes(base)
+    widget.layer("add").data = add
+    assert widget.select_patch(second)  # not saved by hand
+    saved, _ = pc.read_volume(tmp_path / "corrections" / first / "Add1.nrrd")
+    np.testing.assert_array_equal(saved != 0, add != 0)
+    assert "✔ corrected" in widget.patch_list.item(0).text()
+
+    widget.layer("remove").data = _strokes(
+        pc.read_volume(extraction / _record(extraction, second)["label"])[0]
+    )[1]
+    assert widget.open_folder(extraction)
+    assert (tmp_path / "corrections" / second / "Remove1.nrrd").exists()
+
+    assert widget.select_patch(first)  # its saved strokes load back; a new one is painted
+    more = widget.layer("remove").data.copy()
+    more[remove != 0] = 1
+    widget.layer("remove").data = more
+    widget.merge()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=30000)
+    assert (tmp_path / "corrections" / first / "Remove1.nrrd").exists()
+    assert sorted(r["name"] for r in widget.merge_report.rows) == sorted([first, second])
+
+    # A save that fails keeps the patch open and says why, instead of dropping the strokes.
+    extra = widget.layer("add").data.copy()
+    extra[50:52, 50:52, 50:52] = 1
+    widget.layer("add").data = extra
+    from patch_corrections.napari_plugin import _state
+
+    def full_disk(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(_state, "write_volume", full_disk)
+    assert not widget.select_patch(second)
+    assert widget.current.patch.name == first and "Not saved" in widget.status.text()
+    assert widget.merge() is None
+
+
 def test_wrong_geometry_is_a_message_not_a_traceback(widget, extraction, tmp_path, qtbot):
     name = widget.patches[2].name
     record = _record(extraction, name)

@@ -90,6 +90,17 @@ class OpenPatch:
         )
         return opened, [*warned, *misfits]
 
+    def unsaved(self, painted: dict[str, np.ndarray]) -> bool:
+        """Whether the ``painted`` masks (by kind) hold voxels no saved mask holds."""
+        return any((painted[kind] & ~self.saved[kind]).any() for kind in CORRECTION_KINDS)
+
+    def opened_line(self) -> str:
+        """What the status line says once the patch is open."""
+        saved = sum(int(m.any()) for m in self.saved.values())
+        return f"{self.patch.name}: paint into Add, Remove and Ignore, then Save masks." + (
+            f" Loaded the saved masks of {saved} kind(s)." if saved else ""
+        )
+
     def marked(self, painted: np.ndarray) -> np.ndarray:
         """The voxels ``(z, y, x)`` marked in a painted layer's data (any non-zero label)."""
         return union_mask([np.asarray(painted)], self.base.shape)

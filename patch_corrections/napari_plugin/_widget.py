@@ -153,6 +153,8 @@ class CorrectionsWidget(CorrectionsPanel):
         except InputError as exc:
             self.show_message(str(exc), problem=True)
             return False
+        if not self._keep_strokes():
+            return False
         self._close_patch()
         self.folder = Path(folder)
         self.folder_edit.setText(str(folder))
@@ -194,10 +196,13 @@ class CorrectionsWidget(CorrectionsPanel):
 
     def select_patch(self, name: str) -> bool:
         """Open patch ``name``: image, labels, preview and the Add / Remove / Ignore layers,
-        preloaded with the masks saved for it. ``False`` (and a message) if refused."""
+        preloaded with the masks saved for it, once the open patch's new strokes are saved.
+        ``False`` (and a message) if refused."""
         patch = next((p for p in self.patches if p.name == name), None)
         if patch is None:
             self.show_message(f"{name}: no such patch in {self.folder}", problem=True)
+            return False
+        if not self._keep_strokes():
             return False
         try:
             opened, problems = OpenPatch.read(patch, self.corrections_dir)
@@ -214,12 +219,18 @@ class CorrectionsWidget(CorrectionsPanel):
         if problems:
             self.show_message(" ".join(problems), problem=True)
         else:
-            saved = sum(int(m.any()) for m in opened.saved.values())
-            self.status.setText(
-                f"{name}: paint into Add, Remove and Ignore, then Save masks."
-                + (f" Loaded the saved masks of {saved} kind(s)." if saved else "")
-            )
+            self.status.setText(opened.opened_line())
         return True
+
+    def _keep_strokes(self) -> bool:
+        """Save the open patch's strokes that no saved mask holds, before the patch is
+        closed or the folder merged; ``False`` (the message says why) if they could not be."""
+        if self.current is None:
+            return True
+        painted = {kind: self.painted(kind) for kind in CORRECTION_KINDS}
+        if self.current.unsaved(painted):
+            self.save()
+        return not self.current.unsaved(painted)
 
     def _close_patch(self) -> None:
         remove_layers(self.viewer, self._layers)
@@ -267,10 +278,13 @@ class CorrectionsWidget(CorrectionsPanel):
         return result.written
 
     def merge(self):
-        """Run ``merge_corrections`` on the folder in a worker thread; returns the worker
-        (``None`` if refused). The report lands in ``merge_report``."""
+        """Save the open patch's new strokes, then run ``merge_corrections`` on the folder in
+        a worker thread; returns the worker (``None`` if refused). The report lands in
+        ``merge_report``."""
         if self.folder is None:
             self.show_message("Open an extraction folder first.", problem=True)
+            return None
+        if not self._keep_strokes():
             return None
         try:
             settings = MergeSettings(overwrite=self.overwrite_box.isChecked())
