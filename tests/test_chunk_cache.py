@@ -59,6 +59,9 @@ def test_blocks_equal_the_arrays_and_overlapping_windows_read_each_chunk_once():
         np.testing.assert_array_equal(cache.read(start, stop), expected)
     assert set(array.reads.values()) == {1}  # every chunk decompressed once
     assert cache.decompressed == array.data.nbytes
+    # Each kept chunk owns its memory: no view keeps a larger read alive.
+    assert all(block.base is None for block in cache._blocks.values())
+    assert cache._held == sum(block.nbytes for block in cache._blocks.values())
 
     uncached = Array()
     for start, stop in windows(uncached.data.shape):
@@ -123,3 +126,17 @@ def test_a_failed_read_reaches_every_reader_and_none_waits_forever():
                 future.result(timeout=10)
     np.testing.assert_array_equal(cache.read((0, 0, 0), (8, 8, 8)), array.data[:8, :8, :8])
     assert not cache._pending
+
+
+def test_reads_beyond_the_volume_are_the_arrays_and_a_closed_cache_keeps_nothing():
+    array = Array()
+    cache = cache_of(array, budget=array.data.nbytes)
+    np.testing.assert_array_equal(
+        cache.read((16, 32, 40), (30, 50, 60)), array.data[16:, 32:, 40:]
+    )
+    assert not cache._blocks
+    cache.read((0, 0, 0), (8, 8, 8))
+    cache.budget = 0  # as a reader's close() leaves it: reads still running keep nothing
+    cache.clear()
+    cache.read((0, 0, 0), (16, 16, 16))
+    assert not cache._blocks and cache._held == 0

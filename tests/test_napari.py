@@ -348,7 +348,9 @@ def test_an_ome_zarr_opens_lazily_as_a_multiscale_layer_with_its_geometry(tmp_pa
     assert kwargs["scale"] == pytest.approx((10.0,) * 3)
     assert kwargs["translate"] == pytest.approx((5.0, 6.0, 7.0))
     # One level named inside the image is one plain layer at that level's voxel size.
-    level, kwargs, _ = layer_data(tmp_path / "tomo.zarr" / "1")
+    [(level, kwargs, _)] = get_reader(str(tmp_path / "tomo.zarr" / "1"))(
+        str(tmp_path / "tomo.zarr" / "1")
+    )
     assert level.shape == (16, 24, 32) and kwargs["scale"] == pytest.approx((20.0,) * 3)
 
     seg = tmp_path / "membrane.zarr"

@@ -29,7 +29,10 @@ import numpy as np
 from .geometry import Index3
 
 BUDGET_BYTES = 512 << 20
-"""Decompressed chunks kept at most, in bytes, unless :data:`MIN_CHUNKS` chunks take more."""
+"""Decompressed chunks kept at most, in bytes, unless :data:`MIN_CHUNKS` chunks take more
+(up to :data:`MAX_BUDGET_BYTES`)."""
+MAX_BUDGET_BYTES = 2 << 30
+"""Decompressed chunks kept at most whatever their size, in bytes."""
 MIN_CHUNKS = 16
 """Chunks kept at least: those of two neighbouring 160³ windows (2 × 2 × 2 chunks of 256³
 each) and more. With room for one window's chunks only, each window would decompress its
@@ -66,13 +69,16 @@ class ChunkCache:
 
     @staticmethod
     def default_budget(chunks: Index3, dtype: np.dtype) -> int:
-        """:data:`BUDGET_BYTES`, or :data:`MIN_CHUNKS` chunks if they take more."""
-        return max(BUDGET_BYTES, MIN_CHUNKS * int(np.prod(chunks)) * np.dtype(dtype).itemsize)
+        """:data:`BUDGET_BYTES`, or :data:`MIN_CHUNKS` chunks if they take more, but never
+        more than :data:`MAX_BUDGET_BYTES` (chunks of a whole slab, or a whole volume)."""
+        chunks_bytes = MIN_CHUNKS * int(np.prod(chunks)) * np.dtype(dtype).itemsize
+        return min(max(BUDGET_BYTES, chunks_bytes), MAX_BUDGET_BYTES)
 
     def read(self, start: Index3, stop: Index3) -> np.ndarray:
         """The block ``[start, stop)`` as a new array."""
         keys = list(itertools.product(*(range(*self._span(a, start, stop)) for a in range(3))))
-        if len(keys) * self._chunk_bytes() > self.budget // 2:
+        beyond = any(b > n for b, n in zip(stop, self.shape))  # as the array answers it
+        if beyond or len(keys) * self._chunk_bytes() > self.budget // 2:
             return self._region(start, stop)
         blocks, waits, missing = self._claim(keys)
         if missing:
@@ -150,7 +156,8 @@ class ChunkCache:
             for key in missing:
                 a, b = self._bounds(key)
                 inside = tuple(slice(p - s, q - s) for p, q, s in zip(a, b, start))
-                blocks[key] = np.ascontiguousarray(region[inside])
+                # A copy, never a view: a view would keep the whole region alive.
+                blocks[key] = region if len(missing) == 1 else region[inside].copy()
             with self._lock:
                 for key in missing:
                     self._blocks[key] = blocks[key]

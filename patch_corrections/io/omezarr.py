@@ -166,6 +166,7 @@ class _ZarrReader(ArrayReader):
         return np.array(self._data[(*extra, slice(z0, z1), slice(y0, y1), slice(x0, x1))])
 
     def close(self) -> None:
+        self._cache.budget = 0  # reads still running when a run fails keep nothing
         self._cache.clear()
         super().close()
 

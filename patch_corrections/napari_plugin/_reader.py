@@ -13,6 +13,7 @@ at once. Whether it is a label volume is judged on a sample of its coarsest leve
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from ..errors import InputError
 from ..inference.intensity import spread_sample
 from ..io.correction_folders import correction_kind
 from ..io.geometry import Geometry
-from ..io.omezarr import open_zarr, scale_levels, zarr_array
+from ..io.omezarr import is_zarr_volume, open_zarr, scale_levels, zarr_array, zarr_root
 from ..io.patch_folders import LABEL_FOLDERS
 from ..io.volumes import is_volume_file, read_info, read_volume, volume_format, volume_stem
 
@@ -83,7 +84,8 @@ def zarr_layer_data(path: Path) -> LayerData:
     if len(arrays) > 1:
         kwargs["multiscale"] = True
     data = arrays if len(arrays) > 1 else arrays[0]
-    sample = spread_sample(open_zarr(levels[-1]))  # a few whole chunks
+    coarsest = infos[-1].dtype  # labels are integers: only they are sampled (whole chunks)
+    sample = spread_sample(open_zarr(levels[-1])) if coarsest.kind in "biu" else np.zeros(0)
     if is_label_volume(path, sample):
         return data, kwargs, "labels"
     return data, kwargs, "image"
@@ -96,11 +98,18 @@ def read_layers(paths: str | list[str]) -> list[LayerData]:
     return [layer_data(Path(p)) for p in paths]
 
 
+def _is_ours(path: Path) -> bool:
+    """A volume file, a ``.zarr`` image, or a level or array inside one (``tomo.zarr/1``)."""
+    return is_volume_file(path) or (zarr_root(path) is not None and is_zarr_volume(path))
+
+
 def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
     """The reader for ``path`` when every file is a volume this package reads, else ``None``."""
     paths = [path] if isinstance(path, str) else list(path)
-    if not paths or not all(is_volume_file(Path(p)) for p in paths):
+    if not paths or not all(_is_ours(Path(p)) for p in paths):
         return None
+    if any(zarr_root(Path(p)) for p in paths) and importlib.util.find_spec("zarr") is None:
+        return read_layers  # whose error gives the install line, not "no reader"
     try:  # a header that does not parse is left to other readers
         for p in paths:
             read_info(Path(p))
