@@ -5,13 +5,14 @@
         [--retrain context=4 --retrain membrane_centres=0] [--painted-in-band]
         [--label NAME] [--held-out-window 160 --reuse] [--no-spread]
         [--scratch /tmp/held_out] [--results /tmp/held_out.jsonl]
-        [--generator physics_sim|physics_tomograms] [--box-statistics]
+        [--generator physics_sim|physics_tomograms] [--box-statistics] [--mosaic 2]
 
 Tomograms from ``benchmarks/physics_sim.py`` or, with ``--generator physics_tomograms``,
 ``benchmarks/physics_tomograms.py`` (two independent phantoms, each projected through a
 CTF with noise and back-projected; neither is the generator the starting network was
 trained on): seed 120 is the one a user
-corrects, seeds 130 and 131 are held out. The starting network (``sample_data/
+corrects (with ``--mosaic N``, N × N tomograms of seeds 120… side by side), seeds 130
+and 131 are held out. The starting network (``sample_data/
 starting_model.pt``) segments the corrected tomogram at ``--window``; each arm chooses 4
 boxes of 96³ there, an annotator paints every error inside them from the truth (Add,
 Remove), the patches are extracted and merged as a user would, the starting network is
@@ -88,6 +89,31 @@ CORRECTED, HELD_OUT = 120, (130, 131)
 PATCH, BORDER, BOXES = 96, 16, 4
 ARMS = ("worst", "suggest", "random", "control", "worst2")
 FAR = 8  # voxels: false membrane farther than this from any true membrane is "far"
+
+
+def corrected_tomogram(generator, tiles: int, scratch: Path) -> Path:
+    """The folder of the tomogram a user corrects (``tomogram.mrc``, ``truth.mrc``): seed
+    ``CORRECTED``, or with ``tiles`` > 1 a mosaic of ``tiles`` × ``tiles`` tomograms of
+    seeds ``CORRECTED``, ``CORRECTED + 1``, … side by side along y and x. One tomogram
+    of 256 × 256 × 96 is little more than its 4 boxes (they cover 56 % of it), so any
+    choice of boxes sees most of it; in a 2 × 2 mosaic they cover 14 %."""
+    if tiles == 1:
+        return generator.write(CORRECTED, scratch / f"tomo_{CORRECTED}")[0].parent
+    out = scratch / f"tomo_{CORRECTED}_mosaic{tiles}"
+    paths = out / "tomogram.mrc", out / "truth.mrc"
+    if not all(p.exists() for p in paths):
+        tiles_read = [
+            [read_volume(p)[0] for p in generator.write(seed, scratch / f"tomo_{seed}")]
+            for seed in range(CORRECTED, CORRECTED + tiles**2)
+        ]
+        out.mkdir(parents=True, exist_ok=True)
+        for k, path in enumerate(paths):
+            rows = [
+                np.concatenate([tiles_read[r * tiles + c][k] for c in range(tiles)], axis=2)
+                for r in range(tiles)
+            ]
+            write_volume(path, np.concatenate(rows, axis=1), Geometry((10.0,) * 3))
+    return out
 
 
 def _segment(tomogram: Path, checkpoint: Path, out: Path, window: int) -> np.ndarray:
@@ -358,6 +384,13 @@ def main() -> None:
         action="store_true",
         help="only print the starting network's precision and recall inside each arm's boxes",
     )
+    parser.add_argument(
+        "--mosaic",
+        type=int,
+        default=1,
+        help="correct a mosaic of N x N tomograms (seeds 120…) instead of one; give a --label "
+        "of its own",
+    )
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/held_out"))
     parser.add_argument("--results", type=Path, default=Path("/tmp/held_out.jsonl"))
     args = parser.parse_args()
@@ -366,8 +399,7 @@ def main() -> None:
     generator = importlib.import_module(args.generator)
     if args.generator != "physics_sim":  # its own tomograms, segmentations and runs
         args.scratch = args.scratch / args.generator
-    corrected, _ = generator.write(CORRECTED, args.scratch / f"tomo_{CORRECTED}")
-    corrected = corrected.parent
+    corrected = corrected_tomogram(generator, args.mosaic, args.scratch)
     truth = read_volume(corrected / "truth.mrc")[0] != 0
     prediction = _segment(
         corrected / "tomogram.mrc", STARTING, corrected / f"start_w{args.window}", args.window
