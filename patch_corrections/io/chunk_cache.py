@@ -41,6 +41,11 @@ chunks again (benchmarks/zarr_windows.py, ``--budgets 512``, benchmarks/RESULTS.
 Key = tuple[int, int, int]
 
 
+def _bytes(chunks: Index3, dtype: np.dtype) -> int:
+    """Bytes of one decompressed chunk."""
+    return int(np.prod(chunks)) * np.dtype(dtype).itemsize
+
+
 class ChunkCache:
     """Block reads of a volume of ``shape`` stored in ``chunks`` through ``read_region``
     (``read_region(start, stop)`` returns the block ``[start, stop)`` as a new array),
@@ -71,8 +76,7 @@ class ChunkCache:
     def default_budget(chunks: Index3, dtype: np.dtype) -> int:
         """:data:`BUDGET_BYTES`, or :data:`MIN_CHUNKS` chunks if they take more, but never
         more than :data:`MAX_BUDGET_BYTES` (chunks of a whole slab, or a whole volume)."""
-        chunks_bytes = MIN_CHUNKS * int(np.prod(chunks)) * np.dtype(dtype).itemsize
-        return min(max(BUDGET_BYTES, chunks_bytes), MAX_BUDGET_BYTES)
+        return min(max(BUDGET_BYTES, MIN_CHUNKS * _bytes(chunks, dtype)), MAX_BUDGET_BYTES)
 
     def read(self, start: Index3, stop: Index3) -> np.ndarray:
         """The block ``[start, stop)`` as a new array."""
@@ -121,7 +125,7 @@ class ChunkCache:
         return low, high  # type: ignore[return-value]
 
     def _chunk_bytes(self) -> int:
-        return int(np.prod(self.chunks)) * self.dtype.itemsize
+        return _bytes(self.chunks, self.dtype)
 
     def _claim(self, keys: list[Key]):
         """Chunks at hand, chunks another thread is reading (with its event) and chunks

@@ -118,18 +118,12 @@ def scale_levels(path: Path) -> list[Path]:
     return [path / dataset["path"] for dataset in multiscale["datasets"]]
 
 
-def zarr_array(path: Path) -> tuple[Any, VolumeInfo]:
-    """The Zarr array of the level ``path`` names, not read, and its shape ``(z, y, x)``,
-    dtype and geometry: index it with a leading 0 for each axis beyond ``z, y, x``."""
-    return _level(path)
-
-
 def read_zarr_info(path: Path) -> VolumeInfo:
     """The shape ``(z, y, x)``, dtype and geometry of the level ``path`` names."""
     return _level(path)[1]
 
 
-def open_zarr(path: Path) -> ArrayReader:
+def open_zarr(path: Path) -> _ZarrReader:
     """Open the level ``path`` names for block reads ``(z, y, x)``."""
     array, info = _level(path)
     return _ZarrReader(info, array)
@@ -149,6 +143,12 @@ class _ZarrReader(ArrayReader):
         reads that overlap (``segment``'s windows), not for reads that seldom meet (the
         patches of ``extract_patches``), whose chunks would only take memory."""
         self._cache.budget = ChunkCache.default_budget(self.chunks, self.info.dtype)
+
+    @property
+    def array(self) -> Any:
+        """The Zarr array itself, not read: index it with a leading 0 for each axis beyond
+        ``z, y, x`` (``info.shape`` is its shape along those)."""
+        return self._data
 
     @property
     def chunks(self) -> tuple[int, int, int]:

@@ -24,7 +24,7 @@ from ..errors import InputError
 from ..inference.intensity import spread_sample
 from ..io.correction_folders import correction_kind
 from ..io.geometry import Geometry
-from ..io.omezarr import is_zarr_volume, open_zarr, scale_levels, zarr_array, zarr_root
+from ..io.omezarr import is_zarr_volume, open_zarr, scale_levels, zarr_root
 from ..io.patch_folders import LABEL_FOLDERS
 from ..io.volumes import is_volume_file, read_info, read_volume, volume_format, volume_stem
 
@@ -74,18 +74,17 @@ def zarr_layer_data(path: Path) -> LayerData:
     when there is one level."""
     import dask.array as da  # napari's own dependency; the package never imports it
 
-    arrays, infos, levels = [], [], scale_levels(path)
+    levels = [open_zarr(level) for level in scale_levels(path)]
+    arrays = []
     for level in levels:
-        array, info = zarr_array(level)
-        lazy = da.from_array(array, chunks=array.chunks, fancy=False)
-        arrays.append(lazy[(0,) * (array.ndim - 3)])
-        infos.append(info)
-    kwargs = {"name": volume_stem(path), **geometry_kwargs(infos[0].geometry)}
+        lazy = da.from_array(level.array, chunks=level.array.chunks, fancy=False)
+        arrays.append(lazy[(0,) * (level.array.ndim - 3)])
+    kwargs = {"name": volume_stem(path), **geometry_kwargs(levels[0].info.geometry)}
     if len(arrays) > 1:
         kwargs["multiscale"] = True
     data = arrays if len(arrays) > 1 else arrays[0]
-    coarsest = infos[-1].dtype  # labels are integers: only they are sampled (whole chunks)
-    sample = spread_sample(open_zarr(levels[-1])) if coarsest.kind in "biu" else np.zeros(0)
+    coarsest = levels[-1]  # labels are integers: only they are sampled (whole chunks)
+    sample = spread_sample(coarsest) if coarsest.info.dtype.kind in "biu" else np.zeros(0)
     if is_label_volume(path, sample):
         return data, kwargs, "labels"
     return data, kwargs, "image"
