@@ -9,7 +9,7 @@ import torch
 
 from patch_corrections import InputError, SegmentSettings, segment, segment_many
 from patch_corrections.inference.components import connected_components, smallest_label_dtype
-from patch_corrections.inference.sliding_window import sliding_window, tta_with_variance
+from patch_corrections.inference.probabilities import sliding_window, tta_with_variance
 from patch_corrections.io.volumes import Geometry, write_volume
 from patch_corrections.network.checkpoints import save_checkpoint
 from patch_corrections.network.unet import PRESETS, UNet

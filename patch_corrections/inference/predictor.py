@@ -4,7 +4,8 @@ membrane probabilities of a whole tomogram, slab by slab.
 Windows are read and normalised as the network learnt (see
 :func:`.intensity.normalised_reader`), resampled to the pixel size it was trained at with
 ``rescale`` (:mod:`.rescale`), and batched through the network under autocast; on a GPU
-the logits stay there and are blended there. Arrays are ``(z, y, x)``.
+the logits stay there and are blended there, and what ``segment`` writes is made there
+(:mod:`.finishing`). Arrays are ``(z, y, x)``.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from ..io.geometry import Geometry
 from ..io.readers import VolumeReader
 from ..network.checkpoints import LoadedCheckpoint, load_network
 from ..network.devices import Precision, pick_device
+from .finishing import FinishedSlab, finished
 from .intensity import normalised_reader
+from .probabilities import probability_slabs
 from .rescale import grid_window, rescaled
-from .sliding_window import sliding_window, tta_with_variance
 
 
 @dataclass
@@ -174,18 +176,20 @@ class Predictor:
         overlap: float,
         tta: bool,
         variance: bool,
+        threshold: float,
         on_window: Callable[[int], None] | None = None,
-    ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
-        """The membrane probabilities of ``reader``'s volume as ``(z0, probabilities,
-        variance)`` slabs ``(n, y, x)`` float32 in z order; ``variance`` (of the 8 flipped
-        passes' probabilities, with ``tta``) is ``None`` unless asked for. The volume's
-        intensity statistics are taken here, before the first slab is asked for."""
+    ) -> Iterator[FinishedSlab]:
+        """What ``segment`` writes of ``reader``'s volume, slab by slab in z order: the
+        membrane probabilities, the voxels above ``threshold`` and (with ``tta`` and
+        ``variance``) the variance of the 8 flipped passes' probabilities, made on the
+        network's device (see :mod:`.finishing`). The volume's intensity statistics are
+        taken here, before the first slab is asked for."""
         read = normalised_reader(reader, self.checkpoint.normalisation)
         keep_chunks = getattr(reader, "keep_chunks", None)  # a chunked (Zarr) volume's
         if keep_chunks is not None:  # overlapping windows come back to the chunks they share
             keep_chunks()
         run = (read, reader.info.shape, self._predict(grid), grid, overlap, self.batch_size)
-        if variance:
-            return tta_with_variance(*run, on_window=on_window, prepare=self._prepare())
-        slabs = sliding_window(*run, tta, on_window=on_window, prepare=self._prepare())
-        return ((z0, slab, None) for z0, slab in slabs)
+        slabs = probability_slabs(
+            *run, tta, variance, on_window=on_window, prepare=self._prepare()
+        )
+        return (finished(z0, p, v, threshold) for z0, p, v in slabs)

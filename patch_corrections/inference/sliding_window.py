@@ -1,22 +1,21 @@
-"""Sliding-window inference over whole tomograms, as ``membrain segment`` does it.
+"""Sliding-window inference over whole tomograms, as ``membrain segment`` does it: one
+pass of the network over a volume, its windows' logits blended into one volume of logits.
 
 Windows of ``window`` voxels overlap by ``overlap`` (MONAI's window grid); each window's
 logits are blended with MONAI's Gaussian importance map (sigma an eighth of the window,
 clamped below at 1e-3). An axis shorter than a window is padded with 0 (the normalised
-mean), half before and half after, and the padding is cropped from the result. Test-time
-augmentation flips the whole volume 8 ways, runs the whole sliding window on each (so
-padding and window grid follow the flip) and averages the logits, as MemBrain-seg does.
+mean), half before and half after, and the padding is cropped from the result. A pass may
+run over the volume flipped (test-time augmentation, :mod:`.probabilities`): padding and
+window grid then follow the flip, and the logits are flipped back.
 
 A pass processes one row of windows (along z) at a time: only two slabs of ``window`` z
 slices are held in float32 (the weighted logits and the weights), so a tomogram never
-needs two full float32 copies in memory; test-time augmentation adds one float32 copy to
-average the 8 passes (two more for the variance). On a GPU with room for them these sums
-stay in GPU memory, and only the finished probabilities come back to the host.
+needs two full float32 copies in memory.
 
 The two slabs live where the network's logits come out: a ``predict`` that returns a torch
-tensor on a GPU has its windows blended on the GPU, and finished slices are copied back a
-few at a time, once per row of windows. Nothing in a row waits for the GPU, so the host
-reads and normalises the next windows while the GPU runs the last ones.
+tensor on a GPU has its windows blended on the GPU, and the finished slices of each row of
+windows are handed on there, a few at a time. Nothing in a row waits for the GPU, so the
+host reads and normalises the next windows while the GPU runs the last ones.
 
 Arrays are ``(z, y, x)``.
 """
@@ -35,7 +34,8 @@ import numpy as np
 from ..io.geometry import Index3
 
 ReadBlock = Callable[[Index3, Index3], np.ndarray]
-_YIELD_SLICES = 8
+YIELD_SLICES = 8
+"""Finished z slices are handed on this many at a time (no slab-sized temporary)."""
 READERS = max(1, min(4, os.cpu_count() or 1))
 """Threads that read and normalise windows ahead of the network."""
 Predict = Callable[[Any], Any]
@@ -47,11 +47,6 @@ Prepare = Callable[[np.ndarray], Any]
 copy it into pinned memory, from which a GPU copies without stopping the host)."""
 SIGMA_SCALE = 0.125
 MIN_IMPORTANCE = 1e-3
-FLIPS = tuple(
-    tuple(axis for axis, on in zip((0, 1, 2), bits) if on)
-    for bits in itertools.product((False, True), repeat=3)
-)
-"""The 8 flips of a volume (axes of ``(z, y, x)``) that test-time augmentation averages."""
 
 
 def gaussian_importance(window: int) -> np.ndarray:
@@ -76,107 +71,6 @@ def window_starts(length: int, window: int, overlap: float) -> list[int]:
 def windows_count(shape: Index3, window: int, overlap: float) -> int:
     """How many windows one pass of ``sliding_window`` runs over a volume of ``shape``."""
     return int(np.prod([len(window_starts(max(n, window), window, overlap)) for n in shape]))
-
-
-def sigmoid(logits: np.ndarray) -> np.ndarray:
-    """The logistic function, without overflow, computed in place in float32 ``logits``."""
-    logits *= 0.5
-    np.tanh(logits, out=logits)
-    logits += 1
-    logits *= 0.5
-    return logits
-
-
-def sliding_window(
-    read_block: ReadBlock,
-    shape: Index3,
-    predict: Predict,
-    window: int,
-    overlap: float = 0.5,
-    batch_size: int = 1,
-    tta: bool = False,
-    on_window: Callable[[int], None] | None = None,
-    prepare: Prepare | None = None,
-) -> Iterator[tuple[int, np.ndarray]]:
-    """Predict a whole volume; yields ``(z0, probabilities)`` slabs in z order.
-
-    Parameters
-    ----------
-    read_block
-        ``read_block(start, stop)`` returns the normalised volume's block ``[start, stop)``
-        ``(z, y, x)`` as float32 (inside the volume).
-    shape
-        Volume shape ``(z, y, x)``.
-    predict
-        The network, see ``Predict``.
-    window
-        Edge of the cubic windows.
-    tta
-        Average the logits of the 8 flipped passes (see the module's description).
-    on_window
-        Called with the number of windows just finished (progress).
-    prepare
-        See ``Prepare``; none by default.
-
-    Yields
-    ------
-    Consecutive slabs ``(n, y, x)`` float32 of probabilities, starting at ``z0``; together
-    they cover ``[0, z)`` exactly once.
-    """
-    if not tta:
-        for z0, logits in blended_logits(
-            read_block, shape, predict, window, overlap, batch_size, (), on_window, prepare
-        ):
-            yield z0, sigmoid(_to_host(logits))
-        return
-    for z0, probabilities, _ in tta_with_variance(
-        read_block, shape, predict, window, overlap, batch_size, on_window, False, prepare
-    ):
-        yield z0, probabilities
-
-
-def tta_with_variance(
-    read_block: ReadBlock,
-    shape: Index3,
-    predict: Predict,
-    window: int,
-    overlap: float = 0.5,
-    batch_size: int = 1,
-    on_window: Callable[[int], None] | None = None,
-    variance: bool = True,
-    prepare: Prepare | None = None,
-) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
-    """Test-time augmentation: yields ``(z0, probabilities, variance)`` slabs in z order.
-
-    The probability is the sigmoid of the 8 passes' mean logit (MemBrain-seg's); the
-    variance is that of the 8 passes' probabilities, a measure of how unsure the network
-    is (``None`` without ``variance``, which saves two float32 copies of the volume).
-    """
-    sums = None  # the mean logit's sum, and the probabilities' sum and sum of squares
-    for flip in FLIPS:
-        for z0, logits in blended_logits(
-            read_block, shape, predict, window, overlap, batch_size, flip, on_window, prepare
-        ):
-            if sums is None:
-                sums = _tta_sums(logits, shape, 3 if variance else 1)
-            if isinstance(sums[0], np.ndarray):
-                logits = _to_host(logits)
-            rows = slice(z0, z0 + len(logits))
-            sums[0][rows] += logits
-            if variance:
-                probability = _sigmoid_copy(logits)
-                sums[1][rows] += probability
-                sums[2][rows] += probability * probability
-    assert sums is not None
-    passes = len(FLIPS)
-    for z0 in range(0, shape[0], _YIELD_SLICES):
-        rows = slice(z0, z0 + _YIELD_SLICES)
-        probabilities = sigmoid(_to_host(sums[0][rows] / passes))
-        if not variance:
-            yield z0, probabilities, None
-            continue
-        mean = _to_host(sums[1][rows] / passes)
-        yield z0, probabilities, np.maximum(_to_host(sums[2][rows] / passes) - mean * mean, 0)
 
 
 def blended_logits(
@@ -297,8 +191,8 @@ def _finished_slices(sums, z0: int, done: int, end: int, before: Index3, shape: 
     slab-sized temporary."""
     numerator, weights, _ = sums
     inside = (slice(before[1], before[1] + shape[1]), slice(before[2], before[2] + shape[2]))
-    for first in range(done, end, _YIELD_SLICES):
-        rows = slice(first - z0, min(first + _YIELD_SLICES, end) - z0)
+    for first in range(done, end, YIELD_SLICES):
+        rows = slice(first - z0, min(first + YIELD_SLICES, end) - z0)
         yield (
             first - before[0],
             numerator[rows][:, inside[0], inside[1]] / weights[rows][:, inside[0], inside[1]],
@@ -355,31 +249,6 @@ def _blending_arrays(logits, shape: Index3, importance: np.ndarray):
     )
 
 
-TTA_DEVICE_SHARE = 0.25
-"""The test-time augmentation sums stay on the GPU when they take at most this share of its
-free memory (the rest is left to the network's activations); otherwise on the host."""
-
-
-def _tta_sums(logits, shape: Index3, count: int) -> list:
-    """``count`` zeroed float32 volumes of ``shape`` for the test-time augmentation sums: on
-    the GPU that ``logits`` are on if they fit there (see :data:`TTA_DEVICE_SHARE`), else
-    NumPy arrays on the host."""
-    if not isinstance(logits, np.ndarray) and logits.device.type == "cuda":
-        import torch
-
-        free, _ = torch.cuda.mem_get_info(logits.device)
-        if count * 4 * int(np.prod(shape)) <= TTA_DEVICE_SHARE * free:
-            return [logits.new_zeros(shape) for _ in range(count)]
-    return [np.zeros(shape, np.float32) for _ in range(count)]
-
-
-def _sigmoid_copy(logits):
-    """The logistic function of ``logits`` as a new float32 array, NumPy or torch alike."""
-    if isinstance(logits, np.ndarray):
-        return sigmoid(np.array(logits, np.float32))
-    return logits.mul(0.5).tanh_().add_(1).mul_(0.5)
-
-
 def _flip(values, axes: tuple[int, ...]):
     """``values`` reversed along ``axes``, NumPy or torch alike."""
     if isinstance(values, np.ndarray):
@@ -387,6 +256,6 @@ def _flip(values, axes: tuple[int, ...]):
     return values.flip(axes)
 
 
-def _to_host(values) -> np.ndarray:
+def to_host(values) -> np.ndarray:
     """A NumPy array of ``values`` (a torch tensor is copied back from its device)."""
     return values if isinstance(values, np.ndarray) else values.cpu().numpy()

@@ -273,7 +273,8 @@ def _segment_one(
 ) -> SegmentReport:
     import torch
 
-    from ..inference.sliding_window import FLIPS, windows_count
+    from ..inference.probabilities import FLIPS
+    from ..inference.sliding_window import windows_count
 
     outputs = output_paths(tomogram, out_dir, settings)
     with closing_reader(tomogram) as reader:
@@ -284,7 +285,13 @@ def _segment_one(
         predictor.warn_padding(tomogram, shape, grid, plain=pixel_sizes is None)
         progress = _Counter(listener, windows * (len(FLIPS) if settings.tta else 1))
         slabs = predictor.slabs(
-            reader, grid, settings.overlap, settings.tta, settings.uncertainty, progress.add
+            reader,
+            grid,
+            settings.overlap,
+            settings.tta,
+            settings.uncertainty,
+            settings.threshold,
+            progress.add,
         )
         if remove_leftovers_of(outputs.values()):
             warn(f"{tomogram}: removed the temporary outputs an interrupted run left")
@@ -331,7 +338,10 @@ class _Counter:
 def _write_slabs(slabs, outputs: dict, files: StagedFiles, volume, settings, progress) -> float:
     """Write the probabilities, the segmentation and (when asked) the variance slab by
     slab into staged files of a volume's ``(shape, geometry)``; the share of voxels above
-    the settings' threshold."""
+    the settings' threshold. The slabs are written in a thread of their own, behind the
+    window loop (:func:`.finishing.write_in_order`)."""
+    from ..inference.finishing import write_in_order
+
     shape, geometry = volume
     # Writers close on success and let go of their files unfinished on an error, before
     # the staged files are discarded: a batch goes on to the next tomogram.
@@ -344,15 +354,15 @@ def _write_slabs(slabs, outputs: dict, files: StagedFiles, volume, settings, pro
         scores = writer("probabilities", np.float16)
         labels = writer("segmented", np.int8)
         spread = writer("uncertainty", np.float16) if "uncertainty" in outputs else None
-        progress.start()
-        for z0, slab, variance in slabs:
-            # Threshold the float32 probabilities, as MemBrain-seg thresholds its float32
-            # logits: rounding to float16 first would turn every voxel within 2^-11 above
-            # the threshold (|logit| < 1e-3) into background.
-            scores.write(z0, slab.astype(np.float16))
-            labels.write(z0, (slab > settings.threshold).astype(np.int8))
+
+        def write(z0: int, probabilities, segmentation, variance) -> None:
+            scores.write(z0, probabilities)
+            labels.write(z0, segmentation)
             if spread is not None:
-                spread.write(z0, variance.astype(np.float16))
+                spread.write(z0, variance)
+
+        progress.start()
+        write_in_order(slabs, write)
         return labels.mean
 
 
