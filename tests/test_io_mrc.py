@@ -51,6 +51,26 @@ def test_slabs_make_the_volume_and_its_header(tmp_path, dtype, mode):
     assert info.geometry == GEOMETRY
 
 
+@pytest.mark.parametrize(
+    "values",
+    [
+        [-0.0, 0.0, 6e-8, -6e-8],  # signed zeros and the smallest subnormals
+        [-np.inf, 3.0, 65504.0],
+        [0.25, 0.5, np.inf],
+        [-2.0, -1.0, -0.5],  # negatives only
+    ],
+    ids=["zeros", "minus-infinity", "infinity", "negative"],
+)
+def test_float16_header_extremes_are_the_stored_values(tmp_path, values):
+    # float16's minimum and maximum are found through an int16 key that orders as they do.
+    data = np.array(values, np.float16).reshape(1, 1, -1)
+    with MrcSlabWriter(tmp_path / "v.mrc", data.shape, np.float16, GEOMETRY) as writer:
+        writer.write(0, data)
+    with mrcfile.open(tmp_path / "v.mrc") as mrc:
+        assert float(mrc.header.dmin) == float(data.min())
+        assert float(mrc.header.dmax) == float(data.max())
+
+
 def test_float_slabs_are_stored_as_the_file_dtype(tmp_path):
     data = _volume(np.float32)
     path = tmp_path / "scores.mrc"

@@ -92,6 +92,19 @@ def _write_at(handle: Any, offset: int, values: np.ndarray) -> None:
         data, offset = data[written:], offset + written
 
 
+def _extremes(values: np.ndarray) -> tuple[float, float]:
+    """The least and greatest of ``values`` (not empty). Native float16 goes through an
+    int16 key that orders as the values do (NaN aside): NumPy's float16 minimum and maximum
+    are seven times slower, and this runs for every slab ``segment`` writes."""
+    if values.dtype != np.float16:
+        return float(values.min()), float(values.max())
+    bits = values.view(np.int16)
+    key = bits ^ ((bits >> 15) & np.int16(0x7FFF))  # negatives' magnitude bits reversed
+    ends = np.array([key.min(), key.max()], np.int16)
+    low, high = (ends ^ ((ends >> 15) & np.int16(0x7FFF))).view(np.float16)
+    return float(low), float(high)
+
+
 class MrcSlabWriter:
     """A new MRC file written slab by slab along z, for volumes too large to hold twice.
 
@@ -176,8 +189,8 @@ class MrcSlabWriter:
         for section in stored:  # float64 one section at a time, not a copy of the slab
             values = section.astype(np.float64).ravel()
             self._squares += float(np.dot(values, values))
-        self._low = min(self._low, float(stored.min()))
-        self._high = max(self._high, float(stored.max()))
+        low, high = _extremes(stored)
+        self._low, self._high = min(self._low, low), max(self._high, high)
 
     @property
     def mean(self) -> float:
