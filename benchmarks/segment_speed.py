@@ -81,6 +81,7 @@ def measure_case(
     sample: bool = False,
     readers: int | None = None,
     mapped: bool = False,
+    inline_writes: bool = False,
 ) -> dict:
     """Segment ``tomogram`` in a fresh process (so its peak RSS is this case's alone); a
     dict of wall seconds, voxels/s, windows, peak RSS and peak GPU memory (GiB), and what
@@ -89,7 +90,8 @@ def measure_case(
     ``sample`` adds where each thread spent its time (:class:`StackSampler`); ``readers``
     sets how many threads read windows ahead (default: the sliding window's own); ``mapped``
     reads the windows through a memory map of the MRC file instead of one ``preadv`` per
-    slice (see :func:`_mapped_reads`).
+    slice (see :func:`_mapped_reads`); ``inline_writes`` writes the outputs in the thread that
+    runs the windows instead of one of their own (``finishing.WRITE_BEHIND`` off).
 
     Raises ``RuntimeError`` with the process's last output if it fails and
     ``subprocess.TimeoutExpired`` after ``timeout`` seconds."""
@@ -113,6 +115,7 @@ def measure_case(
         *(["--sample"] if sample else []),
         *(["--readers", str(readers)] if readers else []),
         *(["--mapped-reads"] if mapped else []),
+        *(["--inline-writes"] if inline_writes else []),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     shutil.rmtree(out, ignore_errors=True)
@@ -135,6 +138,7 @@ def _case(
     sample: bool = False,
     readers: int | None = None,
     mapped: bool = False,
+    inline_writes: bool = False,
 ) -> None:
     """Run one case in this process and print its numbers as one JSON line."""
     import resource
@@ -151,6 +155,11 @@ def _case(
         sliding_window.READERS = readers
     if mapped:
         _mapped_reads()
+    if inline_writes:
+        from patch_corrections.inference import finishing
+
+        finishing.WRITE_BEHIND = False
+    rises = _HighWaterRises()
     settings = SegmentSettings(
         window=window, tta=tta, batch_size=batch, device=device, compile=compile
     )
@@ -191,6 +200,7 @@ def _case(
         "pinned": pin,
         "readers": readers,
         "mapped_reads": mapped,
+        "inline_writes": inline_writes,
         "batch_size": batch,
         "window": window,
         "device": report.device,
@@ -207,8 +217,42 @@ def _case(
         "rss_at_peak": watch.at_peak,
         "threads": sampler.summary() if sampler else None,
         "host_allocator": _host_allocator_stats(),
+        "high_water_rises": rises.steps,
     }
     print(json.dumps(result), flush=True)
+
+
+class _HighWaterRises:
+    """Where the process's highest resident memory (``VmHWM``) rose while segmenting: after
+    each slab of outputs came back to the host and was written, and after the outputs were
+    closed, a step ``[where, GiB]`` wherever it passed its last step by 32 MiB or more. A
+    rise too brief for :class:`MemoryWatch` to see is thus placed within one slab."""
+
+    def __init__(self, step_gib: float = 1 / 32):
+        from patch_corrections.inference.finishing import FinishedSlab
+        from patch_corrections.io.mrc_writer import MrcSlabWriter
+
+        self.steps: list[list] = []
+        self.step_gib = step_gib
+        self.last = 0.0
+        on_host, close = FinishedSlab.on_host, MrcSlabWriter.close
+
+        def traced_on_host(slab):
+            arrays = on_host(slab)
+            self.note(f"slab at z {slab.z0} on the host")
+            return arrays
+
+        def traced_close(writer):
+            close(writer)
+            self.note(f"{writer.path.name} closed")
+
+        FinishedSlab.on_host, MrcSlabWriter.close = traced_on_host, traced_close
+
+    def note(self, where: str) -> None:
+        now = _hwm() / 2**20
+        if now >= self.last + self.step_gib:
+            self.steps.append([where, now])
+            self.last = now
 
 
 def _mapped_reads() -> None:
@@ -430,6 +474,10 @@ def case_details(case: dict, top: int = 4) -> list[str]:
     for thread, places in (case.get("threads") or {}).items():
         shown = ", ".join(f"{place} {100 * share:.0f} %" for place, share in places[:top])
         details.append(f"{thread}: {shown}")
+    rises = case.get("high_water_rises") or []
+    if rises:
+        shown = ", ".join(f"{where} {gib:.2f}" for where, gib in rises[-top:])
+        details.append(f"high-water mark rose (GiB): {shown}")
     parts = case.get("rss_at_peak") or {}
     if "anonymous" in parts:
         kinds = ("anonymous", "driver", "libraries", "files", "other")
@@ -464,6 +512,11 @@ def main() -> None:
         "--mapped-reads", action="store_true", help="read windows through a memory map"
     )
     parser.add_argument(
+        "--inline-writes",
+        action="store_true",
+        help="write the outputs in the window loop's thread, not one of their own",
+    )
+    parser.add_argument(
         "--cases",
         nargs="+",
         choices=("plain", "tta"),
@@ -483,6 +536,7 @@ def main() -> None:
             args.sample,
             args.readers,
             args.mapped_reads,
+            args.inline_writes,
         )
         return
     import torch
@@ -516,6 +570,7 @@ def main() -> None:
             sample=args.sample,
             readers=args.readers,
             mapped=args.mapped_reads,
+            inline_writes=args.inline_writes,
         )
         print(case_line(label, case), flush=True)
         print(json.dumps(case), flush=True)

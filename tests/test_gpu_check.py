@@ -51,23 +51,30 @@ def test_gpu_check_smoke_reports_every_section(tmp_path):
             assert _number(row[key]) and row["it_per_s"] > 0, (key, row)
     cases = sections["segment"]["cases"]
     settings = [
-        (case["tta"], case["pinned"], case["readers"], case["mapped_reads"]) for case in cases
+        (case["tta"], case["pinned"], case["readers"], case["mapped_reads"], case["inline_writes"])
+        for case in cases
     ]
     assert settings == [
-        (False, True, None, False),
-        (False, True, None, False),
-        (False, False, None, False),
-        (False, True, 3, True),
-        (True, True, None, False),
+        (False, True, None, False, False),
+        (False, True, None, False, False),
+        (False, False, None, False, False),
+        (False, True, 3, True, False),
+        (False, True, None, False, True),
+        (True, True, None, False, False),
     ]
     # Where the threads spent the sampled case, the window loop's in the main thread
     threads = cases[1]["threads"]
-    assert "MainThread" in threads and all(
+    assert {"MainThread", "write-slabs"} <= set(threads) and all(
         0 < share <= 1 for places in threads.values() for _, share in places
     )
     for case in cases:
         for key in ("wall_s", "voxels_per_s", "peak_rss_gib", "windows"):
             assert _number(case[key]) and case[key] > 0, (key, case)
+        # Where the high-water mark rose: after a slab came back, or an output closed.
+        assert case["high_water_rises"] and all(
+            where.startswith("slab at z ") or where.endswith("closed")
+            for where, _ in case["high_water_rises"]
+        )
         parts = case["rss_at_peak"]
         if parts:  # Linux: what the resident memory was made of, near its peak
             assert 0 < parts["anonymous"] + parts["libraries"] <= parts["rss_gib"] * 1.01
@@ -86,5 +93,5 @@ def test_gpu_check_smoke_reports_every_section(tmp_path):
     if membrain["available"]:
         assert all(case["membrain"]["seconds"] > 0 for case in membrain["cases"])
     table = done.stdout[done.stdout.index("| check |") :]
-    # pytest, 2 training rows, 5 segment cases, 3 forward variants, 2 profile rows, membrain
-    assert table.count("\n| ") == 13 + membrain_rows
+    # pytest, 2 training rows, 6 segment cases, 3 forward variants, 2 profile rows, membrain
+    assert table.count("\n| ") == 14 + membrain_rows
