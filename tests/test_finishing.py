@@ -13,7 +13,13 @@ import torch
 from patch_corrections.inference import finishing
 from patch_corrections.inference.finishing import finished, write_in_order
 
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+ON_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _cuda(test):
+    """A test of a GPU path: skipped without one, selected by ``pytest -m cuda`` (what the
+    GPU check runs)."""
+    return pytest.mark.cuda(ON_CUDA(test))
 
 
 def _probabilities() -> np.ndarray:
@@ -128,7 +134,7 @@ def test_the_caller_waits_when_the_slabs_waiting_hold_too_much(monkeypatch):
     assert seen == [[0, 1, 2, 3]] and made == list(range(8))
 
 
-@CUDA
+@_cuda
 def test_gpu_slabs_come_back_on_their_own_stream_after_the_work_that_made_them():
     device = torch.device("cuda")
     x = torch.randn((256, 256), device=device)

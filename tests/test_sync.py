@@ -21,7 +21,13 @@ from patch_corrections.training.losses import deep_supervision_loss, downsample_
 HOST_READS = ("item", "tolist", "__float__", "__int__", "__index__", "__bool__")
 """Tensor methods that hand a value to Python: on a GPU, each one waits for the device."""
 
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+ON_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _cuda(test):
+    """A test of a GPU path: skipped without one, selected by ``pytest -m cuda`` (what the
+    GPU check runs)."""
+    return pytest.mark.cuda(ON_CUDA(test))
 
 
 @contextmanager
@@ -109,7 +115,7 @@ def test_losses_and_their_gradients_read_nothing_back(loss):
     assert all(torch.isfinite(x.grad).all() for x in logits)
 
 
-@CUDA
+@_cuda
 @pytest.mark.parametrize("loss", ["bce+dice", "rrw+dice"])
 def test_training_steps_never_synchronise_the_gpu(loss, tmp_path):
     torch.manual_seed(0)
