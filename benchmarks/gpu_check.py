@@ -15,7 +15,8 @@ recorded and the rest still run:
    MRC tomogram (``segment_speed.measure_case``, one process per case): as it runs by
    default; with its outputs written in the window loop's thread, as before they had a
    thread of their own; with a tiny network, so that only the host side counts, sampled
-   for where each thread spends its time; compiled: wall time, voxels/s, peak GPU memory,
+   for where each thread spends its time; with its instance norms applied in two passes
+   (a float32 result, then converted), as before: wall time, voxels/s, peak GPU memory,
    peak host RSS, what the resident memory was made of at its peak, and where its
    high-water mark rose;
 4. ``membrain``: ``membrain segment`` against ours on the same tomogram and the same
@@ -84,9 +85,9 @@ FULL = {
             # thread, which then waits for each row's copies back to the host.
             {"name": "outputs written in the window loop's thread", "inline_writes": True},
             {"name": "tiny network: the host side, sampled", "preset": "tiny", "sample": True},
-            {"name": "compiled", "compile": True},
-            # Answered in rounds two and three (RESULTS): pageable batches; 8-flip TTA
-            # compiled; windows read through a memory map; 8 reading threads.
+            {"name": "instance norms applied in two passes", "norm_two_passes": True},
+            # Answered in rounds two to four (RESULTS): pageable batches; 8-flip TTA
+            # compiled; windows read through a memory map; 8 reading threads; compiled.
         ),
     },
     "membrain": {
@@ -140,6 +141,7 @@ SMOKE = {
             {"name": "pageable batches", "pin": False},
             {"name": "read mapped, 3 reading threads", "mapped": True, "readers": 3},
             {"name": "outputs written in the loop's thread", "inline_writes": True},
+            {"name": "norms in two passes", "norm_two_passes": True},
             {"name": "8-flip TTA", "tta": True, "shape": (32, 48, 48)},
         ),
     },
@@ -276,6 +278,7 @@ def run_segment(settings: dict, budget_left, partial) -> dict:
                 readers=spec.get("readers"),
                 mapped=spec.get("mapped", False),
                 inline_writes=spec.get("inline_writes", False),
+                norm_two_passes=spec.get("norm_two_passes", False),
             )
         except subprocess.TimeoutExpired:
             case["error"] = "over the section's time budget"

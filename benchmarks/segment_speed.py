@@ -82,6 +82,7 @@ def measure_case(
     readers: int | None = None,
     mapped: bool = False,
     inline_writes: bool = False,
+    norm_two_passes: bool = False,
 ) -> dict:
     """Segment ``tomogram`` in a fresh process (so its peak RSS is this case's alone); a
     dict of wall seconds, voxels/s, windows, peak RSS and peak GPU memory (GiB), and what
@@ -91,7 +92,9 @@ def measure_case(
     sets how many threads read windows ahead (default: the sliding window's own); ``mapped``
     reads the windows through a memory map of the MRC file instead of one ``preadv`` per
     slice (see :func:`_mapped_reads`); ``inline_writes`` writes the outputs in the thread that
-    runs the windows instead of one of their own (``finishing.WRITE_BEHIND`` off).
+    runs the windows instead of one of their own (``finishing.WRITE_BEHIND`` off);
+    ``norm_two_passes`` applies the instance norms as before round five: a float32 result,
+    then converted (see :func:`_norm_in_two_passes`).
 
     Raises ``RuntimeError`` with the process's last output if it fails and
     ``subprocess.TimeoutExpired`` after ``timeout`` seconds."""
@@ -116,6 +119,7 @@ def measure_case(
         *(["--readers", str(readers)] if readers else []),
         *(["--mapped-reads"] if mapped else []),
         *(["--inline-writes"] if inline_writes else []),
+        *(["--norm-two-passes"] if norm_two_passes else []),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     shutil.rmtree(out, ignore_errors=True)
@@ -139,6 +143,7 @@ def _case(
     readers: int | None = None,
     mapped: bool = False,
     inline_writes: bool = False,
+    norm_two_passes: bool = False,
 ) -> None:
     """Run one case in this process and print its numbers as one JSON line."""
     import resource
@@ -159,6 +164,8 @@ def _case(
         from patch_corrections.inference import finishing
 
         finishing.WRITE_BEHIND = False
+    if norm_two_passes:
+        _norm_in_two_passes()
     rises = _HighWaterRises()
     settings = SegmentSettings(
         window=window, tta=tta, batch_size=batch, device=device, compile=compile
@@ -201,6 +208,7 @@ def _case(
         "readers": readers,
         "mapped_reads": mapped,
         "inline_writes": inline_writes,
+        "norm_two_passes": norm_two_passes,
         "batch_size": batch,
         "window": window,
         "device": report.device,
@@ -253,6 +261,21 @@ class _HighWaterRises:
         if now >= self.last + self.step_gib:
             self.steps.append([where, now])
             self.last = now
+
+
+def _norm_in_two_passes() -> None:
+    """Apply every instance norm on CUDA as ``segment`` did before round five: the float32
+    multiply-add into a float32 tensor, then a second pass to convert it to the input's
+    type (bf16 under autocast). Same values; one more pass over each norm's output."""
+    import torch
+
+    from patch_corrections.network import unet
+
+    def two_passes(x, weight, bias, eps):
+        scale, shift = unet._scale_and_shift(x, weight, bias, eps)
+        return torch.addcmul(shift, x, scale).to(x.dtype)
+
+    unet._instance_norm = two_passes
 
 
 def _mapped_reads() -> None:
@@ -517,6 +540,11 @@ def main() -> None:
         help="write the outputs in the window loop's thread, not one of their own",
     )
     parser.add_argument(
+        "--norm-two-passes",
+        action="store_true",
+        help="apply the instance norms as a float32 result, then converted",
+    )
+    parser.add_argument(
         "--cases",
         nargs="+",
         choices=("plain", "tta"),
@@ -537,6 +565,7 @@ def main() -> None:
             args.readers,
             args.mapped_reads,
             args.inline_writes,
+            args.norm_two_passes,
         )
         return
     import torch
@@ -571,6 +600,7 @@ def main() -> None:
             readers=args.readers,
             mapped=args.mapped_reads,
             inline_writes=args.inline_writes,
+            norm_two_passes=args.norm_two_passes,
         )
         print(case_line(label, case), flush=True)
         print(json.dumps(case), flush=True)

@@ -50,17 +50,16 @@ def test_gpu_check_smoke_reports_every_section(tmp_path):
         for key in ("it_per_s", "voxels_per_s", "data_wait_share"):
             assert _number(row[key]) and row["it_per_s"] > 0, (key, row)
     cases = sections["segment"]["cases"]
-    settings = [
-        (case["tta"], case["pinned"], case["readers"], case["mapped_reads"], case["inline_writes"])
-        for case in cases
-    ]
+    keys = ("tta", "pinned", "readers", "mapped_reads", "inline_writes", "norm_two_passes")
+    settings = [tuple(case[key] for key in keys) for case in cases]
     assert settings == [
-        (False, True, None, False, False),
-        (False, True, None, False, False),
-        (False, False, None, False, False),
-        (False, True, 3, True, False),
-        (False, True, None, False, True),
-        (True, True, None, False, False),
+        (False, True, None, False, False, False),
+        (False, True, None, False, False, False),
+        (False, False, None, False, False, False),
+        (False, True, 3, True, False, False),
+        (False, True, None, False, True, False),
+        (False, True, None, False, False, True),
+        (True, True, None, False, False, False),
     ]
     # Where the threads spent the sampled case, the window loop's in the main thread
     threads = cases[1]["threads"]
@@ -93,5 +92,5 @@ def test_gpu_check_smoke_reports_every_section(tmp_path):
     if membrain["available"]:
         assert all(case["membrain"]["seconds"] > 0 for case in membrain["cases"])
     table = done.stdout[done.stdout.index("| check |") :]
-    # pytest, 2 training rows, 6 segment cases, 3 forward variants, 2 profile rows, membrain
-    assert table.count("\n| ") == 14 + membrain_rows
+    # pytest, 2 training rows, 7 segment cases, 3 forward variants, 2 profile rows, membrain
+    assert table.count("\n| ") == 15 + membrain_rows

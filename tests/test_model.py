@@ -96,6 +96,22 @@ def test_instance_norm_matches_pytorchs(dtype):
         torch.testing.assert_close(a, b, **tolerance)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_instance_norm_without_gradients_gives_the_same_values_in_one_pass(dtype):
+    # Inference writes the float32 multiply-add straight in the input's type (bf16 under
+    # autocast on CUDA): the same values, rounded once, in the input's layout.
+    torch.manual_seed(1)
+    x = (torch.randn(2, 4, 9, 8, 7) * 3 + 20).to(dtype)
+    x = x.contiguous(memory_format=torch.channels_last_3d)
+    weight, bias = torch.randn(4), torch.randn(4)
+    trained = instance_norm(x.clone().requires_grad_(), weight, bias)
+    with torch.inference_mode():
+        inferred = instance_norm(x, weight, bias)
+    assert inferred.dtype == dtype and not inferred.requires_grad
+    assert inferred.is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.equal(inferred, trained.detach())
+
+
 def test_instance_norm_modules_keep_dynunets_parameters():
     network = UNet(PRESETS["tiny"])
     norms = [m for m in network.modules() if isinstance(m, torch.nn.InstanceNorm3d)]

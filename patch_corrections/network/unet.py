@@ -180,6 +180,19 @@ def instance_norm(
 def _instance_norm(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
 ) -> torch.Tensor:
+    scale, shift = _scale_and_shift(x, weight, bias, eps)
+    if torch.is_grad_enabled():  # a result written through out= has no backward
+        return torch.addcmul(shift, x, scale).to(x.dtype)
+    # Inference: the float32 multiply-add written straight in x's type (bf16 under
+    # autocast), one pass over x, where a float32 result would take a second to convert.
+    return torch.addcmul(shift, x, scale, out=torch.empty_like(x))
+
+
+def _scale_and_shift(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The instance norm of ``x`` as ``x * scale + shift``, each ``(batch, channels, 1,
+    …)`` in float32 (or wider)."""
     dims = tuple(range(2, x.dim()))
     count = x[0, 0].numel()
     view = (1, -1) + (1,) * len(dims)
@@ -189,7 +202,7 @@ def _instance_norm(
     variance = (squares.square() / count - mean.square()).clamp_min(0)
     scale = weight.to(wide).view(view) * torch.rsqrt(variance + eps)
     shift = bias.to(wide).view(view) - mean * scale
-    return torch.addcmul(shift, x, scale).to(x.dtype)
+    return scale, shift
 
 
 class ResBlock(nn.Module):
