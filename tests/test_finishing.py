@@ -152,3 +152,10 @@ def test_gpu_slabs_come_back_on_their_own_stream_after_the_work_that_made_them()
     np.testing.assert_array_equal(scores, expected.astype(np.float16))
     np.testing.assert_array_equal(labels, (expected > 0.5).astype(np.int8))
     assert not spread.any()
+    # Written behind the caller, in order, each as it was made on the GPU.
+    written = []
+    slabs = (finished(z0, probabilities * 0 + z0 / 10, None, 0.5) for z0 in range(10))
+    write_in_order(slabs, lambda z0, p, s, v: written.append((z0, float(p.max()), s.max())))
+    assert [(z0, round(p, 3), s) for z0, p, s in written] == [
+        (z0, z0 / 10, int(z0 > 5)) for z0 in range(10)
+    ]

@@ -8,7 +8,8 @@ the thread that launches the network never converts a slab, and copied back on a
 of their own once the work that made them is done: that thread never waits for the GPU's
 queue to empty (a plain copy back would wait for every window launched before it), and
 the GPU goes on with the next row of windows while the last row is written. Slabs not yet
-written wait in GPU memory (at most :data:`DEVICE_QUEUE_BYTES`), not the host's.
+written wait in GPU memory (at most :data:`DEVICE_QUEUE_BYTES`, or a tenth of what is
+free), not the host's.
 
 :func:`write_in_order` hands the slabs to a writing thread; the caller waits only when
 too many are waiting (:data:`HOST_QUEUE_BYTES` of host arrays). Arrays are ``(z, y, x)``.
@@ -33,6 +34,9 @@ HOST_QUEUE_BYTES = 64 << 20
 DEVICE_QUEUE_BYTES = 1 << 30
 """GPU arrays handed on but not yet written, at most (beyond one slab): at 928 x 928, two
 rows of 160³ windows' worth of finished slices."""
+DEVICE_QUEUE_SHARE = 0.1
+"""Nor more than this share of the GPU memory free when the first slab is made: slabs
+waiting must not push a GPU that the network just fits on out of memory."""
 
 Write = Callable[[int, np.ndarray, np.ndarray, "np.ndarray | None"], None]
 """``write(z0, probabilities, segmentation, variance)``: stores one slab of each output
@@ -122,11 +126,14 @@ def write_in_order(slabs: Iterable[FinishedSlab], write: Write) -> None:
             raise
 
     pending: deque[tuple[Future, FinishedSlab]] = deque()
+    budget = None  # of GPU memory, set by the first slab made there
     with ThreadPoolExecutor(1, thread_name_prefix="write-slabs") as pool:
         try:
             for slab in slabs:
+                if budget is None and slab.made is not None:
+                    budget = _device_budget(slab.arrays[0].device)
                 pending.append((pool.submit(write_one, slab), slab))
-                while pending and (pending[0][0].done() or _too_many(pending)):
+                while pending and (pending[0][0].done() or _too_many(pending, budget)):
                     pending.popleft()[0].result()
             while pending:
                 pending.popleft()[0].result()
@@ -134,12 +141,21 @@ def write_in_order(slabs: Iterable[FinishedSlab], write: Write) -> None:
             stopped.set()
 
 
-def _too_many(pending: deque[tuple[Future, FinishedSlab]]) -> bool:
-    """Whether the slabs waiting, the newest aside, hold more than their budget."""
+def _too_many(pending: deque[tuple[Future, FinishedSlab]], device_budget: float | None) -> bool:
+    """Whether the slabs waiting, the newest aside, hold more than their budget (of GPU
+    memory: ``device_budget``; of host memory: :data:`HOST_QUEUE_BYTES`)."""
     waiting = [slab for _, slab in list(pending)[:-1]]
     on_device = sum(slab.nbytes for slab in waiting if slab.made is not None)
     on_host = sum(slab.nbytes for slab in waiting if slab.made is None)
-    return on_device > DEVICE_QUEUE_BYTES or on_host > HOST_QUEUE_BYTES
+    return on_device > (device_budget or 0) or on_host > HOST_QUEUE_BYTES
+
+
+def _device_budget(device) -> float:
+    """Bytes of finished slabs that may wait on ``device`` (see :data:`DEVICE_QUEUE_SHARE`)."""
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(device)
+    return min(DEVICE_QUEUE_BYTES, DEVICE_QUEUE_SHARE * free)
 
 
 @functools.cache
