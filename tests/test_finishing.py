@@ -78,6 +78,25 @@ def test_without_write_behind_the_caller_writes(monkeypatch):
     assert threads == [threading.current_thread().name] * 3
 
 
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        ("DefaultCPUAllocator: can't allocate memory: you tried", MemoryError),
+        ("some other failure", RuntimeError),
+    ],
+)
+def test_running_out_of_host_memory_for_a_gpu_slab_is_a_memory_error(message, error):
+    # torch's host allocator fails with a RuntimeError; segment turns a MemoryError into
+    # its one-line "out of host memory" error. Other errors pass as they are.
+    class Refusing(torch.Tensor):
+        def cpu(self, *args, **kwargs):
+            raise RuntimeError(message)
+
+    with pytest.raises(error, match=message[:20]):
+        finishing._on_host(torch.zeros(2).as_subclass(Refusing))
+    np.testing.assert_array_equal(finishing._on_host(torch.ones(2)), [1, 1])
+
+
 def test_a_failed_write_reaches_the_caller_and_nothing_after_it_is_written():
     written = []
 
@@ -111,6 +130,32 @@ def test_a_failure_while_making_slabs_lets_the_write_under_way_finish_first():
     assert finished_writes == [0]
 
 
+def test_a_failure_while_making_slabs_drops_the_slabs_still_waiting():
+    # Ctrl-C or running out of GPU memory must not first write what is queued.
+    release, raised, written = threading.Event(), threading.Event(), []
+
+    def write(z0, *arrays):
+        assert release.wait(10)
+        written.append(z0)
+
+    def failing():
+        yield from _slabs(5, [])
+        raised.set()
+        raise KeyboardInterrupt
+
+    def release_after_the_failure():
+        assert raised.wait(10)
+        time.sleep(0.1)
+        release.set()
+
+    releaser = threading.Thread(target=release_after_the_failure)
+    releaser.start()
+    with pytest.raises(KeyboardInterrupt):
+        write_in_order(failing(), write)
+    releaser.join()
+    assert written == [0]
+
+
 def test_the_caller_waits_when_the_slabs_waiting_hold_too_much(monkeypatch):
     # Budget: two slabs of host arrays beyond the newest. The writer is held, so the
     # caller makes slab 0 (being written), 1 and 2 (waiting), then 3 and stops there.
@@ -122,7 +167,10 @@ def test_the_caller_waits_when_the_slabs_waiting_hold_too_much(monkeypatch):
         assert release.wait(10)
 
     def watch():
-        time.sleep(0.3)
+        deadline = time.monotonic() + 10
+        while len(made) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # the caller would make more by now if it could
         seen.append(list(made))
         release.set()
 
@@ -136,25 +184,28 @@ def test_the_caller_waits_when_the_slabs_waiting_hold_too_much(monkeypatch):
 
 @_cuda
 def test_gpu_slabs_come_back_on_their_own_stream_after_the_work_that_made_them():
-    device = torch.device("cuda")
-    x = torch.randn((256, 256), device=device)
-    for _ in range(200):  # a queue of work ahead of the slab on the default stream
-        x = torch.tanh(x @ x * 1e-3)
-    probabilities = torch.sigmoid(x)[None]
-    slab = finished(8, probabilities, probabilities * 0, 0.5)
-    assert slab.made is not None and slab.arrays[0].device.type == "cuda"
-    expected = probabilities.cpu().numpy()
+    # The GPU is kept busy before the slab is made: a copy that did not wait for the
+    # event would read the outputs before they exist. The last GPU, so that one other
+    # than the first is tried where there are several.
+    device = torch.device("cuda", torch.cuda.device_count() - 1)
+    with torch.cuda.device(device):
+        probabilities = torch.sigmoid(torch.randn((1, 256, 256), device=device))
+        torch.cuda._sleep(10**9)  # about half a second of GPU time, queued
+        slab = finished(8, probabilities, probabilities * 0, 0.5)
+    assert slab.made is not None and slab.arrays[0].device == device
     got = []
     reader = threading.Thread(target=lambda: got.append(slab.on_host()))
     reader.start()
     reader.join()
+    expected = probabilities.cpu().numpy()
     scores, labels, spread = got[0]
     np.testing.assert_array_equal(scores, expected.astype(np.float16))
     np.testing.assert_array_equal(labels, (expected > 0.5).astype(np.int8))
     assert not spread.any()
     # Written behind the caller, in order, each as it was made on the GPU.
     written = []
-    slabs = (finished(z0, probabilities * 0 + z0 / 10, None, 0.5) for z0 in range(10))
+    with torch.cuda.device(device):
+        slabs = [finished(z0, probabilities * 0 + z0 / 10, None, 0.5) for z0 in range(10)]
     write_in_order(slabs, lambda z0, p, s, v: written.append((z0, float(p.max()), s.max())))
     assert [(z0, round(p, 3), s) for z0, p, s in written] == [
         (z0, z0 / 10, int(z0 > 5)) for z0 in range(10)

@@ -9,14 +9,19 @@ import torch
 from conftest import save_tiny_checkpoint, write_mrc
 
 from patch_corrections.inference.probabilities import sliding_window
-from patch_corrections.inference.sliding_window import window_starts
+from patch_corrections.inference.sliding_window import blended_logits, to_host, window_starts
 from patch_corrections.network.unet import PRESETS, UNet
 
 
-def _run(volume, predict, window, overlap=0.5, batch_size=1, tta=False):
+def _reader(volume):
     def read(start, stop):
         return volume[tuple(slice(a, b) for a, b in zip(start, stop))].copy()
 
+    return read
+
+
+def _run(volume, predict, window, overlap=0.5, batch_size=1, tta=False):
+    read = _reader(volume)
     pieces = list(sliding_window(read, volume.shape, predict, window, overlap, batch_size, tta))
     starts = [z0 for z0, _ in pieces]
     assert starts == sorted(starts) and starts[0] == 0
@@ -82,6 +87,16 @@ def test_logits_returned_as_tensors_are_blended_where_they_are(tta):
         as_tensors = _run(volume, on_device, 8, 0.5, 3, tta)
     assert calls and reads == []
     np.testing.assert_allclose(as_tensors, on_host, rtol=0, atol=2e-7)
+    # The blended logits themselves are the same bit for bit.
+    flip = (0, 2) if tta else ()
+    host_pass, device_pass = (
+        np.concatenate([to_host(s) for _, s in sorted(blended_logits(*run, 8, 0.5, 3, flip))])
+        for run in (
+            (_reader(volume), volume.shape, lambda w: w * 2 - 0.25),
+            (_reader(volume), volume.shape, on_device),
+        )
+    )
+    np.testing.assert_array_equal(device_pass, host_pass)
 
 
 def test_tta_equals_plain_for_a_flip_equivariant_network():

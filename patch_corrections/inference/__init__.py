@@ -11,6 +11,6 @@
 - ``box_scores``: how much a correction would teach in each box; ``box_choice``: the
   best boxes that do not overlap (``suggest``).
 
-PyTorch is imported at the top only by ``predictor`` and ``rescale`` (``finishing`` imports
-it for torch tensors it is given).
+PyTorch is imported at the top only by ``predictor`` and ``rescale`` (``finishing`` and
+``probabilities`` import it for the torch tensors they are given).
 """

@@ -32,8 +32,8 @@ WRITE_BEHIND = True
 HOST_QUEUE_BYTES = 64 << 20
 """Host arrays handed on but not yet written, at most (beyond one slab)."""
 DEVICE_QUEUE_BYTES = 1 << 30
-"""GPU arrays handed on but not yet written, at most (beyond one slab): at 928 x 928, two
-rows of 160³ windows' worth of finished slices."""
+"""GPU arrays handed on but not yet written, at most (beyond one slab): at 928 x 928, the
+finished slices of about five rows of 160³ windows (80 slices a row, 3 bytes a voxel)."""
 DEVICE_QUEUE_SHARE = 0.1
 """Nor more than this share of the GPU memory free when the first slab is made: slabs
 waiting must not push a GPU that the network just fits on out of memory."""
@@ -43,7 +43,7 @@ Write = Callable[[int, np.ndarray, np.ndarray, "np.ndarray | None"], None]
 (``variance`` ``None`` when not asked for)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class FinishedSlab:
     """One slab ``(n, y, x)`` of each output, from z slice ``z0`` on: float16
     probabilities, int8 segmentation and float16 variance (or ``None``); NumPy arrays, or
@@ -68,12 +68,12 @@ class FinishedSlab:
         stream = _copy_stream(device)
         with torch.cuda.device(device), torch.cuda.stream(stream):
             stream.wait_event(self.made)
-            return tuple(None if a is None else a.cpu().numpy() for a in self.arrays)
+            return tuple(None if a is None else _on_host(a) for a in self.arrays)
 
 
 def finished(z0: int, probabilities, variance, threshold: float) -> FinishedSlab:
-    """The outputs of one slab of float32 ``probabilities`` (and ``variance``, or
-    ``None``), NumPy arrays or torch tensors, made where they are.
+    """The outputs of one slab ``(n, y, x)`` of float32 ``probabilities`` (and
+    ``variance``, or ``None``), NumPy arrays or torch tensors, made where they are.
 
     The segmentation thresholds the float32 probabilities, as MemBrain-seg thresholds its
     float32 logits: rounding to float16 first would turn every voxel within 2^-11 above the
@@ -127,18 +127,21 @@ def write_in_order(slabs: Iterable[FinishedSlab], write: Write) -> None:
 
     pending: deque[tuple[Future, FinishedSlab]] = deque()
     budget = None  # of GPU memory, set by the first slab made there
-    with ThreadPoolExecutor(1, thread_name_prefix="write-slabs") as pool:
-        try:
-            for slab in slabs:
-                if budget is None and slab.made is not None:
-                    budget = _device_budget(slab.arrays[0].device)
-                pending.append((pool.submit(write_one, slab), slab))
-                while pending and (pending[0][0].done() or _too_many(pending, budget)):
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="write-slabs") as pool:
+            try:
+                for slab in slabs:
+                    if budget is None and slab.made is not None:
+                        budget = _device_budget(slab.arrays[0].device)
+                    pending.append((pool.submit(write_one, slab), slab))
+                    while pending and (pending[0][0].done() or _too_many(pending, budget)):
+                        pending.popleft()[0].result()
+                while pending:
                     pending.popleft()[0].result()
-            while pending:
-                pending.popleft()[0].result()
-        finally:
-            stopped.set()
+            finally:
+                stopped.set()
+    finally:
+        pending.clear()  # an error's traceback keeps this frame: let the slabs go
 
 
 def _too_many(pending: deque[tuple[Future, FinishedSlab]], device_budget: float | None) -> bool:
@@ -156,6 +159,17 @@ def _device_budget(device) -> float:
 
     free, _ = torch.cuda.mem_get_info(device)
     return min(DEVICE_QUEUE_BYTES, DEVICE_QUEUE_SHARE * free)
+
+
+def _on_host(tensor) -> np.ndarray:
+    """``tensor`` copied to the host; running out of host memory is a ``MemoryError``
+    (torch's allocator raises a ``RuntimeError`` that says so in words only)."""
+    try:
+        return tensor.cpu().numpy()
+    except RuntimeError as exc:
+        if "can't allocate memory" in str(exc):
+            raise MemoryError(str(exc)) from None
+        raise
 
 
 @functools.cache

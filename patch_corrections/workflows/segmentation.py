@@ -154,8 +154,9 @@ def segment(
 
     Writes ``<stem>_probabilities.mrc`` (float16 membrane probabilities; MemBrain-seg's
     ``<stem>_scores.mrc`` holds logits, hence another name) and ``<stem>_segmented.mrc``
-    (0/1, thresholded from the stored probabilities so both agree) into ``out_dir``, with the
-    tomogram's voxel size and origin. Only one slab of windows is held in memory.
+    (0/1: the float32 probabilities above the threshold, as MemBrain-seg thresholds its
+    float32 logits) into ``out_dir``, with the tomogram's voxel size and origin. Only one
+    slab of windows is held in memory.
     Outputs that exist are an error unless ``settings.overwrite``, and so is another run
     segmenting the same tomogram into ``out_dir`` at the same time.
     """
@@ -284,15 +285,8 @@ def _segment_one(
         windows = windows_count(shape, grid, settings.overlap)
         predictor.warn_padding(tomogram, shape, grid, plain=pixel_sizes is None)
         progress = _Counter(listener, windows * (len(FLIPS) if settings.tta else 1))
-        slabs = predictor.slabs(
-            reader,
-            grid,
-            settings.overlap,
-            settings.tta,
-            settings.uncertainty,
-            settings.threshold,
-            progress.add,
-        )
+        run = (settings.overlap, settings.tta, settings.uncertainty, settings.threshold)
+        slabs = predictor.slabs(reader, grid, *run, progress.add)
         if remove_leftovers_of(outputs.values()):
             warn(f"{tomogram}: removed the temporary outputs an interrupted run left")
         files.make_dirs(out_dir)
