@@ -2,7 +2,8 @@
 # Fetch the wheels a bare GPU node lacks into .whl/ (git ignores it; add `/.whl/` to
 # .git/info/exclude once), for benchmarks/gpu_check.sh. Run it where pip reaches a package
 # index. The node has Python 3.12 with PyTorch, NumPy and SciPy; everything else the
-# package, its command line and pytest import travels. Each wheel is the version installed
+# package, its command line and pytest import travels, and zarr 2 with what it needs (for
+# segment's OME-Zarr case; install the copick extra here first, which pins zarr < 3). Each wheel is the version installed
 # here, so the node runs what the tests ran with. MemBrain-seg, for the side-by-side timing
 # (benchmarks/membrain_speed.py), goes to .whl/membrain/ with the packages it needs that the
 # node lacks, at the versions its parity figures were measured with; it is installed into
@@ -14,7 +15,8 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 names=(mrcfile pynrrd nibabel packaging typing_extensions typer click rich pygments
        markdown-it-py mdurl shellingham annotated-doc pydantic pydantic-core annotated-types
-       typing-inspection pytest pluggy iniconfig)
+       typing-inspection pytest pluggy iniconfig
+       zarr numcodecs deprecated wrapt asciitree fasteners)
 membrain=(membrain-seg==0.0.10 monai==1.6.1 typer==0.25.1 mrcfile==1.5.4)
 download() {  # folder, requirement
     "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \

@@ -59,8 +59,11 @@ def test_gpu_check_smoke_reports_every_section(tmp_path):
         (False, True, 3, True, False, False),
         (False, True, None, False, True, False),
         (False, True, None, False, False, True),
+        (False, True, None, False, False, False),
         (True, True, None, False, False, False),
     ]
+    # The OME-Zarr case read the Zarr copy (zarr is in the test extra).
+    assert cases[6]["zarr_copy_s"] >= 0 and "error" not in cases[6]
     # Where the threads spent the sampled case, the window loop's in the main thread
     threads = cases[1]["threads"]
     assert {"MainThread", "write-slabs"} <= set(threads) and all(
@@ -92,5 +95,5 @@ def test_gpu_check_smoke_reports_every_section(tmp_path):
     if membrain["available"]:
         assert all(case["membrain"]["seconds"] > 0 for case in membrain["cases"])
     table = done.stdout[done.stdout.index("| check |") :]
-    # pytest, 2 training rows, 7 segment cases, 3 forward variants, 2 profile rows, membrain
-    assert table.count("\n| ") == 15 + membrain_rows
+    # pytest, 2 training rows, 8 segment cases, 3 forward variants, 2 profile rows, membrain
+    assert table.count("\n| ") == 16 + membrain_rows
